@@ -1,0 +1,8 @@
+"""`python -m airv`: the same command line as the `airv` script."""
+
+from __future__ import annotations
+
+from airv.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

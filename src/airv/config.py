@@ -1,0 +1,107 @@
+"""Every default of a run, in one place.
+
+CLI flags default to None and only override these (style: never state a default twice).
+Engine options live apart from sampling options; the engines build their sampling object
+from `SamplingConfig` in one place each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airv.errors import ConfigError
+
+
+class Backend(enum.StrEnum):
+    VLLM = "vllm"
+    HF = "hf"
+
+
+class Dtype(enum.StrEnum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to load the model. Independent of how to sample from it."""
+
+    model: Path | None = None
+    backend: Backend = Backend.VLLM
+    # auto: the model's own dtype, but float16 on GPUs without bf16 (compute capability < 8,
+    # e.g. Kaggle's T4) and float32 on CPU for float32 checkpoints.
+    dtype: Dtype = Dtype.AUTO
+    max_model_len: int = 8192
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    # Skips vLLM's graph compilation: start-up is faster, decoding a little slower.
+    enforce_eager: bool = False
+    # vLLM n-gram (prompt lookup) speculative decoding; 0 = off. ARC answers copy the input a lot.
+    ngram_speculative_tokens: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_model_len < 64:
+            raise ConfigError(f"max_model_len must be at least 64, got {self.max_model_len}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ConfigError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.ngram_speculative_tokens < 0:
+            raise ConfigError("ngram_speculative_tokens must be >= 0")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to decode. Greedy by default: ARC answers are exact, and AIRV gets its diversity
+    from the augmentations, not from sampling."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # != 1.0 hurts ARC: answers repeat the input's cells
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    beam_width: int = 0  # > 1: beam search (vLLM's LLM.beam_search / transformers num_beams)
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p < 1.0:
+            raise ConfigError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError("repetition_penalty must be > 0")
+        if self.beam_width < 0 or self.beam_width == 1:
+            raise ConfigError("beam_width must be 0 (off) or >= 2")
+        if self.beam_width and (self.n > self.beam_width):
+            raise ConfigError("with beam search, n must not exceed beam_width")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 and not self.beam_width
+
+    @property
+    def completions_per_prompt(self) -> int:
+        return self.beam_width if self.beam_width else self.n
+
+
+def replace(obj: Any, **overrides: Any) -> Any:
+    """dataclasses.replace that ignores None overrides: how CLI flags (default None) apply."""
+    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
+
+
+__all__ = ["Backend", "Dtype", "EngineConfig", "SamplingConfig", "field", "replace"]

@@ -1,0 +1,176 @@
+"""The transformers backend: `generate` batched with left padding.
+
+A fallback where vLLM is missing and a debugging aid; it answers the same protocol and gives
+the same greedy outputs as the vLLM backend (checked by the tests on the tiny model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airv.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.base import (
+    Completion,
+    GenerateRequest,
+    ScoreRequest,
+    gpu_capabilities,
+    model_dtype,
+    resolve_dtype,
+)
+from airv.errors import ConfigError, EngineError
+
+# Prompts per forward batch: bounds padding waste and activation memory.
+BATCH_SIZE = 16
+
+
+class HfEngine:
+    def __init__(self, engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0):
+        if engine.model is None:
+            raise ConfigError("no model directory given")
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise EngineError("transformers/torch are not installed") from exc
+        dtype = resolve_dtype(engine.dtype, gpu_capabilities(n_gpus), model_dtype(engine.model))
+        torch_dtype = {
+            Dtype.FLOAT32: torch.float32,
+            Dtype.FLOAT16: torch.float16,
+            Dtype.BFLOAT16: torch.bfloat16,
+        }[dtype]
+        self._torch = torch
+        self._device = "cuda" if n_gpus > 0 else "cpu"
+        self._tokenizer = AutoTokenizer.from_pretrained(engine.model)
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model = AutoModelForCausalLM.from_pretrained(engine.model, dtype=torch_dtype)
+        self._model.to(self._device).eval()
+        self._sampling = sampling
+        self._max_model_len = engine.max_model_len
+        self._generator_seed = engine.seed if sampling.seed is None else sampling.seed
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+        """Left-pad token id rows into (input_ids, attention_mask) tensors: [B, S]."""
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        pad = self._tokenizer.pad_token_id
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids.to(self._device), mask.to(self._device)
+
+    def _generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+        """The one place SamplingConfig becomes transformers' generate() arguments."""
+        s = self._sampling
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "eos_token_id": self._tokenizer.eos_token_id,
+            "repetition_penalty": s.repetition_penalty,
+            "return_dict_in_generate": True,
+            "output_logits": True,
+        }
+        if s.beam_width:
+            kwargs.update(
+                num_beams=s.beam_width, num_return_sequences=s.n, do_sample=False, output_scores=True
+            )
+        elif s.greedy:
+            kwargs.update(do_sample=False)
+        else:
+            kwargs.update(
+                do_sample=True,
+                num_return_sequences=s.n,
+                temperature=s.temperature,
+                top_k=s.top_k or None,
+                top_p=s.top_p,
+                min_p=s.min_p or None,
+            )
+        if s.stop:
+            kwargs.update(stop_strings=list(s.stop), tokenizer=self._tokenizer)
+        return kwargs
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        torch = self._torch
+        results: list[list[Completion]] = [[] for _ in requests]
+        # Similar lengths together: less padding.
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+        per_prompt = self._sampling.completions_per_prompt
+        torch.manual_seed(self._generator_seed)
+        for start in range(0, len(order), BATCH_SIZE):
+            idx = order[start : start + BATCH_SIZE]
+            ids, mask = self._pad([requests[i].prompt_ids for i in idx])
+            max_new = max(requests[i].max_tokens for i in idx)
+            with torch.no_grad():
+                out = self._model.generate(
+                    input_ids=ids, attention_mask=mask, **self._generation_kwargs(max_new)
+                )
+            new_tokens = out.sequences[:, ids.shape[1] :]
+            if self._sampling.beam_width:
+                seq_logprobs = self._model.compute_transition_scores(
+                    out.sequences, out.scores, out.beam_indices, normalize_logits=False
+                )
+            else:
+                logits = torch.stack(out.logits, dim=1).float()  # [B*n, T, V]
+                logprobs = torch.log_softmax(logits, dim=-1)
+                seq_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+            for row in range(new_tokens.shape[0]):
+                req = requests[idx[row // per_prompt]]
+                results[idx[row // per_prompt]].append(
+                    self._completion(new_tokens[row].tolist(), seq_logprobs[row].tolist(), req)
+                )
+        return results
+
+    def _completion(
+        self, tokens: list[int], logprobs: list[float], req: GenerateRequest
+    ) -> Completion:
+        """Cut one generated row at EOS (kept, as vLLM keeps it) or at the request's max_tokens."""
+        eos = self._tokenizer.eos_token_id
+        tokens = tokens[: req.max_tokens]
+        finish = "length"
+        if eos in tokens:
+            tokens = tokens[: tokens.index(eos) + 1]
+            finish = "stop"
+        text = self._tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in self._sampling.stop:
+            if stop in text:
+                text = text[: text.index(stop)]
+                finish = "stop"
+        return Completion(
+            text=text,
+            token_ids=tuple(tokens),
+            logprob=float(sum(logprobs[: len(tokens)])),
+            finish_reason=finish,
+        )
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        torch = self._torch
+        scores = [0.0] * len(requests)
+        for start in range(0, len(requests), BATCH_SIZE):
+            chunk = requests[start : start + BATCH_SIZE]
+            rows = [[*r.prompt_ids, *r.continuation_ids] for r in chunk]
+            ids, mask = self._pad(rows)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = self._model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions
+                ).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts token t+1 at t
+            targets = ids[:, 1:]
+            token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, S-1]
+            width = ids.shape[1]
+            for j, r in enumerate(chunk):
+                n = len(r.continuation_ids)
+                scores[start + j] = float(token_lp[j, width - 1 - n :].sum())
+        return scores
+
+    def close(self) -> None:
+        self._model = None
