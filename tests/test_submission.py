@@ -241,7 +241,7 @@ def test_score_exact_fractions() -> None:
             attempts([[3], [3]], [[3, 3, 3]]),  # wrong shapes
             attempts([[4]], [[4]]),  # right
         ],
-        "c": [attempts([[True]], [[5.0]])],  # wrong: bool and float never equal an int cell
+        "c": [attempts([[True]], [[5.0]])],  # type: ignore[list-item]  # bool, float: wrong
         "extra": [attempts([[1]], [[1]])],  # no solution: ignored
     }
     score = score_submission(submission, solutions)

@@ -91,7 +91,7 @@ def test_tally_of_nothing_is_empty() -> None:
     assert tally([]) == ()
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(candidate_lists)
 def test_tally_is_sorted_and_accounts_for_every_candidate(cs: list[Candidate]) -> None:
     ts = tally(cs)
@@ -176,7 +176,7 @@ def test_registry_covers_every_mode() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(cs=candidate_lists, data=st.data())
 def test_order_of_candidates_does_not_matter(
     mode: VoteMode, cs: list[Candidate], data: st.DataObject
@@ -186,7 +186,7 @@ def test_order_of_candidates_does_not_matter(
 
 
 @pytest.mark.parametrize("mode", MODES)
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(cs=candidate_lists)
 def test_second_attempt_differs_whenever_possible(mode: VoteMode, cs: list[Candidate]) -> None:
     v = vote(cs, mode)
@@ -200,7 +200,7 @@ def test_second_attempt_differs_whenever_possible(mode: VoteMode, cs: list[Candi
 
 
 @pytest.mark.parametrize("mode", MODES)
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(cs=candidate_lists)
 def test_vote_to_json_is_orjson_serialisable(mode: VoteMode, cs: list[Candidate]) -> None:
     v = vote(cs, mode)
@@ -301,7 +301,7 @@ def test_cell_majority_needs_a_tally() -> None:
         cell_majority(())
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(cs=candidate_lists)
 def test_cell_wise_cells_come_from_candidates_of_the_majority_shape(cs: list[Candidate]) -> None:
     v = select_cell(cs)
@@ -319,7 +319,7 @@ def test_cell_wise_cells_come_from_candidates_of_the_majority_shape(cs: list[Can
             assert column.count(x) == max(column.count(y) for y in column)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(cs=candidate_lists)
 def test_cell_wise_agrees_with_grid_wise_when_unanimous(cs: list[Candidate]) -> None:
     same = [Candidate(cs[0].grid, c.aug_key, c.logprob, c.n_tokens) for c in cs]

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from airv.errors import InputError
-from airv.tasks import Challenges, GridError, parse_grid, read_json_object
+from airv.tasks import Challenges, GridError, json_kind, parse_grid, read_json_object
 from airv.types import FALLBACK_GRID, Attempts, Grid, TaskId, to_lists
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
@@ -110,8 +110,8 @@ def validate_submission(submission_path: Path | str, challenges: Challenges) -> 
     except orjson.JSONDecodeError as e:
         return [f"{path}: not valid JSON: {e}"]
     if not isinstance(submission, dict):
-        kind = type(submission).__name__
-        return [f"{path}: the top level must be an object of task ids, not a {kind}"]
+        kind = json_kind(submission)
+        return [f"{path}: the top level must be an object of task ids, not {kind}"]
     problems: list[str] = []
     for task_id in challenges.task_ids:
         if task_id not in submission:

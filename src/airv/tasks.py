@@ -51,8 +51,8 @@ class GridError(ValueError):
     """
 
 
-def _kind(value: object) -> str:
-    """How a JSON value is named in messages."""
+def json_kind(value: object) -> str:
+    """How a parsed JSON value is named in messages: "a list", "a boolean", "null", ..."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -73,7 +73,7 @@ def parse_grid(value: object, where: str) -> Grid:
     an int 0-9 (booleans and floats such as 3.0 are refused). Raises GridError naming `where`.
     """
     if not isinstance(value, list):
-        raise GridError(f"{where} is {_kind(value)}, not a list of rows")
+        raise GridError(f"{where} is {json_kind(value)}, not a list of rows")
     if not value:
         raise GridError(f"{where} has no rows")
     if len(value) > MAX_SIDE:
@@ -82,7 +82,7 @@ def parse_grid(value: object, where: str) -> Grid:
     rows: list[tuple[int, ...]] = []
     for r, row in enumerate(value):
         if not isinstance(row, list):
-            raise GridError(f"{where} row {r} is {_kind(row)}, not a list of cells")
+            raise GridError(f"{where} row {r} is {json_kind(row)}, not a list of cells")
         if not row:
             raise GridError(f"{where} row {r} is empty")
         if r == 0:
@@ -97,7 +97,7 @@ def parse_grid(value: object, where: str) -> Grid:
             for c, cell in enumerate(row):
                 if type(cell) is not int:
                     raise GridError(
-                        f"{where} row {r} cell {c} is {_kind(cell)} ({cell!r}), not an int"
+                        f"{where} row {r} cell {c} is {json_kind(cell)} ({cell!r}), not an int"
                     )
                 if not 0 <= cell < N_COLOURS:
                     raise GridError(
@@ -110,13 +110,13 @@ def parse_grid(value: object, where: str) -> Grid:
 def _parse_task(task_id: TaskId, value: object) -> Task:
     """One challenge entry -> Task; GridError names the first problem (file/id added by caller)."""
     if not isinstance(value, dict):
-        raise GridError(f"is {_kind(value)}, not an object with 'train' and 'test'")
+        raise GridError(f"is {json_kind(value)}, not an object with 'train' and 'test'")
     train = value.get("train")
     test = value.get("test")
     if not isinstance(train, list):
-        raise GridError("'train' is missing" if train is None else f"'train' is {_kind(train)}")
+        raise GridError("'train' is missing" if train is None else f"'train' is {json_kind(train)}")
     if not isinstance(test, list):
-        raise GridError("'test' is missing" if test is None else f"'test' is {_kind(test)}")
+        raise GridError("'test' is missing" if test is None else f"'test' is {json_kind(test)}")
     if not train:
         raise GridError("has no train pairs")
     if not test:
@@ -124,7 +124,7 @@ def _parse_task(task_id: TaskId, value: object) -> Task:
     pairs: list[Pair] = []
     for i, pair in enumerate(train):
         if not isinstance(pair, dict):
-            raise GridError(f"train[{i}] is {_kind(pair)}, not an object")
+            raise GridError(f"train[{i}] is {json_kind(pair)}, not an object")
         for key in ("input", "output"):
             if key not in pair:
                 raise GridError(f"train[{i}] has no '{key}'")
@@ -137,7 +137,7 @@ def _parse_task(task_id: TaskId, value: object) -> Task:
     inputs: list[Grid] = []
     for i, entry in enumerate(test):
         if not isinstance(entry, dict):
-            raise GridError(f"test[{i}] is {_kind(entry)}, not an object")
+            raise GridError(f"test[{i}] is {json_kind(entry)}, not an object")
         if "input" not in entry:
             raise GridError(f"test[{i}] has no 'input'")
         # A test "output" (present in local copies of public data) is deliberately ignored.
@@ -158,7 +158,7 @@ def read_json_object(path: Path | str, what: str) -> dict[str, object]:
         raise InputError(f"{what} is not valid JSON: {e}", path=path) from e
     if not isinstance(parsed, dict):
         raise InputError(
-            f"{what} must be a JSON object at the top level, not {_kind(parsed)}", path=path
+            f"{what} must be a JSON object at the top level, not {json_kind(parsed)}", path=path
         )
     return parsed
 
@@ -203,7 +203,7 @@ def load_solutions(path: Path | str) -> dict[TaskId, tuple[Grid, ...]]:
     for task_id, value in raw.items():
         try:
             if not isinstance(value, list):
-                raise GridError(f"is {_kind(value)}, not a list of grids")
+                raise GridError(f"is {json_kind(value)}, not a list of grids")
             if not value:
                 raise GridError("has no test outputs")
             solutions[task_id] = tuple(parse_grid(g, f"[{i}]") for i, g in enumerate(value))
