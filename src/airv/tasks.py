@@ -45,7 +45,8 @@ class Challenges:
 
 
 class GridError(ValueError):
-    """A value is not a valid grid; the message says where (e.g. `test[0].input row 2 ...`).
+    """Parsed JSON is not a valid grid (or task entry); the message says where, e.g.
+    `test[0].input row 2 cell 1 is 10, not a colour 0-9`.
 
     Not an AirvError: callers add the file and the task id, or count it as a rejection.
     """

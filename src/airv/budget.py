@@ -1,0 +1,81 @@
+"""Time: durations, the run's deadline, and per-task caps.
+
+The clock starts at process start (model loading counts), so a 12-hour Kaggle limit is
+respected by `--time-budget 11h30m` without the user guessing how long loading takes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from airv.errors import ConfigError
+
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+
+
+def parse_duration(text: str) -> float:
+    """'11h30m', '90s', '1.5h' or a plain number of seconds -> seconds."""
+    s = text.strip().lower()
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        if value < 0:
+            raise ConfigError(f"duration must not be negative: {text!r}")
+        return value
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ConfigError(f"cannot read duration {text!r}: use e.g. 11h30m, 45m, 90s or 3600")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    h, rest = divmod(int(round(seconds)), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def process_start_time() -> float:
+    """time.monotonic() at which this process started (Linux), else now."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        import os
+
+        start_ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(0.0, age)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The run's deadline on the monotonic clock. `reserve` is kept back for the final write."""
+
+    start: float
+    budget: float
+    reserve: float
+
+    @property
+    def deadline(self) -> float:
+        """When inference must stop: the budget minus the reserve."""
+        return self.start + self.budget - self.reserve
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start

@@ -1,0 +1,108 @@
+"""The predictions log: one JSON line per completion, appended as results arrive.
+
+It is the run's memory: a rerun with the same output directory resumes from it, and
+`airv vote` / `airv eval` redo the voting offline from it. A line cut short by a crash is
+skipped on reading, never fatal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from airv.errors import InputError
+from airv.types import Grid, TaskId, to_grid, to_lists
+from airv.voting import Candidate
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    task_id: TaskId
+    test_index: int
+    aug: str  # Augmentation.key
+    text: str  # the raw completion
+    grid: Grid | None  # parsed and reversed to the task's own frame; None if rejected
+    reject: str | None  # RejectReason value when grid is None
+    logprob: float
+    tokens: int  # completion tokens
+    prompt_tokens: int
+    finish: str
+    round: int
+    seconds: float  # this completion's share of its batch's wall time
+
+    @property
+    def candidate(self) -> Candidate | None:
+        if self.grid is None:
+            return None
+        return Candidate(self.grid, self.aug, self.logprob, self.tokens)
+
+    def to_json_bytes(self) -> bytes:
+        d = asdict(self)
+        d["grid"] = None if self.grid is None else to_lists(self.grid)
+        return orjson.dumps(d)
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Prediction:
+        grid = d.get("grid")
+        return cls(
+            task_id=str(d["task_id"]),
+            test_index=int(d["test_index"]),  # type: ignore[call-overload]
+            aug=str(d["aug"]),
+            text=str(d["text"]),
+            grid=None if grid is None else to_grid(grid),
+            reject=None if d.get("reject") is None else str(d["reject"]),
+            logprob=float(d["logprob"]),  # type: ignore[arg-type]
+            tokens=int(d["tokens"]),  # type: ignore[call-overload]
+            prompt_tokens=int(d.get("prompt_tokens", 0)),  # type: ignore[call-overload]
+            finish=str(d.get("finish", "")),
+            round=int(d.get("round", 0)),  # type: ignore[call-overload]
+            seconds=float(d.get("seconds", 0.0)),  # type: ignore[arg-type]
+        )
+
+
+def read_predictions(path: Path | str) -> tuple[list[Prediction], int]:
+    """All well-formed records of a log, and the number of lines skipped as damaged."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise InputError(f"cannot read predictions log: {exc}", path=p) from exc
+    records: list[Prediction] = []
+    damaged = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            d = orjson.loads(line)
+            records.append(Prediction.from_json(d))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            damaged += 1
+    return records, damaged
+
+
+def append_predictions(path: Path | str, predictions: Iterable[Prediction]) -> None:
+    """Append records and fsync, so what the engine produced survives a crash right after."""
+    data = b"".join(p.to_json_bytes() + b"\n" for p in predictions)
+    if not data:
+        return
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def group_candidates(
+    predictions: Sequence[Prediction],
+) -> dict[tuple[TaskId, int], list[Candidate]]:
+    out: dict[tuple[TaskId, int], list[Candidate]] = {}
+    for p in predictions:
+        c = p.candidate
+        if c is not None:
+            out.setdefault((p.task_id, p.test_index), []).append(c)
+    return out
