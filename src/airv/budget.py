@@ -40,7 +40,7 @@ def parse_duration(text: str) -> float:
 
 def format_duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
-    h, rest = divmod(int(round(seconds)), 3600)
+    h, rest = divmod(round(seconds), 3600)
     m, s = divmod(rest, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 

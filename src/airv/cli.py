@@ -104,7 +104,35 @@ def _add_score(subparsers: _Subparsers) -> None:
     p.set_defaults(func=_score)
 
 
+def _add_run(subparsers: _Subparsers) -> None:
+    from airv import runopts
+
+    p = subparsers.add_parser(
+        "run",
+        help="run the pipeline: challenge file + model -> submission.json",
+        description=runopts.RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    runopts.add_run_arguments(p)
+    p.set_defaults(func=runopts.run_command)
+
+
+def _add_vote(subparsers: _Subparsers) -> None:
+    from airv import runopts
+
+    p = subparsers.add_parser(
+        "vote",
+        help="redo the voting offline from a predictions log",
+        description="Recompute the votes from a predictions log (predictions.jsonl of a run) "
+        "with another voting mode, and write a new submission.json. No model is needed.",
+    )
+    runopts.add_vote_arguments(p)
+    p.set_defaults(func=runopts.vote_command)
+
+
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_run,
+    _add_vote,
     _add_validate,
     _add_score,
 )

@@ -81,7 +81,10 @@ class HfEngine:
         }
         if s.beam_width:
             kwargs.update(
-                num_beams=s.beam_width, num_return_sequences=s.n, do_sample=False, output_scores=True
+                num_beams=s.beam_width,
+                num_return_sequences=s.n,
+                do_sample=False,
+                output_scores=True,
             )
         elif s.greedy:
             kwargs.update(do_sample=False)

@@ -1,0 +1,489 @@
+"""The anytime pipeline: challenge file + model directory -> submission.json, under a deadline.
+
+Work runs in rounds. Round 1 gives every test input a few augmentations; later rounds add more
+where time remains and the vote is not settled. Each round is cut into engine calls of at most
+`batch_prompts` prompts; after every call the completions are appended to the predictions log,
+the votes recomputed and submission.json rewritten atomically. So a valid, improving submission
+exists from the first minute, and a deadline, crash or hang costs only the call in flight.
+
+The engine lives in worker processes (one per device); this process owns the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from airv.augment import Augmentation, plan_augmentations
+from airv.budget import Clock, format_duration, process_start_time
+from airv.config import EngineConfig, SamplingConfig
+from airv.engines.base import Completion, GenerateRequest
+from airv.engines.worker import EngineWorker, Faults, WorkerDied, WorkerTimeout
+from airv.errors import AirvError, EngineError
+from airv.formats import FormatSpec, Rejection, parse_grid
+from airv.predictions import Prediction, append_predictions, read_predictions
+from airv.prompts import FittedPrompt, PromptTemplate, fit_prompt
+from airv.submission import build_submission, write_submission
+from airv.summary import RunSummary
+from airv.tasks import Challenges, load_challenges
+from airv.types import Grid, TaskId
+from airv.voting import Candidate, Vote, VoteMode, vote
+
+log = logging.getLogger(__name__)
+
+Unit = tuple[TaskId, int]  # one test input: (task id, test index)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; every default of `airv run` is stated here and only here."""
+
+    challenges: Path
+    out_dir: Path
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    format: FormatSpec = field(default_factory=FormatSpec)
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    vote_mode: VoteMode = VoteMode.GRID
+    time_budget: float = 11.5 * 3600  # seconds from process start, model loading included
+    reserve: float = 120.0  # seconds kept back for the final write
+    first_round: int = 8  # augmentations per test input in round 1 (the first 8 cover D8)
+    per_round: int = 8  # augmentations added per test input in each later round
+    max_augmentations: int = 32  # per test input, over all rounds
+    settle_margin: int = 4  # leader's lead in votes that stops more work on a test input; 0 = off
+    task_cap_seconds: float | None = None  # per task, engine time (its share of batch time)
+    task_cap_tokens: int | None = None  # per task, prompt + completion tokens
+    cheapest_first: bool = True  # order work by prompt length, so most tasks answer early
+    batch_prompts: int = 256  # prompts per engine call; submission.json is rewritten after each
+    workers: int = 1  # engine processes; one per GPU
+    devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
+    keep_background: bool = True  # colour permutations leave 0 (black) in place
+    permute_colours: bool = True
+    shuffle_train: bool = True
+    seed: int = 0
+    max_tasks: int | None = None  # only the first N tasks of the file get inference
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from airv.errors import ConfigError
+
+        if self.first_round < 1 or self.per_round < 1:
+            raise ConfigError("first_round and per_round must be >= 1")
+        if self.max_augmentations < self.first_round:
+            raise ConfigError("max_augmentations must be >= first_round")
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if self.devices and len(self.devices) != self.workers:
+            raise ConfigError(f"{self.workers} workers but {len(self.devices)} devices")
+        if self.reserve < 0 or self.time_budget <= 0:
+            raise ConfigError("time_budget must be > 0 and reserve >= 0")
+        if self.batch_prompts < 1:
+            raise ConfigError("batch_prompts must be >= 1")
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / "predictions.jsonl"
+
+    @property
+    def submission_path(self) -> Path:
+        return self.out_dir / "submission.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / "run_summary.json"
+
+
+@dataclass
+class _Request:
+    unit: Unit
+    aug: Augmentation
+    prompt: FittedPrompt
+    round: int
+
+    @property
+    def cost(self) -> int:
+        return len(self.prompt.token_ids) + self.prompt.max_answer_tokens
+
+
+class Run:
+    """State of one run: candidates so far, per-task accounting, workers."""
+
+    def __init__(self, cfg: RunConfig, *, faults: Faults | None = None, clock: Clock | None = None):
+        self.cfg = cfg
+        self.faults = faults
+        self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve)
+        self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        self.summary = RunSummary(
+            tasks=len(self.challenges.task_ids), rejected_tasks=dict(self.challenges.rejected)
+        )
+        ids = [t for t in self.challenges.task_ids if t in self.challenges.tasks]
+        self.task_ids = ids[: cfg.max_tasks] if cfg.max_tasks is not None else ids
+        self.units: list[Unit] = [
+            (t, i) for t in self.task_ids for i in range(len(self.challenges.tasks[t].test))
+        ]
+        self.predictions: dict[Unit, list[Prediction]] = defaultdict(list)
+        self.failed: dict[TaskId, str] = {}  # task id -> why it gets the fallback
+        self.workers: list[EngineWorker] = []
+        self.restarts = 0
+        self._tokenizer: Any = None
+        self._resume()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        records, damaged = read_predictions(self.cfg.log_path)
+        known = set(self.units)
+        kept = [p for p in records if (p.task_id, p.test_index) in known]
+        for p in kept:
+            self.predictions[(p.task_id, p.test_index)].append(p)
+        self.summary.resumed_predictions = len(kept)
+        self.summary.damaged_log_lines = damaged
+        if kept:
+            log.info("resumed %d predictions from %s", len(kept), self.cfg.log_path)
+
+    def votes(self) -> dict[Unit, Vote]:
+        out: dict[Unit, Vote] = {}
+        for unit, preds in self.predictions.items():
+            cands = [c for p in preds if (c := p.candidate) is not None]
+            v = vote(cands, self.cfg.vote_mode)
+            if v is not None:
+                out[unit] = v
+        return out
+
+    def write(self) -> dict[Unit, Vote]:
+        """Vote and rewrite submission.json atomically; returns the votes."""
+        votes = self.votes()
+        answers = {u: (v.attempt_1, v.attempt_2) for u, v in votes.items()}
+        write_submission(self.cfg.submission_path, build_submission(self.challenges, answers))
+        self.summary.writes += 1
+        if self.summary.first_write_seconds is None:
+            self.summary.first_write_seconds = self.clock.elapsed()
+        return votes
+
+    def _task_spent(self, task_id: TaskId) -> tuple[float, int]:
+        s = self.summary.per_task.get(task_id)
+        return (s.seconds, s.tokens_in + s.tokens_out) if s else (0.0, 0)
+
+    def _capped(self, task_id: TaskId) -> bool:
+        seconds, tokens = self._task_spent(task_id)
+        cap_s, cap_t = self.cfg.task_cap_seconds, self.cfg.task_cap_tokens
+        return (cap_s is not None and seconds >= cap_s) or (cap_t is not None and tokens >= cap_t)
+
+    def _settled(self, v: Vote | None) -> bool:
+        m = self.cfg.settle_margin
+        return m > 0 and v is not None and v.margin >= m and len(v.tallies) >= 1
+
+    # -- planning ------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.engine.model)
+        return self._tokenizer
+
+    def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[_Request]:
+        """The prompts still owed to reach this round's target augmentations per test input."""
+        cfg = self.cfg
+        target = min(cfg.first_round + (round_no - 1) * cfg.per_round, cfg.max_augmentations)
+        requests: list[_Request] = []
+        for unit in self.units:
+            task_id = unit[0]
+            if task_id in self.failed or self._capped(task_id):
+                continue
+            done = {p.aug for p in self.predictions.get(unit, [])}
+            if len(done) >= target:
+                continue
+            if round_no > 1 and self._settled(votes.get(unit)):
+                self.summary.settled_skips += target - len(done)
+                continue
+            try:
+                requests.extend(self._plan_unit(unit, target - len(done), done, round_no))
+            except Exception as exc:  # one task's bug must not cost the others their answers
+                self._fail(task_id, f"{type(exc).__name__}: {exc}")
+        if cfg.cheapest_first:
+            # Whole tasks together, cheapest task first: most tasks get answers early.
+            task_cost: Counter[TaskId] = Counter()
+            for r in requests:
+                task_cost[r.unit[0]] += r.cost
+            requests.sort(key=lambda r: (task_cost[r.unit[0]], r.unit, r.aug.key))
+        return requests
+
+    def _plan_unit(self, unit: Unit, k: int, done: set[str], round_no: int) -> list[_Request]:
+        task_id, test_index = unit
+        task = self.challenges.tasks[task_id]
+        # Seeded per test input and per count done, so that a resumed run plans the same.
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(task_id.encode()), test_index])
+        augs = plan_augmentations(
+            task,
+            k,
+            rng,
+            keep_background=self.cfg.keep_background,
+            permute_colours=self.cfg.permute_colours,
+            shuffle_train=self.cfg.shuffle_train,
+            exclude=done,
+        )
+        out = []
+        for aug in augs:
+            fitted = fit_prompt(
+                aug.apply_task(task),
+                test_index,
+                self.cfg.format,
+                self.cfg.template,
+                self.tokenizer,
+                self.cfg.engine.max_model_len,
+            )
+            if not isinstance(fitted, FittedPrompt):
+                self._fail(task_id, f"prompt too long: {fitted}")
+                return []
+            out.append(_Request(unit, aug, fitted, round_no))
+        return out
+
+    def _fail(self, task_id: TaskId, reason: str) -> None:
+        if task_id not in self.failed:
+            log.warning("task %s gets the fallback: %s", task_id, reason)
+            self.failed[task_id] = reason
+
+    # -- engine --------------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        cfg = self.cfg
+        n_gpus = 1 if cfg.devices else 0
+        self.workers = [
+            EngineWorker(
+                cfg.engine,
+                cfg.sampling,
+                device=cfg.devices[i] if cfg.devices else None,
+                n_gpus=n_gpus,
+                faults=self.faults if self.restarts == 0 else None,
+                name=f"worker-{i}",
+            )
+            for i in range(cfg.workers)
+        ]
+        t0 = time.monotonic()
+        for w in self.workers:
+            w.wait_ready(self.clock.deadline)
+        self.summary.engine_start_seconds.append(time.monotonic() - t0)
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.close()
+        self.workers = []
+
+    def _split(self, batch: Sequence[_Request]) -> list[list[_Request]]:
+        """Share a batch among workers by estimated token cost, whole tasks together."""
+        n = len(self.workers)
+        if n == 1:
+            return [list(batch)]
+        by_task: dict[TaskId, list[_Request]] = defaultdict(list)
+        for r in batch:
+            by_task[r.unit[0]].append(r)
+        loads = [0] * n
+        shares: list[list[_Request]] = [[] for _ in range(n)]
+        for reqs in sorted(by_task.values(), key=lambda rs: -sum(r.cost for r in rs)):
+            i = loads.index(min(loads))
+            shares[i].extend(reqs)
+            loads[i] += sum(r.cost for r in reqs)
+        return shares
+
+    def run_batch(self, batch: Sequence[_Request]) -> None:
+        shares = self._split(batch)
+        t0 = time.monotonic()
+        for w, share in zip(self.workers, shares, strict=True):
+            if share:
+                w.submit(
+                    "generate",
+                    [
+                        GenerateRequest(tuple(r.prompt.token_ids), r.prompt.max_answer_tokens)
+                        for r in share
+                    ],
+                )
+        for w, share in zip(self.workers, shares, strict=True):
+            if share:
+                results: list[list[Completion]] = w.result(self.clock.deadline)
+                self._record(share, results, time.monotonic() - t0)
+
+    def _record(
+        self, share: Sequence[_Request], results: Sequence[Sequence[Completion]], wall: float
+    ) -> None:
+        total_cost = (
+            sum(
+                len(r.prompt.token_ids) + sum(len(c.token_ids) for c in cs)
+                for r, cs in zip(share, results, strict=True)
+            )
+            or 1
+        )
+        new: list[Prediction] = []
+        for req, completions in zip(share, results, strict=True):
+            cost = len(req.prompt.token_ids) + sum(len(c.token_ids) for c in completions)
+            seconds = wall * cost / total_cost
+            self.summary.add_prompt(req.unit[0], len(req.prompt.token_ids), seconds)
+            for c in completions:
+                new.append(self._prediction(req, c, seconds / len(completions)))
+        append_predictions(self.cfg.log_path, new)
+        for p in new:
+            self.predictions[(p.task_id, p.test_index)].append(p)
+            self.summary.add_prediction(p)
+
+    def _prediction(self, req: _Request, c: Completion, seconds: float) -> Prediction:
+        parsed = parse_grid(c.text, self.cfg.format)
+        grid: Grid | None = None
+        reject: str | None = None
+        if isinstance(parsed, Rejection):
+            reject = str(parsed.reason)
+        else:
+            grid = req.aug.reverse_grid(parsed)
+        task_id, test_index = req.unit
+        return Prediction(
+            task_id=task_id,
+            test_index=test_index,
+            aug=req.aug.key,
+            text=c.text,
+            grid=grid,
+            reject=reject,
+            logprob=c.logprob,
+            tokens=len(c.token_ids),
+            prompt_tokens=len(req.prompt.token_ids),
+            finish=c.finish_reason,
+            round=req.round,
+            seconds=seconds,
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        """Run rounds until the work is done or time is up. Returns the exit code."""
+        votes = self.write()  # a valid submission exists before the model even loads
+        exit_code = 0
+        try:
+            self._start_with_retry()
+            round_no = 1
+            while self.clock.left() > 0:
+                requests = self.plan(round_no, votes)
+                if not requests:
+                    if self._target(round_no) >= self.cfg.max_augmentations:
+                        break
+                    round_no += 1
+                    continue
+                votes, finished = self._run_round(round_no, requests)
+                if finished:
+                    round_no += 1
+        except WorkerTimeout:
+            self.summary.stopped_by = "deadline"
+            log.warning("deadline reached: stopping the engine; the last submission stands")
+        except EngineError as exc:
+            self.summary.stopped_by = "engine failure"
+            self.summary.error = str(exc).splitlines()[0]
+            log.error("engine failed again after a restart: %s", exc)
+            exit_code = exc.exit_code
+        finally:
+            self.stop_workers()
+            votes = self.write()
+        if self.summary.stopped_by is None:
+            self.summary.stopped_by = "deadline" if self.clock.left() <= 0 else "done"
+        self._finish_summary(votes)
+        return exit_code
+
+    def _target(self, round_no: int) -> int:
+        cfg = self.cfg
+        return min(cfg.first_round + (round_no - 1) * cfg.per_round, cfg.max_augmentations)
+
+    def _start_with_retry(self) -> None:
+        try:
+            self.start_workers()
+        except WorkerTimeout:
+            raise
+        except WorkerDied as exc:
+            self._restart(exc)
+
+    def _restart(self, exc: WorkerDied) -> None:
+        """Restart the engine once per run; a second failure ends the run."""
+        self.stop_workers()
+        if self.restarts >= 1:
+            raise exc
+        self.restarts += 1
+        self.summary.restarts = self.restarts
+        log.warning("engine died (%s); restarting it once", str(exc).splitlines()[0])
+        self.start_workers()
+
+    def _run_round(self, round_no: int, requests: list[_Request]) -> tuple[dict[Unit, Vote], bool]:
+        """Run one round's requests in engine calls; False if the engine had to be restarted
+        (the round is then planned again: what was logged is not asked for twice)."""
+        t0 = time.monotonic()
+        size = self.cfg.batch_prompts * len(self.workers)
+        bar = _progress(self.cfg.progress, len(requests), round_no)
+        votes: dict[Unit, Vote] = {}
+        try:
+            for start in range(0, len(requests), size):
+                if self.clock.left() <= 0:
+                    raise WorkerTimeout("deadline reached between engine calls")
+                batch = requests[start : start + size]
+                try:
+                    self.run_batch(batch)
+                except WorkerDied as exc:
+                    self._restart(exc)
+                    return self.write(), False
+                votes = self.write()
+                if bar is not None:
+                    bar.update(len(batch))
+                    bar.set_postfix_str(self._postfix(votes))
+        finally:
+            if bar is not None:
+                bar.close()
+            self.summary.add_round(round_no, time.monotonic() - t0, len(requests))
+        return votes, True
+
+    def _postfix(self, votes: dict[Unit, Vote]) -> str:
+        s = self.summary
+        rate = s.tokens_out / s.engine_seconds if s.engine_seconds else 0.0
+        answered = len({u[0] for u in votes})
+        return (
+            f"tasks {answered}/{len(self.task_ids)} | {rate:,.0f} tok/s | "
+            f"left {format_duration(self.clock.left())}"
+        )
+
+    def _finish_summary(self, votes: dict[Unit, Vote]) -> None:
+        s = self.summary
+        s.total_seconds = self.clock.elapsed()
+        s.failed_tasks = dict(self.failed)
+        for unit in self.units:
+            preds = self.predictions.get(unit, [])
+            if preds and unit not in votes:
+                s.failed_tasks.setdefault(unit[0], "every answer failed to parse")
+        s.skipped_tasks = len(self.challenges.tasks) - len(self.task_ids)
+        s.answered_test_inputs = len(votes)
+        s.test_inputs = sum(self.challenges.n_tests.values())
+        s.write(self.cfg.summary_path)
+
+
+def _progress(enabled: bool, total: int, round_no: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"round {round_no}", unit="prompt", dynamic_ncols=True)
+
+
+def run(cfg: RunConfig, *, faults: Faults | None = None, clock: Clock | None = None) -> int:
+    """Run the pipeline; returns the process exit code. submission.json exists whatever happens
+    after the challenge file has been read."""
+    r = Run(cfg, faults=faults, clock=clock)
+    try:
+        code = r.execute()
+    except AirvError:
+        raise
+    print(r.summary.render())
+    return code
+
+
+__all__ = ["Candidate", "RunConfig", "run"]

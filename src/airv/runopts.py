@@ -1,0 +1,441 @@
+"""`airv run` and `airv vote`: their options, and how the options become a RunConfig.
+
+Every flag defaults to None and only overrides the defaults held by the config dataclasses,
+so a default is stated once (in airv.config / airv.pipeline) and `--help` quotes it from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from airv.budget import format_duration, parse_duration
+from airv.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
+from airv.errors import ConfigError, InputError
+from airv.formats import FormatSpec
+from airv.prompts import PromptTemplate
+from airv.tasks import read_json_object
+from airv.voting import VoteMode
+
+# A file of this name in the model directory says which format and template the model was
+# trained with: {"format": {...FormatSpec...}, "template": {...PromptTemplate...}}.
+MODEL_PROMPT_FILE = "airv.json"
+
+RUN_DESCRIPTION = """\
+Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
+
+For every test input airv builds augmented prompts (the 8 rotations/flips, colour
+permutations, train-pair order), runs them through the engine in batched rounds, reverses
+each augmentation on the answers, votes, and rewrites OUT/submission.json after every
+engine call. OUT/predictions.jsonl logs every completion: rerunning with the same --out
+resumes from it. OUT/run_summary.json holds the figures for tuning the budget.
+
+The clock starts at process start (model loading counts). At the deadline the engine is
+stopped and the last submission.json stands. Exit codes: 0 done or deadline reached,
+2 bad input or options, 3 the engine failed twice (a valid submission.json is still written).
+"""
+
+_D_RUN: dict[str, Any] = {}
+
+
+def _defaults() -> dict[str, Any]:
+    """The dataclass defaults, for --help texts."""
+    if not _D_RUN:
+        from airv.pipeline import RunConfig
+
+        rc = RunConfig(challenges=Path("."), out_dir=Path("."))
+        _D_RUN.update(run=rc, engine=EngineConfig(), sampling=SamplingConfig(), fmt=FormatSpec())
+    return _D_RUN
+
+
+def parse_task_cap(text: str) -> tuple[float | None, int | None]:
+    """'90s' / '2m' -> seconds; '20000tok' -> tokens."""
+    t = text.strip().lower()
+    if t.endswith("tok"):
+        try:
+            n = int(t[:-3])
+        except ValueError:
+            raise ConfigError(f"cannot read task cap {text!r}: use e.g. 90s or 20000tok") from None
+        if n <= 0:
+            raise ConfigError("task cap must be positive")
+        return None, n
+    return parse_duration(t), None
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    d = _defaults()
+    rc, ec = d["run"], d["engine"]
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "--challenges",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="Kaggle challenge file, e.g. arc-agi_test_challenges.json",
+    )
+    io.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="merged model in Hugging Face format (config.json, weights, tokenizer)",
+    )
+    io.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output directory: submission.json, predictions.jsonl, run_summary.json",
+    )
+    io.add_argument(
+        "--max-tasks",
+        type=int,
+        metavar="N",
+        help="run inference on the first N tasks only (the rest get [[0]]); for quick trials",
+    )
+
+    t = p.add_argument_group("time budget")
+    t.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="total wall time from process start, e.g. 11h30m, 45m, 600s "
+        f"(default {format_duration(rc.time_budget)})",
+    )
+    t.add_argument(
+        "--reserve",
+        metavar="DURATION",
+        help=f"kept back for the final write (default {format_duration(rc.reserve)})",
+    )
+    t.add_argument(
+        "--task-cap",
+        metavar="CAP",
+        help="per-task cap on engine time (e.g. 90s) or tokens (e.g. 20000tok); a "
+        "task past its cap gets no more rounds (default: none)",
+    )
+    t.add_argument(
+        "--order",
+        choices=["cheapest", "file"],
+        help="work order within a round: cheapest tasks first so most tasks answer "
+        "early, or file order (default cheapest)",
+    )
+
+    a = p.add_argument_group("augmentation rounds")
+    a.add_argument(
+        "--first-round",
+        type=int,
+        metavar="K",
+        help=f"augmentations per test input in round 1 (default {rc.first_round})",
+    )
+    a.add_argument(
+        "--per-round",
+        type=int,
+        metavar="K",
+        help=f"augmentations added per later round (default {rc.per_round})",
+    )
+    a.add_argument(
+        "--max-augmentations",
+        type=int,
+        metavar="K",
+        help=f"augmentations per test input over all rounds (default {rc.max_augmentations})",
+    )
+    a.add_argument(
+        "--settle-margin",
+        type=int,
+        metavar="VOTES",
+        help="stop adding augmentations to a test input once its leader leads by "
+        f"this many votes; 0 = never (default {rc.settle_margin})",
+    )
+    a.add_argument(
+        "--permute-background",
+        action="store_true",
+        default=None,
+        help="let colour permutations move colour 0 too (default: 0 stays)",
+    )
+    a.add_argument(
+        "--no-colour-permutations",
+        action="store_true",
+        default=None,
+        help="augment with D8 transforms and train order only",
+    )
+    a.add_argument(
+        "--no-train-shuffle",
+        action="store_true",
+        default=None,
+        help="keep the train pairs in file order",
+    )
+    a.add_argument("--seed", type=int, help=f"seed of the augmentation planner (default {rc.seed})")
+
+    v = p.add_argument_group("voting")
+    v.add_argument(
+        "--vote",
+        choices=[m.value for m in VoteMode],
+        help="grid: majority of identical grids, ties by mean logprob; cell: per-cell "
+        f"majority among grids of the most-voted shape (default {rc.vote_mode.value})",
+    )
+
+    f = p.add_argument_group("prompt format (default: the model's airv.json, else built-in)")
+    f.add_argument(
+        "--format",
+        type=Path,
+        metavar="FILE",
+        dest="format_file",
+        help=f"JSON file with 'format' and/or 'template' objects, like "
+        f"{MODEL_PROMPT_FILE} in a model directory",
+    )
+
+    e = p.add_argument_group("engine")
+    e.add_argument(
+        "--engine",
+        choices=[b.value for b in Backend],
+        help=f"vllm or hf (transformers); default {ec.backend.value}",
+    )
+    e.add_argument(
+        "--dtype",
+        choices=[x.value for x in Dtype],
+        help="auto picks float16 on GPUs without bf16 (T4), bfloat16 on newer GPUs, "
+        "the checkpoint's dtype on CPU (default auto)",
+    )
+    e.add_argument(
+        "--max-model-len",
+        type=int,
+        metavar="TOKENS",
+        help=f"context length; train pairs are dropped (largest first) to fit "
+        f"(default {ec.max_model_len})",
+    )
+    e.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        metavar="FRACTION",
+        help=f"vLLM's share of GPU memory (default {ec.gpu_memory_utilization})",
+    )
+    e.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="skip vLLM graph compilation: faster start, slower decoding",
+    )
+    e.add_argument(
+        "--ngram-speculative-tokens",
+        type=int,
+        metavar="K",
+        help="vLLM n-gram (prompt lookup) speculative decoding with K tokens; 0 = off",
+    )
+    e.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="engine processes (one per GPU); default: one per --devices entry, else 1",
+    )
+    e.add_argument(
+        "--devices",
+        metavar="IDS",
+        help="comma-separated CUDA device ids, one worker each, e.g. 0,1,2,3 "
+        "(default: all visible GPUs, none on CPU)",
+    )
+    e.add_argument(
+        "--batch-prompts",
+        type=int,
+        metavar="N",
+        help="prompts per engine call per worker; submission.json is rewritten after "
+        f"each call (default {rc.batch_prompts})",
+    )
+
+    s = p.add_argument_group("sampling (default greedy)")
+    s.add_argument("--n", type=int, help="completions per prompt (with --temperature > 0)")
+    s.add_argument("--temperature", type=float)
+    s.add_argument("--top-k", type=int, help="0 = off")
+    s.add_argument("--top-p", type=float)
+    s.add_argument("--min-p", type=float)
+    s.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="1.0 = off (default); other values hurt ARC, whose answers copy the input",
+    )
+    s.add_argument("--sampling-seed", type=int)
+    s.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    s.add_argument(
+        "--beam-width",
+        type=int,
+        metavar="B",
+        help="beam search with B beams (vLLM LLM.beam_search); 0 = off",
+    )
+
+    o = p.add_argument_group("output")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def load_prompt_files(
+    model: Path | None, format_file: Path | None
+) -> tuple[FormatSpec, PromptTemplate]:
+    """Format and template: built-in defaults, overridden by the model's airv.json, then by
+    --format."""
+    spec, template = FormatSpec(), PromptTemplate()
+    if format_file is not None and not format_file.exists():
+        raise InputError("format file not found", path=format_file)
+    model_file = None if model is None else model / MODEL_PROMPT_FILE
+    for path in (model_file, format_file):
+        if path is None or not path.exists():
+            continue
+        data = read_json_object(path, "format file")
+        unknown = set(data) - {"format", "template"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; use 'format', 'template'")
+        if "format" in data:
+            spec = FormatSpec.from_dict(data["format"], source=str(path))
+        if "template" in data:
+            template = PromptTemplate.from_dict(data["template"], source=str(path))
+    return spec, template
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except ImportError:
+        return 0
+
+
+def build_run_config(args: argparse.Namespace) -> Any:
+    from airv.pipeline import RunConfig
+
+    if not args.challenges.exists():
+        raise InputError("challenge file not found", path=args.challenges)
+    if not (args.model / "config.json").exists():
+        raise InputError("not a Hugging Face model directory (no config.json)", path=args.model)
+    engine = replace(
+        EngineConfig(model=args.model),
+        backend=None if args.engine is None else Backend(args.engine),
+        dtype=None if args.dtype is None else Dtype(args.dtype),
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+        ngram_speculative_tokens=args.ngram_speculative_tokens,
+    )
+    sampling = replace(
+        SamplingConfig(),
+        n=args.n,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.sampling_seed,
+        stop=None if args.stop is None else tuple(args.stop),
+        beam_width=args.beam_width,
+    )
+    spec, template = load_prompt_files(args.model, args.format_file)
+    devices: tuple[str, ...] | None = None
+    if args.devices is not None:
+        devices = tuple(x.strip() for x in args.devices.split(",") if x.strip())
+    elif args.workers is None:
+        devices = tuple(str(i) for i in range(_visible_gpus()))
+    workers = args.workers if args.workers is not None else (len(devices) if devices else None)
+    cap_s, cap_t = (None, None) if args.task_cap is None else parse_task_cap(args.task_cap)
+    return replace(
+        RunConfig(challenges=args.challenges, out_dir=args.out),
+        engine=engine,
+        sampling=sampling,
+        format=spec,
+        template=template,
+        vote_mode=None if args.vote is None else VoteMode(args.vote),
+        time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
+        reserve=None if args.reserve is None else parse_duration(args.reserve),
+        task_cap_seconds=cap_s,
+        task_cap_tokens=cap_t,
+        cheapest_first=None if args.order is None else args.order == "cheapest",
+        first_round=args.first_round,
+        per_round=args.per_round,
+        max_augmentations=args.max_augmentations,
+        settle_margin=args.settle_margin,
+        keep_background=None if args.permute_background is None else False,
+        permute_colours=None if args.no_colour_permutations is None else False,
+        shuffle_train=None if args.no_train_shuffle is None else False,
+        seed=args.seed,
+        workers=workers,
+        devices=devices or None,
+        batch_prompts=args.batch_prompts,
+        max_tasks=args.max_tasks,
+        progress=False if args.no_progress else None,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s airv %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from airv.pipeline import run
+
+    configure_logging(args.log_level)
+    return run(build_run_config(args))
+
+
+def add_vote_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        required=True,
+        metavar="LOG",
+        help="predictions.jsonl written by airv run",
+    )
+    p.add_argument(
+        "--challenges",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the challenge file of that run",
+    )
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in VoteMode],
+        default=None,
+        help="voting mode (default grid)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="where to write the new submission.json",
+    )
+
+
+def vote_command(args: argparse.Namespace) -> int:
+    from airv.predictions import group_candidates, read_predictions
+    from airv.submission import build_submission, write_submission
+    from airv.tasks import load_challenges
+    from airv.voting import vote
+
+    challenges = load_challenges(args.challenges, strict=False)
+    if not args.predictions.exists():
+        raise InputError("predictions log not found", path=args.predictions)
+    records, damaged = read_predictions(args.predictions)
+    mode = VoteMode.GRID if args.mode is None else VoteMode(args.mode)
+    known = {(t, i) for t in challenges.task_ids for i in range(challenges.n_tests[t])}
+    answers = {}
+    ignored = 0
+    for unit, cands in group_candidates(records).items():
+        if unit not in known:
+            ignored += 1
+            continue
+        v = vote(cands, mode)
+        if v is not None:
+            answers[unit] = (v.attempt_1, v.attempt_2)
+    write_submission(args.out, build_submission(challenges, answers))
+    print(
+        f"{args.out}: {len(answers)}/{len(known)} test inputs answered by {mode.value} vote "
+        f"from {len(records)} predictions"
+        + (f"; {damaged} damaged log lines skipped" if damaged else "")
+        + (f"; {ignored} test inputs not in the challenge file ignored" if ignored else "")
+    )
+    return 0

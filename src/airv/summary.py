@@ -1,0 +1,140 @@
+"""The run summary: what a user needs to judge a run and tune the per-task budget.
+
+Printed at the end of `airv run` and written as run_summary.json beside submission.json.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import orjson
+
+from airv.budget import format_duration
+from airv.predictions import Prediction
+from airv.types import TaskId
+
+
+@dataclass
+class TaskStats:
+    prompts: int = 0
+    completions: int = 0
+    rejected: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0  # this task's share of engine wall time
+
+
+@dataclass
+class RoundStats:
+    round: int
+    prompts: int
+    seconds: float
+
+
+@dataclass
+class RunSummary:
+    tasks: int = 0
+    test_inputs: int = 0
+    answered_test_inputs: int = 0
+    prompts: int = 0
+    completions: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    engine_seconds: float = 0.0
+    total_seconds: float = 0.0
+    first_write_seconds: float | None = None
+    engine_start_seconds: list[float] = field(default_factory=list)
+    writes: int = 0
+    rounds: list[RoundStats] = field(default_factory=list)
+    rejections: Counter[str] = field(default_factory=Counter)
+    settled_skips: int = 0  # prompts not run because the vote was already settled
+    restarts: int = 0
+    stopped_by: str | None = None  # "done", "deadline" or "engine failure"
+    error: str | None = None
+    resumed_predictions: int = 0
+    damaged_log_lines: int = 0
+    skipped_tasks: int = 0  # beyond --max-tasks
+    rejected_tasks: dict[TaskId, str] = field(default_factory=dict)  # invalid in the file
+    failed_tasks: dict[TaskId, str] = field(default_factory=dict)  # valid, but fallback
+    per_task: dict[TaskId, TaskStats] = field(default_factory=dict)
+
+    def add_prompt(self, task_id: TaskId, prompt_tokens: int, seconds: float) -> None:
+        s = self.per_task.setdefault(task_id, TaskStats())
+        s.prompts += 1
+        s.tokens_in += prompt_tokens
+        s.seconds += seconds
+        self.prompts += 1
+        self.tokens_in += prompt_tokens
+        self.engine_seconds += seconds
+
+    def add_prediction(self, p: Prediction) -> None:
+        s = self.per_task.setdefault(p.task_id, TaskStats())
+        s.completions += 1
+        s.tokens_out += p.tokens
+        self.completions += 1
+        self.tokens_out += p.tokens
+        if p.reject is not None:
+            s.rejected += 1
+            self.rejections[p.reject] += 1
+
+    def add_round(self, round_no: int, seconds: float, prompts: int) -> None:
+        self.rounds.append(RoundStats(round_no, prompts, seconds))
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_out / self.engine_seconds if self.engine_seconds else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        d = asdict(self)
+        d["rejections"] = dict(self.rejections)
+        d["tokens_per_second"] = self.tokens_per_second
+        return d
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+        tmp.replace(path)
+
+    def render(self) -> str:
+        """A short human-readable report."""
+        lines = [
+            f"run: {self.stopped_by or 'unfinished'} after {format_duration(self.total_seconds)}"
+            + (f" ({self.error})" if self.error else ""),
+            f"tasks: {self.tasks} ({len(self.rejected_tasks)} invalid in the file, "
+            f"{len(self.failed_tasks)} fell back to [[0]], {self.skipped_tasks} skipped)",
+            f"test inputs answered: {self.answered_test_inputs}/{self.test_inputs}",
+            f"prompts: {self.prompts}, completions: {self.completions}, "
+            f"tokens in/out: {self.tokens_in:,}/{self.tokens_out:,}, "
+            f"{self.tokens_per_second:,.0f} output tokens/s",
+            "engine start: "
+            + (", ".join(f"{s:.1f}s" for s in self.engine_start_seconds) or "not started")
+            + f", restarts: {self.restarts}",
+        ]
+        if self.first_write_seconds is not None:
+            lines.append(f"first submission.json after {self.first_write_seconds:.1f}s")
+        if self.rounds:
+            lines.append(
+                "rounds: "
+                + ", ".join(f"#{r.round} {r.prompts} prompts {r.seconds:.1f}s" for r in self.rounds)
+            )
+        if self.rejections:
+            lines.append(
+                "rejected outputs: "
+                + ", ".join(f"{k} {v}" for k, v in self.rejections.most_common())
+            )
+        if self.settled_skips:
+            lines.append(f"prompts saved by settled votes: {self.settled_skips}")
+        if self.per_task:
+            secs = sorted(s.seconds for s in self.per_task.values())
+            toks = sorted(s.tokens_in + s.tokens_out for s in self.per_task.values())
+            lines.append(
+                f"per task: median {secs[len(secs) // 2]:.2f}s / {toks[len(toks) // 2]:,} tokens, "
+                f"max {secs[-1]:.2f}s / {toks[-1]:,} tokens"
+            )
+        for tid, why in list(self.failed_tasks.items())[:20]:
+            lines.append(f"  fallback {tid}: {why}")
+        for tid, why in list(self.rejected_tasks.items())[:20]:
+            lines.append(f"  invalid {tid}: {why}")
+        return "\n".join(lines)
