@@ -291,6 +291,13 @@ def test_estimate_is_small_for_small_tasks() -> None:
     assert true_answer_tokens(square(3), spec, tok) <= estimate < 30
 
 
+def test_estimate_follows_the_documented_rule() -> None:
+    # Character-level: a 3x3 answer is 11 tokens; + EOS = 12; + 10% margin (1) + 4 = 17.
+    tok, spec = PlainCharTokenizer(), FormatSpec()
+    task = Task("t", (Pair(square(2), square(3)),), (square(2),))
+    assert estimate_answer_tokens(task, 0, spec, tok) == 17
+
+
 def test_estimate_scales_with_a_larger_test_input() -> None:
     tok, spec = PlainCharTokenizer(), FormatSpec()
     train = (Pair(square(3), square(3)), Pair(square(2, 3), square(2, 3)))

@@ -232,7 +232,7 @@ def fit_prompt(
     if max_model_len < 1:
         raise ValueError(f"max_model_len must be positive, got {max_model_len}")
     max_answer = estimate_answer_tokens(task, test_index, spec, tokenizer)
-    drop_order = sorted(range(len(task.train)), key=lambda i: (_cells(task.train[i]), -i))
+    drop_order = sorted(range(len(task.train)), key=lambda i: (-_cells(task.train[i]), -i))
     dropped: list[int] = []
     while True:
         keep = sorted(set(range(len(task.train))).difference(dropped))

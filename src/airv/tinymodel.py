@@ -8,7 +8,9 @@ The answers it gives are noise; the code paths it drives are the real ones.
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Every character airv's default prompt and formats can produce, one token each: digits (one
@@ -25,23 +27,34 @@ def build_tiny_model(
     num_layers: int = 2,
     head_dim: int = 64,
     max_position_embeddings: int = 8192,
+    bigram: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write a tiny random Qwen2 model + tokenizer to `out_dir` (Hugging Face layout) and return it.
+    """Write a tiny Qwen2 model + tokenizer to `out_dir` (Hugging Face layout) and return it.
+
+    With random weights (the default) its answers are noise. With `bigram`, the weights are set
+    so that the model is a deterministic bigram machine: the next token depends only on the
+    current one, `bigram[current]` if given, else end-of-sequence. E.g. {"\n": "1", "1": "2"}
+    answers every prompt ending in a newline with "12" and EOS: a valid 1x2 grid, so the whole
+    pipeline (parse, reverse, vote) runs on real answers through the real engines.
 
     head_dim 64: vLLM's CPU attention kernels reject some smaller head sizes (16 fails).
     """
     import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    # Every character is its own pre-token, so the WordLevel model maps characters to ids.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
+    # Byte-level BPE with no merges: one token per character, as Qwen2's own tokenizer class
+    # expects (transformers maps model_type qwen2 to it and rebuilds the pre-tokenizer).
+    byte_char = _bytes_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in CHARACTERS:
+        vocab[byte_char[ord(ch)]] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -62,7 +75,7 @@ def build_tiny_model(
         num_key_value_heads=n_heads,
         head_dim=head_dim,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=True,
+        tie_word_embeddings=bigram is None,
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],
@@ -70,6 +83,56 @@ def build_tiny_model(
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).to(torch.float32)
+    if bigram is not None:
+
+        def token(text: str) -> str:
+            return byte_char[ord(text)] if len(text) == 1 else text
+
+        rules = {token(a): token(b) for a, b in bigram.items()}
+        _make_bigram(model, vocab, rules, hidden_size)
     model.generation_config.pad_token_id = vocab["<pad>"]
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _make_bigram(
+    model: Any, vocab: Mapping[str, int], rules: Mapping[str, str], hidden: int
+) -> None:
+    """Set weights so that logits depend only on the current token.
+
+    Attention and MLP outputs are zeroed, so the residual stream is the token's embedding, a
+    one-hot vector; the final RMSNorm scales it to sqrt(hidden) and the untied lm_head maps it
+    to the next token's logits: EOS by default (weight 1), the rule's target if any (weight 2).
+    """
+    import torch
+
+    if len(vocab) > hidden:
+        raise ValueError(f"bigram model needs hidden_size >= vocabulary ({len(vocab)})")
+    unknown = [c for pair in rules.items() for c in pair if c not in vocab]
+    if unknown:
+        raise ValueError(f"bigram rules use tokens outside the vocabulary: {unknown}")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = torch.zeros(len(vocab), hidden)
+        emb[torch.arange(len(vocab)), torch.arange(len(vocab))] = 1.0
+        model.model.embed_tokens.weight.copy_(emb)
+        model.model.norm.weight.fill_(1.0)
+        head = torch.zeros(len(vocab), hidden)
+        head[vocab["</s>"], : len(vocab)] = 1.0
+        for cur, nxt in rules.items():
+            head[vocab[nxt], vocab[cur]] = 2.0
+        model.lm_head.weight.copy_(head)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table used by byte-level BPE vocabularies."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
