@@ -62,7 +62,7 @@ class SamplingConfig:
     """How to decode. Greedy by default: ARC answers are exact, and AIRV gets its diversity
     from the augmentations, not from sampling."""
 
-    n: int = 1
+    n: int = 1  # completions per prompt; with beam search, the n best beams
     temperature: float = 0.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
@@ -87,16 +87,14 @@ class SamplingConfig:
             raise ConfigError("repetition_penalty must be > 0")
         if self.beam_width < 0 or self.beam_width == 1:
             raise ConfigError("beam_width must be 0 (off) or >= 2")
+        if self.n > 1 and self.temperature == 0.0 and not self.beam_width:
+            raise ConfigError("n > 1 needs sampling (temperature > 0) or beam search")
         if self.beam_width and (self.n > self.beam_width):
             raise ConfigError("with beam search, n must not exceed beam_width")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 and not self.beam_width
-
-    @property
-    def completions_per_prompt(self) -> int:
-        return self.beam_width if self.beam_width else self.n
 
 
 def replace(obj: Any, **overrides: Any) -> Any:

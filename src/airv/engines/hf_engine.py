@@ -106,7 +106,7 @@ class HfEngine:
         results: list[list[Completion]] = [[] for _ in requests]
         # Similar lengths together: less padding.
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
-        per_prompt = self._sampling.completions_per_prompt
+        per_prompt = self._sampling.n
         torch.manual_seed(self._generator_seed)
         for start in range(0, len(order), BATCH_SIZE):
             idx = order[start : start + BATCH_SIZE]

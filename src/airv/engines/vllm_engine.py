@@ -56,7 +56,10 @@ class VllmEngine:
         log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
         self._llm = LLM(**kwargs)
         self._sampling = sampling
-        self._params = self._sampling_params(sampling, max_tokens=16)
+        # Beam search takes its own parameters per call (see _beam_search).
+        self._params = (
+            None if sampling.beam_width else self._sampling_params(sampling, max_tokens=16)
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -89,7 +92,7 @@ class VllmEngine:
 
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
         # max_tokens differs per request (answer-size estimate), so each gets its own params.
-        params = [self._params.clone() for _ in requests]
+        params = [self._params.clone() for _ in requests]  # type: ignore[union-attr]
         for p, r in zip(params, requests, strict=True):
             p.max_tokens = r.max_tokens
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
@@ -122,7 +125,7 @@ class VllmEngine:
             prompts = [TokensPrompt(prompt_token_ids=list(requests[i].prompt_ids)) for i in idx]
             for i, out in zip(idx, self._llm.beam_search(prompts, params), strict=True):
                 n_prompt = len(requests[i].prompt_ids)
-                for seq in out.sequences[: self._sampling.completions_per_prompt]:
+                for seq in out.sequences[: self._sampling.n]:
                     # Beam sequences include the prompt: keep only the answer.
                     ids = tuple(seq.tokens[n_prompt:])
                     eos = tokenizer.eos_token_id
