@@ -133,6 +133,7 @@ class Run:
         self.predictions: dict[Unit, list[Prediction]] = defaultdict(list)
         self.failed: dict[TaskId, str] = {}  # task id -> why it gets the fallback
         self.workers: list[EngineWorker] = []
+        self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self.restarts = 0
         self._tokenizer: Any = None
         self._resume()
@@ -265,11 +266,12 @@ class Run:
                 cfg.sampling,
                 device=cfg.devices[i] if cfg.devices else None,
                 n_gpus=n_gpus,
-                faults=self.faults if self.restarts == 0 else None,
+                faults=self.faults if self.faults and self.restarts < self.faults.lives else None,
                 name=f"worker-{i}",
             )
             for i in range(cfg.workers)
         ]
+        self.worker_pids.extend(w.pid for w in self.workers if w.pid is not None)
         t0 = time.monotonic()
         for w in self.workers:
             w.wait_ready(self.clock.deadline)

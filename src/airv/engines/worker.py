@@ -36,12 +36,14 @@ class WorkerDied(EngineError):
 class Faults:
     """Faults to inject inside the worker, for tests of the pipeline's recovery.
 
-    Counts are 1-based numbers of `generate` calls in this worker's life.
+    Counts are 1-based numbers of `generate` calls in one worker's life; `lives` is how many
+    worker lives (the first start, then restarts) the faults apply to.
     """
 
     raise_on_call: int | None = None  # the engine raises mid-batch
     exit_on_call: int | None = None  # the process dies without a word (as if OOM-killed)
     hang_on_call: int | None = None  # the engine never answers
+    lives: int = 1
 
 
 def _serve(

@@ -1,0 +1,235 @@
+"""The anytime pipeline end to end through real engines, with faults injected.
+
+The bigram test model answers every prompt with the grid `12`, so each augmentation yields a
+real, parseable answer that the pipeline reverses and votes on. Fault tests mostly use the
+transformers backend (it starts in seconds); the worker and recovery code is the same for both.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from airv.augment import D8, Augmentation
+from airv.budget import Clock
+from airv.config import Backend, Dtype, EngineConfig
+from airv.engines.worker import Faults
+from airv.pipeline import Run, RunConfig
+from airv.predictions import read_predictions
+from airv.submission import validate_submission
+from airv.tasks import Pair, Task, dump_challenges, load_challenges
+
+pytestmark = pytest.mark.engine
+
+ANSWER = ((1, 2),)  # what the bigram model writes, in the augmented frame
+# Every grid an answer `12` can become when reversed: D8 images, colours unmoved.
+D8_IMAGES = {d.apply(ANSWER) for d in D8}
+
+
+def _task(task_id: str, n_test: int = 1, side: int = 2) -> Task:
+    g1 = tuple(tuple((r + c) % 3 for c in range(side)) for r in range(side))
+    g2 = tuple(tuple((r * c) % 4 for c in range(side)) for r in range(side))
+    return Task(
+        task_id,
+        train=(Pair(g1, g2), Pair(g2, g1)),
+        test=tuple(g1 for _ in range(n_test)),
+    )
+
+
+def _challenges(tmp_path: Path, tasks: list[Task], *, broken: bool = True) -> Path:
+    path = tmp_path / "challenges.json"
+    dump_challenges(tasks, path)
+    if broken:
+        data = orjson.loads(path.read_bytes())
+        data["broken01"] = {"train": [{"input": [[1, 2], [3]], "output": [[1]]}], "test": []}
+        data["broken01"]["test"] = [{"input": [[1]]}]
+        path.write_bytes(orjson.dumps(data))
+    return path
+
+
+def _config(challenges: Path, out: Path, model: Path, backend: Backend, **kw: object) -> RunConfig:
+    engine = EngineConfig(
+        model=model, backend=backend, dtype=Dtype.FLOAT32, max_model_len=1024, enforce_eager=True
+    )
+    base: dict[str, object] = dict(
+        first_round=4,
+        per_round=4,
+        max_augmentations=8,
+        settle_margin=0,
+        permute_colours=False,  # reversed answers then stay D8 images of `12`
+        progress=False,
+        time_budget=900,
+        reserve=0,
+    )
+    base.update(kw)
+    return RunConfig(challenges=challenges, out_dir=out, engine=engine, **base)  # type: ignore[arg-type]
+
+
+def _no_process_left(pids: list[int]) -> bool:
+    """Every worker led its own process group; none of those groups may survive the run."""
+    for pid in pids:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            continue
+        return False
+    return True
+
+
+def _answers(out: Path) -> dict[str, list[dict[str, list[list[int]]]]]:
+    return orjson.loads((out / "submission.json").read_bytes())  # type: ignore[no-any-return]
+
+
+def _grid(lists: list[list[int]]) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(r) for r in lists)
+
+
+def test_vllm_end_to_end_survives_a_killed_worker(tmp_path: Path, bigram_model: Path) -> None:
+    tasks = [_task("task0001"), _task("task0002", n_test=2), _task("task0003", side=3)]
+    ch = _challenges(tmp_path, tasks)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.VLLM, batch_prompts=6)
+    run = Run(cfg, faults=Faults(exit_on_call=2))
+    assert run.execute() == 0
+    assert run.summary.restarts == 1
+    assert _no_process_left(run.worker_pids)
+
+    challenges = load_challenges(ch, strict=False)
+    assert validate_submission(out / "submission.json", challenges) == []
+    sub = _answers(out)
+    assert sub["broken01"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
+    for t in tasks:
+        assert len(sub[t.id]) == len(t.test)
+        for entry in sub[t.id]:
+            assert _grid(entry["attempt_1"]) in D8_IMAGES
+            assert _grid(entry["attempt_2"]) in D8_IMAGES
+            assert entry["attempt_1"] != entry["attempt_2"]
+
+    records, damaged = read_predictions(out / "predictions.jsonl")
+    assert damaged == 0
+    per_unit: dict[tuple[str, int], list[str]] = {}
+    for p in records:
+        per_unit.setdefault((p.task_id, p.test_index), []).append(p.aug)
+        # Each answer was reversed: re-applying its augmentation gives the raw `12` back.
+        assert p.grid is not None
+        assert Augmentation.from_key(p.aug).apply_grid(p.grid) == ANSWER
+    assert sorted(per_unit) == [("task0001", 0), ("task0002", 0), ("task0002", 1), ("task0003", 0)]
+    for augs in per_unit.values():
+        assert len(augs) == len(set(augs)) == 8  # nothing asked twice after the restart
+
+    summary = orjson.loads((out / "run_summary.json").read_bytes())
+    assert summary["stopped_by"] == "done"
+    assert summary["completions"] == 32
+    assert summary["answered_test_inputs"] == 4
+    assert summary["rejected_tasks"].keys() == {"broken01"}
+    assert set(summary["per_task"]) == {t.id for t in tasks}
+    assert summary["tokens_out"] == 32 * 3  # "1", "2", EOS
+
+
+def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> None:
+    ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
+    out = tmp_path / "out"
+    first = Run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=4))
+    assert first.execute() == 0
+    assert len(read_predictions(out / "predictions.jsonl")[0]) == 8
+
+    second = Run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=8))
+    assert second.summary.resumed_predictions == 8
+    assert second.execute() == 0
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert len(records) == 16
+    for tid in ("task0001", "task0002"):
+        keys = [p.aug for p in records if p.task_id == tid]
+        assert len(set(keys)) == 8
+    assert second.summary.completions == 8  # only the new ones ran
+
+
+def test_engine_raising_mid_batch_is_restarted_once(tmp_path: Path, bigram_model: Path) -> None:
+    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
+    out = tmp_path / "out"
+    run = Run(
+        _config(ch, out, bigram_model, Backend.HF, batch_prompts=4), faults=Faults(raise_on_call=3)
+    )
+    assert run.execute() == 0
+    assert run.summary.restarts == 1
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert len(records) == 4 * 8
+    assert len({(p.task_id, p.aug) for p in records}) == 4 * 8
+    assert _no_process_left(run.worker_pids)
+
+
+def test_second_engine_failure_exits_nonzero_keeping_answers(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
+    out = tmp_path / "out"
+    # Each batch is one task's 4 prompts; every worker life fails on its second call.
+    run = Run(
+        _config(ch, out, bigram_model, Backend.HF, batch_prompts=4),
+        faults=Faults(raise_on_call=2, lives=2),
+    )
+    assert run.execute() == 3
+    assert run.summary.stopped_by == "engine failure"
+    sub = _answers(out)
+    records, _ = read_predictions(out / "predictions.jsonl")
+    answered = {p.task_id for p in records}
+    assert len(answered) == 2  # one call per worker life succeeded
+    for tid in answered:
+        assert _grid(sub[tid][0]["attempt_1"]) in D8_IMAGES
+    for tid in {"task0000", "task0001", "task0002", "task0003"} - answered:
+        assert sub[tid][0]["attempt_1"] == [[0]]
+    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
+
+
+def test_deadline_mid_round_kills_a_hung_engine(tmp_path: Path, bigram_model: Path) -> None:
+    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(3)], broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.HF, batch_prompts=4)
+    start = time.monotonic()
+    run = Run(cfg, faults=Faults(hang_on_call=2), clock=Clock(start, budget=60, reserve=0))
+    assert run.execute() == 0
+    assert run.summary.stopped_by == "deadline"
+    assert time.monotonic() - start < 60 + 30  # killed at the deadline, not after the hang
+    assert _no_process_left(run.worker_pids)
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert {p.task_id for p in records} == {"task0000"}  # the first call's answers
+    sub = _answers(out)
+    assert _grid(sub["task0000"][0]["attempt_1"]) in D8_IMAGES
+    assert sub["task0001"][0]["attempt_1"] == [[0]]
+
+
+def test_task_that_cannot_fit_falls_back_while_others_answer(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    big = _task("bigtask1", side=20)
+    ch = _challenges(tmp_path, [_task("task0001"), big], broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.HF)
+    cfg = RunConfig(
+        **{**cfg.__dict__, "engine": EngineConfig(**{**cfg.engine.__dict__, "max_model_len": 256})}
+    )
+    run = Run(cfg)
+    assert run.execute() == 0
+    assert "bigtask1" in run.summary.failed_tasks
+    assert "too long" in run.summary.failed_tasks["bigtask1"]
+    sub = _answers(out)
+    assert sub["bigtask1"][0]["attempt_1"] == [[0]]
+    assert _grid(sub["task0001"][0]["attempt_1"]) in D8_IMAGES
+
+
+def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None:
+    tasks = [_task(f"task000{i}", side=2 + i % 3) for i in range(6)]
+    ch = _challenges(tmp_path, tasks, broken=False)
+    out = tmp_path / "out"
+    run = Run(_config(ch, out, bigram_model, Backend.HF, workers=2))
+    assert run.execute() == 0
+    assert len(run.summary.engine_start_seconds) == 1
+    assert len(set(run.worker_pids)) == 2
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert len(records) == 6 * 8
+    assert {p.task_id for p in records} == {t.id for t in tasks}
+    assert _no_process_left(run.worker_pids)
