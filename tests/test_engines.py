@@ -50,8 +50,7 @@ def hf_engine(tiny_model: Path) -> Iterator[Engine]:
 def _requests(engine: Engine, max_tokens: int = 32) -> list[GenerateRequest]:
     tok = engine.tokenizer
     return [
-        GenerateRequest(tuple(tok.encode(p, add_special_tokens=False)), max_tokens)
-        for p in PROMPTS
+        GenerateRequest(tuple(tok.encode(p, add_special_tokens=False)), max_tokens) for p in PROMPTS
     ]
 
 
