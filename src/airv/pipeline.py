@@ -123,7 +123,9 @@ class Run:
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         self.summary = RunSummary(
-            tasks=len(self.challenges.task_ids), rejected_tasks=dict(self.challenges.rejected)
+            challenges=str(cfg.challenges.resolve()),
+            tasks=len(self.challenges.task_ids),
+            rejected_tasks=dict(self.challenges.rejected),
         )
         ids = [t for t in self.challenges.task_ids if t in self.challenges.tasks]
         self.task_ids = ids[: cfg.max_tasks] if cfg.max_tasks is not None else ids

@@ -35,6 +35,7 @@ class RoundStats:
 
 @dataclass
 class RunSummary:
+    challenges: str = ""  # the challenge file's path, for `airv report` / `airv eval`
     tasks: int = 0
     test_inputs: int = 0
     answered_test_inputs: int = 0
