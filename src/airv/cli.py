@@ -130,11 +130,74 @@ def _add_vote(subparsers: _Subparsers) -> None:
     p.set_defaults(func=runopts.vote_command)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from airv.report import DEFAULT_MODE, write_report
+    from airv.voting import VoteMode
+
+    mode = DEFAULT_MODE if args.mode is None else VoteMode(args.mode)
+    written = write_report(
+        args.out_dir,
+        out=args.out,
+        challenges=args.challenges,
+        solutions=args.solutions,
+        mode=mode,
+    )
+    print(f"{written.path}: {written.tasks} tasks; {written.solutions_note}")
+    return 0
+
+
+def _add_report(subparsers: _Subparsers) -> None:
+    from airv.report import DEFAULT_MODE
+    from airv.voting import VoteMode
+
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run",
+        description="Write one static HTML file (no network needed to view it) about the run in "
+        "OUT_DIR: per task the train pairs, test inputs, both attempts and the top candidates "
+        "with their votes and logprobs, the truth and whether it was solved where solutions "
+        "are known; filters and sorting; charts of time and tokens per task, rejected outputs "
+        "by reason and accuracy per round. Reads OUT_DIR/submission.json, predictions.jsonl "
+        "and run_summary.json.",
+    )
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="the output directory of a run")
+    p.add_argument(
+        "--challenges",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="the challenge file (default: the one run_summary.json records)",
+    )
+    p.add_argument(
+        "--solutions",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="the solution file (default: *_solutions.json beside *_challenges.json, if there)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in VoteMode],
+        default=None,
+        help="voting mode for the candidates shown and accuracy per round "
+        f"(default {DEFAULT_MODE.value})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="where to write the page (default OUT_DIR/report.html)",
+    )
+    p.set_defaults(func=_report)
+
+
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_run,
     _add_vote,
     _add_validate,
     _add_score,
+    _add_report,
 )
 
 

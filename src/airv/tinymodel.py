@@ -16,7 +16,7 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Every character airv's default prompt and formats can produce, one token each: digits (one
 # token per cell), the labels and separators of the templates, plus enough letters and
 # punctuation that a custom template still tokenises without <unk>.
-CHARACTERS = string.digits + "\n " + string.ascii_letters + "|x:,.-_`[]()#>"
+CHARACTERS = string.digits + "\n " + string.ascii_letters + "|:,.-_`[]()#>"
 
 
 def build_tiny_model(
@@ -40,17 +40,52 @@ def build_tiny_model(
     head_dim 64: vLLM's CPU attention kernels reject some smaller head sizes (16 fails).
     """
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Byte-level BPE with no merges: one token per character, as Qwen2's own tokenizer class
-    # expects (transformers maps model_type qwen2 to it and rebuilds the pre-tokenizer).
+    fast = build_tokenizer(out, CHARACTERS)
+    vocab = fast.get_vocab()
+    config = qwen2_config(
+        vocab,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_layers=num_layers,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=bigram is None,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(torch.float32)
+    if bigram is not None:
+
+        def token(text: str) -> str:
+            return _bytes_to_unicode()[ord(text)] if len(text) == 1 else text
+
+        rules = {token(a): token(b) for a, b in bigram.items()}
+        _make_bigram(model, vocab, rules, hidden_size)
+    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_tokenizer(out_dir: Path | str, characters: str) -> Any:
+    """Write a tokenizer with one token per character of `characters` (plus SPECIAL_TOKENS,
+    ids 0-3) to `out_dir` and return it (a transformers PreTrainedTokenizerFast).
+
+    Byte-level BPE with no merges: one token per character, as Qwen2's own tokenizer class
+    expects (transformers maps model_type qwen2 to it and rebuilds the pre-tokenizer).
+    Characters must be ASCII (one byte each).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if len(set(characters)) != len(characters) or not characters.isascii():
+        raise ValueError(f"characters must be distinct ASCII characters: {characters!r}")
     byte_char = _bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for ch in CHARACTERS:
+    for ch in characters:
         vocab[byte_char[ord(ch)]] = len(vocab)
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -63,36 +98,40 @@ def build_tiny_model(
         unk_token="<unk>",
         padding_side="left",
     )
-    fast.save_pretrained(out)
+    fast.save_pretrained(Path(out_dir))
+    return fast
+
+
+def qwen2_config(
+    vocab: Mapping[str, int],
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    head_dim: int = 64,
+    max_position_embeddings: int = 8192,
+    tie_word_embeddings: bool = True,
+) -> Any:
+    """A float32 Qwen2Config for a tokenizer from `build_tokenizer` (its vocabulary is `vocab`);
+    hidden_size // head_dim attention heads (at least one), as many key/value heads."""
+    from transformers import Qwen2Config
 
     n_heads = max(1, hidden_size // head_dim)
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=len(vocab),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=n_heads,
         num_key_value_heads=n_heads,
         head_dim=head_dim,
         max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=bigram is None,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=vocab["<s>"],
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],
         torch_dtype="float32",
     )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config).to(torch.float32)
-    if bigram is not None:
-
-        def token(text: str) -> str:
-            return byte_char[ord(text)] if len(text) == 1 else text
-
-        rules = {token(a): token(b) for a, b in bigram.items()}
-        _make_bigram(model, vocab, rules, hidden_size)
-    model.generation_config.pad_token_id = vocab["<pad>"]
-    model.save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def _make_bigram(
