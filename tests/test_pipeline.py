@@ -233,3 +233,74 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
     assert len(records) == 6 * 8
     assert {p.task_id for p in records} == {t.id for t in tasks}
     assert _no_process_left(run.worker_pids)
+
+
+def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    from airv.cli import main
+    from airv.rescore import read_scores
+    from airv.voting import VoteMode
+
+    ch = _challenges(tmp_path, [_task("task0001"), _task("task0002", n_test=2)], broken=False)
+    out = tmp_path / "out"
+    # 8 augmentations cover D8 once: the 4 distinct images of `12`, 2 votes each, a tie that
+    # grid-wise voting breaks by logprob alone. Scored under the identity (J = 1), only `12`
+    # itself is what the model would write, so re-scoring must pick it.
+    cfg = _config(
+        ch,
+        out,
+        bigram_model,
+        Backend.HF,
+        vote_mode=VoteMode.RESCORE,
+        rescore_top=4,
+        rescore_augmentations=1,
+    )
+    run = Run(cfg)
+    assert run.execute() == 0
+    scores = read_scores(out / "scores.jsonl")
+    assert len(scores) == 3  # every test input
+    for unit, by_grid in scores.items():
+        assert set(by_grid) == D8_IMAGES  # the top M = all 4 distinct candidates
+        for augs in by_grid.values():
+            assert list(augs) == ["id"]
+        totals = {g: sum(a.values()) for g, a in by_grid.items()}
+        others = [v for g, v in totals.items() if g != ANSWER]
+        assert totals[ANSWER] > max(others) + 3.0  # beyond what log(votes) could change
+        entry = _answers(out)[unit[0]][unit[1]]
+        assert _grid(entry["attempt_1"]) == ANSWER
+        assert _grid(entry["attempt_2"]) != ANSWER
+    assert run.summary.scoring_requests == 3 * 4
+
+    offline = tmp_path / "offline.json"
+    code = main(
+        [
+            "vote",
+            "--predictions",
+            str(out / "predictions.jsonl"),
+            "--challenges",
+            str(ch),
+            "--mode",
+            "rescore",
+            "--out",
+            str(offline),
+        ]
+    )
+    assert code == 0
+    assert orjson.loads(offline.read_bytes()) == _answers(out)
+    # The grid-wise vote over the same candidates breaks the tie the other way.
+    grid = tmp_path / "grid.json"
+    main(
+        [
+            "vote",
+            "--predictions",
+            str(out / "predictions.jsonl"),
+            "--challenges",
+            str(ch),
+            "--mode",
+            "grid",
+            "--out",
+            str(grid),
+        ]
+    )
+    assert _grid(orjson.loads(grid.read_bytes())["task0001"][0]["attempt_1"]) != ANSWER

@@ -163,7 +163,7 @@ def test_no_candidates_gives_none(mode: VoteMode) -> None:
 
 def test_unknown_mode_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="vote mode"):
-        vote([cand(A)], "rescore")  # type: ignore[arg-type]
+        vote([cand(A)], "majority")  # type: ignore[arg-type]
 
 
 def test_registry_covers_every_mode() -> None:
@@ -374,3 +374,44 @@ def test_score_totals_sum_scores_and_do_not_grow_with_votes() -> None:
     totals = score_totals(cs)
     assert totals == {A: -3.0, B: -0.5}
     assert rescore_select(totals, {t.grid: t.votes for t in tally(cs)}) == (B, A)
+
+
+# -- re-scoring ----------------------------------------------------------------------------
+
+
+def scored(grid: Grid, scores: tuple[float, ...], key: str = "id") -> Candidate:
+    return Candidate(grid=grid, aug_key=key, logprob=-1.0, n_tokens=1, scores=scores)
+
+
+def test_rescore_prefers_the_likelier_grid_over_the_majority() -> None:
+    majority = [scored(((1,),), (-30.0, -30.0), key=f"k{i}") for i in range(3)]
+    likely = [scored(((2,),), (-2.0, -3.0))]
+    v = vote([*majority, *likely], VoteMode.RESCORE)
+    assert v is not None
+    assert v.mode is VoteMode.RESCORE
+    assert v.attempt_1 == ((2,),)
+    assert v.attempt_2 == ((1,),)
+    assert v.margin == 2  # still the grid-wise margin: 3 votes against 1
+
+
+def test_rescore_vote_weight_breaks_near_ties_towards_votes() -> None:
+    a = [scored(((1,),), (-5.0,), key=f"k{i}") for i in range(3)]  # -5 + log 3 = -3.9
+    b = [scored(((2,),), (-4.5,))]  # -4.5 + log 1 = -4.5
+    v = vote([*a, *b], VoteMode.RESCORE)
+    assert v is not None and v.attempt_1 == ((1,),)
+
+
+def test_rescore_without_scores_is_the_grid_vote() -> None:
+    cands = [cand(((1,),)), cand(((1,),)), cand(((2,),), logprob=-0.1)]
+    r = vote(cands, VoteMode.RESCORE)
+    g = vote(cands, VoteMode.GRID)
+    assert r is not None and g is not None
+    assert (r.attempt_1, r.attempt_2) == (g.attempt_1, g.attempt_2)
+
+
+def test_rescore_puts_unscored_grids_after_scored_ones() -> None:
+    cands = [cand(((1,),)), cand(((1,),)), cand(((1,),)), scored(((2,),), (-50.0,))]
+    v = vote(cands, VoteMode.RESCORE)
+    assert v is not None
+    assert v.attempt_1 == ((2,),)
+    assert v.attempt_2 == ((1,),)

@@ -15,10 +15,10 @@ import logging
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from airv.errors import AirvError, EngineError
 from airv.formats import FormatSpec, Rejection, parse_grid
 from airv.predictions import Prediction, append_predictions, read_predictions
 from airv.prompts import FittedPrompt, PromptTemplate, fit_prompt
+from airv.rescore import Rescorer
 from airv.submission import build_submission, write_submission
 from airv.summary import RunSummary
 from airv.tasks import Challenges, load_challenges
@@ -40,6 +41,7 @@ from airv.voting import Candidate, Vote, VoteMode, vote
 log = logging.getLogger(__name__)
 
 Unit = tuple[TaskId, int]  # one test input: (task id, test index)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class RunConfig:
     format: FormatSpec = field(default_factory=FormatSpec)
     template: PromptTemplate = field(default_factory=PromptTemplate)
     vote_mode: VoteMode = VoteMode.GRID
+    rescore_top: int = 4  # with --vote rescore: distinct candidates scored per test input (M)
+    rescore_augmentations: int = 4  # ... each under this many augmentations (J)
     time_budget: float = 11.5 * 3600  # seconds from process start, model loading included
     reserve: float = 120.0  # seconds kept back for the final write
     first_round: int = 8  # augmentations per test input in round 1 (the first 8 cover D8)
@@ -100,6 +104,10 @@ class RunConfig:
     def summary_path(self) -> Path:
         return self.out_dir / "run_summary.json"
 
+    @property
+    def scores_path(self) -> Path:
+        return self.out_dir / "scores.jsonl"
+
 
 @dataclass
 class _Request:
@@ -138,6 +146,7 @@ class Run:
         self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self.restarts = 0
         self._tokenizer: Any = None
+        self.rescorer = Rescorer(self)
         self._resume()
 
     # -- state ---------------------------------------------------------------------------
@@ -157,6 +166,8 @@ class Run:
         out: dict[Unit, Vote] = {}
         for unit, preds in self.predictions.items():
             cands = [c for p in preds if (c := p.candidate) is not None]
+            if self.cfg.vote_mode is VoteMode.RESCORE:
+                cands = self.rescorer.attach(unit, cands)
             v = vote(cands, self.cfg.vote_mode)
             if v is not None:
                 out[unit] = v
@@ -284,24 +295,8 @@ class Run:
             w.close()
         self.workers = []
 
-    def _split(self, batch: Sequence[_Request]) -> list[list[_Request]]:
-        """Share a batch among workers by estimated token cost, whole tasks together."""
-        n = len(self.workers)
-        if n == 1:
-            return [list(batch)]
-        by_task: dict[TaskId, list[_Request]] = defaultdict(list)
-        for r in batch:
-            by_task[r.unit[0]].append(r)
-        loads = [0] * n
-        shares: list[list[_Request]] = [[] for _ in range(n)]
-        for reqs in sorted(by_task.values(), key=lambda rs: -sum(r.cost for r in rs)):
-            i = loads.index(min(loads))
-            shares[i].extend(reqs)
-            loads[i] += sum(r.cost for r in reqs)
-        return shares
-
     def run_batch(self, batch: Sequence[_Request]) -> None:
-        shares = self._split(batch)
+        shares = share_out(batch, len(self.workers), lambda r: r.unit[0], lambda r: r.cost)
         t0 = time.monotonic()
         for w, share in zip(self.workers, shares, strict=True):
             if share:
@@ -381,7 +376,9 @@ class Run:
                     continue
                 votes, finished = self._run_round(round_no, requests)
                 if finished:
+                    votes = self._rescore(votes)
                     round_no += 1
+            votes = self._rescore(votes)  # a resumed run may have candidates not yet scored
         except WorkerTimeout:
             self.summary.stopped_by = "deadline"
             log.warning("deadline reached: stopping the engine; the last submission stands")
@@ -397,6 +394,13 @@ class Run:
             self.summary.stopped_by = "deadline" if self.clock.left() <= 0 else "done"
         self._finish_summary(votes)
         return exit_code
+
+    def _rescore(self, votes: dict[Unit, Vote]) -> dict[Unit, Vote]:
+        """With --vote rescore: score the owed candidates (one engine call), then vote again."""
+        rescoring = self.cfg.vote_mode is VoteMode.RESCORE and self.clock.left() > 0
+        if rescoring and self.rescorer.run_scoring(votes):
+            return self.write()
+        return votes
 
     def _target(self, round_no: int) -> int:
         cfg = self.cfg
@@ -468,6 +472,25 @@ class Run:
         s.answered_test_inputs = len(votes)
         s.test_inputs = sum(self.challenges.n_tests.values())
         s.write(self.cfg.summary_path)
+
+
+def share_out(
+    items: Sequence[T], n: int, task_of: Callable[[T], TaskId], cost_of: Callable[[T], int]
+) -> list[list[T]]:
+    """Share items among n workers by estimated token cost, whole tasks together, greedily
+    (largest task to the least-loaded worker)."""
+    if n == 1:
+        return [list(items)]
+    by_task: dict[TaskId, list[T]] = defaultdict(list)
+    for item in items:
+        by_task[task_of(item)].append(item)
+    loads = [0] * n
+    shares: list[list[T]] = [[] for _ in range(n)]
+    for group in sorted(by_task.values(), key=lambda g: -sum(cost_of(x) for x in g)):
+        i = loads.index(min(loads))
+        shares[i].extend(group)
+        loads[i] += sum(cost_of(x) for x in group)
+    return shares
 
 
 def _progress(enabled: bool, total: int, round_no: int) -> Any:

@@ -65,30 +65,34 @@ def parse_task_cap(text: str) -> tuple[float | None, int | None]:
     return parse_duration(t), None
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(
+    p: argparse.ArgumentParser, *, required: bool = True, out_help: str | None = None
+) -> None:
+    """The options of `airv run`. `airv eval` reuses them with required=False (it checks
+    --challenges/--model/--out itself, as they are needed only when it runs a model)."""
     d = _defaults()
-    rc, ec = d["run"], d["engine"]
+    rc, ec, sc = d["run"], d["engine"], d["sampling"]
     io = p.add_argument_group("inputs and outputs")
     io.add_argument(
         "--challenges",
         type=Path,
-        required=True,
+        required=required,
         metavar="FILE",
         help="Kaggle challenge file, e.g. arc-agi_test_challenges.json",
     )
     io.add_argument(
         "--model",
         type=Path,
-        required=True,
+        required=required,
         metavar="DIR",
         help="merged model in Hugging Face format (config.json, weights, tokenizer)",
     )
     io.add_argument(
         "--out",
         type=Path,
-        required=True,
+        required=required,
         metavar="DIR",
-        help="output directory: submission.json, predictions.jsonl, run_summary.json",
+        help=out_help or "output directory: submission.json, predictions.jsonl, run_summary.json",
     )
     io.add_argument(
         "--max-tasks",
@@ -173,7 +177,22 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--vote",
         choices=[m.value for m in VoteMode],
         help="grid: majority of identical grids, ties by mean logprob; cell: per-cell "
-        f"majority among grids of the most-voted shape (default {rc.vote_mode.value})",
+        "majority among grids of the most-voted shape; rescore: the top candidates re-ranked "
+        "by their likelihood under other augmentations (prefill only, one engine call per "
+        f"round) (default {rc.vote_mode.value})",
+    )
+    v.add_argument(
+        "--rescore-top",
+        type=int,
+        metavar="M",
+        help=f"rescore: distinct candidates scored per test input (default {rc.rescore_top})",
+    )
+    v.add_argument(
+        "--rescore-augmentations",
+        type=int,
+        metavar="J",
+        help="rescore: augmentations each candidate is scored under "
+        f"(default {rc.rescore_augmentations})",
     )
 
     f = p.add_argument_group("prompt format (default: the model's airv.json, else built-in)")
@@ -224,6 +243,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="vLLM n-gram (prompt lookup) speculative decoding with K tokens; 0 = off",
     )
     e.add_argument(
+        "--quantization",
+        metavar="METHOD",
+        help="vLLM quantization method of a quantized checkpoint, e.g. awq, gptq, fp8 "
+        "(default: what the checkpoint's config.json declares; vllm backend only)",
+    )
+    e.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -254,6 +279,20 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="1.0 = off (default); other values hurt ARC, whose answers copy the input",
     )
+    s.add_argument(
+        "--presence-penalty",
+        type=float,
+        metavar="X",
+        help=f"in [-2, 2], 0 = off (default {sc.presence_penalty}); vllm backend only. "
+        "Penalties hurt ARC: answers copy the input",
+    )
+    s.add_argument(
+        "--frequency-penalty",
+        type=float,
+        metavar="X",
+        help=f"in [-2, 2], 0 = off (default {sc.frequency_penalty}); vllm backend only. "
+        "Penalties hurt ARC: answers copy the input",
+    )
     s.add_argument("--sampling-seed", type=int)
     s.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     s.add_argument(
@@ -261,6 +300,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         metavar="B",
         help="beam search with B beams (vLLM LLM.beam_search); 0 = off",
+    )
+    s.add_argument(
+        "--length-penalty",
+        type=float,
+        metavar="X",
+        help="beam search ranks beams by logprob / length**X; > 1 favours longer answers "
+        f"(default {sc.length_penalty}; needs --beam-width)",
     )
 
     o = p.add_argument_group("output")
@@ -315,6 +361,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
         ngram_speculative_tokens=args.ngram_speculative_tokens,
+        quantization=args.quantization,
     )
     sampling = replace(
         SamplingConfig(),
@@ -327,7 +374,15 @@ def build_run_config(args: argparse.Namespace) -> Any:
         seed=args.sampling_seed,
         stop=None if args.stop is None else tuple(args.stop),
         beam_width=args.beam_width,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        length_penalty=args.length_penalty,
     )
+    if engine.backend is Backend.HF:
+        from airv.engines.hf_engine import check_supported
+
+        # Here rather than in the worker: a bad option is a usage error, not an engine crash.
+        check_supported(engine, sampling)
     spec, template = load_prompt_files(args.model, args.format_file)
     devices: tuple[str, ...] | None = None
     if args.devices is not None:
@@ -343,6 +398,8 @@ def build_run_config(args: argparse.Namespace) -> Any:
         format=spec,
         template=template,
         vote_mode=None if args.vote is None else VoteMode(args.vote),
+        rescore_top=args.rescore_top,
+        rescore_augmentations=args.rescore_augmentations,
         time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
         reserve=None if args.reserve is None else parse_duration(args.reserve),
         task_cap_seconds=cap_s,
@@ -399,7 +456,7 @@ def add_vote_arguments(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=[m.value for m in VoteMode],
         default=None,
-        help="voting mode (default grid)",
+        help="voting mode (default grid); rescore uses the scores.jsonl beside the log",
     )
     p.add_argument(
         "--out",
@@ -412,6 +469,7 @@ def add_vote_arguments(p: argparse.ArgumentParser) -> None:
 
 def vote_command(args: argparse.Namespace) -> int:
     from airv.predictions import group_candidates, read_predictions
+    from airv.rescore import attach_scores, read_scores
     from airv.submission import build_submission, write_submission
     from airv.tasks import load_challenges
     from airv.voting import vote
@@ -424,10 +482,13 @@ def vote_command(args: argparse.Namespace) -> int:
     known = {(t, i) for t in challenges.task_ids for i in range(challenges.n_tests[t])}
     answers = {}
     ignored = 0
+    scores = read_scores(args.predictions.parent / "scores.jsonl")
     for unit, cands in group_candidates(records).items():
         if unit not in known:
             ignored += 1
             continue
+        if mode is VoteMode.RESCORE:
+            cands = attach_scores(scores.get(unit, {}), cands)
         v = vote(cands, mode)
         if v is not None:
             answers[unit] = (v.attempt_1, v.attempt_2)

@@ -50,6 +50,8 @@ class RunSummary:
     writes: int = 0
     rounds: list[RoundStats] = field(default_factory=list)
     rejections: Counter[str] = field(default_factory=Counter)
+    scoring_requests: int = 0  # --vote rescore: candidate x augmentation likelihoods computed
+    scoring_seconds: float = 0.0
     settled_skips: int = 0  # prompts not run because the vote was already settled
     restarts: int = 0
     stopped_by: str | None = None  # "done", "deadline" or "engine failure"
@@ -124,6 +126,10 @@ class RunSummary:
             lines.append(
                 "rejected outputs: "
                 + ", ".join(f"{k} {v}" for k, v in self.rejections.most_common())
+            )
+        if self.scoring_requests:
+            lines.append(
+                f"re-scoring: {self.scoring_requests} likelihoods in {self.scoring_seconds:.1f}s"
             )
         if self.settled_skips:
             lines.append(f"prompts saved by settled votes: {self.settled_skips}")

@@ -73,6 +73,7 @@ class Tally:
 class VoteMode(enum.StrEnum):
     GRID = "grid"
     CELL = "cell"
+    RESCORE = "rescore"
 
 
 def _json_float(x: float) -> float | None:
@@ -260,8 +261,28 @@ def rescore_select(
     return tuple(sorted(totals, key=key))
 
 
+# How much a candidate's vote count adds to its re-scoring total: weight * log(votes). The
+# likelihood sums are over J augmentations of tens of tokens each, so 1.0 only breaks near-ties.
+RESCORE_VOTE_WEIGHT = 1.0
+
+
+def select_rescore(candidates: Sequence[Candidate]) -> Vote | None:
+    """Rank distinct grids by their summed log-likelihood under other augmentations (the
+    candidates' `scores`), plus RESCORE_VOTE_WEIGHT * log(votes). Grids that were not scored
+    (e.g. outside the top M by votes) follow in grid-wise order, so without any scores this is
+    the grid-wise vote."""
+    tallies = tally(candidates)
+    if not tallies:
+        return None
+    totals = score_totals(candidates)
+    votes = {t.grid: t.votes for t in tallies}
+    ranked = rescore_select(totals, votes, vote_weight=RESCORE_VOTE_WEIGHT)
+    ranking = [*ranked, *(t.grid for t in tallies if t.grid not in totals)]
+    return _vote(ranking[0], ranking, tallies, len(candidates), VoteMode.RESCORE)
+
+
 SELECTORS: Final[Mapping[VoteMode, Selector]] = MappingProxyType(
-    {VoteMode.GRID: select_grid, VoteMode.CELL: select_cell}
+    {VoteMode.GRID: select_grid, VoteMode.CELL: select_cell, VoteMode.RESCORE: select_rescore}
 )
 
 
