@@ -304,3 +304,27 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
         ]
     )
     assert _grid(orjson.loads(grid.read_bytes())["task0001"][0]["attempt_1"]) != ANSWER
+
+
+def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Path) -> None:
+    from airv.predictions import Prediction
+
+    ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
+    run = Run(_config(ch, tmp_path / "out", bigram_model, Backend.HF, settle_margin=3))
+
+    def pred(task_id: str, aug: str, grid: tuple[tuple[int, ...], ...]) -> Prediction:
+        return Prediction(task_id, 0, aug, "", grid, None, -1.0, 3, 10, "stop", 1, 0.0)
+
+    # task0001: 4 of 4 agree (margin 4, settled); task0002: 2 against 2 (margin 0).
+    for i, aug in enumerate(["id", "r1", "r2", "r3"]):
+        run.predictions[("task0001", 0)].append(pred("task0001", aug, ANSWER))
+        other = ANSWER if i % 2 else ((2, 1),)
+        run.predictions[("task0002", 0)].append(pred("task0002", aug, other))
+    requests = run.plan(2, run.votes())
+    assert {r.unit for r in requests} == {("task0002", 0)}
+    assert len(requests) == 4  # round 2's target is 8: 4 more for the open test input
+    assert run.summary.settled_skips == 4  # the work saved on the settled one
+    # With the rule off, both get more.
+    run_off = Run(_config(ch, tmp_path / "out2", bigram_model, Backend.HF, settle_margin=0))
+    run_off.predictions.update(run.predictions)
+    assert {r.unit for r in run_off.plan(2, run_off.votes())} == {("task0001", 0), ("task0002", 0)}
