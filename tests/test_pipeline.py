@@ -328,3 +328,19 @@ def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Pa
     run_off = Run(_config(ch, tmp_path / "out2", bigram_model, Backend.HF, settle_margin=0))
     run_off.predictions.update(run.predictions)
     assert {r.unit for r in run_off.plan(2, run_off.votes())} == {("task0001", 0), ("task0002", 0)}
+
+
+def test_task_cap_in_tokens_stops_a_task_after_its_round(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    small, big = _task("small001"), _task("bigger01", side=6)
+    ch = _challenges(tmp_path, [small, big], broken=False)
+    out = tmp_path / "out"
+    # One prompt of the 6x6 task is about 170 tokens: 4 of them pass 400, 4 of the 2x2 do not.
+    run = Run(_config(ch, out, bigram_model, Backend.HF, task_cap_tokens=400))
+    assert run.execute() == 0
+    records, _ = read_predictions(out / "predictions.jsonl")
+    per_task = {t: sum(1 for p in records if p.task_id == t) for t in ("small001", "bigger01")}
+    assert per_task == {"small001": 8, "bigger01": 4}
+    spent = sum(p.prompt_tokens + p.tokens for p in records if p.task_id == "bigger01")
+    assert spent >= 400

@@ -183,12 +183,19 @@ class Run:
             self.summary.first_write_seconds = self.clock.elapsed()
         return votes
 
-    def _task_spent(self, task_id: TaskId) -> tuple[float, int]:
-        s = self.summary.per_task.get(task_id)
-        return (s.seconds, s.tokens_in + s.tokens_out) if s else (0.0, 0)
+    def _spent(self) -> dict[TaskId, tuple[float, int]]:
+        """Engine seconds and tokens (prompt + completion) per task, resumed work included."""
+        spent: dict[TaskId, tuple[float, int]] = {}
+        for (task_id, _), preds in self.predictions.items():
+            s, t = spent.get(task_id, (0.0, 0))
+            spent[task_id] = (
+                s + sum(p.seconds for p in preds),
+                t + sum(p.prompt_tokens + p.tokens for p in preds),
+            )
+        return spent
 
-    def _capped(self, task_id: TaskId) -> bool:
-        seconds, tokens = self._task_spent(task_id)
+    def _capped(self, spent: tuple[float, int]) -> bool:
+        seconds, tokens = spent
         cap_s, cap_t = self.cfg.task_cap_seconds, self.cfg.task_cap_tokens
         return (cap_s is not None and seconds >= cap_s) or (cap_t is not None and tokens >= cap_t)
 
@@ -211,9 +218,10 @@ class Run:
         cfg = self.cfg
         target = min(cfg.first_round + (round_no - 1) * cfg.per_round, cfg.max_augmentations)
         requests: list[_Request] = []
+        spent = self._spent()
         for unit in self.units:
             task_id = unit[0]
-            if task_id in self.failed or self._capped(task_id):
+            if task_id in self.failed or self._capped(spent.get(task_id, (0.0, 0))):
                 continue
             done = {p.aug for p in self.predictions.get(unit, [])}
             if len(done) >= target:
