@@ -78,7 +78,10 @@ submit-local: $(STAMP)
 	@if [ -f $(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json ]; then \
 		$(VENV)/bin/airv score $(LOCAL_ROOT)/working/submission.json \
 			--solutions $(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json \
-			--out $(LOCAL_ROOT)/working/score.json; \
+			--out $(LOCAL_ROOT)/working/score.json && \
+		$(VENV)/bin/airv eval --predictions $(LOCAL_ROOT)/working/predictions.jsonl \
+			--solutions $(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json \
+			--challenges $(LOCAL_ROOT)/input/competitions/arc-prize/arc-agi_test_challenges.json; \
 	fi
 	sol=$(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json; \
 		$(VENV)/bin/airv report $(LOCAL_ROOT)/working $$([ -f $$sol ] && echo --solutions $$sol)
@@ -101,6 +104,14 @@ kernel: $(STAMP)
 
 push: kernel
 	kaggle kernels push -p build/kernel
+
+# The demo model (models/airv-demo): a tiny Qwen2 trained on synthetic ARC-style tasks on CPU,
+# fixed seed, ~75 minutes on 2 cores. See models/airv-demo/README.md.
+demo-model: $(STAMP)
+	nice -n 5 $(PY) -m airv.demo_train --out models/airv-demo --minutes 75 --seed 0
+
+bench: $(STAMP)
+	$(PY) bench/run_bench.py --out bench/results.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

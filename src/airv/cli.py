@@ -192,12 +192,163 @@ def _add_report(subparsers: _Subparsers) -> None:
     p.set_defaults(func=_report)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from airv import runopts
+    from airv.errors import ConfigError
+    from airv.evaluate import EVAL_FILE, evaluate_log, render
+    from airv.pipeline import RunConfig, run
+    from airv.voting import VoteMode
+
+    if args.model is not None:
+        if args.predictions is not None:
+            raise ConfigError("give --model (run, then evaluate) or --predictions, not both")
+        if args.challenges is None or args.out is None:
+            raise ConfigError("--model needs --challenges FILE and --out DIR (the run directory)")
+        runopts.configure_logging(args.log_level)
+        cfg = runopts.build_run_config(args)
+        code = run(cfg)
+        log_path, out, mode, challenges = (
+            cfg.log_path,
+            cfg.out_dir / EVAL_FILE,
+            cfg.vote_mode,
+            cfg.challenges,
+        )
+    elif args.predictions is not None:
+        code = 0
+        log_path, challenges = args.predictions, args.challenges
+        out = args.out if args.out is not None else log_path.parent / EVAL_FILE
+        mode = RunConfig.vote_mode if args.vote is None else VoteMode(args.vote)
+    else:
+        raise ConfigError("give --predictions LOG (evaluate a run) or --model DIR (run, evaluate)")
+    report = evaluate_log(log_path, args.solutions, challenges=challenges, mode=mode)
+    report.write(out)
+    print(render(report, per_task=args.per_task))
+    print(f"written: {out}")
+    return code
+
+
+def _add_eval(subparsers: _Subparsers) -> None:
+    from airv import runopts
+
+    p = subparsers.add_parser(
+        "eval",
+        help="score a run against known solutions: accuracy, pixels, size, pool oracle",
+        description="Evaluate against a solution file (e.g. the public evaluation set) before "
+        "spending a Kaggle submission. Per test output: accuracy (exact match), "
+        "correct_pixels (share of cells right when the shape is right), correct_size (shape "
+        "right) and unanswered (no valid grid produced); averaged over all test outputs and "
+        "per task, for attempt_1, the better of the two attempts, and the pool oracle (a "
+        "correct answer anywhere among the candidates: the gap to best-of-2 is what voting "
+        "loses). Every voting mode is run over the same candidates for comparison.\n\n"
+        "Either evaluate an existing log:  airv eval --predictions LOG --solutions FILE\n"
+        "or run the pipeline first:        airv eval --challenges FILE --solutions FILE "
+        "--model DIR --out DIR [run options]\n"
+        "Writes eval.json beside the log (or --out FILE with --predictions).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument(
+        "--solutions",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the solution file, {task_id: [grid, ...]}",
+    )
+    ev.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="LOG",
+        help="evaluate this predictions.jsonl without running a model (then --challenges, if "
+        "given, limits the scoring to its tasks; --vote picks the headline mode)",
+    )
+    ev.add_argument(
+        "--per-task",
+        action="store_true",
+        help="also print one line per task (eval.json always has them)",
+    )
+    runopts.add_run_arguments(
+        p,
+        required=False,
+        out_help="with --model: the run's output directory (eval.json goes there); with "
+        "--predictions: the JSON file to write (default: eval.json beside the log)",
+    )
+    p.set_defaults(func=_eval)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from airv import runopts
+    from airv.errors import ConfigError
+    from airv.plan import make_plan
+
+    if args.challenges is None or args.model is None:
+        raise ConfigError("airv plan needs --challenges FILE and --model DIR")
+    runopts.configure_logging(args.log_level)
+    # The run's own config, so that the plan prices the prompts the run will send.
+    cfg = runopts.build_run_config(
+        argparse.Namespace(**{**vars(args), "out": args.out or Path(".")})
+    )
+    plan = make_plan(
+        cfg,
+        calibration_tasks=args.calibration_tasks,
+        augmentations=args.calibration_augmentations,
+    )
+    print(plan.render())
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "plan.json"
+        try:
+            path.write_bytes(orjson.dumps(plan.to_json(), option=orjson.OPT_INDENT_2))
+        except OSError as e:
+            raise InputError(f"cannot write the plan: {e.strerror or e}", path=path) from e
+        print(f"written: {path}")
+    return 0
+
+
+def _add_plan(subparsers: _Subparsers) -> None:
+    from airv import plan, runopts
+
+    p = subparsers.add_parser(
+        "plan",
+        help="measure the engine, predict how many augmentations fit in the time budget",
+        description="Size a run before spending it. Starts the engine of --model (with the "
+        "same engine, sampling and format options as `airv run`), measures prompt (prefill) "
+        "and answer (decode) tokens/s on a few calibration tasks, prices every test input of "
+        "--challenges, and prints how many augmentations per test input fit in --time-budget "
+        "after the reserve and the measured start-up, and which tasks cannot fit "
+        "--max-model-len at all. Run it in an interactive session on the machine of the real "
+        "run (e.g. a Kaggle GPU notebook), then pass --max-augmentations to `airv run`.",
+    )
+    c = p.add_argument_group("calibration")
+    c.add_argument(
+        "--calibration-tasks",
+        type=int,
+        default=plan.CALIBRATION_TASKS,
+        metavar="N",
+        help="tasks to measure on, spread over short and long prompts "
+        f"(default {plan.CALIBRATION_TASKS})",
+    )
+    c.add_argument(
+        "--calibration-augmentations",
+        type=int,
+        default=plan.CALIBRATION_AUGMENTATIONS,
+        metavar="K",
+        help="views per test input in each of the two timed calls; more prompts = a batch "
+        f"closer to the run's (default {plan.CALIBRATION_AUGMENTATIONS})",
+    )
+    runopts.add_run_arguments(
+        p, required=False, out_help="also write plan.json into this directory"
+    )
+    p.set_defaults(func=_plan)
+
+
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_run,
     _add_vote,
     _add_validate,
     _add_score,
     _add_report,
+    _add_eval,
+    _add_plan,
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ class EngineConfig:
     enforce_eager: bool = False
     # vLLM n-gram (prompt lookup) speculative decoding; 0 = off. ARC answers copy the input a lot.
     ngram_speculative_tokens: int = 0
+    # vLLM's quantization method for a quantized checkpoint (e.g. "awq", "gptq", "fp8");
+    # None = what the checkpoint's config declares. vLLM checks the name when it loads.
+    quantization: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -55,6 +59,8 @@ class EngineConfig:
             )
         if self.ngram_speculative_tokens < 0:
             raise ConfigError("ngram_speculative_tokens must be >= 0")
+        if self.quantization is not None and not self.quantization.strip():
+            raise ConfigError("quantization must be a method name such as awq, or unset")
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,14 @@ class SamplingConfig:
     top_p: float = 1.0
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # != 1.0 hurts ARC: answers repeat the input's cells
+    # vLLM/OpenAI-style penalties in [-2, 2]; 0 = off. They hurt ARC too: answers copy the input.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     beam_width: int = 0  # > 1: beam search (vLLM's LLM.beam_search / transformers num_beams)
+    # Beam search ranks beams by logprob / length**length_penalty: > 1 favours longer answers.
+    length_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -85,6 +96,16 @@ class SamplingConfig:
             raise ConfigError(f"min_p must be in [0, 1), got {self.min_p}")
         if self.repetition_penalty <= 0:
             raise ConfigError("repetition_penalty must be > 0")
+        for name, value in (
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ):
+            if not -2.0 <= value <= 2.0:
+                raise ConfigError(f"{name} must be in [-2, 2] (0 = off), got {value}")
+        if not math.isfinite(self.length_penalty):
+            raise ConfigError(f"length_penalty must be a finite number, got {self.length_penalty}")
+        if self.length_penalty != 1.0 and not self.beam_width:
+            raise ConfigError("length_penalty applies to beam search only: set beam_width >= 2")
         if self.beam_width < 0 or self.beam_width == 1:
             raise ConfigError("beam_width must be 0 (off) or >= 2")
         if self.n > 1 and self.temperature == 0.0 and not self.beam_width:

@@ -24,10 +24,27 @@ from airv.errors import ConfigError, EngineError
 BATCH_SIZE = 16
 
 
+def check_supported(engine: EngineConfig, sampling: SamplingConfig) -> None:
+    """Raise ConfigError for options transformers' generate() has no counterpart for, rather
+    than silently decoding differently from the vLLM backend."""
+    for name, value in (
+        ("presence_penalty", sampling.presence_penalty),
+        ("frequency_penalty", sampling.frequency_penalty),
+    ):
+        if value != 0.0:
+            raise ConfigError(f"{name} is a vLLM option; the hf backend has none (leave it 0)")
+    if engine.quantization is not None:
+        raise ConfigError(
+            "quantization is a vLLM option; the hf backend loads a quantized checkpoint as its "
+            "config.json declares (leave quantization unset)"
+        )
+
+
 class HfEngine:
     def __init__(self, engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0):
         if engine.model is None:
             raise ConfigError("no model directory given")
+        check_supported(engine, sampling)
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,6 +102,7 @@ class HfEngine:
                 num_return_sequences=s.n,
                 do_sample=False,
                 output_scores=True,
+                length_penalty=s.length_penalty,
             )
         elif s.greedy:
             kwargs.update(do_sample=False)

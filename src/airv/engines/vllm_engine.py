@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from airv.config import EngineConfig, SamplingConfig
+from airv.config import Dtype, EngineConfig, SamplingConfig
 from airv.engines.base import (
     Completion,
     GenerateRequest,
@@ -35,6 +35,21 @@ class VllmEngine:
                 "vLLM is not installed: install it (see wheels/README.md) or use --engine hf"
             ) from exc
         dtype = resolve_dtype(engine.dtype, gpu_capabilities(n_gpus), model_dtype(engine.model))
+        log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
+        self._llm = LLM(**self._llm_kwargs(engine, dtype, n_gpus=n_gpus))
+        self._sampling = sampling
+        # Beam search takes its own parameters per call (see _beam_search).
+        self._params = (
+            None if sampling.beam_width else self._sampling_params(sampling, max_tokens=16)
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._llm.get_tokenizer()
+
+    @staticmethod
+    def _llm_kwargs(engine: EngineConfig, dtype: Dtype, *, n_gpus: int) -> dict[str, Any]:
+        """The one place EngineConfig becomes vLLM's LLM(...) arguments."""
         kwargs: dict[str, Any] = {
             "model": str(engine.model),
             "dtype": str(dtype),
@@ -46,6 +61,8 @@ class VllmEngine:
         }
         if n_gpus > 0:
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+        if engine.quantization is not None:
+            kwargs["quantization"] = engine.quantization
         if engine.ngram_speculative_tokens:
             kwargs["speculative_config"] = {
                 "method": "ngram",
@@ -53,17 +70,7 @@ class VllmEngine:
                 "prompt_lookup_max": 4,
                 "prompt_lookup_min": 2,
             }
-        log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
-        self._llm = LLM(**kwargs)
-        self._sampling = sampling
-        # Beam search takes its own parameters per call (see _beam_search).
-        self._params = (
-            None if sampling.beam_width else self._sampling_params(sampling, max_tokens=16)
-        )
-
-    @property
-    def tokenizer(self) -> Any:
-        return self._llm.get_tokenizer()
+        return kwargs
 
     @staticmethod
     def _sampling_params(sampling: SamplingConfig, *, max_tokens: int) -> Any:
@@ -77,6 +84,8 @@ class VllmEngine:
             top_p=sampling.top_p,
             min_p=sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
             seed=sampling.seed,
             stop=list(sampling.stop) or None,
             max_tokens=max_tokens,
@@ -109,9 +118,19 @@ class VllmEngine:
             for out in outputs
         ]
 
+    @staticmethod
+    def _beam_params(sampling: SamplingConfig, *, max_tokens: int) -> Any:
+        """SamplingConfig as vLLM's BeamSearchParams (beam search takes no SamplingParams)."""
+        from vllm.sampling_params import BeamSearchParams
+
+        return BeamSearchParams(
+            beam_width=sampling.beam_width,
+            max_tokens=max_tokens,
+            length_penalty=sampling.length_penalty,
+        )
+
     def _beam_search(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import BeamSearchParams
 
         tokenizer = self.tokenizer
         results: list[list[Completion]] = []
@@ -121,7 +140,7 @@ class VllmEngine:
             by_len.setdefault(r.max_tokens, []).append(i)
         slots: list[list[Completion]] = [[] for _ in requests]
         for max_tokens, idx in by_len.items():
-            params = BeamSearchParams(beam_width=self._sampling.beam_width, max_tokens=max_tokens)
+            params = self._beam_params(self._sampling, max_tokens=max_tokens)
             prompts = [TokensPrompt(prompt_token_ids=list(requests[i].prompt_ids)) for i in idx]
             for i, out in zip(idx, self._llm.beam_search(prompts, params), strict=True):
                 n_prompt = len(requests[i].prompt_ids)

@@ -1,0 +1,339 @@
+"""`airv plan`: how many augmentations per test input fit in a time budget, on this engine.
+
+Run it in an interactive session on the machine of the real run (a Kaggle GPU notebook):
+it starts the engine, measures prompt (prefill) and answer (decode) throughput on a few
+calibration tasks, then prices every test input of the challenge file and divides the
+budget (minus the reserve and the measured start-up) by the price of one augmentation of
+every test input. Tasks whose prompt cannot fit max_model_len even with one train pair are
+listed: they get the `[[0]]` fallback whatever the budget.
+
+The measurement, in two batched calls on disjoint augmentations (so that vLLM's prefix
+cache cannot make the second call look cheap):
+  1. generate 1 token for set A            -> prefill tokens/s = prompt tokens / time
+  2. generate full answers for set B       -> decode tokens/s = answer tokens /
+                                              (time - B's prompt tokens / prefill rate)
+Answers are priced at their token allowance (`max_answer_tokens`), an upper bound: a
+trained model stops at EOS sooner. Throughput grows with batch size on a GPU, so calibrate
+with about as many prompts as the run batches (`--calibration-tasks` x 2 x augmentations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from airv.augment import plan_augmentations
+from airv.budget import format_duration, process_start_time
+from airv.engines import Completion, GenerateRequest
+from airv.engines.worker import EngineWorker
+from airv.errors import ConfigError
+from airv.pipeline import RunConfig
+from airv.prompts import FittedPrompt, Tokenizer, fit_prompt
+from airv.tasks import Challenges, Task, load_challenges
+from airv.types import TaskId
+
+# Views priced per test input: identity and a quarter turn (a transposed grid has another
+# number of line breaks, so the two bracket the D8 views).
+PRICED_VIEWS = 2
+# The floor on the decode share of the generation call's time: measurement noise must not
+# make decoding look free.
+MIN_DECODE_SHARE = 0.1
+# `airv plan` defaults: 4 tasks x 2 calls x 4 views = 32+ calibration prompts.
+CALIBRATION_TASKS = 4
+CALIBRATION_AUGMENTATIONS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    start_seconds: float  # from process start to a warmed-up engine: the run pays it too
+    prompts: int  # calibration prompts, both calls
+    prompt_tokens: int
+    answer_tokens: int
+    stop_seconds: float = 0.0  # ending the engine: paid inside the run's reserve
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCost:
+    """One test input: mean tokens of one augmentation's prompt, and its answer allowance."""
+
+    task_id: TaskId
+    test_index: int
+    prompt_tokens: float
+    answer_tokens: float
+
+
+@dataclass(frozen=True, slots=True)
+class TooLong:
+    task_id: TaskId
+    test_index: int
+    needed: int  # tokens with one train pair kept, answer included
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    units: tuple[UnitCost, ...]
+    too_long: tuple[TooLong, ...]
+    skipped: tuple[TaskId, ...]  # tasks the challenge file gets wrong (fallback anyway)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    throughput: Throughput
+    costs: Costs
+    budget: float
+    reserve: float
+    workers: int
+    n_per_prompt: int  # completions per prompt (SamplingConfig.n)
+
+    @property
+    def available(self) -> float:
+        return max(0.0, self.budget - self.reserve - self.throughput.start_seconds)
+
+    @property
+    def sweep_seconds(self) -> float:
+        """Predicted time of one augmentation of every test input that fits, all workers."""
+        t = self.throughput
+        total = math.fsum(
+            u.prompt_tokens / t.prefill_tokens_per_s
+            + self.n_per_prompt * u.answer_tokens / t.decode_tokens_per_s
+            for u in self.costs.units
+        )
+        return total / self.workers
+
+    @property
+    def augmentations(self) -> int:
+        """Augmentations per test input that fit in the budget."""
+        sweep = self.sweep_seconds
+        return int(self.available // sweep) if sweep > 0 else 0
+
+    def predicted_seconds(self, augmentations: int) -> float:
+        """Predicted wall time of a whole run with this many augmentations per test input."""
+        t = self.throughput
+        return t.start_seconds + augmentations * self.sweep_seconds + t.stop_seconds
+
+    def to_json(self) -> dict[str, object]:
+        t = self.throughput
+        return {
+            "prefill_tokens_per_s": t.prefill_tokens_per_s,
+            "decode_tokens_per_s": t.decode_tokens_per_s,
+            "start_seconds": t.start_seconds,
+            "stop_seconds": t.stop_seconds,
+            "calibration_prompts": t.prompts,
+            "test_inputs": len(self.costs.units),
+            "prompt_tokens_per_sweep": math.fsum(u.prompt_tokens for u in self.costs.units),
+            "answer_tokens_per_sweep": math.fsum(u.answer_tokens for u in self.costs.units),
+            "sweep_seconds": self.sweep_seconds,
+            "budget": self.budget,
+            "reserve": self.reserve,
+            "available": self.available,
+            "workers": self.workers,
+            "augmentations": self.augmentations,
+            "too_long": [
+                {"task_id": x.task_id, "test_index": x.test_index, "needed": x.needed}
+                for x in self.costs.too_long
+            ],
+        }
+
+    def render(self) -> str:
+        t, c = self.throughput, self.costs
+        prompt = math.fsum(u.prompt_tokens for u in c.units)
+        answer = math.fsum(u.answer_tokens for u in c.units)
+        lines = [
+            f"engine: prefill {t.prefill_tokens_per_s:,.0f} tok/s, decode "
+            f"{t.decode_tokens_per_s:,.0f} tok/s ({t.prompts} calibration prompts, "
+            f"{t.prompt_tokens:,} prompt + {t.answer_tokens:,} answer tokens); start-up "
+            f"{format_duration(t.start_seconds)}",
+            f"one augmentation of each of {len(c.units)} test inputs: {prompt:,.0f} prompt + "
+            f"{self.n_per_prompt} x {answer:,.0f} answer tokens (allowance) = "
+            f"{format_duration(self.sweep_seconds)} on {self.workers} worker(s)",
+            f"budget {format_duration(self.budget)} - reserve {format_duration(self.reserve)} - "
+            f"start-up = {format_duration(self.available)}",
+            f"=> {self.augmentations} augmentations per test input fit "
+            f"(e.g. --max-augmentations {max(self.augmentations, 1)}; predicted run time "
+            f"{format_duration(self.predicted_seconds(self.augmentations))})",
+        ]
+        if c.too_long:
+            lines.append(f"{len(c.too_long)} test input(s) cannot fit max_model_len (fallback):")
+            lines += [
+                f"  {x.task_id} test {x.test_index}: needs {x.needed} tokens > {x.max_model_len}"
+                for x in c.too_long
+            ]
+        if c.skipped:
+            lines.append(f"{len(c.skipped)} invalid task(s) skipped: {', '.join(c.skipped)}")
+        return "\n".join(lines)
+
+
+def _views(task: Task, test_index: int, k: int, cfg: RunConfig) -> list[Task]:
+    # Seeded per test input, as the pipeline plans, so calibration sees the run's own views.
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), test_index])
+    augs = plan_augmentations(
+        task,
+        k,
+        rng,
+        keep_background=cfg.keep_background,
+        permute_colours=cfg.permute_colours,
+        shuffle_train=cfg.shuffle_train,
+    )
+    return [a.apply_task(task) for a in augs]
+
+
+def estimate_costs(cfg: RunConfig, challenges: Challenges, tokenizer: Tokenizer) -> Costs:
+    """Price every test input of `challenges` as the run configured by `cfg` would prompt it."""
+    units: list[UnitCost] = []
+    too_long: list[TooLong] = []
+    for task_id in challenges.task_ids:
+        task = challenges.tasks.get(task_id)
+        if task is None:
+            continue
+        for i in range(len(task.test)):
+            fitted = []
+            for view in _views(task, i, PRICED_VIEWS, cfg):
+                f = fit_prompt(
+                    view, i, cfg.format, cfg.template, tokenizer, cfg.engine.max_model_len
+                )
+                if not isinstance(f, FittedPrompt):
+                    too_long.append(TooLong(task_id, i, f.needed, f.max_model_len))
+                    break
+                fitted.append(f)
+            else:
+                units.append(
+                    UnitCost(
+                        task_id,
+                        i,
+                        prompt_tokens=sum(len(f.token_ids) for f in fitted) / len(fitted),
+                        answer_tokens=sum(f.max_answer_tokens for f in fitted) / len(fitted),
+                    )
+                )
+    return Costs(tuple(units), tuple(too_long), tuple(sorted(challenges.rejected)))
+
+
+def calibration_units(costs: Costs, n_tasks: int) -> list[UnitCost]:
+    """The test inputs of n tasks spread evenly over the tasks sorted by prompt length, so
+    the calibration sees short and long prompts alike."""
+    by_task: dict[TaskId, list[UnitCost]] = {}
+    for u in costs.units:
+        by_task.setdefault(u.task_id, []).append(u)
+    order = sorted(by_task, key=lambda t: (sum(u.prompt_tokens for u in by_task[t]), t))
+    if n_tasks >= len(order):
+        chosen = order
+    else:
+        picks = np.linspace(0, len(order) - 1, n_tasks).round().astype(int)
+        chosen = [order[i] for i in sorted(set(picks.tolist()))]
+    return [u for t in chosen for u in by_task[t]]
+
+
+def measure(
+    generate: Callable[[list[GenerateRequest]], list[list[Completion]]],
+    prefill_set: Sequence[FittedPrompt],
+    decode_set: Sequence[FittedPrompt],
+    *,
+    started: float,
+) -> Throughput:
+    """Time the two calibration calls (see the module docstring). `started` is the
+    time.monotonic() the start-up is counted from."""
+    if not prefill_set or not decode_set:
+        raise ConfigError("no calibration prompts: every calibration task was too long")
+    warm = decode_set[0]
+    generate([GenerateRequest(tuple(warm.token_ids), 2)])  # first-call overheads
+    start_seconds = time.monotonic() - started
+
+    t0 = time.monotonic()
+    generate([GenerateRequest(tuple(p.token_ids), 1) for p in prefill_set])
+    prefill_time = max(time.monotonic() - t0, 1e-6)
+    prefill_tokens = sum(len(p.token_ids) for p in prefill_set)
+    prefill_rate = prefill_tokens / prefill_time
+
+    t0 = time.monotonic()
+    out = generate([GenerateRequest(tuple(p.token_ids), p.max_answer_tokens) for p in decode_set])
+    gen_time = max(time.monotonic() - t0, 1e-6)
+    decode_prompt_tokens = sum(len(p.token_ids) for p in decode_set)
+    answer_tokens = sum(len(c.token_ids) for cs in out for c in cs)
+    decode_time = max(gen_time - decode_prompt_tokens / prefill_rate, MIN_DECODE_SHARE * gen_time)
+    return Throughput(
+        prefill_tokens_per_s=prefill_rate,
+        decode_tokens_per_s=max(answer_tokens, 1) / decode_time,
+        start_seconds=start_seconds,
+        prompts=len(prefill_set) + len(decode_set),
+        prompt_tokens=prefill_tokens + decode_prompt_tokens,
+        answer_tokens=answer_tokens,
+    )
+
+
+def make_plan(
+    cfg: RunConfig,
+    *,
+    calibration_tasks: int = CALIBRATION_TASKS,
+    augmentations: int = CALIBRATION_AUGMENTATIONS,
+    started: float | None = None,
+) -> Plan:
+    """Start the engine of `cfg` in this process, calibrate it on `calibration_tasks` tasks
+    with `augmentations` views per test input in each of the two calls, and plan the whole
+    challenge file."""
+    if calibration_tasks < 1 or augmentations < 1:
+        raise ConfigError("--calibration-tasks and --calibration-augmentations must be >= 1")
+    started = process_start_time() if started is None else started
+    challenges = load_challenges(cfg.challenges, strict=False)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.engine.model)  # as the pipeline loads it
+    costs = estimate_costs(cfg, challenges, tokenizer)
+    sets: tuple[list[FittedPrompt], list[FittedPrompt]] = ([], [])
+    for u in calibration_units(costs, calibration_tasks):
+        task = challenges.tasks[u.task_id]
+        for j, view in enumerate(_views(task, u.test_index, 2 * augmentations, cfg)):
+            f = fit_prompt(
+                view, u.test_index, cfg.format, cfg.template, tokenizer, cfg.engine.max_model_len
+            )
+            if isinstance(f, FittedPrompt):
+                sets[j % 2].append(f)
+    # The engine in a worker process, as the run starts it: its start-up (a fresh
+    # interpreter importing torch/vLLM) and its shutdown are part of the price.
+    deadline = time.monotonic() + cfg.time_budget
+    worker = EngineWorker(
+        cfg.engine,
+        cfg.sampling,
+        device=cfg.devices[0] if cfg.devices else None,
+        n_gpus=1 if cfg.devices else 0,
+        name="plan-worker",
+    )
+    try:
+        worker.wait_ready(deadline)
+        throughput = measure(
+            lambda reqs: worker.generate(reqs, deadline), sets[0], sets[1], started=started
+        )
+    finally:
+        t0 = time.monotonic()
+        worker.close()
+    throughput = dataclasses.replace(throughput, stop_seconds=time.monotonic() - t0)
+    return Plan(
+        throughput=throughput,
+        costs=costs,
+        budget=cfg.time_budget,
+        reserve=cfg.reserve,
+        workers=cfg.workers,
+        n_per_prompt=cfg.sampling.n,
+    )
+
+
+__all__ = [
+    "CALIBRATION_AUGMENTATIONS",
+    "CALIBRATION_TASKS",
+    "Costs",
+    "Plan",
+    "Throughput",
+    "TooLong",
+    "UnitCost",
+    "calibration_units",
+    "estimate_costs",
+    "make_plan",
+    "measure",
+]

@@ -1,0 +1,103 @@
+"""`airv plan`: the arithmetic of a plan on made-up numbers, and a real calibration with the
+tiny model through the transformers backend (no timed asserts: only that it is sane)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from airv.cli import main
+from airv.plan import Costs, Plan, Throughput, TooLong, UnitCost, calibration_units
+from airv.tasks import Pair, Task, dump_challenges
+from airv.types import Grid
+
+
+def _throughput(start: float = 10.0) -> Throughput:
+    return Throughput(
+        prefill_tokens_per_s=1000.0,
+        decode_tokens_per_s=100.0,
+        start_seconds=start,
+        prompts=8,
+        prompt_tokens=800,
+        answer_tokens=80,
+    )
+
+
+def test_plan_arithmetic() -> None:
+    units = (UnitCost("a", 0, 500.0, 10.0), UnitCost("b", 0, 1500.0, 30.0))
+    costs = Costs(units, (TooLong("c", 0, 9000, 8192),), ())
+    plan = Plan(_throughput(), costs, budget=130.0, reserve=20.0, workers=1, n_per_prompt=1)
+    # one sweep: 2000 prompt tokens / 1000 + 40 answer tokens / 100 = 2.4 s
+    assert plan.sweep_seconds == pytest.approx(2.4)
+    assert plan.available == pytest.approx(100.0)
+    assert plan.augmentations == 41  # floor(100 / 2.4)
+    assert plan.predicted_seconds(41) == pytest.approx(10.0 + 41 * 2.4)
+    two = Plan(_throughput(), costs, budget=130.0, reserve=20.0, workers=2, n_per_prompt=2)
+    assert two.sweep_seconds == pytest.approx((2.0 + 0.8) / 2)
+    text = plan.render()
+    assert "41 augmentations per test input" in text and "c test 0: needs 9000" in text
+    assert plan.to_json()["too_long"] == [{"task_id": "c", "test_index": 0, "needed": 9000}]
+    broke = Plan(_throughput(start=500.0), costs, 130.0, 20.0, 1, 1)
+    assert broke.available == 0.0 and broke.augmentations == 0
+
+
+def test_calibration_spreads_over_prompt_lengths() -> None:
+    units = tuple(UnitCost(f"t{i}", 0, float(100 * i), 10.0) for i in range(10))
+    costs = Costs(units, (), ())
+    picked = [u.task_id for u in calibration_units(costs, 3)]
+    assert picked == ["t0", "t4", "t9"] or picked == ["t0", "t5", "t9"]
+    assert len(calibration_units(costs, 50)) == 10
+
+
+@pytest.mark.engine
+def test_plan_with_the_tiny_model(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def grid(side: int, k: int) -> Grid:
+        return tuple(tuple((r + c + k) % 10 for c in range(side)) for r in range(side))
+
+    small = [
+        Task(f"small{i}", (Pair(grid(3, i), grid(3, i + 1)),) * 2, (grid(3, i + 2),))
+        for i in range(3)
+    ]
+    # 30x30 grids: about 930 tokens each, far past the 512-token context below.
+    huge = Task("huge", (Pair(grid(30, 1), grid(30, 2)),), (grid(30, 3),))
+    challenges = tmp_path / "challenges.json"
+    dump_challenges([*small, huge], challenges)
+    out = tmp_path / "plan"
+    code = main(
+        [
+            "plan",
+            "--challenges",
+            str(challenges),
+            "--model",
+            str(tiny_model),
+            "--engine",
+            "hf",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "512",
+            "--time-budget",
+            "1h",
+            "--calibration-tasks",
+            "2",
+            "--calibration-augmentations",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "huge test 0" in text and "augmentations per test input fit" in text
+    data = orjson.loads((out / "plan.json").read_bytes())
+    assert data["prefill_tokens_per_s"] > 0 and data["decode_tokens_per_s"] > 0
+    assert data["start_seconds"] > 0 and data["sweep_seconds"] > 0
+    assert data["test_inputs"] == 3
+    assert data["calibration_prompts"] == 8  # 2 tasks x 2 calls x 2 views
+    assert data["augmentations"] >= 1
+    assert [x["task_id"] for x in data["too_long"]] == ["huge"]
+    assert data["too_long"][0]["needed"] > 512
