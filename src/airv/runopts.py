@@ -269,11 +269,22 @@ def add_run_arguments(
     )
 
     s = p.add_argument_group("sampling (default greedy)")
-    s.add_argument("--n", type=int, help="completions per prompt (with --temperature > 0)")
-    s.add_argument("--temperature", type=float)
-    s.add_argument("--top-k", type=int, help="0 = off")
-    s.add_argument("--top-p", type=float)
-    s.add_argument("--min-p", type=float)
+    s.add_argument(
+        "--n",
+        type=int,
+        help="completions per prompt; > 1 needs --temperature > 0 or --beam-width (default 1)",
+    )
+    s.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="0 = greedy (default); AIRV gets its diversity from the augmentations",
+    )
+    s.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest; 0 = off")
+    s.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (default 1.0)")
+    s.add_argument(
+        "--min-p", type=float, metavar="P", help="drop tokens below P x the top one (default 0)"
+    )
     s.add_argument(
         "--repetition-penalty",
         type=float,
@@ -293,7 +304,9 @@ def add_run_arguments(
         help=f"in [-2, 2], 0 = off (default {sc.frequency_penalty}); vllm backend only. "
         "Penalties hurt ARC: answers copy the input",
     )
-    s.add_argument("--sampling-seed", type=int)
+    s.add_argument(
+        "--sampling-seed", type=int, metavar="N", help="seed for sampling (default: engine seed)"
+    )
     s.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
     s.add_argument(
         "--beam-width",
