@@ -54,15 +54,22 @@ def _defaults() -> dict[str, Any]:
 def parse_task_cap(text: str) -> tuple[float | None, int | None]:
     """'90s' / '2m' -> seconds; '20000tok' -> tokens."""
     t = text.strip().lower()
+    unreadable = ConfigError(f"cannot read task cap {text!r}: use e.g. 90s, 2m or 20000tok")
     if t.endswith("tok"):
         try:
             n = int(t[:-3])
         except ValueError:
-            raise ConfigError(f"cannot read task cap {text!r}: use e.g. 90s or 20000tok") from None
+            raise unreadable from None
         if n <= 0:
-            raise ConfigError("task cap must be positive")
+            raise ConfigError(f"task cap must be positive, got {text!r}")
         return None, n
-    return parse_duration(t), None
+    try:
+        seconds = parse_duration(t)
+    except ConfigError:
+        raise unreadable from None
+    if seconds <= 0:
+        raise ConfigError(f"task cap must be positive, got {text!r}")
+    return seconds, None
 
 
 def add_run_arguments(

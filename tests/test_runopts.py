@@ -1,0 +1,116 @@
+"""`airv run` options: flags override the config defaults, and bad input is a clear error."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from airv import runopts
+from airv.budget import parse_duration
+from airv.cli import main
+from airv.config import Backend, Dtype
+from airv.errors import ConfigError, InputError
+from airv.formats import FormatSpec
+from airv.pipeline import RunConfig
+from airv.tasks import Pair, Task, dump_challenges
+from airv.voting import VoteMode
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    runopts.add_run_arguments(p)
+    return p
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    ch = tmp_path / "ch.json"
+    dump_challenges([Task("t1", (Pair(((1,),), ((2,),)),), (((1,),),))], ch)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return ch, model
+
+
+def _build(files: tuple[Path, Path], *flags: str) -> RunConfig:
+    ch, model = files
+    args = _parser().parse_args(
+        ["--challenges", str(ch), "--model", str(model), "--out", str(ch.parent / "o"), *flags]
+    )
+    cfg = runopts.build_run_config(args)
+    assert isinstance(cfg, RunConfig)
+    return cfg
+
+
+def test_defaults_come_from_the_config_classes(files: tuple[Path, Path]) -> None:
+    cfg = _build(files)
+    ref = RunConfig(challenges=cfg.challenges, out_dir=cfg.out_dir)
+    assert cfg.time_budget == ref.time_budget
+    assert cfg.max_augmentations == ref.max_augmentations
+    assert cfg.vote_mode is ref.vote_mode
+    assert cfg.engine.backend is Backend.VLLM
+    assert cfg.sampling.greedy
+    assert cfg.format == FormatSpec()
+
+
+def test_flags_override(files: tuple[Path, Path]) -> None:
+    cfg = _build(
+        files,
+        *("--time-budget", "1h30m", "--reserve", "90s", "--task-cap", "2000tok"),
+        *("--vote", "cell", "--engine", "hf", "--dtype", "float32", "--max-model-len", "4096"),
+        *("--first-round", "4", "--per-round", "2", "--max-augmentations", "10"),
+        *("--temperature", "0.7", "--n", "2", "--workers", "1", "--order", "file"),
+        "--permute-background",
+    )
+    assert cfg.time_budget == 5400 and cfg.reserve == 90
+    assert cfg.task_cap_tokens == 2000 and cfg.task_cap_seconds is None
+    assert cfg.vote_mode is VoteMode.CELL
+    assert cfg.engine.backend is Backend.HF and cfg.engine.dtype is Dtype.FLOAT32
+    assert cfg.engine.max_model_len == 4096
+    assert (cfg.first_round, cfg.per_round, cfg.max_augmentations) == (4, 2, 10)
+    assert cfg.sampling.temperature == 0.7 and cfg.sampling.n == 2
+    assert not cfg.cheapest_first and not cfg.keep_background
+
+
+def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
+    _, model = files
+    (model / "airv.json").write_text('{"format": {"shape_header": true}}')
+    assert _build(files).format.shape_header
+
+
+@pytest.mark.parametrize(
+    ("flags", "error", "match"),
+    [
+        (("--time-budget", "soon"), ConfigError, "duration"),
+        (("--task-cap", "12tokens"), ConfigError, "task cap"),
+        (("--n", "3"), ConfigError, "n > 1 needs"),
+        (("--first-round", "9", "--max-augmentations", "8"), ConfigError, "max_augmentations"),
+        (("--format", "/nonexistent.json"), InputError, "format file not found"),
+    ],
+)
+def test_bad_options_are_clear_errors(
+    files: tuple[Path, Path], flags: tuple[str, ...], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _build(files, *flags)
+
+
+def test_run_without_a_model_dir_exits_2(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ch, _ = files
+    code = main(["run", "--challenges", str(ch), "--model", str(ch.parent), "--out", "x"])
+    assert code == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_durations() -> None:
+    assert parse_duration("11h30m") == 41400
+    assert parse_duration("45m") == 2700
+    assert parse_duration("1.5h") == 5400
+    assert parse_duration("600") == 600
+    for bad in ("", "5x", "h", "-3"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)
