@@ -7,11 +7,12 @@ pairs (largest first) until prompt + answer fit in the engine's `max_model_len`.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from airv.errors import ConfigError
 from airv.formats import (
@@ -211,6 +212,13 @@ def estimate_answer_tokens(
 
 def worst_case_answer_tokens(spec: FormatSpec, tokenizer: Tokenizer) -> int:
     """Tokens of the longest 30x30 probe answer under `spec`, + EOS: the most ever allowed."""
+    return _worst_case(spec, cast(Hashable, tokenizer))
+
+
+@functools.lru_cache(maxsize=16)
+def _worst_case(spec: FormatSpec, tokenizer: Any) -> int:
+    # Cached: it is asked for every prompt, and tokenising two 30x30 grids each time was the
+    # largest non-model cost per prompt.
     return max(_answer_tokens(g, spec, tokenizer) for g in _probe_grids(MAX_SIDE, MAX_SIDE)) + 1
 
 
