@@ -147,6 +147,8 @@ class Run:
         self.restarts = 0
         self._tokenizer: Any = None
         self.rescorer = Rescorer(self)
+        self._votes: dict[Unit, Vote] = {}
+        self._counted: dict[Unit, int] = {}  # predictions each test input's vote has seen
         self._resume()
 
     # -- state ---------------------------------------------------------------------------
@@ -163,15 +165,23 @@ class Run:
             log.info("resumed %d predictions from %s", len(kept), self.cfg.log_path)
 
     def votes(self) -> dict[Unit, Vote]:
-        out: dict[Unit, Vote] = {}
+        """The vote of every test input with candidates. Only test inputs with new predictions
+        (or new scores) are recounted: submission.json is rewritten after every engine call,
+        and recounting everything each time would make a run quadratic in its size."""
+        rescored = self.rescorer.take_changed()
         for unit, preds in self.predictions.items():
+            if self._counted.get(unit) == len(preds) and unit not in rescored:
+                continue
+            self._counted[unit] = len(preds)
             cands = [c for p in preds if (c := p.candidate) is not None]
             if self.cfg.vote_mode is VoteMode.RESCORE:
                 cands = self.rescorer.attach(unit, cands)
             v = vote(cands, self.cfg.vote_mode)
-            if v is not None:
-                out[unit] = v
-        return out
+            if v is None:
+                self._votes.pop(unit, None)
+            else:
+                self._votes[unit] = v
+        return dict(self._votes)
 
     def write(self) -> dict[Unit, Vote]:
         """Vote and rewrite submission.json atomically; returns the votes."""

@@ -83,6 +83,12 @@ class Rescorer:
         self.scores: Scores = read_scores(run.cfg.scores_path)
         self._augs: dict[Unit, list[Augmentation]] = {}
         self._prompts: dict[tuple[Unit, str], FittedPrompt | None] = {}
+        self._changed: set[Unit] = set(self.scores)  # whose votes must be recounted
+
+    def take_changed(self) -> set[Unit]:
+        """Test inputs with new scores since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def augmentations(self, unit: Unit) -> list[Augmentation]:
         """The J augmentations a test input's candidates are scored under: fixed per test input
@@ -167,6 +173,7 @@ class Rescorer:
             values: list[float] = w.result(run.clock.deadline)
             for item, value in zip(share, values, strict=True):
                 self.scores.setdefault(item.unit, {}).setdefault(item.grid, {})[item.aug] = value
+                self._changed.add(item.unit)
                 lines.append(
                     orjson.dumps(
                         {
