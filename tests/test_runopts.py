@@ -10,7 +10,7 @@ import pytest
 from airv import runopts
 from airv.budget import parse_duration
 from airv.cli import main
-from airv.config import Backend, Dtype
+from airv.config import Backend, Dtype, EngineConfig
 from airv.errors import ConfigError, InputError
 from airv.formats import FormatSpec
 from airv.pipeline import RunConfig
@@ -114,3 +114,12 @@ def test_durations() -> None:
     for bad in ("", "5x", "h", "-3"):
         with pytest.raises(ConfigError):
             parse_duration(bad)
+
+
+def test_context_length_defaults_to_the_models_limit(files: tuple[Path, Path]) -> None:
+    _, model = files
+    (model / "config.json").write_text('{"max_position_embeddings": 4096}')
+    assert _build(files).engine.max_model_len == 4096
+    assert _build(files, "--max-model-len", "2048").engine.max_model_len == 2048
+    (model / "config.json").write_text('{"max_position_embeddings": 131072}')
+    assert _build(files).engine.max_model_len == EngineConfig().max_model_len

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from airv.budget import format_duration, parse_duration
 from airv.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
 from airv.errors import ConfigError, InputError
@@ -229,7 +231,7 @@ def add_run_arguments(
         type=int,
         metavar="TOKENS",
         help=f"context length; train pairs are dropped (largest first) to fit "
-        f"(default {ec.max_model_len})",
+        f"(default {ec.max_model_len}, or the model's max_position_embeddings if smaller)",
     )
     e.add_argument(
         "--gpu-memory-utilization",
@@ -366,6 +368,17 @@ def _visible_gpus() -> int:
         return 0
 
 
+def default_max_model_len(model: Path) -> int | None:
+    """The default context length, lowered to the model's own limit when that is smaller
+    (vLLM refuses a max_model_len beyond max_position_embeddings). None: keep the default."""
+    try:
+        limit = orjson.loads((model / "config.json").read_bytes()).get("max_position_embeddings")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+    default = EngineConfig().max_model_len
+    return int(limit) if isinstance(limit, int) and 64 <= limit < default else None
+
+
 def build_run_config(args: argparse.Namespace) -> Any:
     from airv.pipeline import RunConfig
 
@@ -377,7 +390,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         EngineConfig(model=args.model),
         backend=None if args.engine is None else Backend(args.engine),
         dtype=None if args.dtype is None else Dtype(args.dtype),
-        max_model_len=args.max_model_len,
+        max_model_len=args.max_model_len or default_max_model_len(args.model),
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
         ngram_speculative_tokens=args.ngram_speculative_tokens,
