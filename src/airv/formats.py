@@ -1,6 +1,6 @@
 """Grid <-> text for a format spec, and the strict parser that reads a model's answer back.
 
-The format is data (`FormatSpec`, shipped next to a model as `airv-format.json`) because a
+The format is data (`FormatSpec`, shipped next to a model in `airv.json`) because a
 model only answers well in the format it was trained on. `parse_grid` runs on every
 completion, never raises, and says why it rejected a text, so rejections can be counted.
 """
