@@ -1,7 +1,7 @@
 """Check `airv plan` against a real run: plan a budget, run with the planned augmentations,
 and write predicted vs real wall time and their ratio. Part of `make bench` (never a timed test).
 
-    python bench/plan_check.py [--challenges FILE --model DIR] [--time-budget 3m] [--out FILE]
+    python bench/plan_check.py [--challenges FILE --model DIR] [--time-budget 6m] [--out FILE]
 
 Without --challenges/--model it uses the 10 smallest ARC-AGI-1 evaluation tasks and the tiny
 random-weight model, built on the spot.
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--challenges", type=Path)
     p.add_argument("--model", type=Path)
     p.add_argument("--tasks", type=int, default=10, help="default workload size (default 10)")
-    p.add_argument("--time-budget", default="3m")
+    p.add_argument("--time-budget", default="6m")
     p.add_argument("--engine", default="vllm")
     p.add_argument("--calibration-tasks", default="4")
     p.add_argument("--out", type=Path, default=Path("bench/plan-check.md"))

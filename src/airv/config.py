@@ -45,6 +45,10 @@ class EngineConfig:
     enforce_eager: bool = False
     # vLLM n-gram (prompt lookup) speculative decoding; 0 = off. ARC answers copy the input a lot.
     ngram_speculative_tokens: int = 0
+    # vLLM's CPU build only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, unless already set).
+    # Without it vLLM sizes the cache from gpu_memory_utilization as a share of the machine's
+    # memory and refuses to start when other processes hold a few GiB.
+    cpu_kv_cache_gib: int = 2
     # vLLM's quantization method for a quantized checkpoint (e.g. "awq", "gptq", "fp8");
     # None = what the checkpoint's config declares. vLLM checks the name when it loads.
     quantization: str | None = None
@@ -57,6 +61,8 @@ class EngineConfig:
             raise ConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if self.cpu_kv_cache_gib < 1:
+            raise ConfigError(f"cpu_kv_cache_gib must be >= 1, got {self.cpu_kv_cache_gib}")
         if self.ngram_speculative_tokens < 0:
             raise ConfigError("ngram_speculative_tokens must be >= 0")
         if self.quantization is not None and not self.quantization.strip():

@@ -227,6 +227,13 @@ def add_run_arguments(
         "the checkpoint's dtype on CPU (default auto)",
     )
     e.add_argument(
+        "--cpu-kv-cache-gib",
+        type=int,
+        metavar="GIB",
+        help=f"vLLM on CPU only: KV cache size (default {ec.cpu_kv_cache_gib}; "
+        "VLLM_CPU_KVCACHE_SPACE, if set, wins)",
+    )
+    e.add_argument(
         "--max-model-len",
         type=int,
         metavar="TOKENS",
@@ -393,6 +400,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         max_model_len=args.max_model_len or default_max_model_len(args.model),
         gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=args.enforce_eager,
+        cpu_kv_cache_gib=args.cpu_kv_cache_gib,
         ngram_speculative_tokens=args.ngram_speculative_tokens,
         quantization=args.quantization,
     )

