@@ -27,7 +27,7 @@ from airv.budget import Clock, format_duration, process_start_time
 from airv.config import EngineConfig, SamplingConfig
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.worker import EngineWorker, Faults, WorkerDied, WorkerTimeout
-from airv.errors import AirvError, EngineError
+from airv.errors import EngineError
 from airv.formats import FormatSpec, Rejection, parse_grid
 from airv.predictions import Prediction, append_predictions, read_predictions
 from airv.prompts import FittedPrompt, PromptTemplate, fit_prompt
@@ -36,7 +36,7 @@ from airv.submission import build_submission, write_submission
 from airv.summary import RunSummary
 from airv.tasks import Challenges, load_challenges
 from airv.types import Grid, TaskId
-from airv.voting import Candidate, Vote, VoteMode, vote
+from airv.voting import Vote, VoteMode, vote
 
 log = logging.getLogger(__name__)
 
@@ -523,12 +523,6 @@ def run(cfg: RunConfig, *, faults: Faults | None = None, clock: Clock | None = N
     """Run the pipeline; returns the process exit code. submission.json exists whatever happens
     after the challenge file has been read."""
     r = Run(cfg, faults=faults, clock=clock)
-    try:
-        code = r.execute()
-    except AirvError:
-        raise
+    code = r.execute()
     print(r.summary.render())
     return code
-
-
-__all__ = ["Candidate", "RunConfig", "run"]
