@@ -33,13 +33,13 @@ import numpy as np
 
 from airv.formats import FormatSpec, encode_grid, parse_grid
 from airv.prompts import PromptTemplate, answer_text, prompt_token_ids, render_prompt
+from airv.runopts import MODEL_PROMPT_FILE
 from airv.synthetic import EASY_SPEC, SyntheticSpec, SyntheticTask, make_tasks
 from airv.tinymodel import build_tokenizer, qwen2_config
 
 # Digits (one token per cell), newline, the default template's labels, and the characters of a
 # shape header and row numbers, so either format can be chosen without a new tokenizer.
 DEMO_CHARACTERS = "0123456789\nIO|x"
-MODEL_PROMPT_FILE = "airv.json"
 IGNORE = -100
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 
 from airv.errors import InputError
+from airv.pipeline import SUBMISSION_FILE
 
 DEFAULT_ROOT = Path("/kaggle")
 CHALLENGE_NAMES = ("arc-agi_test_challenges.json",)
@@ -33,7 +34,7 @@ class KaggleInputs:
 
     @property
     def submission(self) -> Path:
-        return self.out_dir / "submission.json"
+        return self.out_dir / SUBMISSION_FILE
 
 
 def _walk(top: Path, depth: int = MAX_DEPTH) -> Iterator[Path]:

@@ -41,6 +41,11 @@ from airv.voting import Vote, VoteMode, vote
 log = logging.getLogger(__name__)
 
 Unit = tuple[TaskId, int]  # one test input: (task id, test index)
+# A run directory's files; `airv report`, `airv vote` and the kernel read them by these names.
+SUBMISSION_FILE = "submission.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+SUMMARY_FILE = "run_summary.json"
+SCORES_FILE = "scores.jsonl"
 T = TypeVar("T")
 
 
@@ -94,19 +99,19 @@ class RunConfig:
 
     @property
     def log_path(self) -> Path:
-        return self.out_dir / "predictions.jsonl"
+        return self.out_dir / PREDICTIONS_FILE
 
     @property
     def submission_path(self) -> Path:
-        return self.out_dir / "submission.json"
+        return self.out_dir / SUBMISSION_FILE
 
     @property
     def summary_path(self) -> Path:
-        return self.out_dir / "run_summary.json"
+        return self.out_dir / SUMMARY_FILE
 
     @property
     def scores_path(self) -> Path:
-        return self.out_dir / "scores.jsonl"
+        return self.out_dir / SCORES_FILE
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 
 from airv.errors import InputError
+from airv.pipeline import PREDICTIONS_FILE, SUBMISSION_FILE, SUMMARY_FILE
 from airv.predictions import Prediction, read_predictions
 from airv.submission import ATTEMPT_KEYS, build_submission, load_submission, score_submission
 from airv.tasks import (
@@ -40,9 +41,6 @@ from airv.types import Grid, TaskId
 from airv.voting import Candidate, Vote, VoteMode, vote
 
 REPORT_FILE = "report.html"
-SUBMISSION_FILE = "submission.json"
-PREDICTIONS_FILE = "predictions.jsonl"
-SUMMARY_FILE = "run_summary.json"
 TOP_TALLIES = 5  # candidates shown per test input
 DEFAULT_MODE = VoteMode.GRID
 _TEMPLATE = "report.html"  # in airv/data

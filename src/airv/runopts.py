@@ -509,6 +509,7 @@ def add_vote_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def vote_command(args: argparse.Namespace) -> int:
+    from airv.pipeline import SCORES_FILE
     from airv.predictions import group_candidates, read_predictions
     from airv.rescore import attach_scores, read_scores
     from airv.submission import build_submission, write_submission
@@ -523,7 +524,7 @@ def vote_command(args: argparse.Namespace) -> int:
     known = {(t, i) for t in challenges.task_ids for i in range(challenges.n_tests[t])}
     answers = {}
     ignored = 0
-    scores = read_scores(args.predictions.parent / "scores.jsonl")
+    scores = read_scores(args.predictions.parent / SCORES_FILE)
     for unit, cands in group_candidates(records).items():
         if unit not in known:
             ignored += 1
