@@ -45,8 +45,10 @@ IGNORE = -100
 
 @dataclass(frozen=True, slots=True)
 class Recipe:
-    """Model size and optimiser settings. `max_sides` is the curriculum: the largest grid side
-    for each equal share of the budget."""
+    """Model size and optimiser settings. The curriculum is split into equal shares of the
+    budget: `max_sides[k]` is the largest grid side in share k and `easy_shares[k]` the part of
+    each batch drawn from the easy corner of the family (colour maps without a transform, the
+    part a small model learns first); the rest comes from the whole family."""
 
     hidden_size: int = 192
     intermediate_size: int = 512
@@ -57,8 +59,8 @@ class Recipe:
     final_lr_fraction: float = 0.1
     weight_decay: float = 0.05
     grad_clip: float = 1.0
-    max_sides: tuple[int, ...] = (4, 5, 6, 6)
-    easy: bool = False  # train (and evaluate) on the easy corner of the family only
+    max_sides: tuple[int, ...] = (4, 4, 5, 6, 6)
+    easy_shares: tuple[float, ...] = (1.0, 1.0, 0.6, 0.5, 0.5)
     row_numbers: bool = False
     shape_header: bool = False
     bf16: bool = False  # autocast to bf16 measured 1.4-5x slower than fp32 on this CPU
@@ -76,6 +78,25 @@ def task_spec(max_side: int, *, easy: bool = False) -> SyntheticSpec:
     if easy:
         return replace(EASY_SPEC, max_side=max_side)
     return SyntheticSpec(max_side=max_side)
+
+
+def curriculum_stage(recipe: Recipe, progress: float) -> tuple[int, float]:
+    """(largest grid side, easy share of a batch) at `progress` in [0, 1] of the budget."""
+    if len(recipe.max_sides) != len(recipe.easy_shares):
+        raise ValueError("a recipe needs one easy share per curriculum stage")
+    k = min(len(recipe.max_sides) - 1, int(progress * len(recipe.max_sides)))
+    return recipe.max_sides[k], recipe.easy_shares[k]
+
+
+def training_batch(
+    recipe: Recipe, progress: float, rng: np.random.Generator
+) -> list[SyntheticTask]:
+    """One batch of freshly drawn tasks at this point of the curriculum."""
+    max_side, easy_share = curriculum_stage(recipe, progress)
+    n_easy = int(rng.binomial(recipe.batch_size, easy_share))
+    return make_tasks(n_easy, task_spec(max_side, easy=True), rng) + make_tasks(
+        recipe.batch_size - n_easy, task_spec(max_side), rng
+    )
 
 
 def encode_example(
@@ -187,10 +208,10 @@ def train(
     rng = np.random.default_rng(seed)
     # Held-out tasks come from their own stream, so they never depend on the training draws.
     held_out = make_tasks(
-        eval_tasks,
-        task_spec(recipe.max_sides[-1], easy=recipe.easy),
-        np.random.default_rng([seed, 1]),
-        prefix="ho",
+        eval_tasks, task_spec(max(recipe.max_sides)), np.random.default_rng([seed, 1]), prefix="ho"
+    )
+    held_out_easy = make_tasks(
+        eval_tasks // 2, EASY_SPEC, np.random.default_rng([seed, 2]), prefix="hoe"
     )
     out.mkdir(parents=True, exist_ok=True)
     spec = FormatSpec(shape_header=recipe.shape_header, row_numbers=recipe.row_numbers)
@@ -229,6 +250,7 @@ def train(
 
     def checkpoint(final: bool) -> dict[str, Any]:
         acc, table = greedy_accuracy(model, tokenizer, held_out, spec, template)
+        easy_acc, _ = greedy_accuracy(model, tokenizer, held_out_easy, spec, template)
         _save(model, tokenizer, spec, template, out)
         record = {
             "step": step,
@@ -236,6 +258,7 @@ def train(
             "tokens": tokens,
             "loss_ema": round(ema, 4),
             "greedy_accuracy": acc,
+            "greedy_accuracy_easy": easy_acc,
             "per_rule": table,
             "final": final,
         }
@@ -250,10 +273,9 @@ def train(
     model.train()
     while progress() < 1.0:
         p = progress()
-        max_side = recipe.max_sides[min(len(recipe.max_sides) - 1, int(p * len(recipe.max_sides)))]
+        max_side, _ = curriculum_stage(recipe, p)
         batch = [
-            encode_example(st, spec, template, tokenizer)
-            for st in make_tasks(recipe.batch_size, task_spec(max_side, easy=recipe.easy), rng)
+            encode_example(st, spec, template, tokenizer) for st in training_batch(recipe, p, rng)
         ]
         ids, labels = collate(batch, int(tokenizer.pad_token_id))
         lr = recipe.peak_lr * min(1.0, (step + 1) / recipe.warmup_steps)
@@ -325,8 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--easy", action="store_true", help="colour maps only (a probe)")
-    parser.add_argument("--max-sides", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--max-sides", type=int, nargs="+", default=None, help="largest side per stage"
+    )
+    parser.add_argument(
+        "--easy-shares", type=float, nargs="+", default=None, help="easy share per stage"
+    )
     args = parser.parse_args(argv)
     recipe = Recipe()
     overrides: dict[str, Any] = {
@@ -339,10 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hidden is not None:
         overrides["hidden_size"] = args.hidden
         overrides["intermediate_size"] = args.hidden * 8 // 3
-    if args.easy:
-        overrides["easy"] = True
     if args.max_sides is not None:
         overrides["max_sides"] = tuple(args.max_sides)
+    if args.easy_shares is not None:
+        overrides["easy_shares"] = tuple(args.easy_shares)
     if args.lr is not None:
         overrides["peak_lr"] = args.lr
     if args.batch is not None:
