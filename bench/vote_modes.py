@@ -1,155 +1,240 @@
 """Grid-wise vs cell-wise vs likelihood re-scoring, and early stopping on vs off, with a model.
 
-    python bench/vote_modes.py --model models/airv-demo --out bench/vote-modes.md
+    PYTHONPATH=src python bench/vote_modes.py --model models/airv-demo --out bench/vote-modes.md
 
-Task sets: held-out synthetic tasks of the demo model's family (a fresh seed) and the smallest
-ARC-AGI-1 evaluation tasks. Runs, each through airv's real pipeline (vLLM by default):
-  1. `--vote grid`, 16 augmentations per test input, no early stopping: grid and cell votes are
-     read off the same predictions log (the same candidates, the same time);
-  2. `--vote rescore` on the same plan: the same generation work plus the scoring calls;
-  3. `--vote grid` with early stopping (`--settle-margin 4`).
-Accuracy is the Kaggle rule (either attempt right), per test input.
+Task sets: held-out synthetic tasks of the demo model's whole family and of its easy corner
+(fresh seeds, never used in training) and the smallest ARC-AGI-1 evaluation tasks. Three
+pipeline runs per set, greedy, rounds of 8 augmentations (the first covers D8 once, identity
+first):
+  1. generation only, 32 augmentations per test input, no early stopping. Grid- and cell-wise
+     votes over the first K rounds are read off its predictions log: the same candidates, and
+     the time those rounds took;
+  2. `--vote rescore`, 16 augmentations (the same first two rounds, as decoding is greedy) plus
+     the scoring calls (top 4 candidates x 4 augmentations);
+  3. generation with early stopping (`--settle-margin 4`), 32 augmentations.
+"Equal time" rows give grid and cell votes the fewest rounds whose time reaches the rescore
+run's. Seconds are engine work (rounds plus scoring), without engine start-up. Accuracy is the
+Kaggle rule: either attempt right, per test input.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import platform
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from airv.config import Backend, Dtype, EngineConfig
 from airv.local import default_tasks
-from airv.pipeline import Run, RunConfig
-from airv.predictions import group_candidates, read_predictions
-from airv.synthetic import SyntheticSpec, as_files, make_tasks
+from airv.pipeline import SCORES_FILE, Run, RunConfig
+from airv.predictions import Prediction, group_candidates, read_predictions
+from airv.rescore import attach_scores, read_scores
+from airv.summary import RunSummary
+from airv.synthetic import EASY_SPEC, SyntheticSpec, as_files, make_tasks
 from airv.tasks import Task, dump_challenges
 from airv.types import Grid, TaskId
 from airv.voting import VoteMode, vote
 
-AUGS = 16
+PER_ROUND = 8
+MAX_AUGS = 32
+RESCORE_AUGS = 16
+SETTLE_MARGIN = 4
+
+Solutions = dict[TaskId, tuple[Grid, ...]]
 
 
-def _accuracy(log: Path, solutions: dict[TaskId, tuple[Grid, ...]], mode: VoteMode) -> float:
-    from airv.rescore import attach_scores, read_scores
+@dataclass(frozen=True)
+class Done:
+    """One finished run: its predictions, scores file and summary."""
 
-    records, _ = read_predictions(log)
-    scores = read_scores(log.parent / "scores.jsonl")
-    pools = group_candidates(records)
+    predictions: list[Prediction]
+    scores: Path
+    summary: RunSummary
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.summary.rounds) + self.summary.scoring_seconds
+
+    def seconds_of_rounds(self, k: int) -> float:
+        return sum(r.seconds for r in self.summary.rounds if r.round < k)
+
+
+def accuracy(
+    predictions: list[Prediction],
+    solutions: Solutions,
+    mode: VoteMode,
+    *,
+    rounds: int | None = None,
+    scores: Path | None = None,
+) -> float:
+    """Share of test inputs whose vote (over the first `rounds` rounds) has the truth in
+    either attempt."""
+    kept = [p for p in predictions if rounds is None or p.round < rounds]
+    pools = group_candidates(kept)
+    scored = read_scores(scores) if scores is not None else {}
     right = total = 0
     for tid, truths in solutions.items():
         for i, truth in enumerate(truths):
             total += 1
             cands = pools.get((tid, i), [])
             if mode is VoteMode.RESCORE:
-                cands = attach_scores(scores.get((tid, i), {}), cands)
+                cands = attach_scores(scored.get((tid, i), {}), cands)
             v = vote(cands, mode)
             right += v is not None and truth in (v.attempt_1, v.attempt_2)
     return right / total if total else 0.0
 
 
-def _run(
-    tasks: list[Task], model: Path, work: Path, name: str, backend: Backend, **kw: object
-) -> tuple[Path, float, int, int]:
-    ch = work / f"{name}.json"
-    dump_challenges(tasks, ch)
-    engine = EngineConfig(model=model, backend=backend, dtype=Dtype.FLOAT32, max_model_len=8192)
+def run_once(
+    tasks: list[Task],
+    engine: EngineConfig,
+    out: Path,
+    *,
+    max_augmentations: int,
+    settle_margin: int,
+    vote_mode: VoteMode = VoteMode.GRID,
+) -> Done:
+    out.mkdir(parents=True)
+    challenges = out / "challenges.json"
+    dump_challenges(tasks, challenges)
     cfg = RunConfig(
-        challenges=ch,
-        out_dir=work / name,
+        challenges=challenges,
+        out_dir=out,
         engine=engine,
-        first_round=8,
-        per_round=8,
-        max_augmentations=AUGS,
+        first_round=PER_ROUND,
+        per_round=PER_ROUND,
+        max_augmentations=max_augmentations,
+        settle_margin=settle_margin,
+        vote_mode=vote_mode,
         progress=False,
-        time_budget=3600,
+        time_budget=4 * 3600,
         reserve=0,
-        **kw,  # type: ignore[arg-type]
     )
     r = Run(cfg)
-    t0 = time.monotonic()
-    r.execute()
-    engine_start = sum(r.summary.engine_start_seconds)
-    wall = time.monotonic() - t0 - engine_start  # engine start-up is the same for every run
-    return cfg.log_path, wall, r.summary.completions, r.summary.settled_skips
+    if r.execute() != 0:
+        raise SystemExit(f"run in {out} failed: {r.summary.error}")
+    predictions, _ = read_predictions(cfg.log_path)
+    return Done(predictions, out / SCORES_FILE, r.summary)
+
+
+def measure_set(
+    name: str, tasks: list[Task], solutions: Solutions, engine: EngineConfig, work: Path
+) -> list[tuple[str, str, float, float, int]]:
+    """Rows (set, selection, accuracy, seconds, completions) for one task set."""
+    gen = run_once(tasks, engine, work / "gen", max_augmentations=MAX_AUGS, settle_margin=0)
+    res = run_once(
+        tasks,
+        engine,
+        work / "rescore",
+        max_augmentations=RESCORE_AUGS,
+        settle_margin=0,
+        vote_mode=VoteMode.RESCORE,
+    )
+    settled = run_once(
+        tasks, engine, work / "settle", max_augmentations=MAX_AUGS, settle_margin=SETTLE_MARGIN
+    )
+    rows = []
+
+    def completions(k: int) -> int:
+        return sum(p.round < k for p in gen.predictions)
+
+    n_rounds = MAX_AUGS // PER_ROUND
+    k_rescore = RESCORE_AUGS // PER_ROUND
+    # Fewest rounds of the generation run whose time reaches the rescore run's (all if none).
+    k_equal = next(
+        (k for k in range(1, n_rounds + 1) if gen.seconds_of_rounds(k) >= res.seconds), n_rounds
+    )
+    for k, label in ((k_rescore, ""), (k_equal, ", equal time"), (n_rounds, "")):
+        for mode in (VoteMode.GRID, VoteMode.CELL):
+            rows.append(
+                (
+                    name,
+                    f"{mode.value}, {k * PER_ROUND} augs{label}",
+                    accuracy(gen.predictions, solutions, mode, rounds=k),
+                    gen.seconds_of_rounds(k),
+                    completions(k),
+                )
+            )
+    rows.append(
+        (
+            name,
+            f"rescore (top 4 x 4 augs), {RESCORE_AUGS} augs",
+            accuracy(res.predictions, solutions, VoteMode.RESCORE, scores=res.scores),
+            res.seconds,
+            res.summary.completions,
+        )
+    )
+    rows.append(
+        (
+            name,
+            f"grid, {MAX_AUGS} augs, early stop (margin {SETTLE_MARGIN}, "
+            f"{settled.summary.settled_skips} prompts saved)",
+            accuracy(settled.predictions, solutions, VoteMode.GRID),
+            settled.seconds,
+            settled.summary.completions,
+        )
+    )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--synthetic", type=int, default=40, help="held-out synthetic tasks")
+    p.add_argument("--synthetic", type=int, default=40, help="held-out tasks, whole family")
+    p.add_argument("--easy", type=int, default=40, help="held-out tasks, easy corner")
     p.add_argument("--arc", type=int, default=20, help="smallest ARC-AGI-1 evaluation tasks")
     p.add_argument("--engine", default="vllm", choices=[b.value for b in Backend])
+    p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--out", type=Path, default=Path("bench/vote-modes.md"))
     args = p.parse_args(argv)
     backend = Backend(args.engine)
-
-    synth = make_tasks(args.synthetic, SyntheticSpec(), np.random.default_rng(777), prefix="held")
-    s_tasks, s_sols = as_files(synth)
-    a_tasks, a_sols = default_tasks(args.arc)
-    sets = {
-        f"synthetic held-out ({args.synthetic})": (list(s_tasks.values()), s_sols),
-        f"ARC-AGI-1 eval, smallest {args.arc}": (a_tasks, a_sols),
-    }
+    engine = EngineConfig(
+        model=args.model, backend=backend, dtype=Dtype.FLOAT32, max_model_len=args.max_model_len
+    )
+    sets: dict[str, tuple[list[Task], Solutions]] = {}
+    if args.synthetic:
+        whole = make_tasks(args.synthetic, SyntheticSpec(), np.random.default_rng(777), prefix="w")
+        tasks, sols = as_files(whole)
+        sets[f"synthetic, whole family ({args.synthetic})"] = (list(tasks.values()), sols)
+    if args.easy:
+        easy = make_tasks(args.easy, EASY_SPEC, np.random.default_rng(778), prefix="e")
+        tasks, sols = as_files(easy)
+        sets[f"synthetic, easy corner ({args.easy})"] = (list(tasks.values()), sols)
+    if args.arc:
+        a_tasks, a_sols = default_tasks(args.arc)
+        sets[f"ARC-AGI-1 eval, smallest {args.arc}"] = (a_tasks, a_sols)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        # First calls pay one-off warm-up (kernels, allocator): keep that out of the comparison.
-        _run(a_tasks[:1], args.model, work, "warmup", backend, max_tasks=1)
         for k, (name, (tasks, sols)) in enumerate(sets.items()):
-            log, t_grid, n_grid, _ = _run(
-                tasks, args.model, work, f"g{k}", backend, settle_margin=0
-            )
-            log_r, t_res, _, _ = _run(
-                tasks,
-                args.model,
-                work,
-                f"r{k}",
-                backend,
-                settle_margin=0,
-                vote_mode=VoteMode.RESCORE,
-            )
-            log_s, t_set, n_set, saved = _run(
-                tasks, args.model, work, f"s{k}", backend, settle_margin=4
-            )
-            rows += [
-                (name, "grid", _accuracy(log, sols, VoteMode.GRID), t_grid, n_grid),
-                (name, "cell", _accuracy(log, sols, VoteMode.CELL), t_grid, n_grid),
-                (
-                    name,
-                    "rescore (M=4, J=4)",
-                    _accuracy(log_r, sols, VoteMode.RESCORE),
-                    t_res,
-                    n_grid,
-                ),
-                (
-                    name,
-                    f"grid + early stop (saved {saved} prompts)",
-                    _accuracy(log_s, sols, VoteMode.GRID),
-                    t_set,
-                    n_set,
-                ),
-            ]
+            print(f"[vote_modes] {name}", file=sys.stderr, flush=True)
+            rows += measure_set(name, tasks, sols, engine, Path(tmp) / f"set{k}")
     lines = [
         "# Voting modes and early stopping",
         "",
         f"Written by `bench/vote_modes.py` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
-        f" UTC; model `{args.model}`, engine {backend.value}, {AUGS} augmentations per test "
-        "input (2 rounds of 8), greedy. Seconds exclude engine start-up. Accuracy: either "
-        "attempt right, per test input.",
+        f" UTC on {platform.machine()} with {_cpus()} CPUs; model `{args.model}`, engine "
+        f"{backend.value}, greedy, rounds of {PER_ROUND} augmentations. Seconds: engine work "
+        "(rounds plus scoring), engine start-up excluded. Accuracy: either attempt right, per "
+        "test input.",
         "",
         "| tasks | selection | accuracy | seconds | completions |",
-        "|---|---|---|---|---|",
+        "|---|---|---:|---:|---:|",
         *(f"| {a} | {b} | {c:.3f} | {d:.1f} | {e} |" for a, b, c, d, e in rows),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

@@ -66,3 +66,62 @@ def test_sections_are_registered_and_render(bench: ModuleType) -> None:
         }
     )
     assert md.startswith("# airv benchmarks")
+
+
+VOTE_MODES = BENCH.with_name("vote_modes.py")
+
+
+@pytest.fixture(scope="module")
+def vote_modes() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("airv_vote_modes", VOTE_MODES)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prediction(grid: Grid, round_no: int) -> object:
+    from airv.predictions import Prediction
+
+    return Prediction(
+        task_id="t",
+        test_index=0,
+        aug="i",
+        text="",
+        grid=grid,
+        reject=None,
+        logprob=-1.0,
+        tokens=3,
+        prompt_tokens=10,
+        finish="stop",
+        round=round_no,
+        seconds=0.1,
+    )
+
+
+def test_vote_modes_accuracy_reads_only_the_first_rounds(vote_modes: ModuleType) -> None:
+    from airv.voting import VoteMode
+
+    right, b, c = ((1,),), ((2,),), ((3,),)
+    preds = [_prediction(g, 0) for g in (b, b, c, c)] + [_prediction(right, 1) for _ in range(3)]
+    truth = {"t": (right,)}
+    for mode in (VoteMode.GRID, VoteMode.CELL):
+        assert vote_modes.accuracy(preds, truth, mode, rounds=1) == 0.0
+        assert vote_modes.accuracy(preds, truth, mode) == 1.0
+    assert vote_modes.accuracy([], truth, VoteMode.GRID) == 0.0
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_vote_modes_writes_its_table(
+    vote_modes: ModuleType, bigram_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "vote-modes.md"
+    args = ["--model", str(bigram_model), "--engine", "hf", "--synthetic", "2", "--easy", "0"]
+    assert vote_modes.main([*args, "--arc", "0", "--max-model-len", "2048", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| synthetic")]
+    # Grid and cell at 16 augs, at rescore's time and at 32; rescore; early stop.
+    assert len(rows) == 8
+    assert sum("rescore (top 4 x 4 augs)" in r for r in rows) == 1
+    assert all(r.split("|")[3].strip() == "0.000" for r in rows)  # the bigram model answers "12"
