@@ -106,9 +106,13 @@ push: kernel
 	kaggle kernels push -p build/kernel
 
 # The demo model (models/airv-demo): a tiny Qwen2 trained on synthetic ARC-style tasks on CPU,
-# fixed seed, ~75 minutes on 2 cores. See models/airv-demo/README.md.
+# fixed seed and step count, ~80 minutes on 2 idle cores. See models/airv-demo/README.md.
+DEMO_STEPS ?= 18000
 demo-model: $(STAMP)
-	nice -n 5 $(PY) -m airv.demo_train --out models/airv-demo --minutes 75 --seed 0
+	rm -rf models/airv-demo.new
+	$(PY) -m airv.demo_train --out models/airv-demo.new --steps $(DEMO_STEPS) --seed 0 --checkpoint-minutes 10
+	cp models/airv-demo/README.md models/airv-demo.new/ 2>/dev/null || true
+	rm -rf models/airv-demo && mv models/airv-demo.new models/airv-demo
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py --out bench/results.md

@@ -61,7 +61,7 @@ class Done:
         return sum(r.seconds for r in self.summary.rounds) + self.summary.scoring_seconds
 
     def seconds_of_rounds(self, k: int) -> float:
-        return sum(r.seconds for r in self.summary.rounds if r.round < k)
+        return sum(r.seconds for r in self.summary.rounds if r.round <= k)  # rounds count from 1
 
 
 def accuracy(
@@ -72,9 +72,9 @@ def accuracy(
     rounds: int | None = None,
     scores: Path | None = None,
 ) -> float:
-    """Share of test inputs whose vote (over the first `rounds` rounds) has the truth in
-    either attempt."""
-    kept = [p for p in predictions if rounds is None or p.round < rounds]
+    """Share of test inputs whose vote (over rounds 1..`rounds`) has the truth in either
+    attempt."""
+    kept = [p for p in predictions if rounds is None or p.round <= rounds]
     pools = group_candidates(kept)
     scored = read_scores(scores) if scores is not None else {}
     right = total = 0
@@ -140,7 +140,7 @@ def measure_set(
     rows = []
 
     def completions(k: int) -> int:
-        return sum(p.round < k for p in gen.predictions)
+        return sum(p.round <= k for p in gen.predictions)
 
     n_rounds = MAX_AUGS // PER_ROUND
     k_rescore = RESCORE_AUGS // PER_ROUND
@@ -148,7 +148,9 @@ def measure_set(
     k_equal = next(
         (k for k in range(1, n_rounds + 1) if gen.seconds_of_rounds(k) >= res.seconds), n_rounds
     )
-    for k, label in ((k_rescore, ""), (k_equal, ", equal time"), (n_rounds, "")):
+    reached = gen.seconds_of_rounds(k_equal) >= res.seconds
+    equal = ", rescore's time" if reached else ", less than rescore's time"
+    for k, label in ((k_rescore, ""), (k_equal, equal), (n_rounds, "")):
         for mode in (VoteMode.GRID, VoteMode.CELL):
             rows.append(
                 (

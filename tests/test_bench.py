@@ -104,7 +104,7 @@ def test_vote_modes_accuracy_reads_only_the_first_rounds(vote_modes: ModuleType)
     from airv.voting import VoteMode
 
     right, b, c = ((1,),), ((2,),), ((3,),)
-    preds = [_prediction(g, 0) for g in (b, b, c, c)] + [_prediction(right, 1) for _ in range(3)]
+    preds = [_prediction(g, 1) for g in (b, b, c, c)] + [_prediction(right, 2) for _ in range(3)]
     truth = {"t": (right,)}
     for mode in (VoteMode.GRID, VoteMode.CELL):
         assert vote_modes.accuracy(preds, truth, mode, rounds=1) == 0.0
