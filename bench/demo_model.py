@@ -28,10 +28,12 @@ from airv.pipeline import RunConfig, run
 from airv.predictions import Prediction, read_predictions
 from airv.synthetic import (
     EASY_SPEC,
+    RECOLOUR_SPEC,
     SyntheticSpec,
     _consistent_colour_map,
     as_files,
     make_tasks,
+    n_colours,
 )
 from airv.tasks import Task, dump_challenges
 from airv.types import Grid, TaskId
@@ -39,8 +41,8 @@ from airv.voting import Candidate, VoteMode, vote
 
 VIEWS = (8, 16, 32)
 PER_ROUND = 8
-EASY_SEED = 20261122  # as tests/test_demo_model.py
-EASY_TASKS = 10
+TEST_SEED = 20261122  # as tests/test_demo_model.py
+TEST_TASKS = 10
 
 
 @dataclass(frozen=True)
@@ -200,11 +202,18 @@ def main() -> int:
     )
     tasks, sols = as_files(syn)
     sets.append(("synthetic", list(tasks.values()), sols, {t.task.id: t.rule.name for t in syn}))
-    # The exact tasks of tests/test_demo_model.py (its seed and count); its AIRV-8 grid column
-    # is that test's result.
-    easy = make_tasks(EASY_TASKS, EASY_SPEC, np.random.default_rng(EASY_SEED), prefix="easy")
+    # The easy corner (colour maps, no transform, sides <= 4), by number of colours.
+    easy = make_tasks(
+        args.synthetic // 2, EASY_SPEC, np.random.default_rng(args.seed + 1), prefix="e"
+    )
     tasks, sols = as_files(easy)
-    sets.append(("synthetic-easy", list(tasks.values()), sols, {t: "easy" for t in tasks}))
+    groups = {t.task.id: f"{n_colours(t.task)} colour(s)" for t in easy}
+    sets.append(("synthetic-easy", list(tasks.values()), sols, groups))
+    # The exact tasks of tests/test_demo_model.py (its spec, seed and count); its AIRV-8 grid
+    # column is that test's result.
+    test = make_tasks(TEST_TASKS, RECOLOUR_SPEC, np.random.default_rng(TEST_SEED), prefix="r")
+    tasks, sols = as_files(test)
+    sets.append(("synthetic-recolour (the test's)", list(tasks.values()), sols, {}))
     arc_notes: list[str] = []
     if not args.no_arc:
         for split in ("evaluation", "training"):

@@ -14,12 +14,14 @@ from airv.augment import D8
 from airv.errors import ConfigError
 from airv.synthetic import (
     BACKGROUND,
+    RECOLOUR_SPEC,
     Rule,
     SyntheticSpec,
     _consistent_colour_map,
     as_files,
     make_task,
     make_tasks,
+    n_colours,
 )
 from airv.tasks import Pair, dump_challenges, dump_solutions, load_challenges, load_solutions
 from airv.types import shape
@@ -168,3 +170,15 @@ def test_consistent_colour_map_rejects_a_non_function() -> None:
 def test_bad_specs_are_config_errors(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         SyntheticSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_recolour_tasks_recolour_one_colour_in_place() -> None:
+    for t in make_tasks(30, RECOLOUR_SPEC, np.random.default_rng(3)):
+        assert n_colours(t.task) == 1
+        assert t.rule.d8 is D8.IDENTITY and t.rule.has_colour_map
+        for pair in t.task.train:
+            assert shape(pair.output) == shape(pair.input)
+            before = {c for row in pair.input for c in row} - {BACKGROUND}
+            after = {c for row in pair.output for c in row} - {BACKGROUND}
+            assert len(after) == len(before) <= 1  # a small grid may hold background only
+            assert not before or before != after

@@ -12,7 +12,7 @@ everything is drawn from the one numpy Generator passed in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -96,6 +96,15 @@ class SyntheticSpec:
 # The corner of the family a small model learns first (a colour map on small grids, no
 # transform): the demo model's end-to-end test and its benchmark draw from it.
 EASY_SPEC = SyntheticSpec(max_side=4, d8_weights=(1.0,) + (0.0,) * 7, colour_map_prob=1.0)
+# Its simplest tasks: one non-background colour, recoloured. The demo model's end-to-end test
+# draws from it (the model solves most of these; with more colours it solves fewer).
+RECOLOUR_SPEC = replace(EASY_SPEC, min_colours=1, max_colours=1)
+
+
+def n_colours(task: Task) -> int:
+    """Non-background colours of a task's inputs (its palette size)."""
+    grids = [p.input for p in task.train] + list(task.test)
+    return len({c for g in grids for row in g for c in row} - {BACKGROUND})
 
 
 @dataclass(frozen=True, slots=True)
