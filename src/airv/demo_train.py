@@ -1,6 +1,6 @@
 """Train airv's demo model: a tiny Qwen2 causal LM that solves synthetic ARC-style tasks, on CPU.
 
-    python -m airv.demo_train --out models/airv-demo --minutes 75 --seed 0
+    python -m airv.demo_train --out models/airv-demo --steps 18000 --seed 0
 
 The tasks come from `airv.synthetic` (a D8 transform and/or a colour map to infer from the
 pairs). Every training sequence is exactly what the pipeline prompts with (`render_prompt`,
