@@ -324,6 +324,10 @@ def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Pa
     assert {r.unit for r in requests} == {("task0002", 0)}
     assert len(requests) == 4  # round 2's target is 8: 4 more for the open test input
     assert run.summary.settled_skips == 4  # the work saved on the settled one
+    # A later round counts only what it would add: round 3's target is round 2's (the cap of 8),
+    # so nothing more is saved (counting the whole shortfall again would say 8).
+    run.plan(3, run.votes())
+    assert run.summary.settled_skips == 4
     # With the rule off, both get more.
     run_off = Run(_config(ch, tmp_path / "out2", bigram_model, Backend.HF, settle_margin=0))
     run_off.predictions.update(run.predictions)

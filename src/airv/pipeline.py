@@ -242,7 +242,8 @@ class Run:
             if len(done) >= target:
                 continue
             if round_no > 1 and self._settled(votes.get(unit)):
-                self.summary.settled_skips += target - len(done)
+                # What this round would have added; earlier rounds counted their own share.
+                self.summary.settled_skips += target - max(len(done), self._target(round_no - 1))
                 continue
             try:
                 requests.extend(self._plan_unit(unit, target - len(done), done, round_no))
