@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from airv.config import Backend, Dtype, EngineConfig
+from airv.evaluate import Source, evaluate_candidates
 from airv.local import default_tasks
 from airv.pipeline import SCORES_FILE, Run, RunConfig
 from airv.predictions import Prediction, group_candidates, read_predictions
@@ -38,7 +39,7 @@ from airv.summary import RunSummary
 from airv.synthetic import EASY_SPEC, SyntheticSpec, as_files, make_tasks
 from airv.tasks import Task, dump_challenges
 from airv.types import Grid, TaskId
-from airv.voting import VoteMode, vote
+from airv.voting import VoteMode
 
 PER_ROUND = 8
 MAX_AUGS = 32
@@ -73,20 +74,13 @@ def accuracy(
     scores: Path | None = None,
 ) -> float:
     """Share of test inputs whose vote (over rounds 1..`rounds`) has the truth in either
-    attempt."""
-    kept = [p for p in predictions if rounds is None or p.round <= rounds]
-    pools = group_candidates(kept)
-    scored = read_scores(scores) if scores is not None else {}
-    right = total = 0
-    for tid, truths in solutions.items():
-        for i, truth in enumerate(truths):
-            total += 1
-            cands = pools.get((tid, i), [])
-            if mode is VoteMode.RESCORE:
-                cands = attach_scores(scored.get((tid, i), {}), cands)
-            v = vote(cands, mode)
-            right += v is not None and truth in (v.attempt_1, v.attempt_2)
-    return right / total if total else 0.0
+    attempt: `airv eval`'s best-of-2 accuracy."""
+    pools = group_candidates([p for p in predictions if rounds is None or p.round <= rounds])
+    if mode is VoteMode.RESCORE:
+        scored = read_scores(scores) if scores is not None else {}
+        pools = {u: attach_scores(scored.get(u, {}), cands) for u, cands in pools.items()}
+    evaluation = evaluate_candidates(pools, solutions, mode)
+    return evaluation.overall()[Source.BEST_OF_2].accuracy
 
 
 def run_once(
