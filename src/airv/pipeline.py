@@ -231,7 +231,7 @@ class Run:
     def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[_Request]:
         """The prompts still owed to reach this round's target augmentations per test input."""
         cfg = self.cfg
-        target = min(cfg.first_round + (round_no - 1) * cfg.per_round, cfg.max_augmentations)
+        target = self._target(round_no)
         requests: list[_Request] = []
         spent = self._spent()
         for unit in self.units:
