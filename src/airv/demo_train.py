@@ -5,10 +5,11 @@
 The tasks come from `airv.synthetic` (a D8 transform and/or a colour map to infer from the
 pairs). Every training sequence is exactly what the pipeline prompts with (`render_prompt`,
 `prompt_token_ids`), followed by the answer and EOS; the loss is on every output grid of the
-sequence (train outputs and the test answer) and EOS, never on inputs. The grid side grows
-during training (a curriculum: short sequences early buy more updates). The learning rate
-warms up, then follows a cosine to 10% of its peak over the budget (`--minutes` or `--steps`;
-`--steps` is reproducible bit for bit on one machine, a time budget is not).
+sequence (train outputs and the test answer) and EOS, never on inputs. A curriculum in equal
+stages of the budget sets the largest grid side and the share of each batch drawn from the
+easy corner of the family (see `Recipe`). The learning rate warms up, then follows a cosine to
+10% of its peak over the budget (`--minutes` or `--steps`; with `--steps` the data, the
+initialisation and the schedule depend only on the seed, a time budget's do not).
 
 Checkpoints (weights, tokenizer, `airv.json` with the format and template) are written to
 `--out` every few minutes, so an interrupted run still leaves a usable model, with a greedy
