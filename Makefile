@@ -70,7 +70,7 @@ test: lint typecheck browser
 	$(VENV)/bin/pytest -q
 
 submit-local: $(STAMP)
-	$(PY) -m airv.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \
+	$(PY) -m airv.kaggle.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \
 		$(if $(CHALLENGES),--challenges $(CHALLENGES)) $(if $(SOLUTIONS),--solutions $(SOLUTIONS))
 	$(PY) submission/airv_kernel.py --root $(LOCAL_ROOT) --full -- --time-budget $(TIME_BUDGET) $(RUN_ARGS)
 	$(VENV)/bin/airv validate $(LOCAL_ROOT)/working/submission.json \
@@ -100,7 +100,7 @@ endif
 	@echo "wheelhouse: $(WHEELS_DIR) ($$(ls $(WHEELS_DIR)/*.whl | wc -l) wheels)"
 
 kernel: $(STAMP)
-	$(PY) -m airv.kernel_build --config $(KAGGLE_CONFIG) --out build/kernel
+	$(PY) -m airv.kaggle.kernel --config $(KAGGLE_CONFIG) --out build/kernel
 
 push: kernel
 	kaggle kernels push -p build/kernel
@@ -110,7 +110,7 @@ push: kernel
 DEMO_STEPS ?= 18000
 demo-model: $(STAMP)
 	rm -rf models/airv-demo.new
-	$(PY) -m airv.demo_train --out models/airv-demo.new --steps $(DEMO_STEPS) --seed 0 --checkpoint-minutes 10
+	$(PY) -m airv.demo.train --out models/airv-demo.new --steps $(DEMO_STEPS) --seed 0 --checkpoint-minutes 10
 	cp models/airv-demo/README.md models/airv-demo.new/ 2>/dev/null || true
 	rm -rf models/airv-demo && mv models/airv-demo.new models/airv-demo
 

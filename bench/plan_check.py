@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         challenges, model = args.challenges, args.model
         if challenges is None or model is None:
-            from airv.local import default_tasks
-            from airv.tasks import dump_challenges
-            from airv.tinymodel import build_tiny_model
+            from airv.core.tasks import dump_challenges
+            from airv.demo.tinymodel import build_tiny_model
+            from airv.kaggle.local import default_tasks
 
             tasks, _ = default_tasks(args.tasks)
             challenges = challenges or Path(tmp) / "challenges.json"

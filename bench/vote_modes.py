@@ -29,17 +29,18 @@ from pathlib import Path
 
 import numpy as np
 
-from airv.config import Backend, Dtype, EngineConfig
-from airv.evaluate import Source, evaluate_candidates
-from airv.local import default_tasks
-from airv.pipeline import SCORES_FILE, Run, RunConfig
-from airv.predictions import Prediction, group_candidates, read_predictions
-from airv.rescore import attach_scores, read_scores
-from airv.summary import RunSummary
-from airv.synthetic import EASY_SPEC, SyntheticSpec, as_files, make_tasks
-from airv.tasks import Task, dump_challenges
-from airv.types import Grid, TaskId
-from airv.voting import VoteMode
+from airv.core.tasks import Task, dump_challenges
+from airv.core.types import Grid, TaskId
+from airv.core.voting import VoteMode
+from airv.demo.synthetic import EASY_SPEC, SyntheticSpec, as_files, make_tasks
+from airv.engines.config import Backend, Dtype, EngineConfig
+from airv.kaggle.local import default_tasks
+from airv.run.config import SCORES_FILE, RunConfig
+from airv.run.pipeline import Run
+from airv.run.predictions import Prediction, group_candidates, read_predictions
+from airv.run.rescore import attach_scores, read_scores
+from airv.run.summary import RunSummary
+from airv.tools.evaluate import Source, evaluate_candidates
 
 PER_ROUND = 8
 MAX_AUGS = 32

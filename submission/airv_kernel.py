@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     need_vllm = run_options.get("engine", "vllm") == "vllm"
     ensure_installed(args.root, need_vllm)
 
-    from airv import kaggle
     from airv.cli import main as airv
+    from airv.kaggle import paths as kaggle
 
     inputs = kaggle.discover(
         args.root,

@@ -28,7 +28,7 @@ BIGRAM_RULES = {"\n": "1", "1": "2"}
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen2 model built locally (no downloads)."""
-    from airv.tinymodel import build_tiny_model
+    from airv.demo.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
@@ -36,6 +36,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bigram_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2 model whose weights make it answer every prompt with the grid `12`."""
-    from airv.tinymodel import build_tiny_model
+    from airv.demo.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("bigram") / "model", bigram=BIGRAM_RULES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from airv.types import MAX_SIDE, N_COLOURS, Grid
+from airv.core.types import MAX_SIDE, N_COLOURS, Grid
 
 
 @st.composite

@@ -1,4 +1,4 @@
-"""Tests for airv.augment: D8 group laws, grid round trips, keys, apply_task and the planner."""
+"""Tests for airv.core.augment: D8 group laws, grid round trips, keys, apply_task, the planner."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airv.augment import D8, IDENTITY, Augmentation, plan_augmentations
-from airv.tasks import Pair, Task
-from airv.types import Grid, shape
+from airv.core.augment import D8, IDENTITY, Augmentation, plan_augmentations
+from airv.core.tasks import Pair, Task
+from airv.core.types import Grid, shape
 from strategies import grids
 
 d8s = st.sampled_from(list(D8))

@@ -10,8 +10,8 @@ from types import ModuleType
 
 import pytest
 
-from airv.formats import FormatSpec
-from airv.types import Grid
+from airv.core.formats import FormatSpec
+from airv.core.types import Grid
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "run_bench.py"
 
@@ -28,7 +28,7 @@ def bench() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def char_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
-    from airv.tinymodel import CHARACTERS, build_tokenizer
+    from airv.demo.tinymodel import CHARACTERS, build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tok"), CHARACTERS)
 
@@ -82,7 +82,7 @@ def vote_modes() -> ModuleType:
 
 
 def _prediction(grid: Grid, round_no: int) -> object:
-    from airv.predictions import Prediction
+    from airv.run.predictions import Prediction
 
     return Prediction(
         task_id="t",
@@ -101,7 +101,7 @@ def _prediction(grid: Grid, round_no: int) -> object:
 
 
 def test_vote_modes_accuracy_reads_only_the_first_rounds(vote_modes: ModuleType) -> None:
-    from airv.voting import VoteMode
+    from airv.core.voting import VoteMode
 
     right, b, c = ((1,),), ((2,),), ((3,),)
     preds = [_prediction(g, 1) for g in (b, b, c, c)] + [_prediction(right, 2) for _ in range(3)]

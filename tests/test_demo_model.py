@@ -1,7 +1,7 @@
 """The shipped demo model really solves tasks of its trained family through the real pipeline.
 
 Held-out synthetic tasks (a seed training never uses) of the rules the model learned best
-(one colour recoloured: `airv.synthetic.RECOLOUR_SPEC`), run through airv's pipeline on the
+(one colour recoloured: `airv.demo.synthetic.RECOLOUR_SPEC`), run through airv's pipeline on the
 vLLM engine with 8 augmentations and a grid-wise vote. A random-weight model of the same shape
 solves none of them, so the threshold below can fail.
 """
@@ -14,11 +14,12 @@ import numpy as np
 import orjson
 import pytest
 
-from airv.config import Backend, Dtype, EngineConfig
-from airv.pipeline import RunConfig, run
-from airv.submission import score_submission
-from airv.synthetic import RECOLOUR_SPEC, as_files, make_tasks
-from airv.tasks import dump_challenges
+from airv.core.submission import score_submission
+from airv.core.tasks import dump_challenges
+from airv.demo.synthetic import RECOLOUR_SPEC, as_files, make_tasks
+from airv.engines.config import Backend, Dtype, EngineConfig
+from airv.run.config import RunConfig
+from airv.run.pipeline import run
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
 

@@ -9,8 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from airv.augment import D8
-from airv.demo_train import (
+from airv.core.augment import D8
+from airv.core.formats import FormatSpec, encode_grid, parse_grid
+from airv.core.prompts import MODEL_PROMPT_FILE, PromptTemplate
+from airv.demo.synthetic import SyntheticSpec, make_tasks
+from airv.demo.tinymodel import build_tokenizer
+from airv.demo.train import (
     DEMO_CHARACTERS,
     IGNORE,
     Recipe,
@@ -19,11 +23,6 @@ from airv.demo_train import (
     train,
     training_batch,
 )
-from airv.formats import FormatSpec, encode_grid, parse_grid
-from airv.prompts import PromptTemplate
-from airv.runopts import MODEL_PROMPT_FILE
-from airv.synthetic import SyntheticSpec, make_tasks
-from airv.tinymodel import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from airv.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.core.errors import ConfigError
 from airv.engines import Engine, GenerateRequest, ScoreRequest, make_engine
 from airv.engines.base import resolve_dtype
-from airv.errors import ConfigError
+from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
 
 pytestmark = pytest.mark.engine
 

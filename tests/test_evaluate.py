@@ -12,9 +12,13 @@ import orjson
 import pytest
 
 from airv.cli import main
-from airv.config import Backend, Dtype, EngineConfig, SamplingConfig
-from airv.errors import ConfigError
-from airv.evaluate import (
+from airv.core.errors import ConfigError
+from airv.core.tasks import Pair, Task, dump_challenges
+from airv.core.types import Grid, TaskId, Unit
+from airv.core.voting import SELECTORS, Candidate, VoteMode
+from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.run.predictions import Prediction, append_predictions
+from airv.tools.evaluate import (
     NO_MATCH,
     Metrics,
     Source,
@@ -24,10 +28,6 @@ from airv.evaluate import (
     match,
     render,
 )
-from airv.predictions import Prediction, append_predictions
-from airv.tasks import Pair, Task, dump_challenges
-from airv.types import Grid, TaskId
-from airv.voting import SELECTORS, Candidate, VoteMode
 
 A: Grid = ((1, 2), (3, 4))
 B: Grid = ((1, 2), (3, 5))  # A with one cell wrong: 3/4 pixels
@@ -52,8 +52,8 @@ ROWS: list[tuple[TaskId, int, Grid | None, float]] = [
 ]
 
 
-def _pools() -> dict[tuple[TaskId, int], list[Candidate]]:
-    pools: dict[tuple[TaskId, int], list[Candidate]] = {}
+def _pools() -> dict[Unit, list[Candidate]]:
+    pools: dict[Unit, list[Candidate]] = {}
     for k, (task_id, i, grid, lp) in enumerate(ROWS):
         if grid is not None:
             pools.setdefault((task_id, i), []).append(Candidate(grid, f"aug{k}", lp, 4))
@@ -332,7 +332,7 @@ def test_hf_refuses_what_it_lacks() -> None:
 
 def test_cli_flags_reach_the_config(tmp_path: Path, tiny_model: Path) -> None:
     from airv.cli import build_parser
-    from airv.runopts import build_run_config
+    from airv.run.options import build_run_config
 
     challenges = tmp_path / "c.json"
     g: Grid = ((1,),)

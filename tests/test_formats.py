@@ -1,4 +1,4 @@
-"""Tests for airv.formats: encoding, the strict parser, and FormatSpec JSON."""
+"""Tests for airv.core.formats: encoding, the strict parser, and FormatSpec JSON."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from airv.errors import ConfigError
-from airv.formats import (
+from airv.core.errors import ConfigError
+from airv.core.formats import (
     FormatSpec,
     Rejection,
     RejectReason,
     encode_grid,
     parse_grid,
 )
-from airv.types import Grid
+from airv.core.types import Grid
 from strategies import grids
 
 CELL_SEPS = ["", " ", ",", "|", ", ", " | ", "\t"]

@@ -13,10 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv import kaggle, kernel_build
-from airv.errors import ConfigError, InputError
-from airv.submission import validate_submission
-from airv.tasks import Pair, Task, dump_challenges, load_challenges
+from airv.core.errors import ConfigError, InputError
+from airv.core.submission import validate_submission
+from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
+from airv.kaggle import kernel as kernel_build
+from airv.kaggle import paths as kaggle
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "submission" / "airv_kernel.py"

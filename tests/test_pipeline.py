@@ -14,14 +14,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv.augment import D8, Augmentation
-from airv.budget import Clock
-from airv.config import Backend, Dtype, EngineConfig
+from airv.core.augment import D8, Augmentation
+from airv.core.submission import validate_submission
+from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
+from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.engines.worker import Faults
-from airv.pipeline import Run, RunConfig
-from airv.predictions import read_predictions
-from airv.submission import validate_submission
-from airv.tasks import Pair, Task, dump_challenges, load_challenges
+from airv.run.budget import Clock
+from airv.run.config import RunConfig
+from airv.run.pipeline import Run
+from airv.run.predictions import read_predictions
 
 pytestmark = pytest.mark.engine
 
@@ -239,8 +240,8 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
     tmp_path: Path, bigram_model: Path
 ) -> None:
     from airv.cli import main
-    from airv.rescore import read_scores
-    from airv.voting import VoteMode
+    from airv.core.voting import VoteMode
+    from airv.run.rescore import read_scores
 
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002", n_test=2)], broken=False)
     out = tmp_path / "out"
@@ -307,7 +308,7 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
 
 
 def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Path) -> None:
-    from airv.predictions import Prediction
+    from airv.run.predictions import Prediction
 
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
     run = Run(_config(ch, tmp_path / "out", bigram_model, Backend.HF, settle_margin=3))

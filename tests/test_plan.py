@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from airv.cli import main
-from airv.plan import Costs, Plan, Throughput, TooLong, UnitCost, calibration_units
-from airv.tasks import Pair, Task, dump_challenges
-from airv.types import Grid
+from airv.core.tasks import Pair, Task, dump_challenges
+from airv.core.types import Grid
+from airv.tools.plan import Costs, Plan, Throughput, TooLong, UnitCost, calibration_units
 
 
 def _throughput(start: float = 10.0) -> Throughput:

@@ -1,4 +1,4 @@
-"""Tests for airv.prompts: layout, chat templates, the answer estimate and the length budget."""
+"""Tests for airv.core.prompts: layout, chat templates, the answer estimate, the length budget."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airv.errors import ConfigError
-from airv.formats import FormatSpec, encode_grid, parse_grid
-from airv.prompts import (
+from airv.core.errors import ConfigError
+from airv.core.formats import FormatSpec, encode_grid, parse_grid
+from airv.core.prompts import (
     FittedPrompt,
     PromptTemplate,
     PromptTooLong,
@@ -25,8 +25,8 @@ from airv.prompts import (
     render_prompt,
     worst_case_answer_tokens,
 )
-from airv.tasks import Pair, Task
-from airv.types import Grid
+from airv.core.tasks import Pair, Task
+from airv.core.types import Grid
 from strategies import grids
 
 BOS = 1

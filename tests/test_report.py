@@ -15,13 +15,13 @@ import orjson
 import pytest
 
 from airv.cli import main
-from airv.predictions import Prediction, append_predictions
-from airv.report import REPORT_FILE, solutions_beside
-from airv.submission import build_submission, write_submission
-from airv.summary import RunSummary
-from airv.tasks import Pair, Task, dump_challenges, dump_solutions, load_challenges
-from airv.types import Grid, TaskId
-from airv.voting import Candidate, vote
+from airv.core.submission import build_submission, write_submission
+from airv.core.tasks import Pair, Task, dump_challenges, dump_solutions, load_challenges
+from airv.core.types import Grid, TaskId, Unit
+from airv.core.voting import Candidate, vote
+from airv.run.predictions import Prediction, append_predictions
+from airv.run.summary import RunSummary
+from airv.tools.report import REPORT_FILE, solutions_beside
 
 A: Grid = ((1, 2), (3, 4))
 B: Grid = ((5, 5), (5, 5))
@@ -101,8 +101,8 @@ STATUS = {
 }
 
 
-def _votes(preds: list[Prediction]) -> dict[tuple[TaskId, int], tuple[Grid, Grid]]:
-    cands: defaultdict[tuple[TaskId, int], list[Candidate]] = defaultdict(list)
+def _votes(preds: list[Prediction]) -> dict[Unit, tuple[Grid, Grid]]:
+    cands: defaultdict[Unit, list[Candidate]] = defaultdict(list)
     for p in preds:
         if p.candidate is not None:
             cands[(p.task_id, p.test_index)].append(p.candidate)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from airv import runopts
-from airv.budget import parse_duration
 from airv.cli import main
-from airv.config import Backend, Dtype, EngineConfig
-from airv.errors import ConfigError, InputError
-from airv.formats import FormatSpec
-from airv.pipeline import RunConfig
-from airv.tasks import Pair, Task, dump_challenges
-from airv.voting import VoteMode
+from airv.core.errors import ConfigError, InputError
+from airv.core.formats import FormatSpec
+from airv.core.tasks import Pair, Task, dump_challenges
+from airv.core.voting import VoteMode
+from airv.engines.config import Backend, Dtype, EngineConfig
+from airv.run import options as runopts
+from airv.run.budget import parse_duration
+from airv.run.config import RunConfig
 
 
 def _parser() -> argparse.ArgumentParser:

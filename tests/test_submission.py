@@ -8,15 +8,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv.errors import InputError
-from airv.submission import (
+from airv.core.errors import InputError
+from airv.core.submission import (
     build_submission,
     score_submission,
     validate_submission,
     write_submission,
 )
-from airv.tasks import Challenges, load_challenges
-from airv.types import Grid
+from airv.core.tasks import Challenges, load_challenges
+from airv.core.types import Grid
 
 PAIR = {"input": [[1]], "output": [[2]]}
 

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airv.augment import D8
-from airv.errors import ConfigError
-from airv.synthetic import (
+from airv.core.augment import D8
+from airv.core.errors import ConfigError
+from airv.core.tasks import Pair, dump_challenges, dump_solutions, load_challenges, load_solutions
+from airv.core.types import shape
+from airv.demo.synthetic import (
     BACKGROUND,
     RECOLOUR_SPEC,
     Rule,
@@ -23,8 +25,6 @@ from airv.synthetic import (
     make_tasks,
     n_colours,
 )
-from airv.tasks import Pair, dump_challenges, dump_solutions, load_challenges, load_solutions
-from airv.types import shape
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airv.errors import InputError
-from airv.tasks import (
+from airv.core.errors import InputError
+from airv.core.tasks import (
     GridError,
     Pair,
     Task,
@@ -20,7 +20,7 @@ from airv.tasks import (
     load_solutions,
     parse_grid,
 )
-from airv.types import Grid
+from airv.core.types import Grid
 
 GOOD = {"train": [{"input": [[1, 2], [3, 4]], "output": [[4]]}], "test": [{"input": [[5]]}]}
 

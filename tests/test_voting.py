@@ -1,4 +1,4 @@
-"""Tests for airv.voting: grid-wise, cell-wise and re-scoring selection."""
+"""Tests for airv.core.voting: grid-wise, cell-wise and re-scoring selection."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airv.errors import ConfigError
-from airv.types import Grid, shape
-from airv.voting import (
+from airv.core.errors import ConfigError
+from airv.core.types import Grid, shape
+from airv.core.voting import (
     SELECTORS,
     Candidate,
     Tally,

@@ -16,9 +16,9 @@ from typing import TypeAlias
 import orjson
 
 from airv import __version__
-from airv.errors import AirvError, InputError
-from airv.submission import load_submission, score_submission, validate_submission
-from airv.tasks import load_challenges, load_solutions
+from airv.core.errors import AirvError, InputError
+from airv.core.submission import load_submission, score_submission, validate_submission
+from airv.core.tasks import load_challenges, load_solutions
 
 # A string: argparse only makes _SubParsersAction subscriptable at type-check time.
 _Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -105,7 +105,7 @@ def _add_score(subparsers: _Subparsers) -> None:
 
 
 def _add_run(subparsers: _Subparsers) -> None:
-    from airv import runopts
+    from airv.run import options as runopts
 
     p = subparsers.add_parser(
         "run",
@@ -118,7 +118,7 @@ def _add_run(subparsers: _Subparsers) -> None:
 
 
 def _add_vote(subparsers: _Subparsers) -> None:
-    from airv import runopts
+    from airv.tools import vote
 
     p = subparsers.add_parser(
         "vote",
@@ -126,13 +126,13 @@ def _add_vote(subparsers: _Subparsers) -> None:
         description="Recompute the votes from a predictions log (predictions.jsonl of a run) "
         "with another voting mode, and write a new submission.json. No model is needed.",
     )
-    runopts.add_vote_arguments(p)
-    p.set_defaults(func=runopts.vote_command)
+    vote.add_vote_arguments(p)
+    p.set_defaults(func=vote.vote_command)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from airv.report import DEFAULT_MODE, write_report
-    from airv.voting import VoteMode
+    from airv.core.voting import VoteMode
+    from airv.tools.report import DEFAULT_MODE, write_report
 
     mode = DEFAULT_MODE if args.mode is None else VoteMode(args.mode)
     written = write_report(
@@ -147,8 +147,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_report(subparsers: _Subparsers) -> None:
-    from airv.report import DEFAULT_MODE
-    from airv.voting import VoteMode
+    from airv.core.voting import VoteMode
+    from airv.tools.report import DEFAULT_MODE
 
     p = subparsers.add_parser(
         "report",
@@ -193,11 +193,12 @@ def _add_report(subparsers: _Subparsers) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from airv import runopts
-    from airv.errors import ConfigError
-    from airv.evaluate import EVAL_FILE, evaluate_log, render
-    from airv.pipeline import RunConfig, run
-    from airv.voting import VoteMode
+    from airv.core.errors import ConfigError
+    from airv.core.voting import VoteMode
+    from airv.run import options as runopts
+    from airv.run.config import RunConfig
+    from airv.run.pipeline import run
+    from airv.tools.evaluate import EVAL_FILE, evaluate_log, render
 
     if args.model is not None:
         if args.predictions is not None:
@@ -228,7 +229,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_eval(subparsers: _Subparsers) -> None:
-    from airv import runopts
+    from airv.run import options as runopts
 
     p = subparsers.add_parser(
         "eval",
@@ -276,9 +277,9 @@ def _add_eval(subparsers: _Subparsers) -> None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from airv import runopts
-    from airv.errors import ConfigError
-    from airv.plan import make_plan
+    from airv.core.errors import ConfigError
+    from airv.run import options as runopts
+    from airv.tools.plan import make_plan
 
     if args.challenges is None or args.model is None:
         raise ConfigError("airv plan needs --challenges FILE and --model DIR")
@@ -305,7 +306,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _add_plan(subparsers: _Subparsers) -> None:
-    from airv import plan, runopts
+    from airv.run import options as runopts
+    from airv.tools import plan
 
     p = subparsers.add_parser(
         "plan",

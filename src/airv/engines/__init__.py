@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from airv.config import Backend, EngineConfig, SamplingConfig
 from airv.engines.base import Completion, Engine, GenerateRequest, ScoreRequest
+from airv.engines.config import Backend, EngineConfig, SamplingConfig
 
 
 def make_engine(engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0) -> Engine:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from airv.config import Dtype
-from airv.errors import ConfigError, EngineError
+from airv.core.errors import ConfigError
+from airv.engines.config import Dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,16 +49,6 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def model_dtype(model_dir: Path) -> str | None:
-    """The dtype a Hugging Face checkpoint declares in its config.json, if any."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"{model_dir}: cannot read config.json: {exc}") from exc
-    value = config.get("torch_dtype") or config.get("dtype")
-    return str(value) if value else None
-
-
 def resolve_dtype(
     requested: Dtype, capabilities: Sequence[tuple[int, int]], declared: str | None
 ) -> Dtype:
@@ -82,15 +70,6 @@ def resolve_dtype(
     if not has_bf16:
         return Dtype.FLOAT16
     return Dtype.FLOAT16 if declared == "float16" else Dtype.BFLOAT16
-
-
-def gpu_capabilities(n_gpus: int) -> list[tuple[int, int]]:
-    """Compute capabilities of the first n_gpus visible CUDA devices (none on CPU)."""
-    if n_gpus <= 0:
-        return []
-    import torch
-
-    return [torch.cuda.get_device_capability(i) for i in range(n_gpus)]
 
 
 def sum_logprobs(values: Sequence[float | None]) -> float:

@@ -9,16 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airv.config import Dtype, EngineConfig, SamplingConfig
+from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
     GenerateRequest,
     ScoreRequest,
-    gpu_capabilities,
-    model_dtype,
     resolve_dtype,
 )
-from airv.errors import ConfigError, EngineError
+from airv.engines.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.model import gpu_capabilities, model_dtype
 
 # Prompts per forward batch: bounds padding waste and activation memory.
 BATCH_SIZE = 16

@@ -10,17 +10,16 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from airv.config import Dtype, EngineConfig, SamplingConfig
+from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
     GenerateRequest,
     ScoreRequest,
-    gpu_capabilities,
-    model_dtype,
     resolve_dtype,
     sum_logprobs,
 )
-from airv.errors import ConfigError, EngineError
+from airv.engines.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.model import gpu_capabilities, model_dtype
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from airv.config import EngineConfig, SamplingConfig
+from airv.core.errors import EngineError
 from airv.engines.base import Completion, GenerateRequest, ScoreRequest
-from airv.errors import EngineError
+from airv.engines.config import EngineConfig, SamplingConfig
 
 
 class WorkerTimeout(EngineError):

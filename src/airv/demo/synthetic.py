@@ -5,7 +5,7 @@ The rule family is the one airv's own augmentations live in: one of the 8 D8 tra
 The no-op rule (identity transform, identity colours) is never drawn. Each task's train pairs
 determine its rule: every colour of the test input occurs in some train input, and a task whose
 train pairs are also explained by another rule of the family giving a different test answer
-is redrawn. Used by the demo model's training (`airv.demo_train`), by its test and by benchmarks;
+is redrawn. Used by the demo model's training (`airv.demo.train`), by its test and by benchmarks;
 everything is drawn from the one numpy Generator passed in.
 """
 
@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from airv.augment import D8, Augmentation
-from airv.errors import ConfigError
-from airv.tasks import Pair, Task
-from airv.types import MAX_SIDE, N_COLOURS, Grid, TaskId
+from airv.core.augment import D8, Augmentation
+from airv.core.errors import ConfigError
+from airv.core.tasks import Pair, Task
+from airv.core.types import MAX_SIDE, N_COLOURS, Grid, TaskId
 
 BACKGROUND = 0
 # Redraws of a task whose train pairs do not pin down its rule; with sides >= 2 and at least

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import orjson
 
-from airv.budget import format_duration
-from airv.predictions import Prediction
-from airv.types import TaskId
+from airv.core.jsonio import write_atomic
+from airv.core.types import TaskId
+from airv.run.budget import format_duration
+from airv.run.predictions import Prediction
 
 
 @dataclass
@@ -96,9 +97,7 @@ class RunSummary:
         return d
 
     def write(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
-        tmp.replace(path)
+        write_atomic(path, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
 
     def render(self) -> str:
         """A short human-readable report."""

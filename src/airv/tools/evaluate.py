@@ -28,15 +28,13 @@ from pathlib import Path
 
 import orjson
 
-from airv.errors import InputError
-from airv.predictions import read_predictions
-from airv.tasks import load_challenges, load_solutions
-from airv.types import Grid, TaskId, shape
-from airv.voting import SELECTORS, Candidate, VoteMode, vote
+from airv.core.errors import InputError
+from airv.core.tasks import load_challenges, load_solutions
+from airv.core.types import Grid, TaskId, Unit, shape
+from airv.core.voting import SELECTORS, Candidate, VoteMode, vote
+from airv.run.predictions import read_predictions
 
 EVAL_FILE = "eval.json"
-
-Unit = tuple[TaskId, int]  # one test input: (task id, test index)
 
 
 class Source(enum.StrEnum):

@@ -20,16 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from airv.augment import Augmentation, plan_augmentations
+from airv.core.augment import Augmentation, plan_augmentations
+from airv.core.prompts import FittedPrompt, answer_text, fit_prompt
+from airv.core.types import Grid, Unit, to_grid, to_lists
+from airv.core.voting import Candidate, Vote
 from airv.engines.base import ScoreRequest
-from airv.prompts import FittedPrompt, answer_text, fit_prompt
-from airv.types import Grid, TaskId, to_grid, to_lists
-from airv.voting import Candidate, Vote
 
 if TYPE_CHECKING:
-    from airv.pipeline import Run
+    from airv.run.pipeline import Run
 
-Unit = tuple[TaskId, int]
 # Per test input: grid -> {augmentation key: log p(grid under that augmentation)}.
 Scores = dict[Unit, dict[Grid, dict[str, float]]]
 
@@ -150,7 +149,7 @@ class Rescorer:
 
     def run_scoring(self, votes: dict[Unit, Vote]) -> bool:
         """Score what is owed in one engine call per worker; True if anything was scored."""
-        from airv.pipeline import share_out
+        from airv.run.pipeline import share_out
 
         items = self.pending(votes)
         if not items:

@@ -8,7 +8,6 @@ completion, never raises, and says why it rejected a text, so rejections can be 
 from __future__ import annotations
 
 import enum
-import json
 import re
 import typing
 from collections.abc import Mapping
@@ -16,8 +15,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from airv.errors import ConfigError
-from airv.types import MAX_SIDE, Grid
+from airv.core.errors import ConfigError
+from airv.core.jsonio import read_json, write_json
+from airv.core.types import MAX_SIDE, Grid
 
 FENCE = "```"
 ROW_NUMBER_SEP = "|"
@@ -56,22 +56,6 @@ def checked_fields(cls: type[_T], data: object, *, source: str) -> dict[str, Any
             )
         kwargs[key] = value
     return kwargs
-
-
-def read_json_object(path: Path | str) -> object:
-    """Read a JSON config file, mapping I/O and syntax errors to ConfigError naming the file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: invalid JSON: {exc}") from exc
-
-
-def write_json_object(path: Path | str, data: Mapping[str, object]) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +118,10 @@ class FormatSpec:
 
     @classmethod
     def load(cls, path: Path | str) -> FormatSpec:
-        return cls.from_dict(read_json_object(path), source=str(path))
+        return cls.from_dict(read_json(path, "format file", error=ConfigError), source=str(path))
 
     def save(self, path: Path | str) -> None:
-        write_json_object(path, self.to_dict())
+        write_json(path, self.to_dict(), indent=True)
 
 
 def encode_grid(grid: Grid, spec: FormatSpec) -> str:

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
-from airv.errors import InputError
-from airv.pipeline import SUBMISSION_FILE
+from airv.core.errors import InputError
+from airv.engines.model import is_model_dir
+from airv.run.config import SUBMISSION_FILE
 
 DEFAULT_ROOT = Path("/kaggle")
 CHALLENGE_NAMES = ("arc-agi_test_challenges.json",)
@@ -70,17 +69,6 @@ def find_challenges(input_dir: Path) -> Path:
     raise InputError(
         "several challenge files found, name one: " + ", ".join(map(str, loose)), path=input_dir
     )
-
-
-def is_model_dir(d: Path) -> bool:
-    """A Hugging Face causal LM checkpoint: config.json with a model_type, weights, tokenizer."""
-    try:
-        config = orjson.loads((d / "config.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return False
-    has_weights = any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))
-    has_tokenizer = (d / "tokenizer.json").is_file() or (d / "tokenizer_config.json").is_file()
-    return isinstance(config, dict) and "model_type" in config and has_weights and has_tokenizer
 
 
 def find_model(input_dir: Path) -> Path:

@@ -8,6 +8,8 @@ from typing import TypeAlias
 # rows of cells, each cell an int 0-9; 1-30 rows of 1-30 cells, all rows equally long.
 Grid: TypeAlias = tuple[tuple[int, ...], ...]
 TaskId: TypeAlias = str
+# One test input of a task: (task id, test index). Votes, predictions and scores are per Unit.
+Unit: TypeAlias = tuple[TaskId, int]
 # What submission.json holds per test input: {"attempt_1": grid, "attempt_2": grid}.
 Attempts: TypeAlias = dict[str, list[list[int]]]
 

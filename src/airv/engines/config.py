@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airv.errors import ConfigError
+from airv.core.errors import ConfigError
 
 
 class Backend(enum.StrEnum):

@@ -13,9 +13,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from airv.errors import AirvError, ConfigError
-from airv.tasks import Pair, Task, dump_challenges, dump_solutions
-from airv.types import Grid, TaskId, to_grid
+from airv.core.errors import AirvError, ConfigError
+from airv.core.tasks import Pair, Task, dump_challenges, dump_solutions
+from airv.core.types import Grid, TaskId, to_grid
 
 
 class ArcVersion(Enum):

@@ -28,15 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from airv.augment import plan_augmentations
-from airv.budget import format_duration, process_start_time
+from airv.core.augment import plan_augmentations
+from airv.core.errors import ConfigError
+from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt
+from airv.core.tasks import Challenges, Task, load_challenges
+from airv.core.types import TaskId
 from airv.engines import Completion, GenerateRequest
 from airv.engines.worker import EngineWorker
-from airv.errors import ConfigError
-from airv.pipeline import RunConfig
-from airv.prompts import FittedPrompt, Tokenizer, fit_prompt
-from airv.tasks import Challenges, Task, load_challenges
-from airv.types import TaskId
+from airv.run.budget import format_duration, process_start_time
+from airv.run.config import RunConfig
 
 # Views priced per test input: identity and a quarter turn (a transposed grid has another
 # number of line breaks, so the two bracket the D8 views).

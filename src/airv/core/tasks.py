@@ -15,8 +15,9 @@ from pathlib import Path
 
 import orjson
 
-from airv.errors import InputError
-from airv.types import MAX_SIDE, N_COLOURS, Grid, TaskId, to_lists
+from airv.core.errors import InputError
+from airv.core.jsonio import json_kind, read_json_object
+from airv.core.types import MAX_SIDE, N_COLOURS, Grid, TaskId, to_lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +51,6 @@ class GridError(ValueError):
 
     Not an AirvError: callers add the file and the task id, or count it as a rejection.
     """
-
-
-def json_kind(value: object) -> str:
-    """How a parsed JSON value is named in messages: "a list", "a boolean", "null", ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {
-        int: "an int",
-        float: "a float",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-    }.get(type(value), type(value).__name__)
 
 
 def parse_grid(value: object, where: str) -> Grid:
@@ -144,24 +130,6 @@ def _parse_task(task_id: TaskId, value: object) -> Task:
         # A test "output" (present in local copies of public data) is deliberately ignored.
         inputs.append(parse_grid(entry["input"], f"test[{i}].input"))
     return Task(task_id, tuple(pairs), tuple(inputs))
-
-
-def read_json_object(path: Path | str, what: str) -> dict[str, object]:
-    """Read a JSON file whose top level must be an object; InputError names the file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {what}: {e.strerror or e}", path=path) from e
-    try:
-        parsed = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise InputError(f"{what} is not valid JSON: {e}", path=path) from e
-    if not isinstance(parsed, dict):
-        raise InputError(
-            f"{what} must be a JSON object at the top level, not {json_kind(parsed)}", path=path
-        )
-    return parsed
 
 
 def load_challenges(path: Path | str, *, strict: bool) -> Challenges:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from airv.tasks import Pair, Task
-from airv.types import N_COLOURS, Grid
+from airv.core.tasks import Pair, Task
+from airv.core.types import N_COLOURS, Grid
 
 _Array = npt.NDArray[np.intp]
 

@@ -24,21 +24,21 @@ from pathlib import Path
 
 import orjson
 
-from airv.errors import InputError
-from airv.pipeline import PREDICTIONS_FILE, SUBMISSION_FILE, SUMMARY_FILE
-from airv.predictions import Prediction, read_predictions
-from airv.submission import ATTEMPT_KEYS, build_submission, load_submission, score_submission
-from airv.tasks import (
+from airv.core.errors import InputError
+from airv.core.jsonio import read_json_object, write_atomic
+from airv.core.submission import ATTEMPT_KEYS, build_submission, load_submission, score_submission
+from airv.core.tasks import (
     Challenges,
     GridError,
     Task,
     load_challenges,
     load_solutions,
     parse_grid,
-    read_json_object,
 )
-from airv.types import Grid, TaskId
-from airv.voting import Candidate, Vote, VoteMode, vote
+from airv.core.types import Grid, TaskId, Unit
+from airv.core.voting import Candidate, Vote, VoteMode, vote
+from airv.run.config import PREDICTIONS_FILE, SUBMISSION_FILE, SUMMARY_FILE
+from airv.run.predictions import Prediction, read_predictions
 
 REPORT_FILE = "report.html"
 TOP_TALLIES = 5  # candidates shown per test input
@@ -224,8 +224,8 @@ def _task_cost(
     )
 
 
-def _votes(predictions: Sequence[Prediction], mode: VoteMode) -> dict[tuple[TaskId, int], Vote]:
-    cands: defaultdict[tuple[TaskId, int], list[Candidate]] = defaultdict(list)
+def _votes(predictions: Sequence[Prediction], mode: VoteMode) -> dict[Unit, Vote]:
+    cands: defaultdict[Unit, list[Candidate]] = defaultdict(list)
     for p in predictions:
         c = p.candidate
         if c is not None:
@@ -265,7 +265,7 @@ def accuracy_by_round(
 def _task_data(
     task_id: TaskId,
     inputs: ReportInputs,
-    votes: Mapping[tuple[TaskId, int], Vote],
+    votes: Mapping[Unit, Vote],
     preds: Sequence[Prediction],
 ) -> Json:
     ch = inputs.challenges
@@ -389,11 +389,8 @@ def write_report(
     inputs = load_inputs(out_dir, challenges=challenges, solutions=solutions)
     data = report_data(inputs, mode)
     path = out if out is not None else out_dir / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(render_report(data), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, render_report(data).encode("utf-8"))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise InputError(f"cannot write the report: {e.strerror or e}", path=path) from e
     return Written(path, len(inputs.challenges.task_ids), inputs.solutions_note, data)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from airv.errors import InputError
-from airv.types import Grid, TaskId, to_grid, to_lists
-from airv.voting import Candidate
+from airv.core.errors import InputError
+from airv.core.types import Grid, TaskId, Unit, to_grid, to_lists
+from airv.core.voting import Candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +99,8 @@ def append_predictions(path: Path | str, predictions: Iterable[Prediction]) -> N
 
 def group_candidates(
     predictions: Sequence[Prediction],
-) -> dict[tuple[TaskId, int], list[Candidate]]:
-    out: dict[tuple[TaskId, int], list[Candidate]] = {}
+) -> dict[Unit, list[Candidate]]:
+    out: dict[Unit, list[Candidate]] = {}
     for p in predictions:
         c = p.candidate
         if c is not None:

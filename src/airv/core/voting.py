@@ -28,8 +28,8 @@ from typing import Final, Protocol
 
 import numpy as np
 
-from airv.errors import ConfigError
-from airv.types import N_COLOURS, Attempts, Grid, shape, to_lists
+from airv.core.errors import ConfigError
+from airv.core.types import N_COLOURS, Attempts, Grid, shape, to_lists
 
 
 def _sane(x: float) -> float:

@@ -1,7 +1,7 @@
 """`airv run` and `airv vote`: their options, and how the options become a RunConfig.
 
 Every flag defaults to None and only overrides the defaults held by the config dataclasses,
-so a default is stated once (in airv.config / airv.pipeline) and `--help` quotes it from there.
+so a default is stated once (airv.run.config, airv.engines.config) and `--help` quotes it.
 """
 
 from __future__ import annotations
@@ -12,19 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from airv.budget import format_duration, parse_duration
-from airv.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
-from airv.errors import ConfigError, InputError
-from airv.formats import FormatSpec
-from airv.prompts import PromptTemplate
-from airv.tasks import read_json_object
-from airv.voting import VoteMode
-
-# A file of this name in the model directory says which format and template the model was
-# trained with: {"format": {...FormatSpec...}, "template": {...PromptTemplate...}}.
-MODEL_PROMPT_FILE = "airv.json"
+from airv.core.errors import ConfigError, InputError
+from airv.core.formats import FormatSpec
+from airv.core.prompts import MODEL_PROMPT_FILE, load_prompt_files
+from airv.core.voting import VoteMode
+from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
+from airv.engines.model import default_max_model_len, visible_gpus
+from airv.run.budget import format_duration, parse_duration
 
 RUN_DESCRIPTION = """\
 Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
@@ -46,7 +40,7 @@ _D_RUN: dict[str, Any] = {}
 def _defaults() -> dict[str, Any]:
     """The dataclass defaults, for --help texts."""
     if not _D_RUN:
-        from airv.pipeline import RunConfig
+        from airv.run.config import RunConfig
 
         rc = RunConfig(challenges=Path("."), out_dir=Path("."))
         _D_RUN.update(run=rc, engine=EngineConfig(), sampling=SamplingConfig(), fmt=FormatSpec())
@@ -343,51 +337,8 @@ def add_run_arguments(
     o.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def load_prompt_files(
-    model: Path | None, format_file: Path | None
-) -> tuple[FormatSpec, PromptTemplate]:
-    """Format and template: built-in defaults, overridden by the model's airv.json, then by
-    --format."""
-    spec, template = FormatSpec(), PromptTemplate()
-    if format_file is not None and not format_file.exists():
-        raise InputError("format file not found", path=format_file)
-    model_file = None if model is None else model / MODEL_PROMPT_FILE
-    for path in (model_file, format_file):
-        if path is None or not path.exists():
-            continue
-        data = read_json_object(path, "format file")
-        unknown = set(data) - {"format", "template"}
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; use 'format', 'template'")
-        if "format" in data:
-            spec = FormatSpec.from_dict(data["format"], source=str(path))
-        if "template" in data:
-            template = PromptTemplate.from_dict(data["template"], source=str(path))
-    return spec, template
-
-
-def _visible_gpus() -> int:
-    try:
-        import torch
-
-        return int(torch.cuda.device_count())
-    except ImportError:
-        return 0
-
-
-def default_max_model_len(model: Path) -> int | None:
-    """The default context length, lowered to the model's own limit when that is smaller
-    (vLLM refuses a max_model_len beyond max_position_embeddings). None: keep the default."""
-    try:
-        limit = orjson.loads((model / "config.json").read_bytes()).get("max_position_embeddings")
-    except (OSError, orjson.JSONDecodeError, AttributeError):
-        return None
-    default = EngineConfig().max_model_len
-    return int(limit) if isinstance(limit, int) and 64 <= limit < default else None
-
-
 def build_run_config(args: argparse.Namespace) -> Any:
-    from airv.pipeline import RunConfig
+    from airv.run.config import RunConfig
 
     if not args.challenges.exists():
         raise InputError("challenge file not found", path=args.challenges)
@@ -429,7 +380,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
     if args.devices is not None:
         devices = tuple(x.strip() for x in args.devices.split(",") if x.strip())
     elif args.workers is None:
-        devices = tuple(str(i) for i in range(_visible_gpus()))
+        devices = tuple(str(i) for i in range(visible_gpus()))
     workers = args.workers if args.workers is not None else (len(devices) if devices else None)
     cap_s, cap_t = (None, None) if args.task_cap is None else parse_task_cap(args.task_cap)
     return replace(
@@ -472,73 +423,7 @@ def configure_logging(level: str) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from airv.pipeline import run
+    from airv.run.pipeline import run
 
     configure_logging(args.log_level)
     return run(build_run_config(args))
-
-
-def add_vote_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--predictions",
-        type=Path,
-        required=True,
-        metavar="LOG",
-        help="predictions.jsonl written by airv run",
-    )
-    p.add_argument(
-        "--challenges",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="the challenge file of that run",
-    )
-    p.add_argument(
-        "--mode",
-        choices=[m.value for m in VoteMode],
-        default=None,
-        help="voting mode (default grid); rescore uses the scores.jsonl beside the log",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help="where to write the new submission.json",
-    )
-
-
-def vote_command(args: argparse.Namespace) -> int:
-    from airv.pipeline import SCORES_FILE
-    from airv.predictions import group_candidates, read_predictions
-    from airv.rescore import attach_scores, read_scores
-    from airv.submission import build_submission, write_submission
-    from airv.tasks import load_challenges
-    from airv.voting import vote
-
-    challenges = load_challenges(args.challenges, strict=False)
-    if not args.predictions.exists():
-        raise InputError("predictions log not found", path=args.predictions)
-    records, damaged = read_predictions(args.predictions)
-    mode = VoteMode.GRID if args.mode is None else VoteMode(args.mode)
-    known = {(t, i) for t in challenges.task_ids for i in range(challenges.n_tests[t])}
-    answers = {}
-    ignored = 0
-    scores = read_scores(args.predictions.parent / SCORES_FILE)
-    for unit, cands in group_candidates(records).items():
-        if unit not in known:
-            ignored += 1
-            continue
-        if mode is VoteMode.RESCORE:
-            cands = attach_scores(scores.get(unit, {}), cands)
-        v = vote(cands, mode)
-        if v is not None:
-            answers[unit] = (v.attempt_1, v.attempt_2)
-    write_submission(args.out, build_submission(challenges, answers))
-    print(
-        f"{args.out}: {len(answers)}/{len(known)} test inputs answered by {mode.value} vote "
-        f"from {len(records)} predictions"
-        + (f"; {damaged} damaged log lines skipped" if damaged else "")
-        + (f"; {ignored} test inputs not in the challenge file ignored" if ignored else "")
-    )
-    return 0

@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from airv.errors import AirvError, ConfigError
-from airv.tasks import read_json_object
+from airv.core.errors import AirvError, ConfigError
+from airv.core.jsonio import read_json_object
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REQUIRED = ("username", "kernel_slug", "competition", "wheels_dataset")
 KNOWN = {
     *REQUIRED,
@@ -102,7 +102,7 @@ def build(config: Path, out_dir: Path, repo: Path = REPO) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m airv.kernel_build", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m airv.kaggle.kernel", description=__doc__)
     p.add_argument("--config", type=Path, default=Path("kaggle-config.json"))
     p.add_argument("--out", type=Path, default=Path("build/kernel"))
     args = p.parse_args(argv)

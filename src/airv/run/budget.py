@@ -10,7 +10,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from airv.errors import ConfigError
+from airv.core.errors import ConfigError
 
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")

@@ -14,16 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from airv.errors import ConfigError
-from airv.formats import (
+from airv.core.errors import ConfigError, InputError
+from airv.core.formats import (
     FormatSpec,
     checked_fields,
     encode_grid,
-    read_json_object,
-    write_json_object,
 )
-from airv.tasks import Pair, Task
-from airv.types import MAX_SIDE, Grid, TaskId, shape
+from airv.core.jsonio import read_config_object, read_json, write_json
+from airv.core.tasks import Pair, Task
+from airv.core.types import MAX_SIDE, Grid, TaskId, shape
+
+# A file of this name in the model directory says which format and template the model was
+# trained with: {"format": {...FormatSpec...}, "template": {...PromptTemplate...}}.
+MODEL_PROMPT_FILE = "airv.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +81,10 @@ class PromptTemplate:
 
     @classmethod
     def load(cls, path: Path | str) -> PromptTemplate:
-        return cls.from_dict(read_json_object(path), source=str(path))
+        return cls.from_dict(read_json(path, "format file", error=ConfigError), source=str(path))
 
     def save(self, path: Path | str) -> None:
-        write_json_object(path, self.to_dict())
+        write_json(path, self.to_dict(), indent=True)
 
 
 class Tokenizer(Protocol):
@@ -301,3 +304,26 @@ def _probe_grids(rows: int, cols: int) -> tuple[Grid, Grid]:
         tuple(tuple((7 * r + 3 * c + r * c) % 10 for c in range(cols)) for r in range(rows)),
         tuple(tuple((r * r + 5 * c + c * c * 3) % 10 for c in range(cols)) for r in range(rows)),
     )
+
+
+def load_prompt_files(
+    model: Path | None, format_file: Path | None
+) -> tuple[FormatSpec, PromptTemplate]:
+    """Format and template: built-in defaults, overridden by the model's airv.json, then by
+    --format."""
+    spec, template = FormatSpec(), PromptTemplate()
+    if format_file is not None and not format_file.exists():
+        raise InputError("format file not found", path=format_file)
+    model_file = None if model is None else model / MODEL_PROMPT_FILE
+    for path in (model_file, format_file):
+        if path is None or not path.exists():
+            continue
+        data = read_config_object(path, "format file")
+        unknown = set(data) - {"format", "template"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; use 'format', 'template'")
+        if "format" in data:
+            spec = FormatSpec.from_dict(data["format"], source=str(path))
+        if "template" in data:
+            template = PromptTemplate.from_dict(data["template"], source=str(path))
+    return spec, template

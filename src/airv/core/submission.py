@@ -7,17 +7,16 @@ answer: a missing task can make the whole submission fail to score.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from airv.errors import InputError
-from airv.tasks import Challenges, GridError, json_kind, parse_grid, read_json_object
-from airv.types import FALLBACK_GRID, Attempts, Grid, TaskId, to_lists
+from airv.core.errors import InputError
+from airv.core.jsonio import json_kind, read_json_object, write_atomic
+from airv.core.tasks import Challenges, GridError, parse_grid
+from airv.core.types import FALLBACK_GRID, Attempts, Grid, TaskId, Unit, to_lists
 
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 
@@ -25,7 +24,7 @@ Submission = dict[TaskId, list[Attempts]]
 
 
 def build_submission(
-    challenges: Challenges, answers: Mapping[tuple[TaskId, int], tuple[Grid, Grid]]
+    challenges: Challenges, answers: Mapping[Unit, tuple[Grid, Grid]]
 ) -> Submission:
     """Every task id of the challenge file in file order, one dict per test input.
 
@@ -56,23 +55,8 @@ def build_submission(
 
 
 def write_submission(path: Path | str, submission: Mapping[str, object]) -> None:
-    """Write atomically: a temp file in the same directory, fsync, then rename over `path`.
-
-    A reader (or Kaggle, after a crash or timeout) sees either the old or the new file, whole.
-    """
-    path = Path(path)
-    data = orjson.dumps(submission)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a half-written temp file behind.
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write submission.json atomically (`write_atomic`): a crash never leaves half a file."""
+    write_atomic(path, orjson.dumps(submission))
 
 
 def load_submission(path: Path | str) -> dict[str, object]:

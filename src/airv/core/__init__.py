@@ -1,0 +1,1 @@
+"""The ARC-specific core: tasks, augmentations, formats, prompts, voting, submission."""

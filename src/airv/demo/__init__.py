@@ -1,0 +1,1 @@
+"""The demo model: synthetic tasks, test models, the trainer."""

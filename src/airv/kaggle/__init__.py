@@ -1,0 +1,1 @@
+"""Kaggle: input discovery, environment detection, the local stand-in, the kernel build."""

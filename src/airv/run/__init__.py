@@ -1,0 +1,1 @@
+"""One run: its config, budget, pipeline, re-scoring, predictions log, summary, CLI options."""

@@ -1,0 +1,85 @@
+"""RunConfig: every default of a run, stated once; and the names of a run directory's files.
+
+CLI flags default to None and only override these (airv.run.options). The engine's and the
+sampler's defaults live beside them in airv.engines.config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from airv.core.errors import ConfigError
+from airv.core.formats import FormatSpec
+from airv.core.prompts import PromptTemplate
+from airv.core.voting import VoteMode
+from airv.engines.config import EngineConfig, SamplingConfig
+
+# A run directory's files; `airv report`, `airv vote` and the kernel read them by these names.
+SUBMISSION_FILE = "submission.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+SUMMARY_FILE = "run_summary.json"
+SCORES_FILE = "scores.jsonl"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; every default of `airv run` is stated here and only here."""
+
+    challenges: Path
+    out_dir: Path
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    format: FormatSpec = field(default_factory=FormatSpec)
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+    vote_mode: VoteMode = VoteMode.GRID
+    rescore_top: int = 4  # with --vote rescore: distinct candidates scored per test input (M)
+    rescore_augmentations: int = 4  # ... each under this many augmentations (J)
+    time_budget: float = 11.5 * 3600  # seconds from process start, model loading included
+    reserve: float = 120.0  # seconds kept back for the final write
+    first_round: int = 8  # augmentations per test input in round 1 (the first 8 cover D8)
+    per_round: int = 8  # augmentations added per test input in each later round
+    max_augmentations: int = 32  # per test input, over all rounds
+    settle_margin: int = 4  # leader's lead in votes that stops more work on a test input; 0 = off
+    task_cap_seconds: float | None = None  # per task, engine time (its share of batch time)
+    task_cap_tokens: int | None = None  # per task, prompt + completion tokens
+    cheapest_first: bool = True  # order work by prompt length, so most tasks answer early
+    batch_prompts: int = 256  # prompts per engine call; submission.json is rewritten after each
+    workers: int = 1  # engine processes; one per GPU
+    devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
+    keep_background: bool = True  # colour permutations leave 0 (black) in place
+    permute_colours: bool = True
+    shuffle_train: bool = True
+    seed: int = 0
+    max_tasks: int | None = None  # only the first N tasks of the file get inference
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.first_round < 1 or self.per_round < 1:
+            raise ConfigError("first_round and per_round must be >= 1")
+        if self.max_augmentations < self.first_round:
+            raise ConfigError("max_augmentations must be >= first_round")
+        if self.workers < 1:
+            raise ConfigError("workers must be >= 1")
+        if self.devices and len(self.devices) != self.workers:
+            raise ConfigError(f"{self.workers} workers but {len(self.devices)} devices")
+        if self.reserve < 0 or self.time_budget <= 0:
+            raise ConfigError("time_budget must be > 0 and reserve >= 0")
+        if self.batch_prompts < 1:
+            raise ConfigError("batch_prompts must be >= 1")
+
+    @property
+    def log_path(self) -> Path:
+        return self.out_dir / PREDICTIONS_FILE
+
+    @property
+    def submission_path(self) -> Path:
+        return self.out_dir / SUBMISSION_FILE
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / SUMMARY_FILE
+
+    @property
+    def scores_path(self) -> Path:
+        return self.out_dir / SCORES_FILE

@@ -1,0 +1,1 @@
+"""Commands that read a run directory: eval, report, plan, vote."""
