@@ -163,7 +163,10 @@ def test_evaluate_log_counts_and_metrics(tmp_path: Path) -> None:
     overall = data["overall"]
     assert isinstance(overall, dict)
     assert overall["oracle"]["accuracy"] == pytest.approx(2 / 3)
-    assert set(data["modes"]) == {m.value for m in SELECTORS}  # type: ignore[call-overload]
+    # No scores.jsonl beside this log: the likelihood modes are listed as not evaluated.
+    evaluated = {m.value for m in SELECTORS if not m.needs_scores}
+    assert set(data["modes"]) == evaluated  # type: ignore[call-overload]
+    assert set(data["modes_not_evaluated"]) == {m.value for m in SELECTORS} - evaluated  # type: ignore[call-overload]
     text = render(report, per_task=True)
     for fragment in ("pool oracle", "best of 2", "correct_pixels", "unanswered", "t2"):
         assert fragment in text

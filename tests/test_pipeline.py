@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv.core.augment import D8, Augmentation
+from airv.core.augment import D8, Augmentation, ViewPolicy
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.engines.config import Backend, Dtype, EngineConfig
@@ -61,7 +61,7 @@ def _config(challenges: Path, out: Path, model: Path, backend: Backend, **kw: ob
         per_round=4,
         max_augmentations=8,
         settle_margin=0,
-        permute_colours=False,  # reversed answers then stay D8 images of `12`
+        views=ViewPolicy(permute_colours=False),  # reversed answers stay D8 images of `12`
         progress=False,
         time_budget=900,
         reserve=0,
@@ -305,6 +305,28 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
         ]
     )
     assert _grid(orjson.loads(grid.read_bytes())["task0001"][0]["attempt_1"]) != ANSWER
+
+    # airv eval reads the run's scores.jsonl: its rescore rows are what the run's own
+    # submission.json scores, not the grid vote under a rescore label.
+    from airv.core.tasks import dump_solutions
+    from airv.tools.evaluate import Source, evaluate_log, render
+
+    solutions = tmp_path / "solutions.json"
+    dump_solutions({"task0001": [ANSWER], "task0002": [ANSWER, ANSWER]}, solutions)
+    entries = [e for entries in _answers(out).values() for e in entries]
+    own_attempt_1 = sum(_grid(e["attempt_1"]) == ANSWER for e in entries) / len(entries)
+    own_best_of_2 = sum(ANSWER in (_grid(e["attempt_1"]), _grid(e["attempt_2"])) for e in entries)
+    report = evaluate_log(out / "predictions.jsonl", solutions, challenges=ch)
+    rescored = report.modes[VoteMode.RESCORE].overall()
+    assert rescored[Source.ATTEMPT_1].accuracy == own_attempt_1 == 1.0
+    assert rescored[Source.BEST_OF_2].accuracy == own_best_of_2 / len(entries)
+    assert report.modes[VoteMode.GRID].overall()[Source.ATTEMPT_1].accuracy < 1.0
+    # Without the scores log, the rescore rows say so instead of showing numbers.
+    (out / "scores.jsonl").unlink()
+    report = evaluate_log(out / "predictions.jsonl", solutions, challenges=ch)
+    assert VoteMode.RESCORE not in report.modes
+    text = render(report)
+    assert "rescore: attempt_1" in text and "not evaluated: no scores.jsonl" in text
 
 
 def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Path) -> None:

@@ -71,7 +71,7 @@ def test_flags_override(files: tuple[Path, Path]) -> None:
     assert cfg.engine.max_model_len == 4096
     assert (cfg.first_round, cfg.per_round, cfg.max_augmentations) == (4, 2, 10)
     assert cfg.sampling.temperature == 0.7 and cfg.sampling.n == 2
-    assert not cfg.cheapest_first and not cfg.keep_background
+    assert not cfg.cheapest_first and not cfg.views.keep_background
 
 
 def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:

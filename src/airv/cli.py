@@ -131,10 +131,10 @@ def _add_vote(subparsers: _Subparsers) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from airv.core.voting import VoteMode
-    from airv.tools.report import DEFAULT_MODE, write_report
+    from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
+    from airv.tools.report import write_report
 
-    mode = DEFAULT_MODE if args.mode is None else VoteMode(args.mode)
+    mode = DEFAULT_VOTE_MODE if args.mode is None else VoteMode(args.mode)
     written = write_report(
         args.out_dir,
         out=args.out,
@@ -147,8 +147,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_report(subparsers: _Subparsers) -> None:
-    from airv.core.voting import VoteMode
-    from airv.tools.report import DEFAULT_MODE
+    from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
 
     p = subparsers.add_parser(
         "report",
@@ -180,7 +179,7 @@ def _add_report(subparsers: _Subparsers) -> None:
         choices=[m.value for m in VoteMode],
         default=None,
         help="voting mode for the candidates shown and accuracy per round "
-        f"(default {DEFAULT_MODE.value})",
+        f"(default {DEFAULT_VOTE_MODE.value})",
     )
     p.add_argument(
         "--out",
@@ -194,9 +193,8 @@ def _add_report(subparsers: _Subparsers) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from airv.core.errors import ConfigError
-    from airv.core.voting import VoteMode
+    from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
     from airv.run import options as runopts
-    from airv.run.config import RunConfig
     from airv.run.pipeline import run
     from airv.tools.evaluate import EVAL_FILE, evaluate_log, render
 
@@ -218,7 +216,7 @@ def _eval(args: argparse.Namespace) -> int:
         code = 0
         log_path, challenges = args.predictions, args.challenges
         out = args.out if args.out is not None else log_path.parent / EVAL_FILE
-        mode = RunConfig.vote_mode if args.vote is None else VoteMode(args.vote)
+        mode = DEFAULT_VOTE_MODE if args.vote is None else VoteMode(args.vote)
     else:
         raise ConfigError("give --predictions LOG (evaluate a run) or --model DIR (run, evaluate)")
     report = evaluate_log(log_path, args.solutions, challenges=challenges, mode=mode)

@@ -11,6 +11,7 @@ import enum
 import itertools
 import math
 import re
+import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -366,3 +367,47 @@ def plan_augmentations(
         taken.add(aug.key)
         uses[d8] += 1
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPolicy:
+    """Which augmentations a run may use, and the seed that picks them."""
+
+    keep_background: bool = True  # colour permutations leave 0 (black) in place
+    permute_colours: bool = True
+    shuffle_train: bool = True
+    seed: int = 0
+
+
+class Stream(enum.IntEnum):
+    """Independent seed streams per test input: the views that generate answers, and the
+    views that re-score candidates, are drawn apart so neither shifts the other."""
+
+    GENERATE = 0
+    RESCORE = 1
+
+
+def plan_views(
+    task: Task,
+    test_index: int,
+    k: int,
+    policy: ViewPolicy,
+    *,
+    stream: Stream = Stream.GENERATE,
+    exclude: Collection[str] = (),
+) -> list[Augmentation]:
+    """`plan_augmentations` for one test input, seeded by (seed, task id, test index, stream):
+    the same call always plans the same views, so a resumed run, `airv plan` and re-scoring
+    agree with the run that came before them."""
+    entropy = [policy.seed, zlib.crc32(task.id.encode()), test_index]
+    if stream is not Stream.GENERATE:  # the generation stream keeps its historical seed
+        entropy.append(int(stream))
+    return plan_augmentations(
+        task,
+        k,
+        np.random.default_rng(entropy),
+        keep_background=policy.keep_background,
+        permute_colours=policy.permute_colours,
+        shuffle_train=policy.shuffle_train,
+        exclude=exclude,
+    )

@@ -132,6 +132,14 @@ def answer_text(grid: Grid, spec: FormatSpec) -> str:
     return encode_grid(grid, spec)
 
 
+def answer_token_ids(grid: Grid, spec: FormatSpec, tokenizer: Tokenizer) -> list[int]:
+    """The token ids the model is trained to emit for `grid`: its answer text, then EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the tokenizer has no EOS token: an answer could never end")
+    return [*tokenizer.encode(answer_text(grid, spec), add_special_tokens=False), eos]
+
+
 def uses_chat_template(tokenizer: Tokenizer | None) -> bool:
     return tokenizer is not None and bool(tokenizer.chat_template)
 

@@ -8,8 +8,9 @@ rules are registered per `VoteMode` behind one `Selector` protocol:
 - CELL: among candidates of the most-voted shape, each cell takes its majority value.
   This can build an answer no single candidate had (several answers each wrong in a
   different cell).
-- re-scoring (not registered yet): `rescore_select` ranks distinct grids by scores the
-  engine supplies per candidate (`Candidate.scores`, log p(grid | another augmentation)).
+- RESCORE: distinct grids ranked by their likelihood under other augmentations
+  (`Candidate.scores`, log p(grid | another augmentation), which a re-scoring pass fills),
+  plus a small weight on their votes.
 
 Every result is independent of the order of the candidates: groups are keyed by grid,
 float sums are exact (`math.fsum`) or run in a canonical order, and every ranking ends
@@ -74,6 +75,14 @@ class VoteMode(enum.StrEnum):
     GRID = "grid"
     CELL = "cell"
     RESCORE = "rescore"
+
+    @property
+    def needs_scores(self) -> bool:
+        """The mode ranks by likelihood scores, which a re-scoring pass must supply."""
+        return self is VoteMode.RESCORE
+
+
+DEFAULT_VOTE_MODE: Final = VoteMode.GRID
 
 
 def _json_float(x: float) -> float | None:
@@ -286,7 +295,7 @@ SELECTORS: Final[Mapping[VoteMode, Selector]] = MappingProxyType(
 )
 
 
-def vote(candidates: Sequence[Candidate], mode: VoteMode = VoteMode.GRID) -> Vote | None:
+def vote(candidates: Sequence[Candidate], mode: VoteMode = DEFAULT_VOTE_MODE) -> Vote | None:
     """Choose two attempts for one test input; None when there are no candidates."""
     try:
         selector = SELECTORS[mode]

@@ -14,14 +14,17 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from airv.core.errors import EngineError
 from airv.engines.base import Completion, GenerateRequest, ScoreRequest
 from airv.engines.config import EngineConfig, SamplingConfig
+
+T = TypeVar("T")
 
 
 class WorkerTimeout(EngineError):
@@ -190,3 +193,44 @@ class EngineWorker:
         self._proc.join(5)
         with contextlib.suppress(OSError):
             self._conn.close()
+
+
+def share_out(
+    items: Sequence[T], n: int, task_of: Callable[[T], str], cost_of: Callable[[T], int]
+) -> list[list[T]]:
+    """Share items among n workers by estimated token cost, whole tasks together, greedily
+    (largest task to the least-loaded worker)."""
+    if n == 1:
+        return [list(items)]
+    by_task: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        by_task[task_of(item)].append(item)
+    loads = [0] * n
+    shares: list[list[T]] = [[] for _ in range(n)]
+    for group in sorted(by_task.values(), key=lambda g: -sum(cost_of(x) for x in g)):
+        i = loads.index(min(loads))
+        shares[i].extend(group)
+        loads[i] += sum(cost_of(x) for x in group)
+    return shares
+
+
+def fan_out(
+    workers: Sequence[EngineWorker],
+    method: str,
+    items: Sequence[T],
+    *,
+    request_of: Callable[[T], object],
+    task_of: Callable[[T], str],
+    cost_of: Callable[[T], int],
+    deadline: float,
+) -> Iterator[tuple[list[T], Any]]:
+    """One engine call (`generate` or `score`) over several workers: items are shared out
+    (`share_out`), every worker gets its share at once, and each share is yielded with its
+    results as that worker answers, so what one worker finished is kept if a later one fails.
+    The one place a call fans out to workers."""
+    shares = share_out(items, len(workers), task_of, cost_of)
+    busy = [(w, share) for w, share in zip(workers, shares, strict=True) if share]
+    for w, share in busy:
+        w.submit(method, [request_of(x) for x in share])
+    for w, share in busy:
+        yield share, w.result(deadline)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
 from airv.core.formats import FormatSpec
 from airv.core.prompts import PromptTemplate
-from airv.core.voting import VoteMode
+from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
 from airv.engines.config import EngineConfig, SamplingConfig
 
 # A run directory's files; `airv report`, `airv vote` and the kernel read them by these names.
@@ -32,7 +33,7 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     format: FormatSpec = field(default_factory=FormatSpec)
     template: PromptTemplate = field(default_factory=PromptTemplate)
-    vote_mode: VoteMode = VoteMode.GRID
+    vote_mode: VoteMode = DEFAULT_VOTE_MODE
     rescore_top: int = 4  # with --vote rescore: distinct candidates scored per test input (M)
     rescore_augmentations: int = 4  # ... each under this many augmentations (J)
     time_budget: float = 11.5 * 3600  # seconds from process start, model loading included
@@ -47,10 +48,7 @@ class RunConfig:
     batch_prompts: int = 256  # prompts per engine call; submission.json is rewritten after each
     workers: int = 1  # engine processes; one per GPU
     devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
-    keep_background: bool = True  # colour permutations leave 0 (black) in place
-    permute_colours: bool = True
-    shuffle_train: bool = True
-    seed: int = 0
+    views: ViewPolicy = field(default_factory=ViewPolicy)  # augmentations and their seed
     max_tasks: int | None = None  # only the first N tasks of the file get inference
     progress: bool = True
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError, InputError
 from airv.core.formats import FormatSpec
 from airv.core.prompts import MODEL_PROMPT_FILE, load_prompt_files
@@ -173,7 +174,9 @@ def add_run_arguments(
         default=None,
         help="keep the train pairs in file order",
     )
-    a.add_argument("--seed", type=int, help=f"seed of the augmentation planner (default {rc.seed})")
+    a.add_argument(
+        "--seed", type=int, help=f"seed of the augmentation planner (default {rc.views.seed})"
+    )
 
     v = p.add_argument_group("voting")
     v.add_argument(
@@ -401,10 +404,13 @@ def build_run_config(args: argparse.Namespace) -> Any:
         per_round=args.per_round,
         max_augmentations=args.max_augmentations,
         settle_margin=args.settle_margin,
-        keep_background=None if args.permute_background is None else False,
-        permute_colours=None if args.no_colour_permutations is None else False,
-        shuffle_train=None if args.no_train_shuffle is None else False,
-        seed=args.seed,
+        views=replace(
+            ViewPolicy(),
+            keep_background=None if args.permute_background is None else False,
+            permute_colours=None if args.no_colour_permutations is None else False,
+            shuffle_train=None if args.no_train_shuffle is None else False,
+            seed=args.seed,
+        ),
         workers=workers,
         devices=devices or None,
         batch_prompts=args.batch_prompts,

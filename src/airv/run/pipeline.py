@@ -13,33 +13,33 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-
-from airv.core.augment import Augmentation, plan_augmentations
+from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
 from airv.core.formats import Rejection, parse_grid
-from airv.core.prompts import FittedPrompt, fit_prompt
+from airv.core.prompts import FittedPrompt, PromptTooLong, answer_token_ids, fit_prompt
 from airv.core.submission import build_submission, write_submission
-from airv.core.tasks import Challenges, load_challenges
+from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import Grid, TaskId, Unit
-from airv.core.voting import Vote, VoteMode, vote
+from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
-from airv.engines.worker import EngineWorker, Faults, WorkerDied, WorkerTimeout
+from airv.engines.worker import EngineWorker, Faults, WorkerDied, WorkerTimeout, fan_out
 from airv.run.budget import Clock, format_duration, process_start_time
 from airv.run.config import RunConfig
-from airv.run.predictions import Prediction, append_predictions, read_predictions
+from airv.run.predictions import (
+    Prediction,
+    append_predictions,
+    group_candidates,
+    read_predictions,
+)
 from airv.run.rescore import Rescorer
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +52,10 @@ class _Request:
     @property
     def cost(self) -> int:
         return len(self.prompt.token_ids) + self.prompt.max_answer_tokens
+
+    @property
+    def request(self) -> GenerateRequest:
+        return GenerateRequest(tuple(self.prompt.token_ids), self.prompt.max_answer_tokens)
 
 
 class Run:
@@ -79,7 +83,7 @@ class Run:
         self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self.restarts = 0
         self._tokenizer: Any = None
-        self.rescorer = Rescorer(self)
+        self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self._votes: dict[Unit, Vote] = {}
         self._counted: dict[Unit, int] = {}  # predictions each test input's vote has seen
         self._resume()
@@ -106,8 +110,8 @@ class Run:
             if self._counted.get(unit) == len(preds) and unit not in rescored:
                 continue
             self._counted[unit] = len(preds)
-            cands = [c for p in preds if (c := p.candidate) is not None]
-            if self.cfg.vote_mode is VoteMode.RESCORE:
+            cands = group_candidates(preds).get(unit, [])
+            if self.cfg.vote_mode.needs_scores:
                 cands = self.rescorer.attach(unit, cands)
             v = vote(cands, self.cfg.vote_mode)
             if v is None:
@@ -156,6 +160,16 @@ class Run:
             self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.engine.model)
         return self._tokenizer
 
+    def fit(self, view: Task, test_index: int) -> FittedPrompt | PromptTooLong:
+        """The prompt of one augmented task's test input, fitted to the context length."""
+        cfg = self.cfg
+        return fit_prompt(
+            view, test_index, cfg.format, cfg.template, self.tokenizer, cfg.engine.max_model_len
+        )
+
+    def answer_ids(self, grid: Grid) -> list[int]:
+        return answer_token_ids(grid, self.cfg.format, self.tokenizer)
+
     def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[_Request]:
         """The prompts still owed to reach this round's target augmentations per test input."""
         cfg = self.cfg
@@ -188,27 +202,12 @@ class Run:
     def _plan_unit(self, unit: Unit, k: int, done: set[str], round_no: int) -> list[_Request]:
         task_id, test_index = unit
         task = self.challenges.tasks[task_id]
-        # Seeded per test input and per count done, so that a resumed run plans the same.
-        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(task_id.encode()), test_index])
-        augs = plan_augmentations(
-            task,
-            k,
-            rng,
-            keep_background=self.cfg.keep_background,
-            permute_colours=self.cfg.permute_colours,
-            shuffle_train=self.cfg.shuffle_train,
-            exclude=done,
-        )
+        # Seeded per test input (plan_views), and excluding what is done: a resumed run plans
+        # the same views.
+        augs = plan_views(task, test_index, k, self.cfg.views, exclude=done)
         out = []
         for aug in augs:
-            fitted = fit_prompt(
-                aug.apply_task(task),
-                test_index,
-                self.cfg.format,
-                self.cfg.template,
-                self.tokenizer,
-                self.cfg.engine.max_model_len,
-            )
+            fitted = self.fit(aug.apply_task(task), test_index)
             if not isinstance(fitted, FittedPrompt):
                 self._fail(task_id, f"prompt too long: {fitted}")
                 return []
@@ -248,21 +247,17 @@ class Run:
         self.workers = []
 
     def run_batch(self, batch: Sequence[_Request]) -> None:
-        shares = share_out(batch, len(self.workers), lambda r: r.unit[0], lambda r: r.cost)
         t0 = time.monotonic()
-        for w, share in zip(self.workers, shares, strict=True):
-            if share:
-                w.submit(
-                    "generate",
-                    [
-                        GenerateRequest(tuple(r.prompt.token_ids), r.prompt.max_answer_tokens)
-                        for r in share
-                    ],
-                )
-        for w, share in zip(self.workers, shares, strict=True):
-            if share:
-                results: list[list[Completion]] = w.result(self.clock.deadline)
-                self._record(share, results, time.monotonic() - t0)
+        for share, results in fan_out(
+            self.workers,
+            "generate",
+            batch,
+            request_of=lambda r: r.request,
+            task_of=lambda r: r.unit[0],
+            cost_of=lambda r: r.cost,
+            deadline=self.clock.deadline,
+        ):
+            self._record(share, results, time.monotonic() - t0)
 
     def _record(
         self, share: Sequence[_Request], results: Sequence[Sequence[Completion]], wall: float
@@ -349,10 +344,25 @@ class Run:
 
     def _rescore(self, votes: dict[Unit, Vote]) -> dict[Unit, Vote]:
         """With --vote rescore: score the owed candidates (one engine call), then vote again."""
-        rescoring = self.cfg.vote_mode is VoteMode.RESCORE and self.clock.left() > 0
-        if rescoring and self.rescorer.run_scoring(votes):
-            return self.write()
-        return votes
+        if not self.cfg.vote_mode.needs_scores or self.clock.left() <= 0:
+            return votes
+        items = self.rescorer.pending(votes)
+        if not items:
+            return votes
+        t0 = time.monotonic()
+        for share, values in fan_out(
+            self.workers,
+            "score",
+            items,
+            request_of=lambda i: i.request,
+            task_of=lambda i: i.unit[0],
+            cost_of=lambda i: i.cost,
+            deadline=self.clock.deadline,
+        ):
+            self.rescorer.record(share, values)
+        self.summary.scoring_requests += len(items)
+        self.summary.scoring_seconds += time.monotonic() - t0
+        return self.write()
 
     def _target(self, round_no: int) -> int:
         cfg = self.cfg
@@ -424,25 +434,6 @@ class Run:
         s.answered_test_inputs = len(votes)
         s.test_inputs = sum(self.challenges.n_tests.values())
         s.write(self.cfg.summary_path)
-
-
-def share_out(
-    items: Sequence[T], n: int, task_of: Callable[[T], TaskId], cost_of: Callable[[T], int]
-) -> list[list[T]]:
-    """Share items among n workers by estimated token cost, whole tasks together, greedily
-    (largest task to the least-loaded worker)."""
-    if n == 1:
-        return [list(items)]
-    by_task: dict[TaskId, list[T]] = defaultdict(list)
-    for item in items:
-        by_task[task_of(item)].append(item)
-    loads = [0] * n
-    shares: list[list[T]] = [[] for _ in range(n)]
-    for group in sorted(by_task.values(), key=lambda g: -sum(cost_of(x) for x in g)):
-        i = loads.index(min(loads))
-        shares[i].extend(group)
-        loads[i] += sum(cost_of(x) for x in group)
-    return shares
 
 
 def _progress(enabled: bool, total: int, round_no: int) -> Any:

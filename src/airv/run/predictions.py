@@ -8,7 +8,7 @@ skipped on reading, never fatal.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +17,8 @@ import orjson
 from airv.core.errors import InputError
 from airv.core.types import Grid, TaskId, Unit, to_grid, to_lists
 from airv.core.voting import Candidate
+from airv.run.config import SCORES_FILE
+from airv.run.scores import Scores, attach_scores, read_scores
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +100,40 @@ def append_predictions(path: Path | str, predictions: Iterable[Prediction]) -> N
 
 
 def group_candidates(
-    predictions: Sequence[Prediction],
+    predictions: Iterable[Prediction], scores: Scores | None = None
 ) -> dict[Unit, list[Candidate]]:
+    """The parsed answers of a log as candidates per test input, in log order; with the
+    run's `scores`, each candidate carries its likelihood scores (`attach_scores`), which only
+    the likelihood-based voting modes read. The one place predictions become candidates."""
     out: dict[Unit, list[Candidate]] = {}
     for p in predictions:
         c = p.candidate
         if c is not None:
             out.setdefault((p.task_id, p.test_index), []).append(c)
+    if scores:
+        out = {u: attach_scores(scores.get(u, {}), cs) for u, cs in out.items()}
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedCandidates:
+    """A run's candidates read back from its logs: what `airv vote`, `eval` and `report` vote on."""
+
+    records: list[Prediction]
+    damaged_lines: int
+    pools: dict[Unit, list[Candidate]]  # carrying their scores when the scores log exists
+    scores_path: Path
+    has_scores: bool  # the scores log exists: likelihood-based modes can be redone
+
+
+def read_logged_candidates(log: Path) -> LoggedCandidates:
+    """The predictions log `log` and the scores log beside it, as candidates per test input.
+    InputError if the predictions log is missing: a run that left none says why elsewhere."""
+    if not log.exists():
+        raise InputError("predictions log not found", path=log)
+    records, damaged = read_predictions(log)
+    scores_path = log.parent / SCORES_FILE
+    scores = read_scores(scores_path)
+    return LoggedCandidates(
+        records, damaged, group_candidates(records, scores), scores_path, scores_path.exists()
+    )

@@ -31,8 +31,8 @@ import orjson
 from airv.core.errors import InputError
 from airv.core.tasks import load_challenges, load_solutions
 from airv.core.types import Grid, TaskId, Unit, shape
-from airv.core.voting import SELECTORS, Candidate, VoteMode, vote
-from airv.run.predictions import read_predictions
+from airv.core.voting import DEFAULT_VOTE_MODE, SELECTORS, Candidate, VoteMode, vote
+from airv.run.predictions import read_logged_candidates
 
 EVAL_FILE = "eval.json"
 
@@ -158,7 +158,7 @@ class Evaluation:
 def evaluate_candidates(
     pools: Mapping[Unit, Sequence[Candidate]],
     solutions: Mapping[TaskId, Sequence[Grid]],
-    mode: VoteMode = VoteMode.GRID,
+    mode: VoteMode = DEFAULT_VOTE_MODE,
 ) -> Evaluation:
     """Score every test output of `solutions` (in their order) from the candidates of `pools`.
 
@@ -194,10 +194,12 @@ def evaluate_candidates(
 
 
 def compare_modes(
-    pools: Mapping[Unit, Sequence[Candidate]], solutions: Mapping[TaskId, Sequence[Grid]]
+    pools: Mapping[Unit, Sequence[Candidate]],
+    solutions: Mapping[TaskId, Sequence[Grid]],
+    modes: Sequence[VoteMode] = tuple(SELECTORS),
 ) -> dict[VoteMode, Evaluation]:
-    """One evaluation per registered voting mode, all on the same candidates."""
-    return {m: evaluate_candidates(pools, solutions, m) for m in SELECTORS}
+    """One evaluation per voting mode of `modes`, all on the same candidates."""
+    return {m: evaluate_candidates(pools, solutions, m) for m in modes}
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,8 @@ class EvalReport:
     solutions_path: Path
     mode: VoteMode  # the headline mode: per-task results are under it
     modes: Mapping[VoteMode, Evaluation]
+    # Modes that could not be evaluated, and why (a likelihood mode without scores.jsonl).
+    not_evaluated: Mapping[VoteMode, str]
     n_predictions: int
     n_rejected: int  # completions that did not parse to a grid
     damaged_lines: int
@@ -238,6 +242,7 @@ class EvalReport:
                 }
                 for mode, ev in self.modes.items()
             },
+            "modes_not_evaluated": {m.value: why for m, why in self.not_evaluated.items()},
             "per_task": {
                 t: {s.value: m.to_json() for s, m in ms.items()}
                 for t, ms in head.per_task().items()
@@ -256,15 +261,14 @@ def evaluate_log(
     solutions: Path,
     *,
     challenges: Path | None = None,
-    mode: VoteMode = VoteMode.GRID,
+    mode: VoteMode = DEFAULT_VOTE_MODE,
 ) -> EvalReport:
     """Evaluate a predictions log against a solution file, under every voting mode.
 
     With `challenges`, only the tasks of that file are scored (a solution file often covers
     more tasks than one run did); every one of them must have a solution.
     """
-    if not predictions.exists():
-        raise InputError("predictions log not found", path=predictions)
+    logged = read_logged_candidates(predictions)
     truths = load_solutions(solutions)
     if challenges is not None:
         ids = load_challenges(challenges, strict=False).task_ids
@@ -276,25 +280,30 @@ def evaluate_log(
                 task_id=missing[0],
             )
         truths = {t: truths[t] for t in ids}
-    records, damaged = read_predictions(predictions)
     pools: dict[Unit, list[Candidate]] = {}
     ignored: set[Unit] = set()
-    for p in records:
-        unit = (p.task_id, p.test_index)
-        if p.task_id not in truths or not 0 <= p.test_index < len(truths[p.task_id]):
+    for unit, cands in logged.pools.items():
+        task_id, test_index = unit
+        if task_id not in truths or not 0 <= test_index < len(truths[task_id]):
             ignored.add(unit)
-            continue
-        c = p.candidate
-        if c is not None:
-            pools.setdefault(unit, []).append(c)
+        else:
+            pools[unit] = cands
+    # A likelihood mode without the run's scores would vote as the grid mode does: say so
+    # rather than show grid numbers under its name.
+    why = f"no {logged.scores_path.name} beside the log (a run with --vote MODE writes it)"
+    not_evaluated = {m: why for m in SELECTORS if m.needs_scores and not logged.has_scores}
+    if mode in not_evaluated:
+        raise InputError(f"--vote {mode.value}: {why}", path=logged.scores_path)
+    evaluable = [m for m in SELECTORS if m not in not_evaluated]
     return EvalReport(
         predictions_path=predictions,
         solutions_path=solutions,
         mode=mode,
-        modes=compare_modes(pools, truths),
-        n_predictions=len(records),
-        n_rejected=sum(p.grid is None for p in records),
-        damaged_lines=damaged,
+        modes=compare_modes(pools, truths, evaluable),
+        not_evaluated=not_evaluated,
+        n_predictions=len(logged.records),
+        n_rejected=sum(p.grid is None for p in logged.records),
+        damaged_lines=logged.damaged_lines,
         ignored_inputs=len(ignored),
     )
 
@@ -332,10 +341,13 @@ def render(report: EvalReport, *, per_task: bool = False) -> str:
     for s, m in head.overall().items():
         lines.append(_row(_LABELS[s], m, width))
     lines += ["", _header("by voting mode", width)]
-    for mode, ev in report.modes.items():
-        overall = ev.overall()
+    for mode in SELECTORS:
         for s in (Source.ATTEMPT_1, Source.BEST_OF_2):
-            lines.append(_row(f"{mode.value}: {_LABELS[s]}", overall[s], width))
+            label = f"{mode.value}: {_LABELS[s]}"
+            if mode in report.modes:
+                lines.append(_row(label, report.modes[mode].overall()[s], width))
+            else:
+                lines.append(f"{label:<{width}}  not evaluated: {report.not_evaluated[mode]}")
     if per_task:
         lines += ["", "per task (accuracy / correct_pixels)"]
         lines.append(f"{'task':<12}{'outputs':>8}" + "".join(f"{_LABELS[s]:>20}" for s in Source))

@@ -22,13 +22,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from airv.core.augment import plan_augmentations
+from airv.core.augment import plan_views
 from airv.core.errors import ConfigError
 from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt
 from airv.core.tasks import Challenges, Task, load_challenges
@@ -173,17 +172,8 @@ class Plan:
 
 
 def _views(task: Task, test_index: int, k: int, cfg: RunConfig) -> list[Task]:
-    # Seeded per test input, as the pipeline plans, so calibration sees the run's own views.
-    rng = np.random.default_rng([cfg.seed, zlib.crc32(task.id.encode()), test_index])
-    augs = plan_augmentations(
-        task,
-        k,
-        rng,
-        keep_background=cfg.keep_background,
-        permute_colours=cfg.permute_colours,
-        shuffle_train=cfg.shuffle_train,
-    )
-    return [a.apply_task(task) for a in augs]
+    # The run's own first views of this test input (plan_views), so calibration sees them.
+    return [a.apply_task(task) for a in plan_views(task, test_index, k, cfg.views)]
 
 
 def estimate_costs(cfg: RunConfig, challenges: Challenges, tokenizer: Tokenizer) -> Costs:

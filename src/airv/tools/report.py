@@ -36,13 +36,13 @@ from airv.core.tasks import (
     parse_grid,
 )
 from airv.core.types import Grid, TaskId, Unit
-from airv.core.voting import Candidate, Vote, VoteMode, vote
-from airv.run.config import PREDICTIONS_FILE, SUBMISSION_FILE, SUMMARY_FILE
-from airv.run.predictions import Prediction, read_predictions
+from airv.core.voting import DEFAULT_VOTE_MODE, Vote, VoteMode, vote
+from airv.run.config import PREDICTIONS_FILE, SCORES_FILE, SUBMISSION_FILE, SUMMARY_FILE
+from airv.run.predictions import Prediction, group_candidates, read_predictions
+from airv.run.scores import Scores, read_scores
 
 REPORT_FILE = "report.html"
 TOP_TALLIES = 5  # candidates shown per test input
-DEFAULT_MODE = VoteMode.GRID
 _TEMPLATE = "report.html"  # in airv/data
 _DATA_MARK = "/*AIRV_DATA*/"
 _TITLE_MARK = "AIRV_TITLE"
@@ -69,6 +69,8 @@ class ReportInputs:
     solutions_note: str  # where the solutions came from, or why there are none
     predictions: tuple[Prediction, ...]
     damaged_lines: int
+    scores: Scores  # scores.jsonl: what the likelihood-based voting modes rank by
+    has_scores: bool  # scores.jsonl exists
     submission: Mapping[str, object] | None  # None when the run wrote none (yet)
     summary: Mapping[str, object] | None  # run_summary.json, None when absent
 
@@ -135,6 +137,7 @@ def load_inputs(
         note = f"solutions: {solutions}"
     truths = load_solutions(solutions) if solutions is not None else None
     predictions, damaged = read_predictions(out_dir / PREDICTIONS_FILE)
+    scores_path = out_dir / SCORES_FILE
     submission_path = out_dir / SUBMISSION_FILE
     submission = load_submission(submission_path) if submission_path.is_file() else None
     return ReportInputs(
@@ -144,6 +147,8 @@ def load_inputs(
         solutions_note=note,
         predictions=tuple(predictions),
         damaged_lines=damaged,
+        scores=read_scores(scores_path),
+        has_scores=scores_path.exists(),
         submission=submission,
         summary=summary,
     )
@@ -224,13 +229,9 @@ def _task_cost(
     )
 
 
-def _votes(predictions: Sequence[Prediction], mode: VoteMode) -> dict[Unit, Vote]:
-    cands: defaultdict[Unit, list[Candidate]] = defaultdict(list)
-    for p in predictions:
-        c = p.candidate
-        if c is not None:
-            cands[(p.task_id, p.test_index)].append(c)
-    return {unit: v for unit, cs in cands.items() if (v := vote(cs, mode)) is not None}
+def _votes(predictions: Sequence[Prediction], scores: Scores, mode: VoteMode) -> dict[Unit, Vote]:
+    pools = group_candidates(predictions, scores)
+    return {unit: v for unit, cs in pools.items() if (v := vote(cs, mode)) is not None}
 
 
 def accuracy_by_round(
@@ -238,16 +239,20 @@ def accuracy_by_round(
     predictions: Sequence[Prediction],
     solutions: Mapping[TaskId, Sequence[Grid]],
     mode: VoteMode,
+    scores: Scores | None = None,
 ) -> list[Json]:
     """For each round r: the Kaggle score of the vote over the predictions of rounds <= r
     (fallback [[0]] where there is none), i.e. what submission.json held after round r.
-    Cost: one full vote per round."""
+    With a likelihood mode, every round's candidates carry the run's final scores (the log
+    does not say which round scored them). Cost: one full vote per round."""
     known = {(t, i) for t in challenges.task_ids for i in range(challenges.n_tests[t])}
     out: list[Json] = []
     for r in sorted({p.round for p in predictions}):
         upto = [p for p in predictions if p.round <= r]
         answers = {
-            u: (v.attempt_1, v.attempt_2) for u, v in _votes(upto, mode).items() if u in known
+            u: (v.attempt_1, v.attempt_2)
+            for u, v in _votes(upto, scores or {}, mode).items()
+            if u in known
         }
         score = score_submission(build_submission(challenges, answers), solutions)
         out.append(
@@ -329,14 +334,20 @@ def _run_facts(inputs: ReportInputs) -> Json:
     return {k: s.get(k) for k in keys if s.get(k) is not None}
 
 
-def report_data(inputs: ReportInputs, mode: VoteMode = DEFAULT_MODE) -> Json:
+def report_data(inputs: ReportInputs, mode: VoteMode = DEFAULT_VOTE_MODE) -> Json:
     """The JSON the page is drawn from: run facts, one entry per task id of the challenge
     file (in file order), rejections by reason and accuracy per round."""
     ch = inputs.challenges
     by_task: defaultdict[TaskId, list[Prediction]] = defaultdict(list)
     for p in inputs.predictions:
         by_task[p.task_id].append(p)
-    votes = _votes(inputs.predictions, mode)
+    if mode.needs_scores and not inputs.has_scores:
+        raise InputError(
+            f"--mode {mode.value}: no {SCORES_FILE} in the run directory "
+            f"(a run with --vote {mode.value} writes it)",
+            path=inputs.out_dir,
+        )
+    votes = _votes(inputs.predictions, inputs.scores, mode)
     tasks = [_task_data(t, inputs, votes, by_task.get(t, [])) for t in ch.task_ids]
     score: Json | None = None
     if inputs.solutions is not None and inputs.submission is not None:
@@ -358,7 +369,7 @@ def report_data(inputs: ReportInputs, mode: VoteMode = DEFAULT_MODE) -> Json:
         "score": score,
         "rejections": dict(rejections.most_common()),
         "rounds": (
-            accuracy_by_round(ch, inputs.predictions, inputs.solutions, mode)
+            accuracy_by_round(ch, inputs.predictions, inputs.solutions, mode, inputs.scores)
             if inputs.solutions is not None
             else []
         ),
@@ -383,7 +394,7 @@ def write_report(
     out: Path | None = None,
     challenges: Path | None = None,
     solutions: Path | None = None,
-    mode: VoteMode = DEFAULT_MODE,
+    mode: VoteMode = DEFAULT_VOTE_MODE,
 ) -> Written:
     """Build and write the report (OUT_DIR/report.html by default)."""
     inputs = load_inputs(out_dir, challenges=challenges, solutions=solutions)
