@@ -123,3 +123,24 @@ def test_context_length_defaults_to_the_models_limit(files: tuple[Path, Path]) -
     assert _build(files, "--max-model-len", "2048").engine.max_model_len == 2048
     (model / "config.json").write_text('{"max_position_embeddings": 131072}')
     assert _build(files).engine.max_model_len == EngineConfig().max_model_len
+
+
+def test_a_command_takes_only_the_option_groups_it_needs(files: tuple[Path, Path]) -> None:
+    ch, model = files
+    p = argparse.ArgumentParser()
+    groups = [g for g in runopts.RUN_GROUPS if g is not runopts.add_voting_arguments]
+    runopts.add_run_arguments(p, required=False, groups=groups)
+    with pytest.raises(SystemExit):  # argparse: unrecognised argument
+        p.parse_args(["--vote", "rescore"])
+    # Options of the missing group read as unset, so their defaults hold.
+    args = p.parse_args(["--challenges", str(ch), "--model", str(model), "--out", "o"])
+    cfg = runopts.build_run_config(args)
+    assert cfg.vote_mode is RunConfig(challenges=ch, out_dir=Path("o")).vote_mode
+
+
+def test_every_option_group_is_taken_by_airv_run_once() -> None:
+    p = _parser()
+    titles = [
+        g.title for g in p._action_groups if g.title not in ("options", "positional arguments")
+    ]
+    assert len(titles) == len(set(titles)) == len(runopts.RUN_GROUPS) + 1  # + inputs

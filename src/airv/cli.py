@@ -336,7 +336,10 @@ def _add_plan(subparsers: _Subparsers) -> None:
         f"closer to the run's (default {plan.CALIBRATION_AUGMENTATIONS})",
     )
     runopts.add_run_arguments(
-        p, required=False, out_help="also write plan.json into this directory"
+        p,
+        required=False,
+        out_help="also write plan.json into this directory",
+        groups=[g for g in runopts.RUN_GROUPS if g is not runopts.add_voting_arguments],
     )
     p.set_defaults(func=_plan)
 

@@ -1,4 +1,5 @@
-"""Every default of a run, in one place.
+"""Every default of the engine and of sampling, in one place (a run's own defaults are in
+airv.run.config).
 
 CLI flags default to None and only override these (style: never state a default twice).
 Engine options live apart from sampling options; the engines build their sampling object

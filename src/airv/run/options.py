@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError, InputError
-from airv.core.formats import FormatSpec
 from airv.core.prompts import MODEL_PROMPT_FILE, load_prompt_files
 from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
-from airv.engines.model import default_max_model_len, visible_gpus
+from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.run.budget import format_duration, parse_duration
+from airv.run.config import RunConfig
 
 RUN_DESCRIPTION = """\
 Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
@@ -35,17 +36,10 @@ stopped and the last submission.json stands. Exit codes: 0 done or deadline reac
 2 bad input or options, 3 the engine failed twice (a valid submission.json is still written).
 """
 
-_D_RUN: dict[str, Any] = {}
-
-
-def _defaults() -> dict[str, Any]:
-    """The dataclass defaults, for --help texts."""
-    if not _D_RUN:
-        from airv.run.config import RunConfig
-
-        rc = RunConfig(challenges=Path("."), out_dir=Path("."))
-        _D_RUN.update(run=rc, engine=EngineConfig(), sampling=SamplingConfig(), fmt=FormatSpec())
-    return _D_RUN
+# The defaults, for --help texts: quoted from the config dataclasses, never restated.
+_RUN = RunConfig(challenges=Path("."), out_dir=Path("."))
+_ENGINE = EngineConfig()
+_SAMPLING = SamplingConfig()
 
 
 def parse_task_cap(text: str) -> tuple[float | None, int | None]:
@@ -69,13 +63,12 @@ def parse_task_cap(text: str) -> tuple[float | None, int | None]:
     return seconds, None
 
 
-def add_run_arguments(
+def add_inputs_arguments(
     p: argparse.ArgumentParser, *, required: bool = True, out_help: str | None = None
 ) -> None:
-    """The options of `airv run`. `airv eval` reuses them with required=False (it checks
-    --challenges/--model/--out itself, as they are needed only when it runs a model)."""
-    d = _defaults()
-    rc, ec, sc = d["run"], d["engine"], d["sampling"]
+    """--challenges, --model, --out, --max-tasks. `airv eval` and `airv plan` take them with
+    required=False: they check --challenges/--model/--out themselves, as they need them only
+    to run a model."""
     io = p.add_argument_group("inputs and outputs")
     io.add_argument(
         "--challenges",
@@ -105,6 +98,10 @@ def add_run_arguments(
         help="run inference on the first N tasks only (the rest get [[0]]); for quick trials",
     )
 
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """The wall-time budget, the reserve and per-task caps."""
+    rc = _RUN
     t = p.add_argument_group("time budget")
     t.add_argument(
         "--time-budget",
@@ -130,6 +127,10 @@ def add_run_arguments(
         "early, or file order (default cheapest)",
     )
 
+
+def add_augmentation_arguments(p: argparse.ArgumentParser) -> None:
+    """How many augmented views each test input gets, and which."""
+    rc = _RUN
     a = p.add_argument_group("augmentation rounds")
     a.add_argument(
         "--first-round",
@@ -178,6 +179,10 @@ def add_run_arguments(
         "--seed", type=int, help=f"seed of the augmentation planner (default {rc.views.seed})"
     )
 
+
+def add_voting_arguments(p: argparse.ArgumentParser) -> None:
+    """The voting mode and re-scoring."""
+    rc = _RUN
     v = p.add_argument_group("voting")
     v.add_argument(
         "--vote",
@@ -201,6 +206,9 @@ def add_run_arguments(
         f"(default {rc.rescore_augmentations})",
     )
 
+
+def add_format_arguments(p: argparse.ArgumentParser) -> None:
+    """The prompt format."""
     f = p.add_argument_group("prompt format (default: the model's airv.json, else built-in)")
     f.add_argument(
         "--format",
@@ -211,6 +219,11 @@ def add_run_arguments(
         f"{MODEL_PROMPT_FILE} in a model directory",
     )
 
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """How the model is loaded and served."""
+    rc = _RUN
+    ec = _ENGINE
     e = p.add_argument_group("engine")
     e.add_argument(
         "--engine",
@@ -281,6 +294,10 @@ def add_run_arguments(
         f"each call (default {rc.batch_prompts})",
     )
 
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """How answers are decoded."""
+    sc = _SAMPLING
     s = p.add_argument_group("sampling (default greedy)")
     s.add_argument(
         "--n",
@@ -335,18 +352,59 @@ def add_run_arguments(
         f"(default {sc.length_penalty}; needs --beam-width)",
     )
 
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Progress and logging."""
     o = p.add_argument_group("output")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-def build_run_config(args: argparse.Namespace) -> Any:
-    from airv.run.config import RunConfig
+# The option groups of `airv run`, in --help order. `airv eval` takes them all (it can run);
+# `airv plan` takes all but voting (it prices generation only).
+RUN_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
+    add_budget_arguments,
+    add_augmentation_arguments,
+    add_voting_arguments,
+    add_format_arguments,
+    add_engine_arguments,
+    add_sampling_arguments,
+    add_output_arguments,
+)
 
+
+def add_run_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    required: bool = True,
+    out_help: str | None = None,
+    groups: Sequence[Callable[[argparse.ArgumentParser], None]] = RUN_GROUPS,
+) -> None:
+    """The options of `airv run`: the inputs, then each of `groups`."""
+    add_inputs_arguments(p, required=required, out_help=out_help)
+    for add in groups:
+        add(p)
+
+
+class _Given:
+    """Parsed options; an option of a group the command does not take reads as unset (None)."""
+
+    def __init__(self, args: argparse.Namespace):
+        self._args = args
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._args, name, None)
+
+
+def build_run_config(parsed: argparse.Namespace) -> RunConfig:
+    """The RunConfig the options describe: each given option overrides its default."""
+    args = _Given(parsed)
     if not args.challenges.exists():
         raise InputError("challenge file not found", path=args.challenges)
-    if not (args.model / "config.json").exists():
-        raise InputError("not a Hugging Face model directory (no config.json)", path=args.model)
+    if not (args.model / MODEL_CONFIG_FILE).exists():
+        raise InputError(
+            f"not a Hugging Face model directory (no {MODEL_CONFIG_FILE})", path=args.model
+        )
     engine = replace(
         EngineConfig(model=args.model),
         backend=None if args.engine is None else Backend(args.engine),
@@ -386,7 +444,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         devices = tuple(str(i) for i in range(visible_gpus()))
     workers = args.workers if args.workers is not None else (len(devices) if devices else None)
     cap_s, cap_t = (None, None) if args.task_cap is None else parse_task_cap(args.task_cap)
-    return replace(
+    cfg: RunConfig = replace(
         RunConfig(challenges=args.challenges, out_dir=args.out),
         engine=engine,
         sampling=sampling,
@@ -417,6 +475,7 @@ def build_run_config(args: argparse.Namespace) -> Any:
         max_tasks=args.max_tasks,
         progress=False if args.no_progress else None,
     )
+    return cfg
 
 
 def configure_logging(level: str) -> None:
