@@ -38,7 +38,7 @@ from airv.demo.synthetic import (
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run.config import RunConfig
 from airv.run.pipeline import run
-from airv.run.predictions import Prediction, read_predictions
+from airv.run.predictions import Prediction, group_candidates, read_predictions
 
 VIEWS = (8, 16, 32)
 PER_ROUND = 8
@@ -112,9 +112,8 @@ def score_set(
         greedy += g_ok
         a32 = False
         for k in VIEWS:
-            cands: list[Candidate] = [
-                c for p in preds if p.round <= k // PER_ROUND and (c := p.candidate) is not None
-            ]
+            upto = [p for p in preds if p.round <= k // PER_ROUND]
+            cands: list[Candidate] = group_candidates(upto).get(unit, [])
             oracle[k] += any(c.grid == truth for c in cands)
             for mode in (VoteMode.GRID, VoteMode.CELL):
                 v = vote(cands, mode)
