@@ -23,6 +23,7 @@ the code paths are real, the answers are not. Ratios are measured side by side i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import enum
 import importlib.metadata
@@ -50,9 +51,9 @@ import orjson
 
 from airv.core.augment import Augmentation, plan_augmentations
 from airv.core.formats import FormatSpec, encode_grid, parse_grid
+from airv.core.prompt_format import DEFAULT_PRESET, load_preset
 from airv.core.prompts import (
     FittedPrompt,
-    PromptTemplate,
     Tokenizer,
     estimate_answer_tokens,
     fit_prompt,
@@ -275,12 +276,12 @@ class Bench:
         tok = self.tokenizer()
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(tasks))
-        spec, template = FormatSpec(), PromptTemplate()
+        fmt = load_preset(DEFAULT_PRESET)
         pool = []
         for i in order:
             t = tasks[int(i)]
             longest = max(
-                len(prompt_token_ids(render_prompt(t, j, spec, template, tok), tok))
+                len(prompt_token_ids(render_prompt(t, j, fmt, tok), fmt, tok))
                 for j in range(len(t.test))
             )
             if longest <= self.settings.max_prompt_tokens:
@@ -296,7 +297,7 @@ class Bench:
             for i in range(len(task.test)):
                 for aug in plan_augmentations(task, augs, rng):
                     fitted = fit_prompt(
-                        aug.apply_task(task), i, FormatSpec(), PromptTemplate(), tok, 8192
+                        aug.apply_task(task), i, load_preset(DEFAULT_PRESET), tok, 8192
                     )
                     if isinstance(fitted, FittedPrompt):
                         items.append(WorkItem(task.id, i, aug, fitted))
@@ -491,7 +492,8 @@ def overhead_steps(
     seed: int,
 ) -> dict[str, object]:
     """Drive each non-model step directly on synthetic completions; seconds per step."""
-    spec, template = FormatSpec(), PromptTemplate()
+    fmt = load_preset(DEFAULT_PRESET)
+    spec = fmt.grid
     rng = np.random.default_rng(seed)
     timers = _Timers()
     candidates: dict[Unit, list[Candidate]] = {}
@@ -507,13 +509,13 @@ def overhead_steps(
             for aug, view in zip(plan, views, strict=True):
                 prompts += 1
                 t0 = time.perf_counter()
-                estimate_answer_tokens(view, i, spec, tokenizer)
+                estimate_answer_tokens(view, i, fmt, tokenizer)
                 timers.add("budget", t0)
                 t0 = time.perf_counter()
-                text = render_prompt(view, i, spec, template, tokenizer)
+                text = render_prompt(view, i, fmt, tokenizer)
                 timers.add("encode", t0)
                 t0 = time.perf_counter()
-                prompt_token_ids(text, tokenizer)
+                prompt_token_ids(text, fmt, tokenizer)
                 timers.add("tokenize", t0)
                 answer = synthetic_answer(solutions[task.id][i], aug, spec, rng)
                 t0 = time.perf_counter()
@@ -595,7 +597,10 @@ class SyntheticRun(Run):
                 Completion(
                     text=(
                         text := synthetic_answer(
-                            self.solutions[r.unit[0]][r.unit[1]], r.aug, self.cfg.format, self.rng
+                            self.solutions[r.unit[0]][r.unit[1]],
+                            r.aug,
+                            self.cfg.prompt.grid,
+                            self.rng,
                         )
                     ),
                     token_ids=tuple(range(len(text) + 1)),  # char tokenizer: one per char + EOS
@@ -707,7 +712,9 @@ def tokens_per_grid(
         ours.append(len(tokenizer.encode(encode_grid(g, spec) + "\n", add_special_tokens=False)))
         base.append(len(g) * len(g[0]) + len(g))
     ratios = [o / b for o, b in zip(ours, base, strict=True)]
-    worst = worst_case_answer_tokens(spec, tokenizer)  # 30x30 probe answer + EOS
+    worst = worst_case_answer_tokens(
+        dataclasses.replace(load_preset(DEFAULT_PRESET), grid=spec), tokenizer
+    )  # 30x30 probe answer + EOS
     return {
         "grids": len(grids),
         "tokens": {"min": min(ours), "median": _median(ours), "max": max(ours)},

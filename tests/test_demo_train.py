@@ -11,7 +11,7 @@ import pytest
 
 from airv.core.augment import D8
 from airv.core.formats import FormatSpec, encode_grid, parse_grid
-from airv.core.prompts import MODEL_PROMPT_FILE, PromptTemplate
+from airv.core.prompt_format import MODEL_PROMPT_FILE, PromptTemplate
 from airv.demo.synthetic import SyntheticSpec, make_tasks
 from airv.demo.tinymodel import build_tokenizer
 from airv.demo.train import (

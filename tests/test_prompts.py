@@ -4,32 +4,67 @@ from __future__ import annotations
 
 import json
 import string
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airv.core import prompt_format, prompts
 from airv.core.errors import ConfigError
 from airv.core.formats import FormatSpec, encode_grid, parse_grid
-from airv.core.prompts import (
-    FittedPrompt,
-    PromptTemplate,
-    PromptTooLong,
-    answer_text,
-    estimate_answer_tokens,
-    fit_prompt,
-    prompt_token_ids,
-    render_plain,
-    render_prompt,
-    worst_case_answer_tokens,
-)
+from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, PromptTemplate, load_preset
+from airv.core.prompts import FittedPrompt, PromptTooLong
 from airv.core.tasks import Pair, Task
 from airv.core.types import Grid
 from strategies import grids
 
 BOS = 1
+
+
+# The `default` preset with a grid spec and layout knobs; the functions under test, called
+# with the (spec, template) pair these tests were written around.
+def fmt(spec: FormatSpec | None = None, template: PromptTemplate | None = None) -> PromptFormat:
+    return replace(
+        load_preset(DEFAULT_PRESET),
+        grid=spec or FormatSpec(),
+        layout=template or PromptTemplate(),
+    )
+
+
+def render_plain(
+    task: Task, i: int, spec: FormatSpec, template: PromptTemplate, *, keep: Any = None
+) -> str:
+    return prompt_format.render_text(fmt(spec, template), task, i, keep=keep)
+
+
+def render_prompt(
+    task: Task, i: int, spec: FormatSpec, template: PromptTemplate, tok: Any, *, keep: Any = None
+) -> str:
+    return prompts.render_prompt(task, i, fmt(spec, template), tok, keep=keep)
+
+
+def fit_prompt(
+    task: Task, i: int, spec: FormatSpec, template: PromptTemplate, tok: Any, max_len: int
+) -> FittedPrompt | PromptTooLong:
+    return prompts.fit_prompt(task, i, fmt(spec, template), tok, max_len)
+
+
+def estimate_answer_tokens(task: Task, i: int, spec: FormatSpec, tok: Any) -> int:
+    return prompts.estimate_answer_tokens(task, i, fmt(spec), tok)
+
+
+def worst_case_answer_tokens(spec: FormatSpec, tok: Any) -> int:
+    return prompts.worst_case_answer_tokens(fmt(spec), tok)
+
+
+def answer_text(grid: Grid, spec: FormatSpec) -> str:
+    return prompt_format.answer_text(grid, fmt(spec))
+
+
+def prompt_token_ids(text: str, tok: Any) -> list[int]:
+    return prompts.prompt_token_ids(text, fmt(), tok)
 
 
 class PlainCharTokenizer:
@@ -410,12 +445,9 @@ def test_fit_invariants(task: Task, spec: FormatSpec, data: st.DataObject) -> No
 # --- PromptTemplate JSON ---
 
 
-def test_template_json_round_trip(tmp_path: Path) -> None:
+def test_template_json_round_trip() -> None:
     template = PromptTemplate(preamble="Hi\n", input_label="in", pair_sep="", system="sys")
     assert PromptTemplate.from_dict(json.loads(json.dumps(template.to_dict()))) == template
-    path = tmp_path / "airv-template.json"
-    template.save(path)
-    assert PromptTemplate.load(path) == template
     assert PromptTemplate.from_dict({}) == PromptTemplate()
 
 

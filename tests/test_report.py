@@ -16,12 +16,19 @@ import pytest
 
 from airv.cli import main
 from airv.core.submission import build_submission, write_submission
-from airv.core.tasks import Pair, Task, dump_challenges, dump_solutions, load_challenges
+from airv.core.tasks import (
+    Pair,
+    Task,
+    dump_challenges,
+    dump_solutions,
+    load_challenges,
+    solutions_beside,
+)
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Candidate, vote
 from airv.run.predictions import Prediction, append_predictions
 from airv.run.summary import RunSummary
-from airv.tools.report import REPORT_FILE, solutions_beside
+from airv.tools.report import REPORT_FILE
 
 A: Grid = ((1, 2), (3, 4))
 B: Grid = ((5, 5), (5, 5))

@@ -52,7 +52,7 @@ def test_defaults_come_from_the_config_classes(files: tuple[Path, Path]) -> None
     assert cfg.vote_mode is ref.vote_mode
     assert cfg.engine.backend is Backend.VLLM
     assert cfg.sampling.greedy
-    assert cfg.format == FormatSpec()
+    assert cfg.prompt.grid == FormatSpec() and cfg.prompt.name == "default"
 
 
 def test_flags_override(files: tuple[Path, Path]) -> None:
@@ -77,7 +77,7 @@ def test_flags_override(files: tuple[Path, Path]) -> None:
 def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
     _, model = files
     (model / "airv.json").write_text('{"format": {"shape_header": true}}')
-    assert _build(files).format.shape_header
+    assert _build(files).prompt.grid.shape_header
 
 
 @pytest.mark.parametrize(

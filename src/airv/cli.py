@@ -344,8 +344,22 @@ def _add_plan(subparsers: _Subparsers) -> None:
     p.set_defaults(func=_plan)
 
 
+def _add_prompt(subparsers: _Subparsers) -> None:
+    from airv.tools import prompt
+
+    p = subparsers.add_parser(
+        "prompt",
+        help="print the exact prompt (or answer) text airv sends a model for one task",
+        description=prompt.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prompt.add_prompt_arguments(p)
+    p.set_defaults(func=prompt.prompt_command)
+
+
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_run,
+    _add_prompt,
     _add_vote,
     _add_validate,
     _add_score,

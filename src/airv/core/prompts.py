@@ -1,8 +1,11 @@
-"""Task -> prompt text (plain layout, then the model's own chat template), and the token budget.
+"""A task as token ids, under the model's prompt format, fitted to the context length.
 
-The task given here is already augmented. `fit_prompt` is the one entry point the pipeline
-needs: it renders the prompt, estimates how many tokens the answer may take, and drops train
-pairs (largest first) until prompt + answer fit in the engine's `max_model_len`.
+The task given here is already augmented. The text comes from `airv.core.prompt_format`
+(the template, the grid encoding, the answer); this module adds the tokenizer: the chat
+wrapper of the `default` preset, token ids, the answer's token allowance, and `fit_prompt`,
+the one entry point the pipeline needs: it renders the prompt, estimates how many tokens the
+answer may take, and drops train pairs (largest first) until prompt + answer fit in the
+engine's `max_model_len`.
 """
 
 from __future__ import annotations
@@ -10,81 +13,19 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from airv.core.errors import ConfigError, InputError
-from airv.core.formats import (
-    FormatSpec,
-    checked_fields,
-    encode_grid,
+from airv.core.errors import ConfigError
+from airv.core.prompt_format import (
+    PromptFormat,
+    answer_text,
+    query_input,
+    render_text,
+    with_tokenizer_eos,
 )
-from airv.core.jsonio import read_config_object, read_json, write_json
 from airv.core.tasks import Pair, Task
 from airv.core.types import MAX_SIDE, Grid, TaskId, shape
-
-# A file of this name in the model directory says which format and template the model was
-# trained with: {"format": {...FormatSpec...}, "template": {...PromptTemplate...}}.
-MODEL_PROMPT_FILE = "airv.json"
-
-
-@dataclass(frozen=True, slots=True)
-class PromptTemplate:
-    """The plain-text layout of a prompt. JSON-serialisable, to ship next to a model.
-
-    With train pairs p1..pn and test input t (grids written by `encode_grid`)::
-
-        {preamble}{input_label}
-        {p1.input}
-        {output_label}
-        {p1.output}
-        {pair_sep}...{input_label}
-        {t}
-        {output_label}
-        <- the prompt ends here, after the newline; the answer is `answer_text`, then EOS
-
-    i.e. every pair is `{input_label}\\n{in}\\n{output_label}\\n{out}\\n` followed by
-    `pair_sep`, and the test input is written the same way up to and including the output
-    label's newline. `preamble` is written as is (end it with "\\n" if it is a line). With the
-    defaults and the default FormatSpec, one 1x2 train pair and a 1x2 test input read::
-
-        I
-        01
-        O
-        10
-
-        I
-        11
-        O
-
-    `system` is the system message when the tokenizer has a chat template ("" = none); the
-    whole plain text above is then the one user message.
-    """
-
-    preamble: str = ""
-    input_label: str = "I"
-    output_label: str = "O"
-    pair_sep: str = "\n"
-    system: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.input_label or not self.output_label:
-            raise ConfigError("prompt template: input_label and output_label must not be empty")
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: object, *, source: str = "prompt template") -> PromptTemplate:
-        return cls(**checked_fields(cls, data, source=source))
-
-    @classmethod
-    def load(cls, path: Path | str) -> PromptTemplate:
-        return cls.from_dict(read_json(path, "format file", error=ConfigError), source=str(path))
-
-    def save(self, path: Path | str) -> None:
-        write_json(path, self.to_dict(), indent=True)
 
 
 class Tokenizer(Protocol):
@@ -127,73 +68,55 @@ class PromptTooLong:
     max_model_len: int
 
 
-def answer_text(grid: Grid, spec: FormatSpec) -> str:
-    """What the model should generate for `grid`, before EOS: the bare encoding (no newline)."""
-    return encode_grid(grid, spec)
-
-
-def answer_token_ids(grid: Grid, spec: FormatSpec, tokenizer: Tokenizer) -> list[int]:
+def answer_token_ids(grid: Grid, fmt: PromptFormat, tokenizer: Tokenizer) -> list[int]:
     """The token ids the model is trained to emit for `grid`: its answer text, then EOS."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("the tokenizer has no EOS token: an answer could never end")
-    return [*tokenizer.encode(answer_text(grid, spec), add_special_tokens=False), eos]
+    return [*tokenizer.encode(answer_text(grid, fmt), add_special_tokens=False), eos]
 
 
-def uses_chat_template(tokenizer: Tokenizer | None) -> bool:
-    return tokenizer is not None and bool(tokenizer.chat_template)
+def for_tokenizer(fmt: PromptFormat, tokenizer: Tokenizer) -> PromptFormat:
+    """The format as the model sees it: `{{ eos }}` is the tokenizer's own EOS text."""
+    return with_tokenizer_eos(fmt, getattr(tokenizer, "eos_token", None))
 
 
-def render_plain(
-    task: Task,
-    test_index: int,
-    spec: FormatSpec,
-    template: PromptTemplate,
-    *,
-    keep: Sequence[int] | None = None,
-) -> str:
-    """The plain-text problem (see PromptTemplate) with the train pairs `keep` (all if None),
-    written in their order in `task.train` whatever the order of `keep`."""
-    test = _test_input(task, test_index)
-    parts = [template.preamble]
-    for i in _kept_indices(task, keep):
-        pair = task.train[i]
-        parts += [
-            f"{template.input_label}\n{encode_grid(pair.input, spec)}\n",
-            f"{template.output_label}\n{encode_grid(pair.output, spec)}\n",
-            template.pair_sep,
-        ]
-    parts.append(f"{template.input_label}\n{encode_grid(test, spec)}\n{template.output_label}\n")
-    return "".join(parts)
+def uses_chat_template(fmt: PromptFormat, tokenizer: Tokenizer | None) -> bool:
+    """The `default` preset's rule: wrap the text in the tokenizer's chat template, if any."""
+    return fmt.chat and tokenizer is not None and bool(tokenizer.chat_template)
 
 
 def render_prompt(
     task: Task,
     test_index: int,
-    spec: FormatSpec,
-    template: PromptTemplate,
+    fmt: PromptFormat,
     tokenizer: Tokenizer | None,
     *,
     keep: Sequence[int] | None = None,
 ) -> str:
-    """The prompt text: the plain text, wrapped in the tokenizer's chat template if it has one
-    (optional system message, the plain text as the user message, generation prompt added)."""
-    plain = render_plain(task, test_index, spec, template, keep=keep)
-    if tokenizer is None or not uses_chat_template(tokenizer):
-        return plain
-    messages = [{"role": "system", "content": template.system}] if template.system else []
-    messages.append({"role": "user", "content": plain})
+    """The prompt text: the template rendered, then (formats with `chat`) wrapped in the
+    tokenizer's chat template if it has one (optional system message, the text as the user
+    message, generation prompt added)."""
+    text = render_text(fmt, task, test_index, keep=keep)
+    if tokenizer is None or not uses_chat_template(fmt, tokenizer):
+        return text
+    system = fmt.layout.system
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def prompt_token_ids(text: str, tokenizer: Tokenizer) -> list[int]:
-    """Token ids of a rendered prompt. A chat template writes its own BOS, so special tokens
-    are added only to plain prompts (as the tokenizer would in training)."""
-    return list(tokenizer.encode(text, add_special_tokens=not uses_chat_template(tokenizer)))
+def prompt_token_ids(text: str, fmt: PromptFormat, tokenizer: Tokenizer) -> list[int]:
+    """Token ids of a rendered prompt. Special tokens (a BOS) are added as the format says;
+    by default only to prompts no chat template wrapped (a chat template writes its own)."""
+    add = fmt.add_special_tokens
+    if add is None:
+        add = not uses_chat_template(fmt, tokenizer)
+    return list(tokenizer.encode(text, add_special_tokens=add))
 
 
 def estimate_answer_tokens(
-    task: Task, test_index: int, spec: FormatSpec, tokenizer: Tokenizer
+    task: Task, test_index: int, fmt: PromptFormat, tokenizer: Tokenizer
 ) -> int:
     """Tokens to allow for the answer to test input `test_index`, EOS included.
 
@@ -204,8 +127,8 @@ def estimate_answer_tokens(
     (tokenisers may merge digits differently in other grids). It never exceeds the tokens of
     a 30x30 worst-case answer + EOS, which is also the answer when there are no train pairs.
     """
-    test = _test_input(task, test_index)
-    cap = worst_case_answer_tokens(spec, tokenizer)
+    test = query_input(task, test_index)
+    cap = worst_case_answer_tokens(fmt, tokenizer)
     if not task.train:
         return cap
     out_rows = max(len(p.output) for p in task.train)
@@ -215,29 +138,28 @@ def estimate_answer_tokens(
     test_rows, test_cols = shape(test)
     rows = min(MAX_SIDE, math.ceil(out_rows * max(1.0, test_rows / in_rows)))
     cols = min(MAX_SIDE, math.ceil(out_cols * max(1.0, test_cols / in_cols)))
-    longest = max(_answer_tokens(p.output, spec, tokenizer) for p in task.train)
-    probe = max(_answer_tokens(g, spec, tokenizer) for g in _probe_grids(rows, cols))
+    longest = max(_answer_tokens(p.output, fmt, tokenizer) for p in task.train)
+    probe = max(_answer_tokens(g, fmt, tokenizer) for g in _probe_grids(rows, cols))
     estimate = max(longest, probe) + 1  # + EOS
     return min(cap, estimate + estimate // 10 + 4)
 
 
-def worst_case_answer_tokens(spec: FormatSpec, tokenizer: Tokenizer) -> int:
-    """Tokens of the longest 30x30 probe answer under `spec`, + EOS: the most ever allowed."""
-    return _worst_case(spec, cast(Hashable, tokenizer))
+def worst_case_answer_tokens(fmt: PromptFormat, tokenizer: Tokenizer) -> int:
+    """Tokens of the longest 30x30 probe answer under `fmt`, + EOS: the most ever allowed."""
+    return _worst_case(fmt, cast(Hashable, tokenizer))
 
 
 @functools.lru_cache(maxsize=16)
-def _worst_case(spec: FormatSpec, tokenizer: Any) -> int:
+def _worst_case(fmt: PromptFormat, tokenizer: Any) -> int:
     # Cached: it is asked for every prompt, and tokenising two 30x30 grids each time was the
     # largest non-model cost per prompt.
-    return max(_answer_tokens(g, spec, tokenizer) for g in _probe_grids(MAX_SIDE, MAX_SIDE)) + 1
+    return max(_answer_tokens(g, fmt, tokenizer) for g in _probe_grids(MAX_SIDE, MAX_SIDE)) + 1
 
 
 def fit_prompt(
     task: Task,
     test_index: int,
-    spec: FormatSpec,
-    template: PromptTemplate,
+    fmt: PromptFormat,
     tokenizer: Tokenizer,
     max_model_len: int,
 ) -> FittedPrompt | PromptTooLong:
@@ -250,13 +172,13 @@ def fit_prompt(
     """
     if max_model_len < 1:
         raise ValueError(f"max_model_len must be positive, got {max_model_len}")
-    max_answer = estimate_answer_tokens(task, test_index, spec, tokenizer)
+    max_answer = estimate_answer_tokens(task, test_index, fmt, tokenizer)
     drop_order = sorted(range(len(task.train)), key=lambda i: (-_cells(task.train[i]), -i))
     dropped: list[int] = []
     while True:
         keep = sorted(set(range(len(task.train))).difference(dropped))
-        text = render_prompt(task, test_index, spec, template, tokenizer, keep=keep)
-        ids = prompt_token_ids(text, tokenizer)
+        text = render_prompt(task, test_index, fmt, tokenizer, keep=keep)
+        ids = prompt_token_ids(text, fmt, tokenizer)
         if len(ids) + max_answer <= max_model_len:
             return FittedPrompt(
                 text=text,
@@ -276,33 +198,13 @@ def fit_prompt(
         dropped.append(drop_order[len(dropped)])
 
 
-def _test_input(task: Task, test_index: int) -> Grid:
-    if not 0 <= test_index < len(task.test):
-        raise ValueError(
-            f"task {task.id}: test index {test_index} out of range ({len(task.test)} test inputs)"
-        )
-    return task.test[test_index]
-
-
-def _kept_indices(task: Task, keep: Sequence[int] | None) -> list[int]:
-    if keep is None:
-        return list(range(len(task.train)))
-    kept = sorted(set(keep))
-    if len(kept) != len(keep) or (kept and not 0 <= kept[0] <= kept[-1] < len(task.train)):
-        raise ValueError(
-            f"task {task.id}: train indices {list(keep)} are not distinct indices "
-            f"into {len(task.train)} train pairs"
-        )
-    return kept
-
-
 def _cells(pair: Pair) -> int:
     (ri, ci), (ro, co) = shape(pair.input), shape(pair.output)
     return ri * ci + ro * co
 
 
-def _answer_tokens(grid: Grid, spec: FormatSpec, tokenizer: Tokenizer) -> int:
-    return len(tokenizer.encode(answer_text(grid, spec), add_special_tokens=False))
+def _answer_tokens(grid: Grid, fmt: PromptFormat, tokenizer: Tokenizer) -> int:
+    return len(tokenizer.encode(answer_text(grid, fmt), add_special_tokens=False))
 
 
 def _probe_grids(rows: int, cols: int) -> tuple[Grid, Grid]:
@@ -312,26 +214,3 @@ def _probe_grids(rows: int, cols: int) -> tuple[Grid, Grid]:
         tuple(tuple((7 * r + 3 * c + r * c) % 10 for c in range(cols)) for r in range(rows)),
         tuple(tuple((r * r + 5 * c + c * c * 3) % 10 for c in range(cols)) for r in range(rows)),
     )
-
-
-def load_prompt_files(
-    model: Path | None, format_file: Path | None
-) -> tuple[FormatSpec, PromptTemplate]:
-    """Format and template: built-in defaults, overridden by the model's airv.json, then by
-    --format."""
-    spec, template = FormatSpec(), PromptTemplate()
-    if format_file is not None and not format_file.exists():
-        raise InputError("format file not found", path=format_file)
-    model_file = None if model is None else model / MODEL_PROMPT_FILE
-    for path in (model_file, format_file):
-        if path is None or not path.exists():
-            continue
-        data = read_config_object(path, "format file")
-        unknown = set(data) - {"format", "template"}
-        if unknown:
-            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; use 'format', 'template'")
-        if "format" in data:
-            spec = FormatSpec.from_dict(data["format"], source=str(path))
-        if "template" in data:
-            template = PromptTemplate.from_dict(data["template"], source=str(path))
-    return spec, template

@@ -199,3 +199,14 @@ def dump_solutions(solutions: Mapping[TaskId, Sequence[Grid]], path: Path | str)
     """Write `{task_id: [grid, ...]}` as a Kaggle solution file."""
     data = {task_id: [to_lists(g) for g in grids] for task_id, grids in solutions.items()}
     Path(path).write_bytes(orjson.dumps(data))
+
+
+def solutions_beside(challenges_path: Path) -> Path | None:
+    """The solution file Kaggle's naming pairs with a challenge file, if it exists:
+    `arc-agi_evaluation_challenges.json` -> `arc-agi_evaluation_solutions.json`."""
+    name = challenges_path.name
+    stem = "challenges.json"
+    if not name.endswith(stem):
+        return None
+    candidate = challenges_path.with_name(name[: -len(stem)] + "solutions.json")
+    return candidate if candidate.is_file() else None

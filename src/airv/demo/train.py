@@ -19,6 +19,7 @@ accuracy measured on held-out tasks logged to `--out/train_log.jsonl`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -33,13 +34,15 @@ from typing import Any
 import numpy as np
 
 from airv.core.formats import FormatSpec, encode_grid, parse_grid
-from airv.core.prompts import (
+from airv.core.prompt_format import (
+    DEFAULT_PRESET,
     MODEL_PROMPT_FILE,
+    PromptFormat,
     PromptTemplate,
     answer_text,
-    prompt_token_ids,
-    render_prompt,
+    load_preset,
 )
+from airv.core.prompts import prompt_token_ids, render_prompt
 from airv.demo.synthetic import EASY_SPEC, SyntheticSpec, SyntheticTask, make_tasks
 from airv.demo.tinymodel import build_tokenizer, qwen2_config
 
@@ -105,6 +108,11 @@ def training_batch(
     )
 
 
+def demo_format(spec: FormatSpec, template: PromptTemplate) -> PromptFormat:
+    """The `default` preset with the recipe's grid spec: the demo model's prompt format."""
+    return dataclasses.replace(load_preset(DEFAULT_PRESET), grid=spec, layout=template)
+
+
 def encode_example(
     st: SyntheticTask, spec: FormatSpec, template: PromptTemplate, tokenizer: Any
 ) -> Encoded:
@@ -112,9 +120,10 @@ def encode_example(
     the answer, EOS and every train output grid (the template's plain layout, one token per
     character, lets a character span be a token span)."""
     task = st.task
-    text = render_prompt(task, 0, spec, template, tokenizer)
-    ids = prompt_token_ids(text, tokenizer)
-    answer = tokenizer.encode(answer_text(st.solutions[0], spec), add_special_tokens=False)
+    fmt = demo_format(spec, template)
+    text = render_prompt(task, 0, fmt, tokenizer)
+    ids = prompt_token_ids(text, fmt, tokenizer)
+    answer = tokenizer.encode(answer_text(st.solutions[0], fmt), add_special_tokens=False)
     eos = int(tokenizer.eos_token_id)
     offset = len(ids) - len(text)  # special tokens in front (e.g. BOS), if any
     if offset < 0:
@@ -168,14 +177,15 @@ def greedy_accuracy(
     with torch.no_grad():
         for start in range(0, len(tasks), batch_size):
             chunk = tasks[start : start + batch_size]
+            fmt = demo_format(spec, template)
             prompts = [
-                prompt_token_ids(render_prompt(t.task, 0, spec, template, tokenizer), tokenizer)
+                prompt_token_ids(render_prompt(t.task, 0, fmt, tokenizer), fmt, tokenizer)
                 for t in chunk
             ]
             width = max(len(p) for p in prompts)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            max_new = max(len(answer_text(t.solutions[0], spec)) for t in chunk) + 8
+            max_new = max(len(answer_text(t.solutions[0], fmt)) for t in chunk) + 8
             out = model.generate(
                 input_ids=ids,
                 attention_mask=mask,

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
-from airv.core.formats import FormatSpec
-from airv.core.prompts import PromptTemplate
+from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset
 from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
 from airv.engines.config import EngineConfig, SamplingConfig
 
@@ -31,8 +30,8 @@ class RunConfig:
     out_dir: Path
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    format: FormatSpec = field(default_factory=FormatSpec)
-    template: PromptTemplate = field(default_factory=PromptTemplate)
+    # The model's prompt format (airv.core.prompt_format.resolve_format picks it).
+    prompt: PromptFormat = field(default_factory=lambda: load_preset(DEFAULT_PRESET))
     vote_mode: VoteMode = DEFAULT_VOTE_MODE
     rescore_top: int = 4  # with --vote rescore: distinct candidates scored per test input (M)
     rescore_augmentations: int = 4  # ... each under this many augmentations (J)

@@ -15,7 +15,12 @@ from typing import Any
 
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError, InputError
-from airv.core.prompts import MODEL_PROMPT_FILE, load_prompt_files
+from airv.core.prompt_format import (
+    DEFAULT_PRESET,
+    MODEL_PROMPT_FILE,
+    preset_names,
+    resolve_format,
+)
 from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
@@ -209,14 +214,22 @@ def add_voting_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_format_arguments(p: argparse.ArgumentParser) -> None:
     """The prompt format."""
-    f = p.add_argument_group("prompt format (default: the model's airv.json, else built-in)")
+    f = p.add_argument_group(
+        "prompt format (precedence: --format, --format-preset, the model's "
+        f"{MODEL_PROMPT_FILE}, then the {DEFAULT_PRESET!r} preset)"
+    )
     f.add_argument(
         "--format",
         type=Path,
         metavar="FILE",
         dest="format_file",
-        help=f"JSON file with 'format' and/or 'template' objects, like "
-        f"{MODEL_PROMPT_FILE} in a model directory",
+        help=f"a format file, written like {MODEL_PROMPT_FILE} in a model directory: a preset "
+        "and/or grid, layout, template (Jinja2) fields; see the README's Prompt format",
+    )
+    f.add_argument(
+        "--format-preset",
+        metavar="NAME",
+        help=f"a format shipped with airv: {', '.join(preset_names())}",
     )
 
 
@@ -436,7 +449,9 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
 
         # Here rather than in the worker: a bad option is a usage error, not an engine crash.
         check_supported(engine, sampling)
-    spec, template = load_prompt_files(args.model, args.format_file)
+    prompt = resolve_format(
+        model=args.model, preset=args.format_preset, format_file=args.format_file
+    )
     devices: tuple[str, ...] | None = None
     if args.devices is not None:
         devices = tuple(x.strip() for x in args.devices.split(",") if x.strip())
@@ -448,8 +463,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         RunConfig(challenges=args.challenges, out_dir=args.out),
         engine=engine,
         sampling=sampling,
-        format=spec,
-        template=template,
+        prompt=prompt,
         vote_mode=None if args.vote is None else VoteMode(args.vote),
         rescore_top=args.rescore_top,
         rescore_augmentations=args.rescore_augmentations,

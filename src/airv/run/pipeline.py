@@ -20,8 +20,15 @@ from typing import Any
 
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
-from airv.core.formats import Rejection, parse_grid
-from airv.core.prompts import FittedPrompt, PromptTooLong, answer_token_ids, fit_prompt
+from airv.core.formats import Rejection
+from airv.core.prompt_format import PromptFormat, parse_answer
+from airv.core.prompts import (
+    FittedPrompt,
+    PromptTooLong,
+    answer_token_ids,
+    fit_prompt,
+    for_tokenizer,
+)
 from airv.core.submission import build_submission, write_submission
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import Grid, TaskId, Unit
@@ -83,6 +90,7 @@ class Run:
         self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self.restarts = 0
         self._tokenizer: Any = None
+        self._format: PromptFormat | None = None
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self._votes: dict[Unit, Vote] = {}
         self._counted: dict[Unit, int] = {}  # predictions each test input's vote has seen
@@ -160,15 +168,22 @@ class Run:
             self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.engine.model)
         return self._tokenizer
 
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """The run's format with the model's own EOS text (see `for_tokenizer`)."""
+        if self._format is None:
+            self._format = for_tokenizer(self.cfg.prompt, self.tokenizer)
+        return self._format
+
     def fit(self, view: Task, test_index: int) -> FittedPrompt | PromptTooLong:
         """The prompt of one augmented task's test input, fitted to the context length."""
         cfg = self.cfg
         return fit_prompt(
-            view, test_index, cfg.format, cfg.template, self.tokenizer, cfg.engine.max_model_len
+            view, test_index, self.prompt_format, self.tokenizer, cfg.engine.max_model_len
         )
 
     def answer_ids(self, grid: Grid) -> list[int]:
-        return answer_token_ids(grid, self.cfg.format, self.tokenizer)
+        return answer_token_ids(grid, self.prompt_format, self.tokenizer)
 
     def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[_Request]:
         """The prompts still owed to reach this round's target augmentations per test input."""
@@ -282,7 +297,7 @@ class Run:
             self.summary.add_prediction(p)
 
     def _prediction(self, req: _Request, c: Completion, seconds: float) -> Prediction:
-        parsed = parse_grid(c.text, self.cfg.format)
+        parsed = parse_answer(c.text, self.prompt_format)
         grid: Grid | None = None
         reject: str | None = None
         if isinstance(parsed, Rejection):

@@ -29,7 +29,7 @@ import numpy as np
 
 from airv.core.augment import plan_views
 from airv.core.errors import ConfigError
-from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt
+from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
 from airv.engines import Completion, GenerateRequest
@@ -180,6 +180,7 @@ def estimate_costs(cfg: RunConfig, challenges: Challenges, tokenizer: Tokenizer)
     """Price every test input of `challenges` as the run configured by `cfg` would prompt it."""
     units: list[UnitCost] = []
     too_long: list[TooLong] = []
+    fmt = for_tokenizer(cfg.prompt, tokenizer)
     for task_id in challenges.task_ids:
         task = challenges.tasks.get(task_id)
         if task is None:
@@ -187,9 +188,7 @@ def estimate_costs(cfg: RunConfig, challenges: Challenges, tokenizer: Tokenizer)
         for i in range(len(task.test)):
             fitted = []
             for view in _views(task, i, PRICED_VIEWS, cfg):
-                f = fit_prompt(
-                    view, i, cfg.format, cfg.template, tokenizer, cfg.engine.max_model_len
-                )
+                f = fit_prompt(view, i, fmt, tokenizer, cfg.engine.max_model_len)
                 if not isinstance(f, FittedPrompt):
                     too_long.append(TooLong(task_id, i, f.needed, f.max_model_len))
                     break
@@ -276,13 +275,12 @@ def make_plan(
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.engine.model)  # as the pipeline loads it
     costs = estimate_costs(cfg, challenges, tokenizer)
+    fmt = for_tokenizer(cfg.prompt, tokenizer)
     sets: tuple[list[FittedPrompt], list[FittedPrompt]] = ([], [])
     for u in calibration_units(costs, calibration_tasks):
         task = challenges.tasks[u.task_id]
         for j, view in enumerate(_views(task, u.test_index, 2 * augmentations, cfg)):
-            f = fit_prompt(
-                view, u.test_index, cfg.format, cfg.template, tokenizer, cfg.engine.max_model_len
-            )
+            f = fit_prompt(view, u.test_index, fmt, tokenizer, cfg.engine.max_model_len)
             if isinstance(f, FittedPrompt):
                 sets[j % 2].append(f)
     # The engine in a worker process, as the run starts it: its start-up (a fresh

@@ -34,6 +34,7 @@ from airv.core.tasks import (
     load_challenges,
     load_solutions,
     parse_grid,
+    solutions_beside,
 )
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import DEFAULT_VOTE_MODE, Vote, VoteMode, vote
@@ -83,17 +84,6 @@ class Written:
     tasks: int
     solutions_note: str
     data: Json  # the embedded JSON
-
-
-def solutions_beside(challenges_path: Path) -> Path | None:
-    """The solution file Kaggle's naming pairs with a challenge file, if it exists:
-    `arc-agi_evaluation_challenges.json` -> `arc-agi_evaluation_solutions.json`."""
-    name = challenges_path.name
-    stem = "challenges.json"
-    if not name.endswith(stem):
-        return None
-    candidate = challenges_path.with_name(name[: -len(stem)] + "solutions.json")
-    return candidate if candidate.is_file() else None
 
 
 def _challenges_path(out_dir: Path, summary: Mapping[str, object]) -> Path:
