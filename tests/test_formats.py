@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,11 +22,16 @@ from airv.core.types import Grid
 from strategies import grids
 
 CELL_SEPS = ["", " ", ",", "|", ", ", " | ", "\t"]
-ROW_SEPS = ["\n", ";", "\n\n", " / ", ";\n", "|\n"]
+ROW_SEPS = ["\n", ";", "\n\n", " / ", ";\n", "|\n", "\n "]
+ALPHABETS = ["0123456789", "abcdefghij"]
+# (grid_open, grid_close, row_open, row_close): none, or numpy's printout.
+BRACKETS = [("", "", "", ""), ("[", "]", "[", "]")]
 
 
 @st.composite
 def specs(draw: st.DrawFn) -> FormatSpec:
+    """Every knob of FormatSpec, in combinations the spec accepts."""
+    grid_open, grid_close, row_open, row_close = draw(st.sampled_from(BRACKETS))
     try:
         return FormatSpec(
             shape_header=draw(st.booleans()),
@@ -33,6 +39,15 @@ def specs(draw: st.DrawFn) -> FormatSpec:
             cell_sep=draw(st.sampled_from(CELL_SEPS)),
             row_sep=draw(st.sampled_from(ROW_SEPS)),
             fence=draw(st.booleans()),
+            fence_info=draw(st.sampled_from(["", "grid"])),
+            shape_prefix=draw(st.sampled_from(["", " shape: ", "size "])),
+            shape_in_fence=draw(st.booleans()),
+            row_number_sep=draw(st.sampled_from(["|", " "])),
+            alphabet=draw(st.sampled_from(ALPHABETS)),
+            grid_open=grid_open,
+            grid_close=grid_close,
+            row_open=row_open,
+            row_close=row_close,
         )
     except ConfigError:
         assume(False)
@@ -50,14 +65,21 @@ def is_valid_grid(g: object) -> bool:
 
 
 def cell_offset(grid: Grid, spec: FormatSpec, r: int, c: int) -> int:
-    """Index in encode_grid(grid, spec) of the digit of cell (r, c)."""
-    pos = 4 if spec.fence else 0
-    if spec.shape_header:
-        pos += len(f"{len(grid)}x{len(grid[0])}\n")
-    width = len(grid[0]) + (len(grid[0]) - 1) * len(spec.cell_sep)
-    for i in range(r):
-        pos += (len(f"{i + 1}|") if spec.row_numbers else 0) + width + len(spec.row_sep)
-    pos += len(f"{r + 1}|") if spec.row_numbers else 0
+    """Index in encode_grid(grid, spec) of the symbol of cell (r, c), counted by hand."""
+    h, w = len(grid), len(grid[0])
+    header = f"{spec.shape_prefix}{h}x{w}" if spec.shape_header else ""
+    pos = 0
+    if spec.fence:
+        pos += len("```" + spec.fence_info + (header if spec.shape_in_fence else "")) + 1
+    if spec.shape_header and not spec.shape_in_fence:
+        pos += len(header) + 1
+    pos += len(spec.grid_open)
+    width = w + (w - 1) * len(spec.cell_sep)
+    for i in range(r + 1):
+        number = f"{i + 1}{spec.row_number_sep}" if spec.row_numbers else ""
+        pos += len(spec.row_open) + len(number)
+        if i < r:
+            pos += width + len(spec.row_close) + len(spec.row_sep)
     return pos + c * (1 + len(spec.cell_sep))
 
 
@@ -135,7 +157,7 @@ def test_near_valid_text_never_raises(grid: Grid, spec: FormatSpec, data: st.Dat
 @settings(max_examples=150)
 @given(grid=grids(max_side=6), spec=specs())
 def test_every_prefix_with_header_or_fence_is_truncated(grid: Grid, spec: FormatSpec) -> None:
-    assume(spec.shape_header or spec.fence)
+    assume(spec.shape_header or spec.fence or spec.grid_close)
     text = encode_grid(grid, spec)
     for k in range(1, len(text)):
         result = parse_grid(text[:k], spec)
@@ -146,7 +168,7 @@ def test_every_prefix_with_header_or_fence_is_truncated(grid: Grid, spec: Format
 @settings(max_examples=150)
 @given(grid=grids(max_side=6), spec=specs())
 def test_prefix_without_header_or_fence_is_never_a_wrong_grid(grid: Grid, spec: FormatSpec) -> None:
-    spec = FormatSpec(row_numbers=spec.row_numbers, cell_sep=spec.cell_sep, row_sep=spec.row_sep)
+    assume(not (spec.shape_header or spec.fence or spec.grid_close))
     text = encode_grid(grid, spec)
     for k in range(1, len(text)):
         result = parse_grid(text[:k], spec)
@@ -223,8 +245,8 @@ def test_letter_in_a_cell_is_non_digit(grid: Grid, spec: FormatSpec, data: st.Da
     c = data.draw(st.integers(0, len(grid[0]) - 1))
     text = encode_grid(grid, spec)
     off = cell_offset(grid, spec, r, c)
-    assert text[off] == str(grid[r][c])
-    result = parse_grid(text[:off] + "a" + text[off + 1 :], spec)
+    assert text[off] == spec.alphabet[grid[r][c]]
+    result = parse_grid(text[:off] + "?" + text[off + 1 :], spec)
     assert isinstance(result, Rejection)
     assert result.reason is RejectReason.NON_DIGIT
 
@@ -246,20 +268,19 @@ def test_deleted_cell_is_rejected(grid: Grid, spec: FormatSpec, data: st.DataObj
     assert result.reason in allowed
     if not spec.shape_header and 0 < r < len(grid) - 1:
         assert result.reason is RejectReason.RAGGED
-    if r == len(grid) - 1 and not spec.fence and (len(grid) >= 2 or spec.shape_header):
+    # A closing fence or grid bracket proves the text complete: a short last row is ragged.
+    closed = spec.fence or spec.grid_close
+    if r == len(grid) - 1 and not closed and (len(grid) >= 2 or spec.shape_header):
         assert result.reason is RejectReason.TRUNCATED
 
 
 @settings(max_examples=200)
 @given(grid=grids(max_side=8), spec=specs(), drow=st.sampled_from([-1, 1]), dcol=st.booleans())
 def test_changed_header_is_rejected(grid: Grid, spec: FormatSpec, drow: int, dcol: bool) -> None:
-    spec = FormatSpec(
-        shape_header=True,
-        row_numbers=spec.row_numbers,
-        cell_sep=spec.cell_sep,
-        row_sep=spec.row_sep,
-        fence=spec.fence,
-    )
+    try:
+        spec = dataclasses.replace(spec, shape_header=True)
+    except ConfigError:  # e.g. a shape prefix that would then start the text with a space
+        assume(False)
     h, w = len(grid), len(grid[0])
     new_h, new_w = (h, w + drow) if dcol else (h + drow, w)
     assume(new_h >= 1 and new_w >= 1)
@@ -268,7 +289,7 @@ def test_changed_header_is_rejected(grid: Grid, spec: FormatSpec, drow: int, dco
     assert isinstance(result, Rejection)
     # A header promising more than is present reads as a cut-off answer, unless a closing
     # fence (or, for columns, a complete earlier row) proves otherwise.
-    grows = drow > 0 and not spec.fence and (not dcol or h == 1)
+    grows = drow > 0 and not (spec.fence or spec.grid_close) and (not dcol or h == 1)
     expected = RejectReason.TRUNCATED if grows else RejectReason.SHAPE_MISMATCH
     assert result.reason is expected, (text, result)
 

@@ -8,11 +8,13 @@ completion, never raises, and says why it rejected a text, so rejections can be 
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from airv.core.errors import ConfigError
@@ -20,10 +22,8 @@ from airv.core.jsonio import read_json, write_json
 from airv.core.types import MAX_SIDE, Grid
 
 FENCE = "```"
-ROW_NUMBER_SEP = "|"
 SHAPE_SEP = "x"
 _DIGITS = frozenset("0123456789")
-_CELL_VALUE = {str(d): d for d in range(10)}
 # Any prefix of a shape header `<rows>x<cols>`: what a completion cut inside the header looks like.
 _HEADER_PREFIX = re.compile(r"[0-9]+(?:x[0-9]*)?")
 
@@ -84,6 +84,17 @@ class FormatSpec:
         1|0 1 2
         2|3 4 5
         ```
+
+    The other public ARC models' grids need a few more knobs (see the presets):
+
+    - `fence_info`: text after the opening ``` (arc24: "grid");
+    - `shape_prefix`: text before `<rows>x<cols>` (arc24: " shape: "), and `shape_in_fence`:
+      the header ends the opening fence line instead of being a line of its own (arc24:
+      ```` ```grid shape: 2x3 ````);
+    - `row_number_sep`: between a row's number and its cells (default "|"; arc24: " ");
+    - `alphabet`: the symbol written for colours 0-9 (default the digits), one character each;
+    - `grid_open`/`grid_close` around all rows and `row_open`/`row_close` around each row
+      (numpy's printout, as MIT's marc writes grids: `[[0 1 2]\\n [3 4 5]]`).
     """
 
     shape_header: bool = False
@@ -91,22 +102,71 @@ class FormatSpec:
     cell_sep: str = ""
     row_sep: str = "\n"
     fence: bool = False
+    fence_info: str = ""
+    shape_prefix: str = ""
+    shape_in_fence: bool = False
+    row_number_sep: str = "|"
+    alphabet: str = "0123456789"
+    grid_open: str = ""
+    grid_close: str = ""
+    row_open: str = ""
+    row_close: str = ""
 
     def __post_init__(self) -> None:
-        # These rules keep the text unambiguous: a digit is always a cell (or a row number /
-        # header), the two separators can be told apart, and the closing fence cannot occur
-        # inside the body.
-        for name, sep in (("cell_sep", self.cell_sep), ("row_sep", self.row_sep)):
-            if any(ch in _DIGITS for ch in sep):
-                raise ConfigError(f"format spec: {name} {sep!r} must not contain a digit")
+        # These rules keep the text unambiguous: a symbol is always a cell (digits may also be
+        # row numbers or the header), separators and brackets can be told apart, and the
+        # closing fence cannot occur inside the body.
+        alphabet = self.alphabet
+        if len(alphabet) != 10 or len(set(alphabet)) != 10 or any(c.isspace() for c in alphabet):
+            raise ConfigError(
+                f"format spec: alphabet {alphabet!r} must be 10 distinct non-space characters"
+            )
+        if "`" in alphabet:
+            raise ConfigError("format spec: the alphabet must not contain a backtick")
+        reserved = set(alphabet) | _DIGITS
+        parts = (
+            ("cell_sep", self.cell_sep),
+            ("row_sep", self.row_sep),
+            ("row_number_sep", self.row_number_sep),
+            ("grid_open", self.grid_open),
+            ("grid_close", self.grid_close),
+            ("row_open", self.row_open),
+            ("row_close", self.row_close),
+        )
+        for name, sep in parts:
+            if any(ch in reserved for ch in sep):
+                raise ConfigError(
+                    f"format spec: {name} {sep!r} must not contain a digit or an alphabet symbol"
+                )
             if "`" in sep:
                 raise ConfigError(f"format spec: {name} {sep!r} must not contain a backtick")
         if not self.row_sep:
             raise ConfigError("format spec: row_sep must not be empty")
-        if self.cell_sep and (self.cell_sep in self.row_sep or self.row_sep in self.cell_sep):
+        if self.row_numbers and not self.row_number_sep:
+            raise ConfigError("format spec: row_number_sep must not be empty with row_numbers")
+        if self.cell_sep and self.row_sep in self.cell_sep:
+            raise ConfigError(
+                f"format spec: cell_sep {self.cell_sep!r} must not contain row_sep {self.row_sep!r}"
+            )
+        bracketed = bool(self.row_open or self.row_close)
+        if self.cell_sep and not bracketed and self.cell_sep in self.row_sep:
+            # Without row brackets, a text cut inside row_sep could be a cell separator.
             raise ConfigError(
                 f"format spec: cell_sep {self.cell_sep!r} and row_sep {self.row_sep!r} "
                 "must differ and neither may contain the other"
+            )
+        if self.shape_in_fence and not (self.fence and self.shape_header):
+            raise ConfigError("format spec: shape_in_fence needs fence and shape_header")
+        for name, text in (("fence_info", self.fence_info), ("shape_prefix", self.shape_prefix)):
+            if "\n" in text or "`" in text:
+                raise ConfigError(f"format spec: {name} {text!r} must be on one line, no backtick")
+        if any(ch in _DIGITS for ch in self.shape_prefix):
+            raise ConfigError("format spec: shape_prefix must not contain a digit")
+        probe = encode_grid(((0, 1), (2, 3)), self)
+        if probe != probe.strip():
+            # The parser reads answers stripped of surrounding whitespace.
+            raise ConfigError(
+                f"format spec: a grid's text must not start or end with whitespace: {probe!r}"
             )
 
     def to_dict(self) -> dict[str, object]:
@@ -123,26 +183,49 @@ class FormatSpec:
     def save(self, path: Path | str) -> None:
         write_json(path, self.to_dict(), indent=True)
 
+    # -- derived, for the parser (cached per spec: specs are few and immutable) --------------
+
+    @property
+    def cell_values(self) -> Mapping[str, int]:
+        return _cell_values(self.alphabet)
+
+    def header(self, rows: int, cols: int) -> str:
+        return f"{self.shape_prefix}{rows}{SHAPE_SEP}{cols}"
+
+    def opening(self, header: str = "") -> str:
+        """The opening fence line, without its newline."""
+        return FENCE + self.fence_info + (header if self.shape_in_fence else "")
+
+    def row_prefix(self, index: int) -> str:
+        """What row `index` (0-based) starts with, before its first cell."""
+        number = f"{index + 1}{self.row_number_sep}" if self.row_numbers else ""
+        return self.row_open + number
+
+
+@functools.cache
+def _cell_values(alphabet: str) -> Mapping[str, int]:
+    return MappingProxyType({symbol: colour for colour, symbol in enumerate(alphabet)})
+
 
 def encode_grid(grid: Grid, spec: FormatSpec) -> str:
-    """The text of `grid` under `spec` (no leading or trailing whitespace).
+    """The text of `grid` under `spec` (no leading or trailing whitespace, unless the spec's
+    own separators put it there).
 
     Grids larger than 30x30 are encoded too (tests need them); cells must be 0-9.
     """
     if not grid or not grid[0]:
         raise ValueError("cannot encode an empty grid")
-    if spec.row_numbers:
-        rows = [
-            f"{i}{ROW_NUMBER_SEP}{spec.cell_sep.join(map(str, row))}"
-            for i, row in enumerate(grid, start=1)
-        ]
-    else:
-        rows = [spec.cell_sep.join(map(str, row)) for row in grid]
-    text = spec.row_sep.join(rows)
-    if spec.shape_header:
-        text = f"{len(grid)}{SHAPE_SEP}{len(grid[0])}\n{text}"
+    symbols = spec.alphabet
+    rows = [
+        spec.row_prefix(i) + spec.cell_sep.join(symbols[c] for c in row) + spec.row_close
+        for i, row in enumerate(grid)
+    ]
+    text = spec.grid_open + spec.row_sep.join(rows) + spec.grid_close
+    header = spec.header(len(grid), len(grid[0])) if spec.shape_header else ""
+    if spec.shape_header and not spec.shape_in_fence:
+        text = f"{header}\n{text}"
     if spec.fence:
-        text = f"{FENCE}\n{text}\n{FENCE}"
+        text = f"{spec.opening(header)}\n{text}\n{FENCE}"
     return text
 
 
@@ -150,12 +233,13 @@ class RejectReason(enum.StrEnum):
     EMPTY = "empty"
     TRUNCATED = "truncated"  # the text looks cut off (max_tokens hit): see parse_grid
     RAGGED = "ragged"  # rows of different lengths, or an empty row
-    NON_DIGIT = "non_digit"  # a cell that is not exactly one digit 0-9
+    NON_DIGIT = "non_digit"  # a cell that is not exactly one symbol of the alphabet
     TOO_LARGE = "too_large"  # more than 30 rows or columns
     SHAPE_MISMATCH = "shape_mismatch"  # the grid disagrees with its shape header
     BAD_HEADER = "bad_header"
     BAD_ROW_NUMBER = "bad_row_number"
     BAD_FENCE = "bad_fence"  # no opening fence, or text after the closing fence
+    BAD_BRACKET = "bad_bracket"  # a row or the grid without its opening or closing bracket
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,27 +256,37 @@ def parse_grid(text: str, spec: FormatSpec) -> Grid | Rejection:
 
     TRUNCATED means the text could be a proper prefix of a valid encoding (a completion cut
     off by max_tokens): an opening fence without a closing one; an incomplete shape header,
-    or one followed by no row or by fewer rows than it promises; a last row that is a proper
-    prefix of a valid row of the expected width (the header's, else the first row's), or a
-    complete row followed by part of `row_sep`. Inside a closed fence nothing is truncated,
-    so the same defects are RAGGED / SHAPE_MISMATCH there. A last row longer than the others
-    is RAGGED. Without a header or fence, a text cut at a row boundary cannot be told from
-    a smaller grid and is accepted as one.
+    or one followed by no row or by fewer rows than it promises; rows without the grid's
+    closing bracket; a last row that is a proper prefix of a valid row of the expected width
+    (the header's, else the first row's), or a complete row followed by part of `row_sep`.
+    Inside a closed fence (or closed grid brackets) nothing is truncated, so the same defects
+    are RAGGED / SHAPE_MISMATCH there. A last row longer than the others is RAGGED. Without a
+    header, fence or grid brackets, a text cut at a row boundary cannot be told from a smaller
+    grid and is accepted as one.
     """
     t = text.strip()
     if not t:
         return Rejection(RejectReason.EMPTY, "no text")
-    closed = False  # a closing fence proves the text was not cut off
+    closed = False  # a closing fence (or grid bracket) proves the text was not cut off
+    header: str | None = None
     if spec.fence:
-        if not t.startswith(FENCE + "\n"):
-            if (FENCE + "\n").startswith(t):
+        opening, newline, rest = t.partition("\n")
+        if not newline:
+            if _is_cut_opening(opening, spec):
                 return Rejection(RejectReason.TRUNCATED, "only (part of) the opening fence")
-            return Rejection(RejectReason.BAD_FENCE, "text does not start with a ``` line")
-        if not t.endswith("\n" + FENCE):
-            if "\n" + FENCE in t:
+            return Rejection(RejectReason.BAD_FENCE, f"text does not start with a {FENCE} line")
+        expected = spec.opening()
+        if not opening.startswith(expected) or (not spec.shape_in_fence and opening != expected):
+            return Rejection(RejectReason.BAD_FENCE, f"opening line {opening[:40]!r}")
+        if spec.shape_in_fence:
+            header = opening[len(expected) :]
+        if not rest.endswith("\n" + FENCE) and rest != FENCE:
+            if "\n" + FENCE in "\n" + rest:
                 return Rejection(RejectReason.BAD_FENCE, "text after the closing fence")
+            if header is not None and _parse_header(header, spec) is None:
+                return Rejection(RejectReason.BAD_HEADER, f"bad shape header {header[:40]!r}")
             return Rejection(RejectReason.TRUNCATED, "no closing fence")
-        t = t[len(FENCE) + 1 : -len(FENCE) - 1]
+        t = rest[: -len(FENCE)].removesuffix("\n")
         closed = True
         if not t:
             return Rejection(RejectReason.EMPTY, "nothing inside the fence")
@@ -200,20 +294,32 @@ def parse_grid(text: str, spec: FormatSpec) -> Grid | Rejection:
     n_rows: int | None = None
     n_cols: int | None = None
     if spec.shape_header:
-        header, newline, t = t.partition("\n")
-        if not newline:
-            if not closed and _HEADER_PREFIX.fullmatch(header):
-                return Rejection(RejectReason.TRUNCATED, f"shape header {header!r} and no rows")
-            return Rejection(RejectReason.BAD_HEADER, f"no rows after header {header[:40]!r}")
-        rows_text, x, cols_text = header.partition(SHAPE_SEP)
-        if not (x and _is_number(rows_text) and _is_number(cols_text)):
+        if header is None:
+            header, newline, t = t.partition("\n")
+            if not newline:
+                if not closed and _is_cut_header(header, spec):
+                    return Rejection(RejectReason.TRUNCATED, f"shape header {header!r} and no rows")
+                return Rejection(RejectReason.BAD_HEADER, f"no rows after header {header[:40]!r}")
+        shape = _parse_header(header, spec)
+        if shape is None:
             return Rejection(RejectReason.BAD_HEADER, f"bad shape header {header[:40]!r}")
-        n_rows, n_cols = int(rows_text), int(cols_text)
-        if n_rows == 0 or n_cols == 0 or header != f"{n_rows}{SHAPE_SEP}{n_cols}":
-            # Zero sides and leading zeros: only the canonical header is accepted.
-            return Rejection(RejectReason.BAD_HEADER, f"bad shape header {header!r}")
+        n_rows, n_cols = shape
         if n_rows > MAX_SIDE or n_cols > MAX_SIDE:
             return Rejection(RejectReason.TOO_LARGE, f"shape header says {header}")
+
+    if spec.grid_open:
+        if not t.startswith(spec.grid_open):
+            if not closed and spec.grid_open.startswith(t):
+                return Rejection(RejectReason.TRUNCATED, "only (part of) the grid's bracket")
+            return Rejection(RejectReason.BAD_BRACKET, f"no {spec.grid_open!r} before the rows")
+        t = t[len(spec.grid_open) :]
+    if spec.grid_close:
+        if t.endswith(spec.grid_close) and _closes_grid(t, spec):
+            t = t[: -len(spec.grid_close)]
+            closed = True
+        elif closed:
+            return Rejection(RejectReason.BAD_BRACKET, f"no {spec.grid_close!r} after the rows")
+        # else: cut off before the grid's closing bracket; the rows below say how
 
     lines = t.split(spec.row_sep)
     if len(lines) > MAX_SIDE:
@@ -259,6 +365,8 @@ def parse_grid(text: str, spec: FormatSpec) -> Grid | Rejection:
     if n_rows is not None and len(rows) < n_rows:
         reason = RejectReason.SHAPE_MISMATCH if closed else RejectReason.TRUNCATED
         return Rejection(reason, f"{len(rows)} rows but the header says {n_rows}")
+    if spec.grid_close and not closed:
+        return Rejection(RejectReason.TRUNCATED, f"no {spec.grid_close!r} after the last row")
     return tuple(rows)
 
 
@@ -267,21 +375,74 @@ def _is_number(s: str) -> bool:
     return s.isascii() and s.isdigit()
 
 
+def _parse_header(header: str, spec: FormatSpec) -> tuple[int, int] | None:
+    """(rows, cols) of a canonical header (no zero sides, no leading zeros), else None."""
+    if not header.startswith(spec.shape_prefix):
+        return None
+    rows_text, x, cols_text = header[len(spec.shape_prefix) :].partition(SHAPE_SEP)
+    if not (x and _is_number(rows_text) and _is_number(cols_text)):
+        return None
+    n_rows, n_cols = int(rows_text), int(cols_text)
+    if n_rows == 0 or n_cols == 0 or header != spec.header(n_rows, n_cols):
+        return None
+    return n_rows, n_cols
+
+
+def _is_cut_header(text: str, spec: FormatSpec) -> bool:
+    """Whether `text` is a prefix of some header `<prefix><rows>x<cols>` (a complete one too:
+    the rows that should follow it are missing)."""
+    prefix = spec.shape_prefix
+    if len(text) <= len(prefix):
+        return prefix.startswith(text)
+    return text.startswith(prefix) and bool(_HEADER_PREFIX.fullmatch(text[len(prefix) :]))
+
+
+def _is_cut_opening(text: str, spec: FormatSpec) -> bool:
+    """Whether `text` is a prefix of an opening fence line (with its header, if it has one)."""
+    expected = spec.opening()
+    if len(text) <= len(expected):
+        return expected.startswith(text)
+    return (
+        spec.shape_in_fence
+        and text.startswith(expected)
+        and _is_cut_header(text[len(expected) :], spec)
+    )
+
+
+def _closes_grid(t: str, spec: FormatSpec) -> bool:
+    """Whether the grid's closing bracket at the end of `t` closes the grid rather than being
+    (part of) the last row's own closing bracket."""
+    if not spec.row_close or not spec.grid_close.endswith(spec.row_close):
+        return True
+    # e.g. numpy: the last row ends "]" and the grid "]", so a complete text ends "]]".
+    return t.endswith(spec.row_close + spec.grid_close)
+
+
 def _parse_row(line: str, index: int, spec: FormatSpec) -> tuple[int, ...] | Rejection:
     cells = line
+    if spec.row_open:
+        if not cells.startswith(spec.row_open):
+            return Rejection(RejectReason.BAD_BRACKET, f"row {index + 1} has no {spec.row_open!r}")
+        cells = cells[len(spec.row_open) :]
     if spec.row_numbers:
-        number, sep, cells = line.partition(ROW_NUMBER_SEP)
+        number, sep, cells = cells.partition(spec.row_number_sep)
         if not sep or number != str(index + 1):
             return Rejection(
                 RejectReason.BAD_ROW_NUMBER,
-                f"row {index + 1} does not start with '{index + 1}{ROW_NUMBER_SEP}'",
+                f"row {index + 1} does not start with '{index + 1}{spec.row_number_sep}'",
             )
+    if spec.row_close:
+        if not cells.endswith(spec.row_close):
+            return Rejection(
+                RejectReason.BAD_BRACKET, f"row {index + 1} does not end with {spec.row_close!r}"
+            )
+        cells = cells[: -len(spec.row_close)]
     if not cells:
         return Rejection(RejectReason.RAGGED, f"row {index + 1} is empty")
     parts: list[str] | str = cells.split(spec.cell_sep) if spec.cell_sep else cells
     try:
         # A dict lookup per cell is several times cheaper than int() and rejects "12" or "a".
-        row = tuple(map(_CELL_VALUE.__getitem__, parts))
+        row = tuple(map(spec.cell_values.__getitem__, parts))
     except KeyError:
         return Rejection(RejectReason.NON_DIGIT, f"row {index + 1} has a non-digit cell")
     if len(row) > MAX_SIDE:
@@ -291,27 +452,36 @@ def _parse_row(line: str, index: int, spec: FormatSpec) -> tuple[int, ...] | Rej
 
 def _is_cut_row(line: str, index: int, width: int | None, spec: FormatSpec) -> bool:
     """Whether `line` is a proper prefix of a valid row number `index` with `width` cells
-    (any width if None), or a complete such row followed by a proper prefix of row_sep."""
-    prefix = f"{index + 1}{ROW_NUMBER_SEP}" if spec.row_numbers else ""
+    (any width if None), or a complete such row followed by a proper prefix of row_sep (or,
+    for a bracketed grid, of the grid's closing bracket)."""
+    prefix = spec.row_prefix(index)
     if len(line) <= len(prefix):
         return prefix.startswith(line)
     if not line.startswith(prefix):
         return False
+    symbols = spec.cell_values
     sep, end, limit = spec.cell_sep, len(line), MAX_SIDE if width is None else width
     pos, n_cells = len(prefix), 0
     while True:
         if pos == end:
-            return True  # cut right after the row number or a cell separator
-        if line[pos] not in _DIGITS:
+            return True  # cut right after the row's start or a cell separator
+        if line[pos] not in symbols:
             return False
         pos += 1
         n_cells += 1
-        if pos == end:
-            return width is None or n_cells < width
+        if pos == end:  # cut after a cell: short of the width, or before the row's bracket
+            return width is None or n_cells < width or bool(spec.row_close)
         tail = line[pos:]
         complete = width is None or n_cells == width
-        if complete and len(tail) < len(spec.row_sep) and spec.row_sep.startswith(tail):
-            return True
+        if complete:
+            ends = [spec.row_close + s for s in (spec.row_sep, spec.grid_close) if s]
+            if not ends:
+                ends = [spec.row_close]
+            # A complete row, then part of what follows it (its bracket and the separator).
+            if any(len(tail) < len(e) and e.startswith(tail) for e in ends):
+                return True
+            if spec.row_close and tail == spec.row_close:
+                return True
         if n_cells >= limit:
             return False
         if sep:
