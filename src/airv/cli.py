@@ -8,7 +8,6 @@ error's exit code. To add a subcommand, write `_add_<name>(subparsers)` and list
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
@@ -16,7 +15,7 @@ from typing import TypeAlias
 import orjson
 
 from airv import __version__
-from airv.core.errors import AirvError, InputError
+from airv.core.errors import AirvError, InputError, report
 from airv.core.submission import load_submission, score_submission, validate_submission
 from airv.core.tasks import load_challenges, load_solutions
 
@@ -388,6 +387,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except AirvError as e:
-        print(f"airv: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     return code

@@ -1,8 +1,11 @@
-"""The exception hierarchy of airv. `cli.main` is the one place that maps it to messages
-and exit codes; everything else raises the most specific class and lets it travel."""
+"""The exception hierarchy of airv, and `report`, the one place that turns an error into a
+message and an exit code. Everything else raises the most specific class and lets it travel
+to a command's entry point (`airv` itself, `python -m airv.kaggle.local`, the kernel build),
+which hands it to `report`."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -42,3 +45,9 @@ class EngineError(AirvError):
     """The inference engine failed to start or died."""
 
     exit_code = 3
+
+
+def report(error: AirvError, prog: str = "airv") -> int:
+    """Print `prog: error: message` on stderr; return the error's exit code."""
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return error.exit_code

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from airv.core.errors import AirvError, ConfigError
+from airv.core.errors import AirvError, ConfigError, report
 from airv.core.jsonio import read_json_object
 
 REPO = Path(__file__).resolve().parents[3]
@@ -109,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = build(args.config, args.out)
     except AirvError as e:
-        print(f"airv: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     print(f"kernel ready in {out}: push with `kaggle kernels push -p {out}`")
     return 0
 

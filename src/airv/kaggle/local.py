@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from airv.core.errors import AirvError, ConfigError
+from airv.core.errors import AirvError, ConfigError, report
 from airv.core.tasks import Task, dump_challenges, dump_solutions, load_challenges, load_solutions
 from airv.core.types import Grid, TaskId
 
@@ -114,8 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             solutions=args.solutions,
         )
     except AirvError as e:
-        print(f"airv: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return report(e)
     return 0
 
 
