@@ -222,6 +222,37 @@ def test_task_that_cannot_fit_falls_back_while_others_answer(
     assert _grid(sub["task0001"][0]["attempt_1"]) in D8_IMAGES
 
 
+def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """NVARC's chat layout (prompt ends after "assistant\n", where the bigram model answers
+    `12`) through the real pipeline; a template that fails on one task (here: on a task with
+    three train pairs) gives that task the fallback and a summary line, and the others go on."""
+    import dataclasses
+
+    from airv.core.prompt_format import load_preset
+
+    nvarc = load_preset("nvarc")
+    failing = nvarc.template.replace(
+        "{% for pair in train %}",
+        "{% if train|length > 2 %}{{ no.such }}{% endif %}{% for pair in train %}",
+    )
+    fmt = dataclasses.replace(nvarc, template=failing)
+    three = _task("three001")
+    three = dataclasses.replace(three, train=(*three.train, three.train[0]))
+    ch = _challenges(tmp_path, [_task("task0001"), three], broken=False)
+    out = tmp_path / "out"
+    run = Run(_config(ch, out, bigram_model, Backend.HF, prompt=fmt))
+    assert run.execute() == 0
+    assert "three001" in run.summary.failed_tasks
+    assert "no" in run.summary.failed_tasks["three001"]
+    sub = _answers(out)
+    assert sub["three001"][0]["attempt_1"] == [[0]]
+    assert _grid(sub["task0001"][0]["attempt_1"]) in D8_IMAGES
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert records and all(p.grid is not None for p in records)
+
+
 def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None:
     tasks = [_task(f"task000{i}", side=2 + i % 3) for i in range(6)]
     ch = _challenges(tmp_path, tasks, broken=False)

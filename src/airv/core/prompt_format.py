@@ -112,6 +112,7 @@ class PromptFormat:
     # tokenizer has one (airv's own default); presets that write their own wrapper say false.
     chat: bool = False
     answer_prefix: str = ""  # the answer's grid text starts with this; the prompt ends with it
+    answer_suffix: str = ""  # written after the answer's grid, before EOS (marc: "#")
     eos: str = "</s>"  # the original model's EOS text; the tokenizer's replaces it when known
     bos: str = ""  # BOS text the template writes itself (then add_special_tokens is false)
     # Whether tokenising the prompt adds the tokenizer's special tokens (its BOS). None: only
@@ -199,6 +200,7 @@ class _Scalars:
     template: str = ""
     chat: bool = False
     answer_prefix: str = ""
+    answer_suffix: str = ""
     eos: str = ""
     bos: str = ""
     add_special_tokens: bool = False
@@ -272,14 +274,15 @@ def render_text(
 
 def answer_text(grid: Grid, fmt: PromptFormat) -> str:
     """What the model is trained to write for `grid` after the prompt, before its end (EOS):
-    the grid's text without the `answer_prefix` that the prompt already ends with."""
+    the grid's text without the `answer_prefix` that the prompt already ends with, then the
+    `answer_suffix`."""
     text = encode_grid(grid, fmt.grid)
     if not text.startswith(fmt.answer_prefix):
         raise ConfigError(
             f"prompt format {fmt.name!r}: a grid's text {text[:30]!r} does not start with "
             f"answer_prefix {fmt.answer_prefix!r}"
         )
-    return text[len(fmt.answer_prefix) :]
+    return text[len(fmt.answer_prefix) :] + fmt.answer_suffix
 
 
 def parse_answer(text: str, fmt: PromptFormat) -> Grid | Rejection:
@@ -287,7 +290,10 @@ def parse_answer(text: str, fmt: PromptFormat) -> Grid | Rejection:
     end marker (the EOS text), if the engine left it in, is not part of the answer."""
     body = text.rstrip()
     if fmt.eos and body.endswith(fmt.eos):
-        body = body[: -len(fmt.eos)]
+        body = body[: -len(fmt.eos)].rstrip()
+    suffix = fmt.answer_suffix.strip()
+    if suffix and body.endswith(suffix):
+        body = body[: -len(suffix)]
     return parse_grid(fmt.answer_prefix + body, fmt.grid)
 
 
