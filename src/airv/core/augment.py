@@ -380,11 +380,13 @@ class ViewPolicy:
 
 
 class Stream(enum.IntEnum):
-    """Independent seed streams per test input: the views that generate answers, and the
-    views that re-score candidates, are drawn apart so neither shifts the other."""
+    """Independent seed streams per test input: the views that generate answers, those that
+    re-score candidates and those test-time fine-tuning trains on are drawn apart, so none
+    shifts another."""
 
     GENERATE = 0
     RESCORE = 1
+    FINETUNE = 2  # test-time fine-tuning's training views
 
 
 def plan_views(

@@ -14,6 +14,8 @@ from airv.engines.config import Dtype
 class GenerateRequest:
     prompt_ids: tuple[int, ...]
     max_tokens: int
+    # A LoRA adapter directory (peft format) to answer with; None: the base model.
+    adapter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,7 @@ class ScoreRequest:
 
     prompt_ids: tuple[int, ...]
     continuation_ids: tuple[int, ...]
+    adapter: str | None = None  # as GenerateRequest.adapter
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,9 @@ class EngineConfig:
     # vLLM's quantization method for a quantized checkpoint (e.g. "awq", "gptq", "fp8");
     # None = what the checkpoint's config declares. vLLM checks the name when it loads.
     quantization: str | None = None
+    # LoRA adapters (test-time fine-tuning): the largest rank served; 0 = no adapters.
+    max_lora_rank: int = 0
+    max_loras: int = 8  # distinct adapters in one batch (vLLM's max_loras)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,6 +67,8 @@ class EngineConfig:
             )
         if self.cpu_kv_cache_gib < 1:
             raise ConfigError(f"cpu_kv_cache_gib must be >= 1, got {self.cpu_kv_cache_gib}")
+        if self.max_lora_rank < 0 or self.max_loras < 1:
+            raise ConfigError("max_lora_rank must be >= 0 and max_loras >= 1")
         if self.ngram_speculative_tokens < 0:
             raise ConfigError("ngram_speculative_tokens must be >= 0")
         if self.quantization is not None and not self.quantization.strip():

@@ -6,7 +6,7 @@ the same greedy outputs as the vLLM backend (checked by the tests on the tiny mo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from airv.core.errors import ConfigError, EngineError
@@ -66,6 +66,7 @@ class HfEngine:
         self._sampling = sampling
         self._max_model_len = engine.max_model_len
         self._generator_seed = engine.seed if sampling.seed is None else sampling.seed
+        self._adapters: dict[str, str] = {}  # adapter directory -> its name in the model
 
     @property
     def tokenizer(self) -> Any:
@@ -118,13 +119,47 @@ class HfEngine:
             kwargs.update(stop_strings=list(s.stop), tokenizer=self._tokenizer)
         return kwargs
 
+    def _groups(self, requests: Sequence[GenerateRequest | ScoreRequest]) -> Iterator[list[int]]:
+        """Request indices grouped by adapter, each group yielded with its adapter active."""
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.adapter, []).append(i)
+        for adapter, idx in groups.items():
+            self._use_adapter(adapter)
+            yield idx
+
+    def _use_adapter(self, adapter: str | None) -> None:
+        """Activate a peft adapter directory (loaded on first use), or the base model."""
+        if adapter is None:
+            if self._adapters:
+                self._model.disable_adapters()
+            return
+        name = self._adapters.get(adapter)
+        if name is None:
+            name = f"adapter-{len(self._adapters) + 1}"
+            self._model.load_adapter(adapter, adapter_name=name)
+            self._adapters[adapter] = name
+        self._model.set_adapter(name)
+        self._model.enable_adapters()
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         torch = self._torch
         results: list[list[Completion]] = [[] for _ in requests]
-        # Similar lengths together: less padding.
-        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
-        per_prompt = self._sampling.n
         torch.manual_seed(self._generator_seed)
+        for group in self._groups(requests):
+            self._generate(requests, group, results)
+        return results
+
+    def _generate(
+        self,
+        requests: Sequence[GenerateRequest],
+        group: Sequence[int],
+        results: list[list[Completion]],
+    ) -> None:
+        torch = self._torch
+        # Similar lengths together: less padding.
+        order = sorted(group, key=lambda i: len(requests[i].prompt_ids))
+        per_prompt = self._sampling.n
         for start in range(0, len(order), BATCH_SIZE):
             idx = order[start : start + BATCH_SIZE]
             ids, mask = self._pad([requests[i].prompt_ids for i in idx])
@@ -147,7 +182,6 @@ class HfEngine:
                 results[idx[row // per_prompt]].append(
                     self._completion(new_tokens[row].tolist(), seq_logprobs[row].tolist(), req)
                 )
-        return results
 
     def _completion(
         self, tokens: list[int], logprobs: list[float], req: GenerateRequest
@@ -172,10 +206,18 @@ class HfEngine:
         )
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        torch = self._torch
         scores = [0.0] * len(requests)
-        for start in range(0, len(requests), BATCH_SIZE):
-            chunk = requests[start : start + BATCH_SIZE]
+        for group in self._groups(requests):
+            for start in range(0, len(group), BATCH_SIZE):
+                idx = group[start : start + BATCH_SIZE]
+                for i, value in zip(idx, self._score([requests[i] for i in idx]), strict=True):
+                    scores[i] = value
+        return scores
+
+    def _score(self, chunk: Sequence[ScoreRequest]) -> list[float]:
+        torch = self._torch
+        scores = [0.0] * len(chunk)
+        if chunk:
             rows = [[*r.prompt_ids, *r.continuation_ids] for r in chunk]
             ids, mask = self._pad(rows)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -189,7 +231,7 @@ class HfEngine:
             width = ids.shape[1]
             for j, r in enumerate(chunk):
                 n = len(r.continuation_ids)
-                scores[start + j] = float(token_lp[j, width - 1 - n :].sum())
+                scores[j] = float(token_lp[j, width - 1 - n :].sum())
         return scores
 
     def close(self) -> None:

@@ -42,6 +42,10 @@ class VllmEngine:
         log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
         self._llm = LLM(**self._llm_kwargs(engine, dtype, n_gpus=n_gpus))
         self._sampling = sampling
+        self._lora_ids: dict[str, int] = {}
+        self._lora_request: Any = None
+        if sampling.beam_width and engine.max_lora_rank:
+            raise ConfigError("beam search does not take LoRA adapters: use greedy or sampling")
         # Beam search takes its own parameters per call (see _beam_search).
         self._params = (
             None if sampling.beam_width else self._sampling_params(sampling, max_tokens=16)
@@ -67,6 +71,11 @@ class VllmEngine:
             kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
         if engine.quantization is not None:
             kwargs["quantization"] = engine.quantization
+        if engine.max_lora_rank:
+            # vLLM serves ranks 8, 16, 32, 64, ...: the smallest that holds the adapters.
+            kwargs["enable_lora"] = True
+            kwargs["max_lora_rank"] = lora_rank_slot(engine.max_lora_rank)
+            kwargs["max_loras"] = engine.max_loras
         if engine.ngram_speculative_tokens:
             kwargs["speculative_config"] = {
                 "method": "ngram",
@@ -108,7 +117,9 @@ class VllmEngine:
         params = [self._params.clone() for _ in requests]  # type: ignore[union-attr]
         for p, r in zip(params, requests, strict=True):
             p.max_tokens = r.max_tokens
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._llm.generate(
+            prompts, params, use_tqdm=False, lora_request=self._loras(requests)
+        )
         return [
             [
                 Completion(
@@ -175,7 +186,9 @@ class VllmEngine:
             TokensPrompt(prompt_token_ids=[*r.prompt_ids, *r.continuation_ids]) for r in requests
         ]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._llm.generate(
+            prompts, params, use_tqdm=False, lora_request=self._loras(requests)
+        )
         scores = []
         for r, out in zip(requests, outputs, strict=True):
             entries = out.prompt_logprobs[len(r.prompt_ids) :]
@@ -188,6 +201,24 @@ class VllmEngine:
             scores.append(sum_logprobs(values))
         return scores
 
+    def _loras(self, requests: Sequence[GenerateRequest | ScoreRequest]) -> list[Any] | None:
+        """One LoRARequest (or None: the base model) per request; None when none has one."""
+        if not any(r.adapter for r in requests):
+            return None
+        if not self._lora_ids:
+            from vllm.lora.request import LoRARequest
+
+            self._lora_request = LoRARequest
+        out: list[Any] = []
+        for r in requests:
+            if r.adapter is None:
+                out.append(None)
+                continue
+            # vLLM names adapters by a positive int id; one per directory for the engine's life.
+            lora_id = self._lora_ids.setdefault(r.adapter, len(self._lora_ids) + 1)
+            out.append(self._lora_request(f"adapter-{lora_id}", lora_id, r.adapter))
+        return out
+
     def close(self) -> None:
         # Ends vLLM's engine-core process now rather than at interpreter exit.
         engine = getattr(self._llm, "llm_engine", None)
@@ -196,3 +227,11 @@ class VllmEngine:
         )
         if callable(shutdown):
             shutdown()
+
+
+def lora_rank_slot(rank: int) -> int:
+    """The smallest rank vLLM accepts for max_lora_rank that is >= `rank`."""
+    for slot in (8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= slot:
+            return slot
+    raise ConfigError(f"LoRA rank {rank} is larger than vLLM serves (512)")

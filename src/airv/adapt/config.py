@@ -1,0 +1,60 @@
+"""TTTConfig: every default of test-time fine-tuning, stated once."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from airv.core.errors import ConfigError
+
+
+class TTTMode(enum.StrEnum):
+    OFF = "off"
+    PER_TASK = "per-task"  # one adapter per task (arc24, marc, NVARC)
+    JOINT = "joint"  # one adapter for the whole challenge file (the ARChitects 2024)
+
+
+@dataclass(frozen=True)
+class TTTConfig:
+    """How adapters are trained. The defaults are the recipe measured on the demo model
+    (README › Test-time fine-tuning); a large model wants a lower learning rate."""
+
+    mode: TTTMode = TTTMode.OFF
+    rank: int = 16
+    alpha: int = 32
+    # peft's target modules: "all-linear", or comma-separated module names (q_proj,v_proj).
+    target_modules: str = "all-linear"
+    learning_rate: float = 4e-3
+    steps: int = 100  # optimiser steps per adapter (per task, or for the joint adapter)
+    batch_size: int = 8
+    augmentations: int = 16  # augmented views of the task, each giving one sequence per pair
+    # Share of the run's budget (after the reserve) for the whole stage, or seconds if > 1.
+    budget: float = 0.4
+    task_cap_seconds: float | None = None  # per task; default: a fair share of the budget x 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or self.alpha < 1:
+            raise ConfigError("TTT: rank and alpha must be >= 1")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"TTT: learning rate must be in (0, 1), got {self.learning_rate}")
+        if self.steps < 1 or self.batch_size < 1 or self.augmentations < 1:
+            raise ConfigError("TTT: steps, batch size and augmentations must be >= 1")
+        if self.budget <= 0:
+            raise ConfigError("TTT: the budget must be a positive fraction or duration")
+        if self.task_cap_seconds is not None and self.task_cap_seconds <= 0:
+            raise ConfigError("TTT: the per-task cap must be positive")
+        if not self.target_modules.strip():
+            raise ConfigError("TTT: target modules must not be empty")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not TTTMode.OFF
+
+    def budget_seconds(self, available: float) -> float:
+        """The stage's seconds out of `available` (the run's budget minus its reserve)."""
+        return self.budget * available if self.budget <= 1 else min(self.budget, available)
+
+    def peft_targets(self) -> str | list[str]:
+        t = self.target_modules.strip()
+        return t if t == "all-linear" else [m.strip() for m in t.split(",") if m.strip()]

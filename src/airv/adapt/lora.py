@@ -1,0 +1,128 @@
+"""Training one LoRA adapter with peft: the loop, and the adapter written where vLLM (and the
+transformers engine) load it from.
+
+The base model is loaded once per process; each adapter is added, trained, saved and removed
+again (`unload`), so per-task training does not reload the model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airv.adapt.config import TTTConfig
+from airv.adapt.data import IGNORE, Example, batches
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # what peft writes; its presence marks an adapter
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """One adapter's training: what the run summary and ttt.jsonl report."""
+
+    name: str  # a task id, or "joint"
+    path: str | None  # the adapter directory; None when training failed or had no data
+    steps: int
+    final_loss: float | None  # mean loss of the last few steps
+    seconds: float
+    examples: int
+    error: str | None = None
+
+
+def load_base(model_dir: Path, device: str | None, threads: int | None = None) -> tuple[Any, Any]:
+    """The model for training (float32 on CPU; bfloat16 where the GPU has it, else float16)
+    and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device is None or not torch.cuda.is_available():
+        dtype, target = torch.float32, "cpu"
+    else:
+        bf16 = torch.cuda.get_device_capability(0) >= (8, 0)
+        dtype, target = (torch.bfloat16 if bf16 else torch.float16), "cuda"
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(target)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer
+
+
+def _collate(batch: Sequence[Example], pad_id: int, device: Any) -> dict[str, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = [list(e.input_ids) + [pad_id] * (width - len(e.input_ids)) for e in batch]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch]
+    labels = [e.labels + [IGNORE] * (width - len(e.input_ids)) for e in batch]
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "attention_mask": torch.tensor(mask, device=device),
+        "labels": torch.tensor(labels, device=device),
+    }
+
+
+def train_adapter(
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    examples: Sequence[Example],
+    cfg: TTTConfig,
+    out_dir: Path,
+    *,
+    deadline: float,
+) -> tuple[Any, TrainResult]:
+    """Train one adapter on `examples` until cfg.steps or `deadline` (time.monotonic()),
+    save it to `out_dir`, and return the base model (adapter removed) and the result."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    t0 = time.monotonic()
+    if not examples:
+        return model, TrainResult(name, None, 0, None, 0.0, 0, "no training sequences")
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        target_modules=cfg.peft_targets(),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(cfg.seed)
+    peft_model = get_peft_model(model, lora)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    # Linear decay to zero over the planned steps: the last steps settle the adapter.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / cfg.steps))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(peft_model.parameters()).device
+    losses: list[float] = []
+    steps = 0
+    for batch in batches(examples, cfg.batch_size, cfg.steps, cfg.seed):
+        if time.monotonic() >= deadline:
+            break
+        loss = peft_model(**_collate(batch, pad, device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        steps += 1
+    path: str | None = None
+    error = None
+    tail = losses[-max(1, min(10, len(losses))) :]
+    final = sum(tail) / len(tail) if losses else None
+    if steps and final is not None and math.isfinite(final):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(str(out_dir))
+        path = str(out_dir)
+    else:
+        error = "no step before the deadline" if not steps else f"loss is {final}"
+    base = peft_model.unload()
+    result = TrainResult(name, path, steps, final, time.monotonic() - t0, len(examples), error)
+    return base, result

@@ -1,0 +1,249 @@
+"""The test-time fine-tuning stage of a run: adapters trained in processes of their own.
+
+Training runs in separate processes (one per device; on CPU, one), which pull tasks from one
+shared queue and send each adapter's result back as soon as it is saved. The parent owns the
+clock: at the stage's deadline it ends the processes, and an adapter not ready by then is
+simply missing (that task is answered by the base model). A process that dies (an
+out-of-memory kill) costs the task it was training, which is recorded as failed; the others
+are trained by a fresh process while time remains. When the stage ends, its processes have
+exited and returned their memory, so the engine that follows has the GPU to itself.
+
+Results are appended to OUT/ttt.jsonl; a resumed run keeps the adapters it finds there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.data import Example, task_examples
+from airv.adapt.lora import ADAPTER_CONFIG_FILE, TrainResult, load_base, train_adapter
+from airv.core.augment import ViewPolicy
+from airv.core.prompt_format import PromptFormat
+from airv.core.prompts import for_tokenizer
+from airv.core.tasks import Task
+
+log = logging.getLogger(__name__)
+JOINT = "joint"  # the adapter's name in joint mode
+ADAPTERS_DIR = "adapters"
+_SAVE_MARGIN = 5.0  # seconds kept to write an adapter before the stage's deadline
+TTT_LOG = "ttt.jsonl"
+
+
+@dataclass(frozen=True)
+class StageJob:
+    """What a training process needs; picklable (sent to spawned processes)."""
+
+    model_dir: Path
+    fmt: PromptFormat
+    cfg: TTTConfig
+    policy: ViewPolicy
+    max_len: int
+    out_dir: Path  # adapters go to out_dir / <name>
+    task_cap: float  # seconds per adapter
+    deadline: float = float("inf")  # the stage's end (time.monotonic(), the same in every process)
+    threads: int | None = None
+    fail_tasks: tuple[str, ...] = ()  # test hook: these tasks raise inside training
+
+
+def read_results(path: Path) -> dict[str, TrainResult]:
+    """ttt.jsonl -> the last result per adapter name; damaged lines are skipped."""
+    out: dict[str, TrainResult] = {}
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return out
+    for line in raw.splitlines():
+        try:
+            d = orjson.loads(line)
+            out[str(d["name"])] = TrainResult(**d)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+    return out
+
+
+def _append(path: Path, result: TrainResult) -> None:
+    with open(path, "ab") as f:
+        f.write(orjson.dumps(asdict(result)) + b"\n")
+
+
+def _examples(job: StageJob, tasks: Sequence[Task], tokenizer: Any) -> list[Example]:
+    fmt = for_tokenizer(job.fmt, tokenizer)
+    out: list[Example] = []
+    for task in tasks:
+        out.extend(
+            task_examples(
+                task,
+                fmt,
+                tokenizer,
+                views=job.cfg.augmentations,
+                policy=job.policy,
+                max_len=job.max_len,
+            )
+        )
+    return out
+
+
+def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
+    """A training process: pull (name, tasks) items until the queue is empty."""
+    os.setsid()  # a group of its own: the parent ends it whole
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    model, tokenizer = load_base(job.model_dir, device, job.threads)
+    while True:
+        try:
+            name, tasks = todo.get(timeout=1.0)
+        except queue.Empty:
+            break
+        results.put(("start", name, os.getpid()))
+        t0 = time.monotonic()
+        try:
+            if name in job.fail_tasks:
+                raise RuntimeError("injected fault: training raised")
+            examples = _examples(job, tasks, tokenizer)
+            model, result = train_adapter(
+                model,
+                tokenizer,
+                name,
+                examples,
+                job.cfg,
+                job.out_dir / name,
+                # Stop in time to save the adapter before the parent ends the stage.
+                deadline=min(time.monotonic() + job.task_cap, job.deadline - _SAVE_MARGIN),
+            )
+        except Exception as exc:  # one task's failure must not cost the others
+            detail = traceback.format_exc(limit=3)
+            log.debug("training %s failed: %s", name, detail)
+            model = _strip_adapter(model)
+            result = TrainResult(
+                name, None, 0, None, time.monotonic() - t0, 0, f"{type(exc).__name__}: {exc}"
+            )
+        results.put(("done", name, result))
+
+
+def _strip_adapter(model: Any) -> Any:
+    """The base model again after a failure mid-training (peft layers removed if present)."""
+    unload: Callable[[], Any] | None = getattr(model, "unload", None)
+    if unload is not None:
+        with contextlib.suppress(Exception):
+            return unload()
+    return model
+
+
+@dataclass
+class StageReport:
+    adapters: dict[str, str]  # task id -> adapter directory (per task: its own; joint: shared)
+    results: list[TrainResult]
+    seconds: float
+    restarts: int = 0
+
+
+def run_stage(
+    tasks: Sequence[Task],
+    job: StageJob,
+    *,
+    deadline: float,
+    log_path: Path,
+    devices: Sequence[str | None] = (None,),
+) -> StageReport:
+    """Train the adapters `job.cfg.mode` asks for, until done or `deadline`."""
+    t0 = time.monotonic()
+    done = {r.name: r for r in read_results(log_path).values() if _ready(r)}
+    if job.cfg.mode is TTTMode.JOINT:
+        items = [] if JOINT in done else [(JOINT, list(tasks))]
+    else:
+        items = [(t.id, [t]) for t in tasks if t.id not in done]
+    results: list[TrainResult] = []
+    restarts = 0
+    if items:
+        job = replace(job, deadline=deadline)
+        results, restarts = _train(items, job, deadline, log_path, devices)
+    finished = {**done, **{r.name: r for r in results if _ready(r)}}
+    if job.cfg.mode is TTTMode.JOINT:
+        joint = finished.get(JOINT)
+        adapters = {t.id: joint.path for t in tasks if joint is not None and joint.path}
+    else:
+        adapters = {n: r.path for n, r in finished.items() if r.path}
+    return StageReport(adapters, results, time.monotonic() - t0, restarts)
+
+
+def _ready(r: TrainResult) -> bool:
+    return r.path is not None and (Path(r.path) / ADAPTER_CONFIG_FILE).is_file()
+
+
+def _train(
+    items: list[tuple[str, list[Task]]],
+    job: StageJob,
+    deadline: float,
+    log_path: Path,
+    devices: Sequence[str | None],
+) -> tuple[list[TrainResult], int]:
+    ctx = mp.get_context("spawn")
+    todo = ctx.Queue()
+    for item in items:
+        todo.put(item)
+    results_q = ctx.Queue()
+    procs: dict[Any, str | None] = {}
+    current: dict[int, str] = {}  # pid -> the name it is training
+
+    def start(device: str | None) -> None:
+        p = ctx.Process(target=_serve, args=(job, device, todo, results_q), daemon=False)
+        p.start()
+        procs[p] = device
+
+    for device in devices:
+        start(device)
+    results: list[TrainResult] = []
+    pending = {name for name, _ in items}
+    restarts = 0
+    try:
+        while pending and time.monotonic() < deadline:
+            try:
+                msg = results_q.get(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+            except queue.Empty:
+                msg = None
+            if msg is not None and msg[0] == "start":
+                current[msg[2]] = msg[1]
+            elif msg is not None:
+                result = msg[2]
+                pending.discard(result.name)
+                results.append(result)
+                _append(log_path, result)
+            for p in [p for p in procs if not p.is_alive()]:
+                device = procs.pop(p)
+                lost = current.pop(p.pid, None) if p.pid is not None else None
+                if lost is not None and lost in pending:
+                    # Died mid-task (e.g. killed for memory): that task keeps the base model.
+                    pending.discard(lost)
+                    failed = TrainResult(lost, None, 0, None, 0.0, 0, f"exit code {p.exitcode}")
+                    results.append(failed)
+                    _append(log_path, failed)
+                if pending and time.monotonic() < deadline and p.exitcode != 0:
+                    restarts += 1
+                    start(device)
+            if not procs:
+                break
+    finally:
+        for p in procs:
+            _kill(p)
+    return results, restarts
+
+
+def _kill(p: Any) -> None:
+    if p.pid is not None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+    p.join(5)
