@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airv.adapt.config import TTTConfig
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
 from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset
@@ -48,6 +49,7 @@ class RunConfig:
     workers: int = 1  # engine processes; one per GPU
     devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
     views: ViewPolicy = field(default_factory=ViewPolicy)  # augmentations and their seed
+    ttt: TTTConfig = field(default_factory=TTTConfig)  # test-time fine-tuning, off by default
     max_tasks: int | None = None  # only the first N tasks of the file get inference
     progress: bool = True
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from airv.adapt.config import TTTConfig, TTTMode
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
@@ -45,6 +46,7 @@ stopped and the last submission.json stands. Exit codes: 0 done or deadline reac
 _RUN = RunConfig(challenges=Path("."), out_dir=Path("."))
 _ENGINE = EngineConfig()
 _SAMPLING = SamplingConfig()
+_TTT = TTTConfig()
 
 
 def parse_task_cap(text: str) -> tuple[float | None, int | None]:
@@ -233,6 +235,63 @@ def add_format_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
+    """Test-time fine-tuning."""
+    tc = _TTT
+    g = p.add_argument_group(
+        "test-time fine-tuning (LoRA adapters trained on each task's own pairs; off by default)"
+    )
+    g.add_argument(
+        "--ttt",
+        choices=[m.value for m in TTTMode],
+        help="per-task: one adapter per task; joint: one for the whole file "
+        f"(default {tc.mode.value})",
+    )
+    g.add_argument(
+        "--ttt-budget",
+        metavar="SHARE",
+        help="the stage's share of the budget after the reserve: a fraction (0.4) or a duration "
+        f"(2h, 900s) (default {tc.budget})",
+    )
+    g.add_argument(
+        "--ttt-task-cap",
+        metavar="DURATION",
+        help="training time per adapter (default: 3 fair shares of the stage)",
+    )
+    g.add_argument("--ttt-steps", type=int, metavar="N", help=f"steps per adapter ({tc.steps})")
+    g.add_argument(
+        "--ttt-lr", type=float, metavar="LR", help=f"learning rate (default {tc.learning_rate})"
+    )
+    g.add_argument(
+        "--ttt-batch", type=int, metavar="N", help=f"sequences per step ({tc.batch_size})"
+    )
+    g.add_argument("--ttt-rank", type=int, metavar="R", help=f"LoRA rank (default {tc.rank})")
+    g.add_argument("--ttt-alpha", type=int, metavar="A", help=f"LoRA alpha (default {tc.alpha})")
+    g.add_argument(
+        "--ttt-target-modules",
+        metavar="NAMES",
+        help=f"peft target modules: all-linear or e.g. q_proj,v_proj ({tc.target_modules})",
+    )
+    g.add_argument(
+        "--ttt-augmentations",
+        type=int,
+        metavar="K",
+        help="augmented views per task; each gives one sequence per train pair "
+        f"(default {tc.augmentations})",
+    )
+
+
+def parse_share(text: str) -> float:
+    """'0.4' -> a fraction; '2h', '900s' or '900' -> seconds (a plain number above 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return parse_duration(text)
+    if value <= 0:
+        raise ConfigError(f"--ttt-budget must be positive, got {text!r}")
+    return value
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """How the model is loaded and served."""
     rc = _RUN
@@ -380,6 +439,7 @@ RUN_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
     add_augmentation_arguments,
     add_voting_arguments,
     add_format_arguments,
+    add_ttt_arguments,
     add_engine_arguments,
     add_sampling_arguments,
     add_output_arguments,
@@ -464,6 +524,21 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         engine=engine,
         sampling=sampling,
         prompt=prompt,
+        ttt=replace(
+            TTTConfig(),
+            mode=None if args.ttt is None else TTTMode(args.ttt),
+            budget=None if args.ttt_budget is None else parse_share(args.ttt_budget),
+            task_cap_seconds=None
+            if args.ttt_task_cap is None
+            else parse_duration(args.ttt_task_cap),
+            steps=args.ttt_steps,
+            learning_rate=args.ttt_lr,
+            batch_size=args.ttt_batch,
+            rank=args.ttt_rank,
+            alpha=args.ttt_alpha,
+            target_modules=args.ttt_target_modules,
+            augmentations=args.ttt_augmentations,
+        ),
         vote_mode=None if args.vote is None else VoteMode(args.vote),
         rescore_top=args.rescore_top,
         rescore_augmentations=args.rescore_augmentations,

@@ -11,6 +11,7 @@ The engine lives in worker processes (one per device); this process owns the clo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, defaultdict
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from airv.adapt.config import TTTMode
+from airv.adapt.stage import ADAPTERS_DIR, TTT_LOG, StageJob, run_stage
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
 from airv.core.formats import Rejection
@@ -55,6 +58,7 @@ class _Request:
     aug: Augmentation
     prompt: FittedPrompt
     round: int
+    adapter: str | None = None  # the task's test-time fine-tuned adapter, if it has one
 
     @property
     def cost(self) -> int:
@@ -62,7 +66,9 @@ class _Request:
 
     @property
     def request(self) -> GenerateRequest:
-        return GenerateRequest(tuple(self.prompt.token_ids), self.prompt.max_answer_tokens)
+        return GenerateRequest(
+            tuple(self.prompt.token_ids), self.prompt.max_answer_tokens, self.adapter
+        )
 
 
 class Run:
@@ -92,6 +98,7 @@ class Run:
         self._tokenizer: Any = None
         self._format: PromptFormat | None = None
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
+        self.adapters: dict[TaskId, str] = {}  # test-time fine-tuned adapters by task
         self._votes: dict[Unit, Vote] = {}
         self._counted: dict[Unit, int] = {}  # predictions each test input's vote has seen
         self._resume()
@@ -226,7 +233,7 @@ class Run:
             if not isinstance(fitted, FittedPrompt):
                 self._fail(task_id, f"prompt too long: {fitted}")
                 return []
-            out.append(_Request(unit, aug, fitted, round_no))
+            out.append(_Request(unit, aug, fitted, round_no, self.adapters.get(task_id)))
         return out
 
     def _fail(self, task_id: TaskId, reason: str) -> None:
@@ -234,14 +241,59 @@ class Run:
             log.warning("task %s gets the fallback: %s", task_id, reason)
             self.failed[task_id] = reason
 
+    # -- test-time fine-tuning ------------------------------------------------------------
+
+    def finetune(self) -> None:
+        """Train the adapters within the stage's share of the budget (processes of their own,
+        ended before the engine starts); a task whose adapter is not ready keeps the base."""
+        cfg, ttt = self.cfg, self.cfg.ttt
+        model = cfg.engine.model
+        if model is None:
+            return
+        available = cfg.time_budget - cfg.reserve
+        stage_end = min(self.clock.deadline, self.clock.start + ttt.budget_seconds(available))
+        tasks = [self.challenges.tasks[t] for t in self.task_ids if t not in self.failed]
+        if not tasks or stage_end <= time.monotonic():
+            return
+        left = stage_end - time.monotonic()
+        fair = left / (1 if ttt.mode is TTTMode.JOINT else len(tasks))
+        job = StageJob(
+            model_dir=model,
+            fmt=cfg.prompt,
+            cfg=ttt,
+            policy=cfg.views,
+            max_len=cfg.engine.max_model_len,
+            out_dir=cfg.out_dir / ADAPTERS_DIR,
+            # Default per-task cap: three fair shares, so one slow task cannot eat the stage.
+            task_cap=ttt.task_cap_seconds or 3 * fair,
+        )
+        devices: tuple[str | None, ...] = cfg.devices or (None,)
+        log.info("test-time fine-tuning %d task(s), %s", len(tasks), ttt.mode.value)
+        report = run_stage(
+            tasks, job, deadline=stage_end, log_path=cfg.out_dir / TTT_LOG, devices=devices
+        )
+        self.adapters = report.adapters
+        self.summary.ttt_seconds += report.seconds
+        for r in report.results:
+            self.summary.ttt[r.name] = {
+                "steps": r.steps,
+                "final_loss": r.final_loss,
+                "seconds": r.seconds,
+                "examples": r.examples,
+                "error": r.error,
+            }
+
     # -- engine --------------------------------------------------------------------------
 
     def start_workers(self) -> None:
         cfg = self.cfg
         n_gpus = 1 if cfg.devices else 0
+        engine = cfg.engine
+        if self.adapters:  # serve the adapters test-time fine-tuning trained
+            engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
         self.workers = [
             EngineWorker(
-                cfg.engine,
+                engine,
                 cfg.sampling,
                 device=cfg.devices[i] if cfg.devices else None,
                 n_gpus=n_gpus,
@@ -327,6 +379,8 @@ class Run:
         votes = self.write()  # a valid submission exists before the model even loads
         exit_code = 0
         try:
+            if self.cfg.ttt.enabled:
+                self.finetune()
             self._start_with_retry()
             round_no = 1
             while self.clock.left() > 0:
@@ -369,7 +423,9 @@ class Run:
             self.workers,
             "score",
             items,
-            request_of=lambda i: i.request,
+            request_of=lambda i: dataclasses.replace(
+                i.request, adapter=self.adapters.get(i.unit[0])
+            ),
             task_of=lambda i: i.unit[0],
             cost_of=lambda i: i.cost,
             deadline=self.clock.deadline,

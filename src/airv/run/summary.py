@@ -63,6 +63,10 @@ class RunSummary:
     rejected_tasks: dict[TaskId, str] = field(default_factory=dict)  # invalid in the file
     failed_tasks: dict[TaskId, str] = field(default_factory=dict)  # valid, but fallback
     per_task: dict[TaskId, TaskStats] = field(default_factory=dict)
+    # Test-time fine-tuning: the stage's seconds, and per adapter (task id or "joint") its
+    # steps, final loss, seconds and examples, or why it failed (that task keeps the base).
+    ttt_seconds: float = 0.0
+    ttt: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def add_prompt(self, task_id: TaskId, prompt_tokens: int, seconds: float) -> None:
         s = self.per_task.setdefault(task_id, TaskStats())
@@ -126,6 +130,17 @@ class RunSummary:
                 "rejected outputs: "
                 + ", ".join(f"{k} {v}" for k, v in self.rejections.most_common())
             )
+        if self.ttt:
+            ready = [r for r in self.ttt.values() if r.get("error") is None]
+            steps = sorted(int(r["steps"]) for r in ready)  # type: ignore[call-overload]
+            lines.append(
+                f"test-time fine-tuning: {len(ready)}/{len(self.ttt)} adapters in "
+                f"{format_duration(self.ttt_seconds)}"
+                + (f", median {steps[len(steps) // 2]} steps" if steps else "")
+            )
+            for name, r in list(self.ttt.items())[:20]:
+                if r.get("error") is not None:
+                    lines.append(f"  base model for {name}: fine-tuning failed ({r['error']})")
         if self.scoring_requests:
             lines.append(
                 f"re-scoring: {self.scoring_requests} likelihoods in {self.scoring_seconds:.1f}s"

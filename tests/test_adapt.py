@@ -1,0 +1,156 @@
+"""Test-time fine-tuning: training sequences, the stage's processes, faults and the deadline.
+
+The end-to-end accuracy test (adapters through the real vLLM engine) is in
+tests/test_ttt_engine.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.data import IGNORE, batches, leave_one_out, task_examples
+from airv.adapt.stage import JOINT, StageJob, read_results, run_stage
+from airv.core.augment import ViewPolicy
+from airv.core.errors import ConfigError
+from airv.core.prompt_format import DEFAULT_PRESET, load_preset
+from airv.core.prompts import answer_token_ids, fit_prompt
+from airv.core.tasks import Pair, Task
+
+TASK = Task(
+    "ttt00001",
+    train=(
+        Pair(((1, 2),), ((2, 1),)),
+        Pair(((3, 4),), ((4, 3),)),
+        Pair(((5, 6),), ((6, 5),)),
+    ),
+    test=(((7, 8),),),
+)
+
+
+def test_leave_one_out_holds_out_each_pair_in_turn() -> None:
+    subs = leave_one_out(TASK)
+    assert len(subs) == 3
+    for i, sub in enumerate(subs):
+        assert sub.test == (TASK.train[i].input,)
+        assert sub.train == TASK.train[:i] + TASK.train[i + 1 :]
+    assert leave_one_out(Task("one", TASK.train[:1], TASK.test)) == []
+
+
+def test_examples_are_the_pipelines_prompt_then_the_answer(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    fmt = load_preset(DEFAULT_PRESET)
+    examples = task_examples(TASK, fmt, tok, views=1, policy=ViewPolicy(), max_len=1024)
+    assert len(examples) == 3  # the identity view x 3 held-out pairs
+    first = examples[0]
+    prompt = fit_prompt(leave_one_out(TASK)[0], 0, fmt, tok, 1024)
+    answer = answer_token_ids(TASK.train[0].output, fmt, tok)
+    assert list(first.input_ids) == [*prompt.token_ids, *answer]  # type: ignore[union-attr]
+    labels = first.labels
+    assert labels[: first.n_prompt] == [IGNORE] * first.n_prompt
+    assert labels[first.n_prompt :] == answer  # loss on the answer and EOS only
+    more = task_examples(TASK, fmt, tok, views=4, policy=ViewPolicy(), max_len=1024)
+    assert len(more) == 12 and len({e.input_ids for e in more}) > 3
+
+
+def test_batches_cycle_through_every_example() -> None:
+    from airv.adapt.data import Example
+
+    examples = [Example("t", (i, i), 1) for i in range(5)]
+    drawn = batches(examples, 2, 5, seed=0)
+    assert len(drawn) == 5 and all(len(b) == 2 for b in drawn)
+    assert {e.input_ids for b in drawn for e in b} == {e.input_ids for e in examples}
+    assert batches([], 2, 5, seed=0) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"rank": 0}, {"learning_rate": 2.0}, {"steps": 0}, {"budget": 0}, {"target_modules": " "}],
+)
+def test_bad_ttt_options_are_config_errors(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        TTTConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_budget_is_a_share_or_seconds() -> None:
+    assert TTTConfig(budget=0.25).budget_seconds(400) == 100
+    assert TTTConfig(budget=90).budget_seconds(400) == 90
+    assert TTTConfig(budget=900).budget_seconds(400) == 400
+
+
+def _job(model: Path, tmp_path: Path, **kw: object) -> StageJob:
+    cfg = TTTConfig(mode=TTTMode.PER_TASK, steps=3, batch_size=2, augmentations=2, rank=4, alpha=8)
+    base: dict[str, object] = dict(
+        model_dir=model,
+        fmt=load_preset(DEFAULT_PRESET),
+        cfg=cfg,
+        policy=ViewPolicy(),
+        max_len=1024,
+        out_dir=tmp_path / "adapters",
+        task_cap=120.0,
+        threads=1,
+    )
+    base.update(kw)
+    return StageJob(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.engine
+def test_stage_trains_per_task_keeps_going_past_a_failure_and_resumes(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    tasks = [TASK, Task("ttt00002", TASK.train, TASK.test), Task("ttt00003", TASK.train, TASK.test)]
+    job = _job(tiny_model, tmp_path, fail_tasks=("ttt00002",))
+    log = tmp_path / "ttt.jsonl"
+    report = run_stage(tasks, job, deadline=time.monotonic() + 300, log_path=log)
+    assert set(report.adapters) == {"ttt00001", "ttt00003"}  # the failure keeps the base model
+    failed = {r.name: r.error for r in report.results if r.error}
+    assert "injected fault" in str(failed["ttt00002"])
+    for name in ("ttt00001", "ttt00003"):
+        assert (Path(report.adapters[name]) / "adapter_config.json").is_file()
+    ok = read_results(log)["ttt00001"]
+    assert ok.steps == 3 and ok.final_loss is not None and ok.examples == 2 * 3
+    # A resumed run trains only what has no adapter yet.
+    again = run_stage(
+        tasks, _job(tiny_model, tmp_path), deadline=time.monotonic() + 300, log_path=log
+    )
+    assert [r.name for r in again.results] == ["ttt00002"]
+    assert set(again.adapters) == {t.id for t in tasks}
+
+
+@pytest.mark.engine
+def test_joint_mode_trains_one_adapter_for_every_task(tmp_path: Path, tiny_model: Path) -> None:
+    cfg = TTTConfig(mode=TTTMode.JOINT, steps=2, batch_size=2, augmentations=1, rank=4, alpha=8)
+    tasks = [TASK, Task("ttt00002", TASK.train, TASK.test)]
+    report = run_stage(
+        tasks,
+        _job(tiny_model, tmp_path, cfg=cfg),
+        deadline=time.monotonic() + 300,
+        log_path=tmp_path / "ttt.jsonl",
+    )
+    assert [r.name for r in report.results] == [JOINT]
+    assert report.results[0].examples == 2 * 3
+    assert set(report.adapters) == {t.id for t in tasks}
+    assert len(set(report.adapters.values())) == 1
+
+
+@pytest.mark.engine
+def test_the_stage_deadline_ends_training_and_its_processes(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    cfg = TTTConfig(mode=TTTMode.PER_TASK, steps=10**6, batch_size=2, augmentations=1, rank=4)
+    t0 = time.monotonic()
+    report = run_stage(
+        [TASK],
+        _job(tiny_model, tmp_path, cfg=cfg),
+        deadline=time.monotonic() + 20,
+        log_path=tmp_path / "ttt.jsonl",
+    )
+    assert time.monotonic() - t0 < 40
+    # Training stops a margin before the deadline and saves what it has.
+    (result,) = report.results
+    assert result.steps > 0 and result.path is not None
