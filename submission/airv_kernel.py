@@ -24,7 +24,16 @@ CONFIG: dict[str, object] = json.loads(r"""{}""")
 # --- end airv-config ---
 
 
-def _find_wheel_dir(input_dir: Path, max_depth: int = 6) -> Path | None:
+# Tasks in quick mode (an interactive session on the public placeholder file), unless
+# kaggle-config.json's quick_tasks says otherwise.
+QUICK_TASKS = 5
+# The same search as airv.kaggle.paths (which cannot be imported before airv is installed):
+# breadth-first, sorted, symlinked folders skipped, at most this deep. tests/test_kaggle.py
+# checks that the two agree.
+MAX_DEPTH = 7
+
+
+def _find_wheel_dir(input_dir: Path, max_depth: int = MAX_DEPTH) -> Path | None:
     """The attached folder that holds airv's wheel (airv itself is not importable yet)."""
     level = [input_dir]
     for _ in range(max_depth + 1):
@@ -33,16 +42,17 @@ def _find_wheel_dir(input_dir: Path, max_depth: int = 6) -> Path | None:
             if any(d.glob("airv-*.whl")):
                 return d
             try:
-                nxt.extend(sorted(p for p in d.iterdir() if p.is_dir()))
+                nxt.extend(sorted(p for p in d.iterdir() if p.is_dir() and not p.is_symlink()))
             except OSError:
                 continue
         level = nxt
     return None
 
 
-def ensure_installed(root: Path, need_vllm: bool) -> None:
-    """pip-install airv (and vLLM) from the attached wheel folder, offline, if missing."""
-    wanted = ["airv"] + (["vllm"] if need_vllm else [])
+def ensure_installed(root: Path, need_vllm: bool, need_peft: bool = False) -> None:
+    """pip-install airv (and vLLM, and peft for test-time fine-tuning) from the attached wheel
+    folder, offline, if missing."""
+    wanted = ["airv"] + (["vllm"] if need_vllm else []) + (["peft"] if need_peft else [])
     missing = [m for m in wanted if importlib.util.find_spec(m) is None]
     if not missing:
         return
@@ -93,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument(
         "--quick",
         action="store_true",
-        help="only a few tasks (CONFIG quick_tasks, default 5); the default in an interactive "
-        "Kaggle session on the public placeholder file",
+        help=f"only a few tasks (CONFIG quick_tasks, default {QUICK_TASKS}); the default in an "
+        "interactive Kaggle session on the public placeholder file",
     )
     mode.add_argument("--full", action="store_true", help="all tasks, even interactively")
     parser.add_argument(
@@ -104,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_options = dict(CONFIG.get("run", {}))  # type: ignore[call-overload]
     need_vllm = run_options.get("engine", "vllm") == "vllm"
-    ensure_installed(args.root, need_vllm)
+    need_peft = run_options.get("ttt", "off") != "off" or "--ttt" in args.run_args
+    ensure_installed(args.root, need_vllm, need_peft)
 
     from airv.cli import main as airv
     from airv.kaggle import paths as kaggle
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         not args.full and kaggle.is_interactive_kaggle() and not kaggle.is_hidden_rerun()
     )
     if quick:
-        run_options["max-tasks"] = CONFIG.get("quick_tasks", 5)
+        run_options["max-tasks"] = CONFIG.get("quick_tasks", QUICK_TASKS)
         print(f"airv kernel: quick mode, {run_options['max-tasks']} tasks (--full for all)")
 
     argv_run = [

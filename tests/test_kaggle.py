@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -230,3 +231,63 @@ def test_wheelhouse_installs_offline_into_a_fresh_venv(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "OK, 1 tasks" in proc.stdout
+
+
+def _entry_module() -> Any:
+    """The kernel entry script as a module (it cannot import airv before installing it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("airv_kernel_entry", ENTRY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tree(root: Path, wheel_dirs: list[str], links: dict[str, str] | None = None) -> Path:
+    inp = root / "input"
+    inp.mkdir(parents=True)
+    for d in wheel_dirs:
+        (inp / d).mkdir(parents=True, exist_ok=True)
+        (inp / d / "airv-0.1.0-py3-none-any.whl").write_bytes(b"")
+    for name, target in (links or {}).items():
+        (inp / name).symlink_to(inp / target)
+    return inp
+
+
+@pytest.mark.parametrize(
+    ("wheel_dirs", "links"),
+    [
+        (["datasets/me/wheels"], None),
+        (["a/b/c/d/e/f/g"], None),  # depth 7: found by both
+        (["a/b/c/d/e/f/g/h"], None),  # depth 8: found by neither
+        (["z/wheels", "a/wheels"], None),  # two: the same one (sorted, breadth-first)
+        (["deep/x/y/wheels", "top"], None),
+        ([], {"link": "real"}),  # nothing at all
+    ],
+)
+def test_the_kernels_wheel_search_agrees_with_airvs(
+    tmp_path: Path, wheel_dirs: list[str], links: dict[str, str] | None
+) -> None:
+    if links:
+        (tmp_path / "input" / "real" / "w").mkdir(parents=True)
+        (tmp_path / "input" / "real" / "w" / "airv-0.1.0-py3-none-any.whl").write_bytes(b"")
+        inp = tmp_path / "input"
+        for name, target in links.items():
+            (inp / name).symlink_to(inp / target)
+    else:
+        inp = _tree(tmp_path, wheel_dirs)
+    entry = _entry_module()
+    assert entry.MAX_DEPTH == kaggle.MAX_DEPTH
+    assert entry._find_wheel_dir(inp) == kaggle.find_wheels(inp)
+
+
+def test_a_symlinked_folder_is_not_searched(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "airv-0.1.0-py3-none-any.whl").write_bytes(b"")
+    inp = tmp_path / "input"
+    inp.mkdir()
+    (inp / "link").symlink_to(outside)
+    assert _entry_module()._find_wheel_dir(inp) is None
+    assert kaggle.find_wheels(inp) is None

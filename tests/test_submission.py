@@ -133,6 +133,8 @@ def broken(change: str) -> dict[str, object]:
             entries[1] = [[1]]
         case "missing key":
             del entries[1]["attempt_2"]
+        case "extra key":
+            entries[1]["attempt_3"] = [[1]]
         case "bool cell":
             entries[1]["attempt_1"] = [[True]]
         case "float cell":
@@ -164,6 +166,7 @@ RULES = {
     "task not a list": "task b: is not a list of test entries",
     "entry not an object": "task b: test entry 1 is not an object",
     "missing key": "task b: test entry 1 has no 'attempt_2'",
+    "extra key": "task b: test entry 1 has unknown key(s) 'attempt_3'",
     "bool cell": "task b: test entry 1 attempt_1 row 0 cell 0 is a boolean",
     "float cell": "task b: test entry 1 attempt_1 row 0 cell 0 is a float",
     "string cell": "task b: test entry 1 attempt_1 row 0 cell 0 is a string",

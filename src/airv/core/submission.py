@@ -68,6 +68,12 @@ def _entry_problems(task_id: TaskId, i: int, entry: object) -> list[str]:
     if not isinstance(entry, dict):
         return [f"task {task_id}: test entry {i} is not an object with attempt_1/attempt_2"]
     problems = []
+    unknown = sorted(str(k) for k in entry if k not in ATTEMPT_KEYS)
+    if unknown:
+        problems.append(
+            f"task {task_id}: test entry {i} has unknown key(s) {', '.join(map(repr, unknown))};"
+            f" Kaggle's format has exactly {' and '.join(ATTEMPT_KEYS)}"
+        )
     for key in ATTEMPT_KEYS:
         if key not in entry:
             problems.append(f"task {task_id}: test entry {i} has no '{key}'")

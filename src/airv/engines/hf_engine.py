@@ -137,7 +137,15 @@ class HfEngine:
         name = self._adapters.get(adapter)
         if name is None:
             name = f"adapter-{len(self._adapters) + 1}"
-            self._model.load_adapter(adapter, adapter_name=name)
+            from transformers.utils import logging as hf_logging
+
+            # transformers reports every other adapter's keys as "missing": noise, not news.
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                self._model.load_adapter(adapter, adapter_name=name)
+            finally:
+                hf_logging.set_verbosity(level)
             self._adapters[adapter] = name
         self._model.set_adapter(name)
         self._model.enable_adapters()
