@@ -352,10 +352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="wall-clock training budget")
     budget.add_argument("--steps", type=int, help="step budget (reproducible)")
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    parser.add_argument("--eval-tasks", type=int, default=100)
-    # On a CPU shared with other jobs one thread was measured 2.5x faster per step than two.
-    parser.add_argument("--threads", type=int, default=2)
+    # Defaults are train()'s: a flag left out is not passed.
+    parser.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints")
+    parser.add_argument("--eval-tasks", type=int, help="held-out tasks for the accuracy log")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads; on a CPU shared with other jobs, one thread was measured 2.5x "
+        "faster per step than two",
+    )
     parser.add_argument("--row-numbers", action="store_true")
     parser.add_argument("--shape-header", action="store_true")
     parser.add_argument("--layers", type=int, default=None)
@@ -390,15 +395,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch is not None:
         overrides["batch_size"] = args.batch
     recipe = replace(recipe, **overrides)
+    given = {
+        "checkpoint_minutes": args.checkpoint_minutes,
+        "eval_tasks": args.eval_tasks,
+        "threads": args.threads,
+    }
     train(
         args.out,
         seed=args.seed,
         minutes=args.minutes,
         steps=args.steps,
         recipe=recipe,
-        checkpoint_minutes=args.checkpoint_minutes,
-        eval_tasks=args.eval_tasks,
-        threads=args.threads,
+        **{k: v for k, v in given.items() if v is not None},
     )
     return 0
 
