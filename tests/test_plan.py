@@ -41,6 +41,10 @@ def test_plan_arithmetic() -> None:
     assert plan.to_json()["too_long"] == [{"task_id": "c", "test_index": 0, "needed": 9000}]
     broke = Plan(_throughput(start=500.0), costs, 130.0, 20.0, 1, 1)
     assert broke.available == 0.0 and broke.augmentations == 0
+    # Test-time fine-tuning takes its share before inference: fewer augmentations fit.
+    tuned = Plan(_throughput(), costs, 130.0, 20.0, 1, 1, ttt_seconds=40.0)
+    assert tuned.available == pytest.approx(60.0) and tuned.augmentations == 25
+    assert "fine-tuning 40s" in tuned.render()
 
 
 def test_calibration_spreads_over_prompt_lengths() -> None:

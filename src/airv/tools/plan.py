@@ -92,10 +92,13 @@ class Plan:
     reserve: float
     workers: int
     n_per_prompt: int  # completions per prompt (SamplingConfig.n)
+    ttt_seconds: float = 0.0  # the test-time fine-tuning stage's share, before inference
 
     @property
     def available(self) -> float:
-        return max(0.0, self.budget - self.reserve - self.throughput.start_seconds)
+        return max(
+            0.0, self.budget - self.reserve - self.ttt_seconds - self.throughput.start_seconds
+        )
 
     @property
     def sweep_seconds(self) -> float:
@@ -133,6 +136,7 @@ class Plan:
             "sweep_seconds": self.sweep_seconds,
             "budget": self.budget,
             "reserve": self.reserve,
+            "ttt_seconds": self.ttt_seconds,
             "available": self.available,
             "workers": self.workers,
             "augmentations": self.augmentations,
@@ -155,7 +159,8 @@ class Plan:
             f"{self.n_per_prompt} x {answer:,.0f} answer tokens (allowance) = "
             f"{format_duration(self.sweep_seconds)} on {self.workers} worker(s)",
             f"budget {format_duration(self.budget)} - reserve {format_duration(self.reserve)} - "
-            f"start-up = {format_duration(self.available)}",
+            + (f"fine-tuning {format_duration(self.ttt_seconds)} - " if self.ttt_seconds else "")
+            + f"start-up = {format_duration(self.available)}",
             f"=> {self.augmentations} augmentations per test input fit "
             f"(e.g. --max-augmentations {max(self.augmentations, 1)}; predicted run time "
             f"{format_duration(self.predicted_seconds(self.augmentations))})",
@@ -309,6 +314,10 @@ def make_plan(
         reserve=cfg.reserve,
         workers=cfg.workers,
         n_per_prompt=cfg.sampling.n,
+        # The stage takes its share of the budget (the run ends it there), then inference.
+        ttt_seconds=(
+            cfg.ttt.budget_seconds(cfg.time_budget - cfg.reserve) if cfg.ttt.enabled else 0.0
+        ),
     )
 
 
