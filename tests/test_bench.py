@@ -55,17 +55,37 @@ def test_tokens_per_grid_follows_the_format(bench: ModuleType, char_tokenizer: o
         bench.tokens_per_grid([], char_tokenizer)
 
 
-def test_sections_are_registered_and_render(bench: ModuleType) -> None:
-    assert set(bench.SECTIONS) == set(bench.Section) == set(bench.ORDER)
-    md = bench.render_markdown(
-        {
-            "mode": "quick",
-            "machine": bench.machine_info(),
-            "load_start": 1.0,
-            "sections": {},
-        }
-    )
-    assert md.startswith("# airv benchmarks")
+def test_every_section_is_declared_once_with_its_renderer(bench: ModuleType) -> None:
+    names = [s.name for s in bench.SECTIONS]
+    assert len(names) == len(set(names)) and set(names) == set(bench.Section)
+    assert all(callable(s.measure) and callable(s.render) for s in bench.SECTIONS)
+
+
+def test_each_section_renders_a_real_runs_results(bench: ModuleType) -> None:
+    """bench/results.json holds a real run's results: every section's renderer writes its
+    heading and the figures it was given, and the whole report puts them in order."""
+    import json
+
+    results = json.loads(BENCH.with_name("results.json").read_text())
+    sections = results["sections"]
+    assert set(sections) == {s.name.value for s in bench.SECTIONS}
+    headings = []
+    for s in bench.SECTIONS:
+        md = "\n".join(s.render(sections[s.name.value]))
+        heading = next(line for line in md.splitlines() if line.startswith("## "))
+        headings.append(heading)
+        assert "|" in md, f"{s.name}: no table"
+    throughput = "\n".join(bench._render_throughput(sections["throughput"]))
+    prompts = sections["throughput"]["workload"]["prompts"]
+    assert f"= {prompts} prompts" in throughput
+    report = bench.render_markdown(results)
+    positions = [report.index(h) for h in headings]
+    assert positions == sorted(positions)  # numbered 1..6 in report order
+    assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 7)]
+    # A section missing from the results is left out, not rendered empty.
+    partial = {**results, "sections": {"tokens": sections["tokens"]}}
+    assert "## 1." not in bench.render_markdown(partial)
+    assert "## 3." in bench.render_markdown(partial)
 
 
 VOTE_MODES = BENCH.with_name("vote_modes.py")
@@ -125,3 +145,16 @@ def test_vote_modes_writes_its_table(
     assert len(rows) == 8
     assert sum("rescore (top 4 x 4 augs)" in r for r in rows) == 1
     assert all(r.split("|")[3].strip() == "0.000" for r in rows)  # the bigram model answers "12"
+
+
+def test_the_bench_uses_the_models_own_context_length(bench: ModuleType, tmp_path: Path) -> None:
+    """`--model models/airv-demo` once failed at engine start: the bench asked for 8192
+    tokens of a model that allows 4096."""
+    from airv.engines.config import EngineConfig
+
+    demo = BENCH.parents[1] / "models" / "airv-demo"
+    b = bench.Bench(bench.QUICK, tmp_path, model=demo, seed=0)
+    assert b.max_model_len(bench.ModelKind.RANDOM) == 4096
+    assert b.engine_config(bench.ModelKind.RANDOM).max_model_len == 4096
+    b.user_model = None  # the tiny model built on the spot has no such limit
+    assert b.max_model_len(bench.ModelKind.RANDOM) == EngineConfig().max_model_len
