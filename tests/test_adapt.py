@@ -110,8 +110,11 @@ def test_stage_trains_per_task_keeps_going_past_a_failure_and_resumes(
     assert set(report.adapters) == {"ttt00001", "ttt00003"}  # the failure keeps the base model
     failed = {r.name: r.error for r in report.results if r.error}
     assert "injected fault" in str(failed["ttt00002"])
+    from airv.adapt.lora import check_adapter
+
     for name in ("ttt00001", "ttt00003"):
-        assert (Path(report.adapters[name]) / "adapter_config.json").is_file()
+        assert check_adapter(Path(report.adapters[name]), max_rank=4) is None
+    assert "rank 4" in str(check_adapter(Path(report.adapters["ttt00001"]), max_rank=2))
     ok = read_results(log)["ttt00001"]
     assert ok.steps == 3 and ok.final_loss is not None and ok.examples == 2 * 3
     # A resumed run trains only what has no adapter yet.
@@ -154,3 +157,27 @@ def test_the_stage_deadline_ends_training_and_its_processes(
     # Training stops a margin before the deadline and saves what it has.
     (result,) = report.results
     assert result.steps > 0 and result.path is not None
+
+
+@pytest.mark.engine
+def test_a_killed_training_process_costs_its_task_only(tmp_path: Path, tiny_model: Path) -> None:
+    """The training process killed mid-task, as an out-of-memory kill does: that task keeps
+    the base model, a fresh process trains the rest."""
+    tasks = [TASK, Task("ttt00002", TASK.train, TASK.test), Task("ttt00003", TASK.train, TASK.test)]
+    job = _job(tiny_model, tmp_path, kill_tasks=("ttt00002",))
+    report = run_stage(tasks, job, deadline=time.monotonic() + 300, log_path=tmp_path / "t.jsonl")
+    assert set(report.adapters) == {"ttt00001", "ttt00003"}
+    assert report.restarts == 1
+    failed = {r.name: r.error for r in report.results if r.error}
+    assert failed == {"ttt00002": "exit code -9"}
+
+
+def test_a_damaged_adapter_is_not_served(tmp_path: Path) -> None:
+    from airv.adapt.lora import check_adapter
+
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    assert "cannot read" in str(check_adapter(adapter, 16))  # no weights
+    (adapter / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    assert "cannot read" in str(check_adapter(adapter, 16))

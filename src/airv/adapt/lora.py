@@ -126,3 +126,26 @@ def train_adapter(
     base = peft_model.unload()
     result = TrainResult(name, path, steps, final, time.monotonic() - t0, len(examples), error)
     return base, result
+
+
+def check_adapter(path: Path, max_rank: int) -> str | None:
+    """Why an adapter directory cannot be served (a missing or unreadable file, a rank above
+    the engine's), or None. Checked before the engine starts: a bad adapter must cost its own
+    task the adapter, not fail the batch it would ride in."""
+    import orjson
+    from safetensors import safe_open
+
+    config = path / ADAPTER_CONFIG_FILE
+    weights = path / "adapter_model.safetensors"
+    try:
+        rank = orjson.loads(config.read_bytes()).get("r")
+        with safe_open(str(weights), framework="numpy") as f:
+            if not list(f.keys()):
+                return f"{weights.name} holds no tensors"
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"cannot read the adapter: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # safetensors raises its own error types on a damaged file
+        return f"cannot read the adapter: {type(exc).__name__}: {exc}"
+    if not isinstance(rank, int) or not 1 <= rank <= max_rank:
+        return f"rank {rank!r} is not within 1..{max_rank}"
+    return None

@@ -57,6 +57,7 @@ class StageJob:
     deadline: float = float("inf")  # the stage's end (time.monotonic(), the same in every process)
     threads: int | None = None
     fail_tasks: tuple[str, ...] = ()  # test hook: these tasks raise inside training
+    kill_tasks: tuple[str, ...] = ()  # test hook: the process is killed on these (as by OOM)
 
 
 def read_results(path: Path) -> dict[str, TrainResult]:
@@ -113,6 +114,10 @@ def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
         try:
             if name in job.fail_tasks:
                 raise RuntimeError("injected fault: training raised")
+            if name in job.kill_tasks:
+                results.close()
+                results.join_thread()  # the "start" message is out, as in a real run
+                os.kill(os.getpid(), signal.SIGKILL)
             examples = _examples(job, tasks, tokenizer)
             model, result = train_adapter(
                 model,

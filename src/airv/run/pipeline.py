@@ -17,9 +17,11 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from airv.adapt.config import TTTMode
+from airv.adapt.lora import check_adapter
 from airv.adapt.stage import ADAPTERS_DIR, TTT_LOG, StageJob, run_stage
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
@@ -272,7 +274,6 @@ class Run:
         report = run_stage(
             tasks, job, deadline=stage_end, log_path=cfg.out_dir / TTT_LOG, devices=devices
         )
-        self.adapters = report.adapters
         self.summary.ttt_seconds += report.seconds
         for r in report.results:
             self.summary.ttt[r.name] = {
@@ -282,6 +283,16 @@ class Run:
                 "examples": r.examples,
                 "error": r.error,
             }
+        bad: dict[str, str] = {}
+        for task_id, path in report.adapters.items():
+            why = bad.get(path) or check_adapter(Path(path), ttt.rank)
+            if why is None:
+                self.adapters[task_id] = path
+                continue
+            bad[path] = why
+            log.warning("task %s keeps the base model: %s", task_id, why)
+            entry = self.summary.ttt.setdefault(task_id, {"steps": 0, "seconds": 0.0})
+            entry["error"] = f"adapter not served: {why}"
 
     # -- engine --------------------------------------------------------------------------
 
