@@ -1,4 +1,5 @@
-"""`airv run` and `airv vote`: their options, and how the options become a RunConfig.
+"""The options of `airv run` (which `airv eval` and `airv plan` share), in groups, and how the
+options become a RunConfig.
 
 Every flag defaults to None and only overrides the defaults held by the config dataclasses,
 so a default is stated once (airv.run.config, airv.engines.config) and `--help` quotes it.
