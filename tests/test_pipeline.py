@@ -131,6 +131,28 @@ def test_vllm_end_to_end_survives_a_killed_worker(tmp_path: Path, bigram_model: 
     assert summary["tokens_out"] == 32 * 3  # "1", "2", EOS
 
 
+def test_vllms_own_engine_process_killed_mid_run_is_restarted(
+    tmp_path: Path, bigram_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILL of VLLM::EngineCore (what an out-of-memory kill does) before the second call:
+    the worker cannot tell, the parent watches vLLM's processes, ends the group and restarts
+    the engine; what was logged stays, and every task is answered."""
+    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(3)], broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.VLLM, batch_prompts=4)
+    run = Run(cfg, faults=Faults(kill_engine_on_call=2))
+    t0 = time.monotonic()
+    assert run.execute() == 0
+    assert run.summary.restarts == 1 and run.summary.stopped_by == "done"
+    assert "vLLM's engine process" in caplog.text  # seen dead by the parent's watch
+    # Noticed within seconds: the run took two engine start-ups, not a wait for the deadline.
+    assert time.monotonic() - t0 < cfg.time_budget / 3
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert len({(p.task_id, p.aug) for p in records}) == len(records) == 3 * 8
+    assert _no_process_left(run.worker_pids)
+    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
+
+
 def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> None:
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
     out = tmp_path / "out"
@@ -170,7 +192,7 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
     out = tmp_path / "out"
     # Each batch is one task's 4 prompts; every worker life fails on its second call.
     run = Run(
-        _config(ch, out, bigram_model, Backend.HF, batch_prompts=4),
+        _config(ch, out, bigram_model, Backend.HF, batch_prompts=4, max_restarts=1),
         faults=Faults(raise_on_call=2, lives=2),
     )
     assert run.execute() == 3

@@ -46,6 +46,9 @@ class Faults:
     raise_on_call: int | None = None  # the engine raises mid-batch
     exit_on_call: int | None = None  # the process dies without a word (as if OOM-killed)
     hang_on_call: int | None = None  # the engine never answers
+    # vLLM's own engine process (VLLM::EngineCore) is killed with SIGKILL, as an
+    # out-of-memory kill would, just before this call reaches it.
+    kill_engine_on_call: int | None = None
     lives: int = 1
 
 
@@ -68,7 +71,10 @@ def _serve(
     except BaseException as exc:  # report any start-up failure to the parent, then end
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return
-    conn.send(("ready", None))
+    # The engine's own processes (vLLM's EngineCore and its workers): the parent watches them,
+    # since the engine's client in this process may wait forever for a dead one.
+    engine_pids = descendants(os.getpid())
+    conn.send(("ready", engine_pids))
     calls = 0
     while True:
         try:
@@ -83,6 +89,10 @@ def _serve(
                 os._exit(17)
             if calls == faults.hang_on_call:
                 time.sleep(10**6)
+            if calls == faults.kill_engine_on_call:
+                for pid in engine_pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         try:
             if calls == faults.raise_on_call and method == "generate":
                 raise RuntimeError("injected fault: engine raised mid-batch")
@@ -120,13 +130,14 @@ class EngineWorker:
         self._proc.start()
         child.close()
         self._pending = False
+        self.engine_pids: list[int] = []  # vLLM's own processes, known once the engine is up
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid
 
     def wait_ready(self, deadline: float) -> None:
-        self._receive(deadline)
+        self.engine_pids = list(self._receive(deadline) or [])
 
     def submit(self, method: str, payload: Any) -> None:
         """Send a call without waiting: workers on several GPUs run concurrently."""
@@ -165,6 +176,10 @@ class EngineWorker:
                 code = self._proc.exitcode
                 self.kill()
                 raise WorkerDied(f"{self.name}: engine process ended (exit code {code})")
+            dead = [pid for pid in self.engine_pids if not process_alive(pid)]
+            if dead:
+                self.kill()
+                raise WorkerDied(f"{self.name}: vLLM's engine process {dead[0]} died")
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError) as exc:
@@ -234,3 +249,34 @@ def fan_out(
         w.submit(method, [request_of(x) for x in share])
     for w, share in busy:
         yield share, w.result(deadline)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; [] elsewhere)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

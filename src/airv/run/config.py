@@ -47,6 +47,9 @@ class RunConfig:
     cheapest_first: bool = True  # order work by prompt length, so most tasks answer early
     batch_prompts: int = 256  # prompts per engine call; submission.json is rewritten after each
     workers: int = 1  # engine processes; one per GPU
+    # Engine restarts after a death (its process, vLLM's own, or an error) while time remains;
+    # one more failure ends the run with exit 3 (submission.json written).
+    max_restarts: int = 3
     devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
     views: ViewPolicy = field(default_factory=ViewPolicy)  # augmentations and their seed
     ttt: TTTConfig = field(default_factory=TTTConfig)  # test-time fine-tuning, off by default
@@ -64,6 +67,8 @@ class RunConfig:
             raise ConfigError(f"{self.workers} workers but {len(self.devices)} devices")
         if self.reserve < 0 or self.time_budget <= 0:
             raise ConfigError("time_budget must be > 0 and reserve >= 0")
+        if self.max_restarts < 0:
+            raise ConfigError("max_restarts must be >= 0")
         if self.batch_prompts < 1:
             raise ConfigError("batch_prompts must be >= 1")
 

@@ -412,7 +412,7 @@ class Run:
         except EngineError as exc:
             self.summary.stopped_by = "engine failure"
             self.summary.error = str(exc).splitlines()[0]
-            log.error("engine failed again after a restart: %s", exc)
+            log.error("engine failed after %d restart(s): %s", self.restarts, exc)
             exit_code = exc.exit_code
         finally:
             self.stop_workers()
@@ -459,13 +459,19 @@ class Run:
             self._restart(exc)
 
     def _restart(self, exc: WorkerDied) -> None:
-        """Restart the engine once per run; a second failure ends the run."""
+        """Restart the engine, up to cfg.max_restarts times per run while time remains; one
+        failure more ends the run."""
         self.stop_workers()
-        if self.restarts >= 1:
+        if self.restarts >= self.cfg.max_restarts or self.clock.left() <= 0:
             raise exc
         self.restarts += 1
         self.summary.restarts = self.restarts
-        log.warning("engine died (%s); restarting it once", str(exc).splitlines()[0])
+        log.warning(
+            "engine died (%s); restart %d of at most %d",
+            str(exc).splitlines()[0],
+            self.restarts,
+            self.cfg.max_restarts,
+        )
         self.start_workers()
 
     def _run_round(self, round_no: int, requests: list[_Request]) -> tuple[dict[Unit, Vote], bool]:
