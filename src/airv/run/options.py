@@ -40,7 +40,8 @@ resumes from it. OUT/run_summary.json holds the figures for tuning the budget.
 
 The clock starts at process start (model loading counts). At the deadline the engine is
 stopped and the last submission.json stands. Exit codes: 0 done or deadline reached,
-2 bad input or options, 3 the engine failed twice (a valid submission.json is still written).
+2 bad input or options, 3 the engine kept failing after its restarts (a valid
+submission.json is still written).
 """
 
 # The defaults, for --help texts: quoted from the config dataclasses, never restated.
