@@ -144,3 +144,49 @@ def test_every_option_group_is_taken_by_airv_run_once() -> None:
         g.title for g in p._action_groups if g.title not in ("options", "positional arguments")
     ]
     assert len(titles) == len(set(titles)) == len(runopts.RUN_GROUPS) + 1  # + inputs
+
+
+def test_the_reserve_scales_with_a_short_budget() -> None:
+    short = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=600)
+    long = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=11.5 * 3600)
+    assert short.reserve_seconds == 30  # 5% of 10 minutes
+    assert long.reserve_seconds == 120  # capped at 2 minutes
+    given = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=600, reserve=5)
+    assert given.reserve_seconds == 5
+
+
+def test_the_default_task_cap_is_a_multiple_of_the_fair_share() -> None:
+    cfg = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=1000, reserve=0)
+    assert cfg.task_cap(10) == cfg.task_cap_shares * 100
+    capped = RunConfig(
+        challenges=Path("c"), out_dir=Path("o"), time_budget=1000, task_cap_seconds=7
+    )
+    assert capped.task_cap(10) == 7
+
+
+def test_a_budget_too_short_for_the_engine_warns_and_eval_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--time-budget 120s leaves nothing after the reserve: the run warns, writes a valid
+    submission with no answers, and `airv eval` says why there are no predictions."""
+    from airv.core.tasks import dump_solutions
+    from airv.run.pipeline import Run
+    from airv.run.predictions import read_logged_candidates
+
+    ch = tmp_path / "ch.json"
+    dump_challenges([Task("t1", (Pair(((1,),), ((2,),)),), (((1,),),))], ch)
+    dump_solutions({"t1": [((2,),)]}, tmp_path / "sol.json")
+    cfg = RunConfig(
+        challenges=ch,
+        out_dir=tmp_path / "out",
+        engine=EngineConfig(model=tmp_path / "no-model"),
+        time_budget=1,
+        reserve=1,
+        progress=False,
+    )
+    run = Run(cfg)
+    assert run.execute() == 0
+    assert "may produce no answers" in caplog.text
+    assert (tmp_path / "out" / "submission.json").is_file()
+    with pytest.raises(InputError, match="its engine never started"):
+        read_logged_candidates(tmp_path / "out" / "predictions.jsonl")

@@ -21,6 +21,11 @@ SUBMISSION_FILE = "submission.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "run_summary.json"
 SCORES_FILE = "scores.jsonl"
+RESERVE_CAP = 120.0  # seconds: the default reserve's ceiling ...
+RESERVE_SHARE = 0.05  # ... and its share of the budget below that
+# Start-up of an engine seen on CPU (vLLM, the tiny models): a budget that leaves less than
+# this after the reserve gets a warning that the engine may not even start.
+ENGINE_START_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,16 @@ class RunConfig:
     rescore_top: int = 4  # with --vote rescore: distinct candidates scored per test input (M)
     rescore_augmentations: int = 4  # ... each under this many augmentations (J)
     time_budget: float = 11.5 * 3600  # seconds from process start, model loading included
-    reserve: float = 120.0  # seconds kept back for the final write
+    # Seconds kept back for the final write; None: min(RESERVE_CAP, RESERVE_SHARE x budget).
+    reserve: float | None = None
     first_round: int = 8  # augmentations per test input in round 1 (the first 8 cover D8)
     per_round: int = 8  # augmentations added per test input in each later round
     max_augmentations: int = 32  # per test input, over all rounds
     settle_margin: int = 4  # leader's lead in votes that stops more work on a test input; 0 = off
-    task_cap_seconds: float | None = None  # per task, engine time (its share of batch time)
+    # Per task, engine time (its share of batch time); None: task_cap_shares fair shares of the
+    # budget (budget after the reserve / tasks), so one task cannot eat the run.
+    task_cap_seconds: float | None = None
+    task_cap_shares: float = 4.0
     task_cap_tokens: int | None = None  # per task, prompt + completion tokens
     cheapest_first: bool = True  # order work by prompt length, so most tasks answer early
     batch_prompts: int = 256  # prompts per engine call; submission.json is rewritten after each
@@ -65,12 +74,25 @@ class RunConfig:
             raise ConfigError("workers must be >= 1")
         if self.devices and len(self.devices) != self.workers:
             raise ConfigError(f"{self.workers} workers but {len(self.devices)} devices")
-        if self.reserve < 0 or self.time_budget <= 0:
+        if (self.reserve is not None and self.reserve < 0) or self.time_budget <= 0:
             raise ConfigError("time_budget must be > 0 and reserve >= 0")
         if self.max_restarts < 0:
             raise ConfigError("max_restarts must be >= 0")
         if self.batch_prompts < 1:
             raise ConfigError("batch_prompts must be >= 1")
+
+    @property
+    def reserve_seconds(self) -> float:
+        if self.reserve is not None:
+            return self.reserve
+        return min(RESERVE_CAP, RESERVE_SHARE * self.time_budget)
+
+    def task_cap(self, n_tasks: int) -> float:
+        """Engine seconds one task may take: the given cap, else task_cap_shares fair shares."""
+        if self.task_cap_seconds is not None:
+            return self.task_cap_seconds
+        available = self.time_budget - self.reserve_seconds
+        return self.task_cap_shares * available / max(1, n_tasks)
 
     @property
     def log_path(self) -> Path:

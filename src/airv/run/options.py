@@ -27,7 +27,7 @@ from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.run.budget import format_duration, parse_duration
-from airv.run.config import RunConfig
+from airv.run.config import RESERVE_CAP, RESERVE_SHARE, RunConfig
 
 RUN_DESCRIPTION = """\
 Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
@@ -121,13 +121,15 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--reserve",
         metavar="DURATION",
-        help=f"kept back for the final write (default {format_duration(rc.reserve)})",
+        help="kept back for the final write (default: the smaller of "
+        f"{format_duration(RESERVE_CAP)} and {RESERVE_SHARE:.0%} of the budget)",
     )
     t.add_argument(
         "--task-cap",
         metavar="CAP",
         help="per-task cap on engine time (e.g. 90s) or tokens (e.g. 20000tok); a "
-        "task past its cap gets no more rounds (default: none)",
+        f"task past its cap gets no more rounds (default: {rc.task_cap_shares:g} fair shares "
+        "of the budget: budget after the reserve / tasks)",
     )
     t.add_argument(
         "--order",

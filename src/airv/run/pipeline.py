@@ -41,7 +41,7 @@ from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.worker import EngineWorker, Faults, WorkerDied, WorkerTimeout, fan_out
 from airv.run.budget import Clock, format_duration, process_start_time
-from airv.run.config import RunConfig
+from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.predictions import (
     Prediction,
     append_predictions,
@@ -79,7 +79,7 @@ class Run:
     def __init__(self, cfg: RunConfig, *, faults: Faults | None = None, clock: Clock | None = None):
         self.cfg = cfg
         self.faults = faults
-        self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve)
+        self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
         self.summary = RunSummary(
@@ -101,6 +101,7 @@ class Run:
         self._format: PromptFormat | None = None
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self.adapters: dict[TaskId, str] = {}  # test-time fine-tuned adapters by task
+        self.task_cap_s = cfg.task_cap(len(self.task_ids))
         self._votes: dict[Unit, Vote] = {}
         self._counted: dict[Unit, int] = {}  # predictions each test input's vote has seen
         self._resume()
@@ -160,7 +161,7 @@ class Run:
 
     def _capped(self, spent: tuple[float, int]) -> bool:
         seconds, tokens = spent
-        cap_s, cap_t = self.cfg.task_cap_seconds, self.cfg.task_cap_tokens
+        cap_s, cap_t = self.task_cap_s, self.cfg.task_cap_tokens
         return (cap_s is not None and seconds >= cap_s) or (cap_t is not None and tokens >= cap_t)
 
     def _settled(self, v: Vote | None) -> bool:
@@ -252,7 +253,7 @@ class Run:
         model = cfg.engine.model
         if model is None:
             return
-        available = cfg.time_budget - cfg.reserve
+        available = cfg.time_budget - cfg.reserve_seconds
         stage_end = min(self.clock.deadline, self.clock.start + ttt.budget_seconds(available))
         tasks = [self.challenges.tasks[t] for t in self.task_ids if t not in self.failed]
         if not tasks or stage_end <= time.monotonic():
@@ -389,6 +390,15 @@ class Run:
         """Run rounds until the work is done or time is up. Returns the exit code."""
         votes = self.write()  # a valid submission exists before the model even loads
         exit_code = 0
+        if self.clock.left() < ENGINE_START_SECONDS:
+            log.warning(
+                "only %s of the budget is left after the %s reserve: an engine start alone "
+                "took about %s here, so this run may produce no answers (raise --time-budget "
+                "or lower --reserve)",
+                format_duration(self.clock.left()),
+                format_duration(self.cfg.reserve_seconds),
+                format_duration(ENGINE_START_SECONDS),
+            )
         try:
             if self.cfg.ttt.enabled:
                 self.finetune()

@@ -17,7 +17,7 @@ import orjson
 from airv.core.errors import InputError
 from airv.core.types import Grid, TaskId, Unit, to_grid, to_lists
 from airv.core.voting import Candidate
-from airv.run.config import SCORES_FILE
+from airv.run.config import SCORES_FILE, SUMMARY_FILE
 from airv.run.scores import Scores, attach_scores, read_scores
 
 
@@ -130,10 +130,30 @@ def read_logged_candidates(log: Path) -> LoggedCandidates:
     """The predictions log `log` and the scores log beside it, as candidates per test input.
     InputError if the predictions log is missing: a run that left none says why elsewhere."""
     if not log.exists():
-        raise InputError("predictions log not found", path=log)
+        raise InputError(f"predictions log not found{why_no_predictions(log.parent)}", path=log)
     records, damaged = read_predictions(log)
     scores_path = log.parent / SCORES_FILE
     scores = read_scores(scores_path)
     return LoggedCandidates(
         records, damaged, group_candidates(records, scores), scores_path, scores_path.exists()
+    )
+
+
+def why_no_predictions(run_dir: Path) -> str:
+    """What the run directory's summary says about a run that logged nothing ("" if no
+    summary): how it stopped, after how long, and whether its engine ever started."""
+    path = run_dir / SUMMARY_FILE
+    try:
+        summary = orjson.loads(path.read_bytes())
+        stopped = summary.get("stopped_by") or "unfinished"
+        seconds = float(summary.get("total_seconds") or 0.0)
+        started = summary.get("engine_start_seconds") or []
+        error = summary.get("error")
+    except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return ""
+    engine = "its engine started" if started else "its engine never started"
+    detail = f"; {error}" if error else ""
+    return (
+        f": the run in {run_dir} stopped ({stopped}) after {seconds:.0f}s and {engine}{detail}"
+        + ("" if started else " (a budget too short for the engine's start-up?)")
     )

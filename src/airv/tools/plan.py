@@ -311,12 +311,14 @@ def make_plan(
         throughput=throughput,
         costs=costs,
         budget=cfg.time_budget,
-        reserve=cfg.reserve,
+        reserve=cfg.reserve_seconds,
         workers=cfg.workers,
         n_per_prompt=cfg.sampling.n,
         # The stage takes its share of the budget (the run ends it there), then inference.
         ttt_seconds=(
-            cfg.ttt.budget_seconds(cfg.time_budget - cfg.reserve) if cfg.ttt.enabled else 0.0
+            cfg.ttt.budget_seconds(cfg.time_budget - cfg.reserve_seconds)
+            if cfg.ttt.enabled
+            else 0.0
         ),
     )
 
