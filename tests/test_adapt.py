@@ -181,3 +181,48 @@ def test_a_damaged_adapter_is_not_served(tmp_path: Path) -> None:
     assert "cannot read" in str(check_adapter(adapter, 16))  # no weights
     (adapter / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     assert "cannot read" in str(check_adapter(adapter, 16))
+
+
+@pytest.mark.engine
+def test_training_processes_die_with_their_parent(tmp_path: Path, tiny_model: Path) -> None:
+    """A run killed outright (Kaggle's limit, an OOM kill of the run itself) must not leave a
+    trainer behind holding the GPU."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from airv.engines.worker import descendants, process_alive
+
+    script = f"""
+import time
+from pathlib import Path
+from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.stage import StageJob, run_stage
+from airv.core.augment import ViewPolicy
+from airv.core.prompt_format import load_preset
+from airv.core.tasks import Pair, Task
+task = Task("t", (Pair(((1, 2),), ((2, 1),)), Pair(((3, 4),), ((4, 3),))), (((5, 6),),))
+cfg = TTTConfig(mode=TTTMode.PER_TASK, steps=10**6, batch_size=2, augmentations=1, rank=4)
+job = StageJob(Path({str(tiny_model)!r}), load_preset("default"), cfg, ViewPolicy(), 1024,
+               Path({str(tmp_path)!r}) / "a", task_cap=600.0, threads=1)
+if __name__ == "__main__":
+    run_stage([task], job, deadline=time.monotonic() + 600, log_path=Path({str(tmp_path)!r}) / "l")
+"""
+    (tmp_path / "stage.py").write_text(script)
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "stage.py")])
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + 120
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.5)
+            children = [p for p in descendants(parent.pid) if process_alive(p)]
+        assert children, "the stage started no training process"
+        time.sleep(2)
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(process_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(process_alive(p) for p in children)

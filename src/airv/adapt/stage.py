@@ -101,6 +101,7 @@ def _examples(job: StageJob, tasks: Sequence[Task], tokenizer: Any) -> list[Exam
 def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
     """A training process: pull (name, tasks) items until the queue is empty."""
     os.setsid()  # a group of its own: the parent ends it whole
+    _die_with_parent()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     model, tokenizer = load_base(job.model_dir, device, job.threads)
@@ -137,6 +138,18 @@ def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
                 name, None, 0, None, time.monotonic() - t0, 0, f"{type(exc).__name__}: {exc}"
             )
         results.put(("done", name, result))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (an orphaned trainer would hold a
+    GPU, or the CPU, for nothing); elsewhere nothing is done."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _strip_adapter(model: Any) -> Any:
