@@ -210,3 +210,15 @@ def test_dump_then_load_round_trips(
     solutions: dict[str, tuple[Grid, ...]] = {t.id: t.test for t in ts}
     dump_solutions(solutions, directory / "s.json")
     assert load_solutions(directory / "s.json") == solutions
+
+
+def test_a_json_lines_log_counts_damaged_and_stray_lines(tmp_path: Path) -> None:
+    from airv.core.jsonio import append_jsonl, read_jsonl
+
+    log = tmp_path / "log.jsonl"
+    append_jsonl(log, [b'{"a": 1}', b'{"a": 2}'])
+    with open(log, "ab") as f:
+        f.write(b'5\n[1]\n{"b": 3}\n{"a": 4')  # stray values, a foreign record, a cut line
+    records, damaged = read_jsonl(log, lambda d: int(d["a"]) + d.get("pad", 0))
+    assert records == [1, 2] and damaged == 4
+    assert read_jsonl(tmp_path / "none.jsonl", int) == ([], 0)

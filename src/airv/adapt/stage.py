@@ -32,6 +32,7 @@ from airv.adapt.config import TTTConfig, TTTMode
 from airv.adapt.data import Example, task_examples
 from airv.adapt.lora import ADAPTER_CONFIG_FILE, TrainResult, load_base, train_adapter
 from airv.core.augment import ViewPolicy
+from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.prompt_format import PromptFormat
 from airv.core.prompts import for_tokenizer
 from airv.core.tasks import Task
@@ -62,23 +63,12 @@ class StageJob:
 
 def read_results(path: Path) -> dict[str, TrainResult]:
     """ttt.jsonl -> the last result per adapter name; damaged lines are skipped."""
-    out: dict[str, TrainResult] = {}
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return out
-    for line in raw.splitlines():
-        try:
-            d = orjson.loads(line)
-            out[str(d["name"])] = TrainResult(**d)
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            continue
-    return out
+    records, _ = read_jsonl(path, lambda d: TrainResult(**d))
+    return {r.name: r for r in records}
 
 
 def _append(path: Path, result: TrainResult) -> None:
-    with open(path, "ab") as f:
-        f.write(orjson.dumps(asdict(result)) + b"\n")
+    append_jsonl(path, [orjson.dumps(asdict(result))])
 
 
 def _examples(job: StageJob, tasks: Sequence[Task], tokenizer: Any) -> list[Example]:

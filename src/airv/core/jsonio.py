@@ -1,4 +1,5 @@
-"""JSON files: the one reader (errors name the file) and the one atomic writer.
+"""JSON files: the one reader (errors name the file), the one atomic writer, and the
+append-only JSON-lines logs (predictions, scores, fine-tuning results).
 
 Every JSON file airv reads goes through `read_json`, so a missing file, bad syntax or the
 wrong top level reads the same everywhere; every file a crash must never leave half-written
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import orjson
 
 from airv.core.errors import AirvError, ConfigError, InputError
+
+T = TypeVar("T")
 
 
 def json_kind(value: object) -> str:
@@ -94,3 +99,37 @@ def write_json(path: Path | str, data: object, *, indent: bool = False) -> None:
     """`write_atomic` of a JSON value (orjson: numpy ints are not accepted, Python ints are)."""
     option = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS if indent else 0
     write_atomic(path, orjson.dumps(data, option=option) + (b"\n" if indent else b""))
+
+
+def read_jsonl(path: Path | str, parse: Callable[[Any], T]) -> tuple[list[T], int]:
+    """Every line of a JSON-lines log through `parse`, and how many lines were damaged (not
+    JSON, or refused by `parse` with KeyError/TypeError/ValueError: a crash mid-write).
+    A missing file is an empty log; an unreadable one is an InputError."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    except OSError as exc:
+        raise InputError(f"cannot read the log: {exc.strerror or exc}", path=path) from exc
+    out: list[T] = []
+    damaged = 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(parse(orjson.loads(line)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            damaged += 1
+    return out, damaged
+
+
+def append_jsonl(path: Path | str, lines: Iterable[bytes]) -> None:
+    """Append JSON lines and fsync, so what was produced survives a crash right after."""
+    data = b"".join(line + b"\n" for line in lines)
+    if not data:
+        return
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

@@ -7,7 +7,6 @@ skipped on reading, never fatal.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import orjson
 
 from airv.core.errors import InputError
+from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.types import Grid, TaskId, Unit, to_grid, to_lists
 from airv.core.voting import Candidate
 from airv.run.config import SCORES_FILE, SUMMARY_FILE
@@ -68,35 +68,12 @@ class Prediction:
 
 def read_predictions(path: Path | str) -> tuple[list[Prediction], int]:
     """All well-formed records of a log, and the number of lines skipped as damaged."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        return [], 0
-    except OSError as exc:
-        raise InputError(f"cannot read predictions log: {exc}", path=p) from exc
-    records: list[Prediction] = []
-    damaged = 0
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            d = orjson.loads(line)
-            records.append(Prediction.from_json(d))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            damaged += 1
-    return records, damaged
+    return read_jsonl(path, Prediction.from_json)
 
 
 def append_predictions(path: Path | str, predictions: Iterable[Prediction]) -> None:
     """Append records and fsync, so what the engine produced survives a crash right after."""
-    data = b"".join(p.to_json_bytes() + b"\n" for p in predictions)
-    if not data:
-        return
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, (p.to_json_bytes() for p in predictions))
 
 
 def group_candidates(

@@ -7,14 +7,15 @@ Like the predictions log it is the run's memory: a resumed run, `airv vote`, `ai
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.types import Grid, Unit, to_grid, to_lists
 from airv.core.voting import Candidate
 
@@ -25,41 +26,34 @@ Scores = dict[Unit, dict[Grid, dict[str, float]]]
 def read_scores(path: Path) -> Scores:
     """scores.jsonl -> Scores; damaged lines (a crash mid-write) are skipped."""
     out: Scores = defaultdict(dict)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return out
-    for line in raw.splitlines():
-        try:
-            d = orjson.loads(line)
-            unit = (str(d["task_id"]), int(d["test_index"]))
-            out[unit].setdefault(to_grid(d["grid"]), {})[str(d["aug"])] = float(d["score"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
+    records, _ = read_jsonl(path, _score_record)
+    for unit, grid, aug, score in records:
+        out[unit].setdefault(grid, {})[aug] = score
     return out
+
+
+def _score_record(d: Any) -> tuple[Unit, Grid, str, float]:
+    unit = (str(d["task_id"]), int(d["test_index"]))
+    return unit, to_grid(d["grid"]), str(d["aug"]), float(d["score"])
 
 
 def append_scores(path: Path, scored: Iterable[tuple[Unit, Grid, str, float]]) -> None:
     """Append (test input, grid, augmentation key, score) records and fsync."""
-    data = b"".join(
-        orjson.dumps(
-            {
-                "task_id": unit[0],
-                "test_index": unit[1],
-                "grid": to_lists(grid),
-                "aug": aug,
-                "score": score,
-            }
-        )
-        + b"\n"
-        for unit, grid, aug, score in scored
+    append_jsonl(
+        path,
+        (
+            orjson.dumps(
+                {
+                    "task_id": unit[0],
+                    "test_index": unit[1],
+                    "grid": to_lists(grid),
+                    "aug": aug,
+                    "score": score,
+                }
+            )
+            for unit, grid, aug, score in scored
+        ),
     )
-    if not data:
-        return
-    with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def attach_scores(
