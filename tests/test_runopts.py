@@ -190,3 +190,9 @@ def test_a_budget_too_short_for_the_engine_warns_and_eval_says_why(
     assert (tmp_path / "out" / "submission.json").is_file()
     with pytest.raises(InputError, match="its engine never started"):
         read_logged_candidates(tmp_path / "out" / "predictions.jsonl")
+
+
+def test_the_engine_log_level_is_its_own_switch(files: tuple[Path, Path]) -> None:
+    assert _build(files).engine.log_level == EngineConfig().log_level == "WARNING"
+    assert _build(files, "--engine-log-level", "INFO").engine.log_level == "INFO"
+    assert _build(files, "--log-level", "DEBUG").engine.log_level == "WARNING"

@@ -56,6 +56,8 @@ class EngineConfig:
     # LoRA adapters (test-time fine-tuning): the largest rank served; 0 = no adapters.
     max_lora_rank: int = 0
     max_loras: int = 8  # distinct adapters in one batch (vLLM's max_loras)
+    # vLLM's own log level (VLLM_LOGGING_LEVEL, unless set): its INFO lines bury airv's.
+    log_level: str = "WARNING"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +69,10 @@ class EngineConfig:
             )
         if self.cpu_kv_cache_gib < 1:
             raise ConfigError(f"cpu_kv_cache_gib must be >= 1, got {self.cpu_kv_cache_gib}")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(
+                f"engine log level must be DEBUG, INFO, WARNING or ERROR: {self.log_level}"
+            )
         if self.max_lora_rank < 0 or self.max_loras < 1:
             raise ConfigError("max_lora_rank must be >= 0 and max_loras >= 1")
         if self.ngram_speculative_tokens < 0:

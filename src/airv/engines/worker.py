@@ -64,6 +64,7 @@ def _serve(
     os.setsid()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", engine_cfg.log_level)  # before vLLM is imported
     from airv.engines import make_engine
 
     try:

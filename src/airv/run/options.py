@@ -351,6 +351,12 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "(default: what the checkpoint's config.json declares; vllm backend only)",
     )
     e.add_argument(
+        "--engine-log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help=f"vLLM's own log level (default {ec.log_level}; VLLM_LOGGING_LEVEL, if set, wins); "
+        "--log-level is airv's",
+    )
+    e.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -492,6 +498,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         cpu_kv_cache_gib=args.cpu_kv_cache_gib,
         ngram_speculative_tokens=args.ngram_speculative_tokens,
         quantization=args.quantization,
+        log_level=args.engine_log_level,
     )
     sampling = replace(
         SamplingConfig(),
