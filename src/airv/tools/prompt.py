@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from airv.core.errors import ConfigError, InputError
-from airv.core.prompt_format import answer_text, resolve_format
+from airv.core.prompt_format import answer_text, preset_names, resolve_format
 from airv.core.prompts import PromptTooLong, fit_prompt, for_tokenizer, render_prompt
 from airv.core.tasks import (
     GridError,
@@ -40,7 +40,11 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     )
     f = p.add_argument_group("the format (at least one; precedence as in `airv run`)")
     f.add_argument("--format", type=Path, metavar="FILE", dest="format_file", help="format file")
-    f.add_argument("--format-preset", metavar="NAME", help="a preset shipped with airv")
+    f.add_argument(
+        "--format-preset",
+        metavar="NAME",
+        help=f"a preset shipped with airv: {', '.join(preset_names())}",
+    )
     f.add_argument(
         "--model",
         type=Path,
