@@ -275,6 +275,38 @@ def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
     assert records and all(p.grid is not None for p in records)
 
 
+def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """`--ttt per-task` wired through the run: adapters trained in the stage, requests carry
+    their task's adapter, the summary and ttt.jsonl report each adapter."""
+    from airv.adapt.config import TTTConfig, TTTMode
+
+    tasks = [_task("task0001"), _task("task0002")]
+    ch = _challenges(tmp_path, tasks, broken=False)
+    out = tmp_path / "out"
+    ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=2, batch_size=2, augmentations=1, rank=4, alpha=8)
+    run = Run(_config(ch, out, bigram_model, Backend.HF, ttt=ttt))
+    planned: list[str | None] = []
+    plan = run.plan
+
+    def spy(round_no: int, votes: dict) -> list:  # type: ignore[type-arg]
+        requests = plan(round_no, votes)
+        planned.extend(r.adapter for r in requests)
+        return requests
+
+    run.plan = spy  # type: ignore[method-assign]
+    assert run.execute() == 0
+    assert set(run.adapters) == {"task0001", "task0002"}
+    assert planned and all(a == run.adapters[a.split("/")[-1]] for a in planned if a)
+    assert None not in planned
+    for name in ("task0001", "task0002"):
+        assert run.summary.ttt[name]["steps"] == 2 and run.summary.ttt[name]["error"] is None
+    assert (out / "ttt.jsonl").is_file() and run.summary.ttt_seconds > 0
+    assert "test-time fine-tuning: 2/2 adapters" in run.summary.render()
+    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
+
+
 def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None:
     tasks = [_task(f"task000{i}", side=2 + i % 3) for i in range(6)]
     ch = _challenges(tmp_path, tasks, broken=False)
