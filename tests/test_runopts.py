@@ -196,3 +196,22 @@ def test_the_engine_log_level_is_its_own_switch(files: tuple[Path, Path]) -> Non
     assert _build(files).engine.log_level == EngineConfig().log_level == "WARNING"
     assert _build(files, "--engine-log-level", "INFO").engine.log_level == "INFO"
     assert _build(files, "--log-level", "DEBUG").engine.log_level == "WARNING"
+
+
+@pytest.mark.parametrize(
+    ("workers", "n_gpus", "devices"),
+    [
+        (None, 0, ()),
+        (None, 4, ("0", "1", "2", "3")),
+        (4, 4, ("0", "1", "2", "3")),
+        (2, 4, ("0", "1")),
+        (8, 4, ("0", "1", "2", "3", "0", "1", "2", "3")),  # two per GPU
+        (3, 0, ()),  # CPU workers
+    ],
+)
+def test_workers_are_pinned_to_gpus_unless_told_otherwise(
+    workers: int | None, n_gpus: int, devices: tuple[str, ...]
+) -> None:
+    """Once, --workers N without --devices on a GPU machine started every worker with CPU
+    settings (no device, no gpu_memory_utilization)."""
+    assert runopts.pin_workers(workers, n_gpus) == devices

@@ -469,6 +469,16 @@ def add_run_arguments(
         add(p)
 
 
+def pin_workers(workers: int | None, n_gpus: int) -> tuple[str, ...]:
+    """CUDA devices for the workers when --devices is not given: one worker per visible GPU
+    by default; with --workers N, worker i on GPU i mod n_gpus (two per GPU can pay: ARC
+    prompts are short). No GPU: CPU workers."""
+    if n_gpus <= 0:
+        return ()
+    n = n_gpus if workers is None else workers
+    return tuple(str(i % n_gpus) for i in range(n))
+
+
 class _Given:
     """Parsed options; an option of a group the command does not take reads as unset (None)."""
 
@@ -526,8 +536,8 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
     devices: tuple[str, ...] | None = None
     if args.devices is not None:
         devices = tuple(x.strip() for x in args.devices.split(",") if x.strip())
-    elif args.workers is None:
-        devices = tuple(str(i) for i in range(visible_gpus()))
+    else:
+        devices = pin_workers(args.workers, visible_gpus())
     workers = args.workers if args.workers is not None else (len(devices) if devices else None)
     cap_s, cap_t = (None, None) if args.task_cap is None else parse_task_cap(args.task_cap)
     cfg: RunConfig = replace(
