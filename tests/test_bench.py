@@ -1,12 +1,16 @@
-"""Smoke test of bench/run_bench.py: it imports, and its cheapest section (tokens per grid) runs
-and returns the structure the report expects. No timings are checked here."""
+"""Tests of the bench scripts without their workloads: bench/run_bench.py's token counts, its
+section registry and every section's renderer (fed a real run's bench/results.json), its context
+length; bench/vote_modes.py's accuracy and a small smoke run. No timings are checked here."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -55,37 +59,96 @@ def test_tokens_per_grid_follows_the_format(bench: ModuleType, char_tokenizer: o
         bench.tokens_per_grid([], char_tokenizer)
 
 
+RESULTS = BENCH.with_name("results.json")  # a real full run's results, as main() wrote them
+# Where each section's results hold a count its report prints as is: a sentinel put there must
+# come out in the markdown, so a renderer that ignores its data fails.
+SENTINEL = 98765
+FIGURES: dict[str, tuple[str | int, ...]] = {
+    "throughput": ("workload", "prompts"),
+    "overhead": ("pipeline", 0, "prompts"),
+    "tokens": ("splits", "arc-agi-1/training", "tiny (one token per character)", "grids"),
+    "startup": ("run", "prompts"),
+    "scaling": ("points", 0, "tokens_in"),
+    "speculative": ("models", "random", "prompts"),
+}
+
+
+@pytest.fixture(scope="module")
+def real_results() -> dict[str, Any]:
+    results: dict[str, Any] = json.loads(RESULTS.read_text())
+    return results
+
+
+def _with_sentinel(data: Any, path: tuple[str | int, ...]) -> Any:
+    data = copy.deepcopy(data)
+    *outer, last = path
+    inner = data
+    for key in outer:
+        inner = inner[key]
+    assert isinstance(inner[last], int)  # a count, printed without thousands separators
+    inner[last] = SENTINEL
+    return data
+
+
 def test_every_section_is_declared_once_with_its_renderer(bench: ModuleType) -> None:
     names = [s.name for s in bench.SECTIONS]
-    assert len(names) == len(set(names)) and set(names) == set(bench.Section)
-    assert all(callable(s.measure) and callable(s.render) for s in bench.SECTIONS)
-
-
-def test_each_section_renders_a_real_runs_results(bench: ModuleType) -> None:
-    """bench/results.json holds a real run's results: every section's renderer writes its
-    heading and the figures it was given, and the whole report puts them in order."""
-    import json
-
-    results = json.loads(BENCH.with_name("results.json").read_text())
-    sections = results["sections"]
-    assert set(sections) == {s.name.value for s in bench.SECTIONS}
-    headings = []
+    assert len(names) == len(set(names)) == len(FIGURES)
+    assert set(names) == set(FIGURES)  # a new section needs its line in FIGURES too
     for s in bench.SECTIONS:
-        md = "\n".join(s.render(sections[s.name.value]))
-        heading = next(line for line in md.splitlines() if line.startswith("## "))
-        headings.append(heading)
-        assert "|" in md, f"{s.name}: no table"
-    throughput = "\n".join(bench._render_throughput(sections["throughput"]))
-    prompts = sections["throughput"]["workload"]["prompts"]
-    assert f"= {prompts} prompts" in throughput
-    report = bench.render_markdown(results)
-    positions = [report.index(h) for h in headings]
-    assert positions == sorted(positions)  # numbered 1..6 in report order
+        assert callable(s.measure) and callable(s.render) and s.about, s.name
+    # The CLI's names are SECTIONS' names: each is accepted, and nothing else is.
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--sections", "tokens", "bogus"])
+    assert exit_.value.code == 2
+
+
+def test_help_lists_every_section(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for s in bench.SECTIONS:
+        assert f"  {s.name} " in out
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_each_section_renders_its_data(
+    bench: ModuleType, real_results: dict[str, Any], name: str
+) -> None:
+    """Each renderer, fed a real run's results for its section: its numbered heading, its
+    table, and a figure from the data in the markdown."""
+    number, section = next((i, s) for i, s in enumerate(bench.SECTIONS, 1) if s.name == name)
+    data = _with_sentinel(real_results["sections"][name], FIGURES[name])
+    md = "\n".join(section.render(data))
+    assert md.startswith(f"## {number}. ")
+    assert "\n|---|" in md
+    assert str(SENTINEL) in md
+    assert str(SENTINEL) not in "\n".join(section.render(real_results["sections"][name]))
+
+
+def test_the_report_puts_the_sections_in_order(
+    bench: ModuleType, real_results: dict[str, Any]
+) -> None:
+    assert set(real_results["sections"]) == {s.name for s in bench.SECTIONS}
+    report = bench.render_markdown(real_results)
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
     assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 7)]
+    assert f"{real_results['machine']['cores']} cores" in report
     # A section missing from the results is left out, not rendered empty.
-    partial = {**results, "sections": {"tokens": sections["tokens"]}}
-    assert "## 1." not in bench.render_markdown(partial)
-    assert "## 3." in bench.render_markdown(partial)
+    partial = {**real_results, "sections": {"tokens": real_results["sections"]["tokens"]}}
+    headings = [line for line in bench.render_markdown(partial).splitlines() if "## " in line]
+    assert [h.split(".")[0] for h in headings] == ["## 3"]
+
+
+def test_a_failed_speculative_model_is_a_row_that_says_why(bench: ModuleType) -> None:
+    md = bench.render_speculative(
+        {
+            "num_speculative_tokens": 3,
+            "models": {"zeros": {"error": "RuntimeError: no spec decode on CPU\ntraceback"}},
+        }
+    )
+    assert "`--ngram-speculative-tokens 3`" in md[0]
+    assert "| zeros | failed |  |  | RuntimeError: no spec decode on CPU |" in md
 
 
 VOTE_MODES = BENCH.with_name("vote_modes.py")
