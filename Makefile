@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.airv-installed
-LINT_PATHS := $(wildcard src tests submission bench)
+LINT_PATHS := $(wildcard src tests submission bench wheels)
 export VLLM_CPU_KVCACHE_SPACE ?= 2
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE := 1
@@ -40,7 +40,7 @@ WHEEL_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 # make kernel / make push: kaggle-config.json (copy kaggle-config.example.json) -> build/kernel
 KAGGLE_CONFIG ?= kaggle-config.json
 
-.PHONY: venv test lint typecheck unit submit-local wheels kernel push bench clean browser
+.PHONY: venv test lint typecheck unit submit-local wheels kernel push bench clean browser vllm-api-check
 
 venv: $(STAMP)
 
@@ -116,6 +116,13 @@ demo-model: $(STAMP)
 	$(PY) -m airv.demo.train --out models/airv-demo.new --steps $(DEMO_STEPS) --seed 0 --checkpoint-minutes 10
 	cp models/airv-demo/README.md models/airv-demo.new/ 2>/dev/null || true
 	rm -rf models/airv-demo && mv models/airv-demo.new models/airv-demo
+
+# Every vLLM name airv's engine calls, checked in the installed vLLM (vllm-cpu, what CI runs)
+# and in the Kaggle pin's CUDA wheel (downloaded once, read with ast, never imported).
+VLLM_PIN ?= $(shell sed -n 's/^vllm==//p' wheels/requirements-kaggle.txt)
+vllm-api-check: $(STAMP)
+	$(PY) wheels/check_vllm_api.py
+	$(PY) wheels/check_vllm_api.py --version $(VLLM_PIN)
 
 bench: $(STAMP)
 	$(PY) bench/run_bench.py --out bench/results.md

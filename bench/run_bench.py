@@ -59,10 +59,11 @@ from airv.core.submission import build_submission, write_submission
 from airv.core.tasks import Task, dump_challenges, load_challenges
 from airv.core.types import MAX_SIDE, Grid, TaskId, Unit
 from airv.core.voting import Candidate, Vote, vote
-from airv.engines.base import Completion, GenerateRequest
+from airv.engines.base import Completion, Engine, GenerateRequest, Result
 from airv.engines.config import Backend, EngineConfig, SamplingConfig
 from airv.engines.model import default_max_model_len
-from airv.engines.worker import EngineWorker
+from airv.engines.pool import Lane, LocalLane
+from airv.engines.worker import EngineWorker, Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.pipeline import Run
@@ -554,29 +555,70 @@ def overhead_steps(
     }
 
 
+class SyntheticEngine:
+    """An engine (engines.base.Engine, streamed) that answers every request at once from the
+    solutions: each `step` answers all that is queued."""
+
+    def __init__(self, run: SyntheticRun):
+        self.run = run
+        self.tokenizer = None
+        self._queue: list[tuple[int, GenerateRequest]] = []
+
+    def add(self, request_id: int, request: Any) -> None:
+        self._queue.append((request_id, request))
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        drop = set(request_ids)
+        self._queue = [(i, r) for i, r in self._queue if i not in drop]
+
+    def unfinished(self) -> int:
+        return len(self._queue)
+
+    def step(self) -> list[Result]:
+        run = self.run
+        t0 = time.perf_counter()
+        out = []
+        for request_id, request in self._queue:
+            r = run.asked[id(request)]
+            text = synthetic_answer(
+                run.solutions[r.unit[0]][r.unit[1]], r.aug, run.cfg.prompt.grid, run.rng
+            )
+            completion = Completion(
+                text=text,
+                token_ids=tuple(range(len(text) + 1)),  # char tokenizer: one per char + EOS
+                logprob=-float(run.rng.random()),
+                finish_reason="stop",
+            )
+            out.append(Result(request_id, (completion,)))
+        self._queue = []
+        run.timers.add("synthetic engine", t0)
+        return out
+
+    def close(self) -> None:
+        self._queue = []
+
+
 class SyntheticRun(Run):
-    """The real pipeline (plan, fit prompts, parse, reverse, log, vote, write after every
-    engine call) with an engine that answers instantly from the solutions."""
+    """The real pipeline (plan, fit prompts, the shared queue, parse, reverse, log, vote, write
+    on its cadence) with an engine in this process that answers instantly from the
+    solutions."""
 
     def __init__(
         self, cfg: RunConfig, *, solutions: Mapping[TaskId, Sequence[Grid]], seed: int
     ) -> None:
-        super().__init__(cfg, clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve))
+        super().__init__(cfg, clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds))
         self.solutions = solutions
         self.rng = np.random.default_rng(seed)
         self.timers = _Timers()
+        self.asked: dict[int, Any] = {}  # id() of each engine request -> the pipeline's record
 
-    def start_workers(self) -> None:
-        # The pipeline sizes engine calls by its worker count; this stand-in is never called.
-        self.workers = [cast(EngineWorker, None)]
-        self.summary.engine_start_seconds.append(0.0)
-
-    def stop_workers(self) -> None:
-        self.workers = []
+    def start_lane(self, index: int, life: int) -> Lane:
+        return LocalLane(cast(Engine, SyntheticEngine(self)), name=f"synthetic-{index}")
 
     def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[Any]:
         t0 = time.perf_counter()
         out = super().plan(round_no, votes)
+        self.asked.update((id(r.request), r) for r in out)
         self.timers.add("plan (augment, encode, tokenize)", t0)
         return out
 
@@ -586,29 +628,9 @@ class SyntheticRun(Run):
         self.timers.add("write (vote, submission.json)", t0)
         return out
 
-    def run_batch(self, batch: Sequence[Any]) -> None:
+    def _record(self, items: Sequence[Any]) -> None:
         t0 = time.perf_counter()
-        results = [
-            [
-                Completion(
-                    text=(
-                        text := synthetic_answer(
-                            self.solutions[r.unit[0]][r.unit[1]],
-                            r.aug,
-                            self.cfg.prompt.grid,
-                            self.rng,
-                        )
-                    ),
-                    token_ids=tuple(range(len(text) + 1)),  # char tokenizer: one per char + EOS
-                    logprob=-float(self.rng.random()),
-                    finish_reason="stop",
-                )
-            ]
-            for r in batch
-        ]
-        fake = self.timers.add("synthetic engine", t0)
-        t0 = time.perf_counter()
-        self._record(batch, results, fake)
+        super()._record(items)
         self.timers.add("record (parse, reverse, log)", t0)
 
 
@@ -743,27 +765,48 @@ def section_tokens(b: Bench) -> dict[str, object]:
 
 
 class TimedRun(Run):
-    """The real pipeline, noting when submission.json first holds an answer. With `worker`,
-    it uses that live engine worker instead of starting one; it never closes its worker,
-    which the caller takes over (`kept`)."""
+    """The real pipeline, noting when submission.json first holds an answer and when each
+    completion arrives. With `worker`, it uses that live engine worker instead of starting
+    one; it never closes its worker, which the caller takes over (`kept`)."""
 
-    def __init__(self, cfg: RunConfig, *, clock: Clock, worker: EngineWorker | None = None):
-        super().__init__(cfg, clock=clock)
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        clock: Clock,
+        worker: EngineWorker | None = None,
+        faults: Faults | None = None,
+    ):
+        super().__init__(cfg, clock=clock, faults=faults)
         self.shared = worker
         self.kept: EngineWorker | None = None
         self.first_answer_seconds: float | None = None
+        self.asked: list[GenerateRequest] = []  # every generation request queued, in order
+        self.arrivals: list[float] = []  # time.monotonic() of each finished result taken
 
-    def start_workers(self) -> None:
-        if self.shared is None:
-            super().start_workers()
-        else:
-            self.workers = [self.shared]
-            self.summary.engine_start_seconds.append(0.0)
+    def start_lane(self, index: int, life: int) -> Lane:
+        if self.shared is not None and life == 0:
+            return self.shared
+        return super().start_lane(index, life)
 
     def stop_workers(self) -> None:
-        if self.workers:
-            self.kept = self.workers[0]
-        self.workers = []
+        if self.shared is None or self.pool is None:
+            super().stop_workers()
+            return
+        self._sync_pool()
+        lanes = self.pool.lanes
+        self.kept = lanes[0] if lanes and lanes[0] is self.shared else None
+        self.pool = None  # the shared worker stays up for the caller
+
+    def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[Any]:
+        out = super().plan(round_no, votes)
+        self.asked.extend(r.request for r in out)
+        return out
+
+    def _take(self, done: Sequence[Any]) -> int:
+        n = super()._take(done)
+        self.arrivals.extend([time.monotonic()] * n)
+        return n
 
     def write(self) -> dict[Unit, Vote]:
         votes = super().write()
@@ -821,7 +864,7 @@ def section_startup(b: Bench) -> dict[str, object]:
     dump_challenges(tasks, challenges)
     cfg = _pipeline_config(b, challenges, d / "run", s.startup_augs, prefix_caching=False)
     t0 = time.monotonic()
-    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve))
+    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds))
     r.execute()
     wall = time.monotonic() - t0
     if r.kept is not None:  # section 5 reuses this engine
@@ -862,7 +905,7 @@ def section_scaling(b: Bench) -> dict[str, object]:
         dump_challenges(pool[:n], d / "challenges.json")
         cfg = _pipeline_config(b, d / "challenges.json", d / "run", augs, prefix_caching=False)
         t0 = time.monotonic()
-        r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve), worker=w)
+        r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=w)
         r.execute()
         results.append({"augmentations": augs, **_run_result(r, time.monotonic() - t0)})
         print(f"  scaling {n} tasks x {augs}: {results[-1]['wall_seconds']:.1f}s", flush=True)

@@ -89,14 +89,33 @@ def _grid(lists: list[list[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in lists)
 
 
-def test_vllm_end_to_end_survives_a_killed_worker(tmp_path: Path, bigram_model: Path) -> None:
+def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """Through real vLLM, one run whose engine fails three times, each after 6 results: the
+    worker process dies without a word; vLLM's own engine process (VLLM::EngineCore) is killed
+    with SIGKILL, as an out-of-memory kill does (the worker cannot tell); that process is
+    stopped with SIGSTOP (a stall: alive, silent). Each is noticed within seconds (process
+    watch, stall watchdog), the process group is ended and the engine restarted; the requests
+    in flight go back to the queue. Nothing logged is lost or asked twice, every task is
+    answered, the submission is valid and no process is left behind."""
     tasks = [_task("task0001"), _task("task0002", n_test=2), _task("task0003", side=3)]
     ch = _challenges(tmp_path, tasks)
     out = tmp_path / "out"
-    cfg = _config(ch, out, bigram_model, Backend.VLLM, batch_prompts=6)
-    run = Run(cfg, faults=Faults(exit_on_call=2))
+    cfg = _config(ch, out, bigram_model, Backend.VLLM, inflight=6, stall_seconds=20)
+    lives = [Faults(exit_after=6), Faults(kill_engine_after=6), Faults(stop_engine_after=6)]
+    t0 = time.monotonic()
+    run = Run(cfg, faults=lives, clock=Clock(t0, 1800, 0))
     assert run.execute() == 0
-    assert run.summary.restarts == 1
+    assert run.summary.stopped_by == "done"
+    assert run.summary.restarts == 3 and len(run.summary.engine_start_seconds) == 4
+    died, killed, stalled = run.summary.engine_failures
+    assert "exit code 17" in died
+    assert "vLLM's engine process" in killed  # seen dead by the parent's watch
+    assert "stalled" in stalled
+    # Four engine start-ups and one stall timeout, not waits for the deadline.
+    starts = sum(run.summary.engine_start_seconds)
+    assert time.monotonic() - t0 < starts + cfg.stall_seconds + 120
     assert _no_process_left(run.worker_pids)
 
     challenges = load_challenges(ch, strict=False)
@@ -120,37 +139,15 @@ def test_vllm_end_to_end_survives_a_killed_worker(tmp_path: Path, bigram_model: 
         assert Augmentation.from_key(p.aug).apply_grid(p.grid) == ANSWER
     assert sorted(per_unit) == [("task0001", 0), ("task0002", 0), ("task0002", 1), ("task0003", 0)]
     for augs in per_unit.values():
-        assert len(augs) == len(set(augs)) == 8  # nothing asked twice after the restart
+        assert len(augs) == len(set(augs)) == 8  # nothing asked twice after the restarts
 
     summary = orjson.loads((out / "run_summary.json").read_bytes())
     assert summary["stopped_by"] == "done"
-    assert summary["completions"] == 32
+    assert summary["completions"] == 32 and summary["restarts"] == 3
     assert summary["answered_test_inputs"] == 4
     assert summary["rejected_tasks"].keys() == {"broken01"}
     assert set(summary["per_task"]) == {t.id for t in tasks}
     assert summary["tokens_out"] == 32 * 3  # "1", "2", EOS
-
-
-def test_vllms_own_engine_process_killed_mid_run_is_restarted(
-    tmp_path: Path, bigram_model: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """SIGKILL of VLLM::EngineCore (what an out-of-memory kill does) before the second call:
-    the worker cannot tell, the parent watches vLLM's processes, ends the group and restarts
-    the engine; what was logged stays, and every task is answered."""
-    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(3)], broken=False)
-    out = tmp_path / "out"
-    cfg = _config(ch, out, bigram_model, Backend.VLLM, batch_prompts=4)
-    t0 = time.monotonic()
-    run = Run(cfg, faults=Faults(kill_engine_on_call=2), clock=Clock(t0, 900, 0))
-    assert run.execute() == 0
-    assert run.summary.restarts == 1 and run.summary.stopped_by == "done"
-    assert "vLLM's engine process" in caplog.text  # seen dead by the parent's watch
-    # Noticed within seconds: the run took two engine start-ups, not a wait for the deadline.
-    assert time.monotonic() - t0 < 300
-    records, _ = read_predictions(out / "predictions.jsonl")
-    assert len({(p.task_id, p.aug) for p in records}) == len(records) == 3 * 8
-    assert _no_process_left(run.worker_pids)
-    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 
 def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> None:
@@ -171,14 +168,13 @@ def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> No
     assert second.summary.completions == 8  # only the new ones ran
 
 
-def test_engine_raising_mid_batch_is_restarted_once(tmp_path: Path, bigram_model: Path) -> None:
+def test_engine_raising_mid_run_is_restarted_once(tmp_path: Path, bigram_model: Path) -> None:
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
     out = tmp_path / "out"
-    run = Run(
-        _config(ch, out, bigram_model, Backend.HF, batch_prompts=4), faults=Faults(raise_on_call=3)
-    )
+    run = Run(_config(ch, out, bigram_model, Backend.HF, inflight=4), faults=Faults(raise_after=8))
     assert run.execute() == 0
     assert run.summary.restarts == 1
+    assert "injected fault" in run.summary.engine_failures[0]
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 4 * 8
     assert len({(p.task_id, p.aug) for p in records}) == 4 * 8
@@ -190,17 +186,17 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
 ) -> None:
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
     out = tmp_path / "out"
-    # Each batch is one task's 4 prompts; every worker life fails on its second call.
+    # 4 prompts in flight, one task's round 1; every worker life fails after its first 4.
     run = Run(
-        _config(ch, out, bigram_model, Backend.HF, batch_prompts=4, max_restarts=1),
-        faults=Faults(raise_on_call=2, lives=2),
+        _config(ch, out, bigram_model, Backend.HF, inflight=4, max_restarts=1),
+        faults=Faults(raise_after=4, lives=2),
     )
     assert run.execute() == 3
     assert run.summary.stopped_by == "engine failure"
     sub = _answers(out)
     records, _ = read_predictions(out / "predictions.jsonl")
     answered = {p.task_id for p in records}
-    assert len(answered) == 2  # one call per worker life succeeded
+    assert len(answered) == 2  # each worker life returned one task's prompts
     for tid in answered:
         assert _grid(sub[tid][0]["attempt_1"]) in D8_IMAGES
     for tid in {"task0000", "task0001", "task0002", "task0003"} - answered:
@@ -208,21 +204,46 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 
-def test_deadline_mid_round_kills_a_hung_engine(tmp_path: Path, bigram_model: Path) -> None:
+def test_a_deadline_in_the_middle_of_the_work_keeps_what_came_back(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """The engine returns its first 4 results, then works on without answering (a long call);
+    the stall timeout is longer than the budget. At the deadline the engine's process group
+    is ended at once; the results that came back are in the log and the submission, the other
+    tasks get the fallback, and the submission is valid."""
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(3)], broken=False)
     out = tmp_path / "out"
-    cfg = _config(ch, out, bigram_model, Backend.HF, batch_prompts=4)
+    cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, stall_seconds=3600)
     start = time.monotonic()
-    run = Run(cfg, faults=Faults(hang_on_call=2), clock=Clock(start, budget=60, reserve=0))
+    run = Run(cfg, faults=Faults(hang_after=4), clock=Clock(start, budget=60, reserve=0))
     assert run.execute() == 0
-    assert run.summary.stopped_by == "deadline"
-    assert time.monotonic() - start < 60 + 30  # killed at the deadline, not after the hang
+    assert run.summary.stopped_by == "deadline" and run.summary.restarts == 0
+    assert time.monotonic() - start < 60 + 20  # ended at the deadline, not after the hang
     assert _no_process_left(run.worker_pids)
     records, _ = read_predictions(out / "predictions.jsonl")
-    assert {p.task_id for p in records} == {"task0000"}  # the first call's answers
+    assert len(records) == 4 and {p.task_id for p in records} == {"task0000"}
     sub = _answers(out)
     assert _grid(sub["task0000"][0]["attempt_1"]) in D8_IMAGES
     assert sub["task0001"][0]["attempt_1"] == [[0]]
+    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
+
+
+def test_a_stalled_worker_is_restarted_by_the_watchdog(tmp_path: Path, bigram_model: Path) -> None:
+    """The worker stops answering after its first 4 results, alive but silent: the stall
+    watchdog ends it after --stall-timeout and the run goes on to the end, nothing lost."""
+    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(3)], broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, stall_seconds=3)
+    start = time.monotonic()
+    run = Run(cfg, faults=Faults(hang_after=4), clock=Clock(start, budget=600, reserve=0))
+    assert run.execute() == 0
+    assert run.summary.stopped_by == "done" and run.summary.restarts == 1
+    assert "stalled" in run.summary.engine_failures[0]
+    assert time.monotonic() - start < 300  # seconds of stall, not the budget
+    assert _no_process_left(run.worker_pids)
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert len(records) == len({(p.task_id, p.aug) for p in records}) == 3 * 8
+    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 
 def test_task_that_cannot_fit_falls_back_while_others_answer(
@@ -314,10 +335,13 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
     tasks = [_task(f"task000{i}", side=2 + i % 3) for i in range(6)]
     ch = _challenges(tmp_path, tasks, broken=False)
     out = tmp_path / "out"
-    run = Run(_config(ch, out, bigram_model, Backend.HF, workers=2))
+    # Few prompts in flight per worker: both keep pulling from the one queue.
+    run = Run(_config(ch, out, bigram_model, Backend.HF, workers=2, inflight=4))
     assert run.execute() == 0
     assert len(run.summary.engine_start_seconds) == 1
     assert len(set(run.worker_pids)) == 2
+    assert sum(run.summary.results_per_worker) == 6 * 8
+    assert min(run.summary.results_per_worker) >= 8
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 6 * 8
     assert {p.task_id for p in records} == {t.id for t in tasks}

@@ -74,6 +74,17 @@ def test_flags_override(files: tuple[Path, Path]) -> None:
     assert not cfg.cheapest_first and not cfg.views.keep_background
 
 
+def test_the_streaming_and_supervision_flags(files: tuple[Path, Path]) -> None:
+    ref = _build(files)
+    assert (ref.inflight, ref.stall_seconds, ref.max_restarts) == (
+        RunConfig.inflight,
+        RunConfig.stall_seconds,
+        RunConfig.max_restarts,
+    )
+    cfg = _build(files, "--inflight", "64", "--stall-timeout", "5m", "--max-restarts", "0")
+    assert (cfg.inflight, cfg.stall_seconds, cfg.max_restarts) == (64, 300, 0)
+
+
 def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
     _, model = files
     (model / "airv.json").write_text('{"format": {"shape_header": true}}')
@@ -88,6 +99,9 @@ def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
         (("--n", "3"), ConfigError, "n > 1 needs"),
         (("--first-round", "9", "--max-augmentations", "8"), ConfigError, "max_augmentations"),
         (("--format", "/nonexistent.json"), InputError, "format file not found"),
+        (("--stall-timeout", "0"), ConfigError, "stall_seconds"),
+        (("--inflight", "0"), ConfigError, "inflight"),
+        (("--max-restarts", "-1"), ConfigError, "max_restarts"),
     ],
 )
 def test_bad_options_are_clear_errors(

@@ -1,13 +1,29 @@
-"""The engine protocol, the values that cross it, and choices shared by the backends."""
+"""The engine protocol, the values that cross it, and choices shared by the backends.
+
+An engine is streamed: requests are added one by one under the caller's ids, `step` advances
+it and returns what finished since the last step, `abort` drops requests. The engine keeps
+every request added until it finishes, so whoever feeds it (a worker process, or a caller in
+this process) can keep its queue full and take each answer as it finishes. `generate` and
+`score` are the blocking form of the same thing: add all, step until done.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from airv.core.errors import ConfigError
+from airv.core.errors import ConfigError, EngineError
 from airv.engines.config import Dtype
+
+
+class Decode(enum.StrEnum):
+    """How one request is decoded."""
+
+    DEFAULT = "default"  # as the engine's SamplingConfig says (greedy unless set otherwise)
+    GREEDY = "greedy"  # greedy whatever the SamplingConfig says (one completion)
+    BEAM = "beam"  # beam search with the SamplingConfig's beam_width (must be set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +32,11 @@ class GenerateRequest:
     max_tokens: int
     # A LoRA adapter directory (peft format) to answer with; None: the base model.
     adapter: str | None = None
+    decode: Decode = Decode.DEFAULT
+    n: int | None = None  # completions wanted; None: the SamplingConfig's n
+    # Also send partial results (the tokens so far, finished=False) before the final one.
+    # The vLLM engine streams them; the transformers engine sends only final results.
+    partial: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +48,9 @@ class ScoreRequest:
     adapter: str | None = None  # as GenerateRequest.adapter
 
 
+Request = GenerateRequest | ScoreRequest
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     text: str
@@ -35,21 +59,86 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (hit max_tokens)
 
 
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an engine returns for one request: its completions (a GenerateRequest) or its score
+    (a ScoreRequest); `finished` False for a partial result; `error` when the engine could not
+    serve this one request (the others go on)."""
+
+    request_id: int
+    completions: tuple[Completion, ...] = ()
+    score: float | None = None
+    finished: bool = True
+    error: str | None = None
+
+
 class Engine(Protocol):
     """What the pipeline needs from an inference backend."""
 
     @property
     def tokenizer(self) -> Any: ...
 
+    def add(self, request_id: int, request: Request) -> None:
+        """Queue one request under the caller's id. A request the engine cannot serve comes
+        back from `step` as a Result with `error`; add raises only if the engine is broken."""
+        ...
+
+    def step(self) -> list[Result]:
+        """Advance the engine (one scheduler step, or one batch); the results since the last
+        call. Call it only while `unfinished()`: with nothing to do it may block."""
+        ...
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        """Drop requests (unknown or finished ids are ignored); they return no result."""
+        ...
+
+    def unfinished(self) -> int:
+        """Requests added and not yet returned as finished."""
+        ...
+
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
-        """One batched call; for each request, its completions (n, or beam_width, of them)."""
+        """Blocking: for each request, its completions (n, or beam_width, of them)."""
         ...
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        """One batched call, prefill only: the summed logprob of each continuation."""
+        """Blocking, prefill only: the summed logprob of each continuation."""
         ...
 
     def close(self) -> None: ...
+
+
+def run_to_completion(engine: Engine, requests: Sequence[Request]) -> list[Result]:
+    """Add every request, step until all have finished; results in request order. The one
+    blocking path of every engine (its `generate` and `score`)."""
+    for i, r in enumerate(requests):
+        engine.add(i, r)
+    out: dict[int, Result] = {}
+    while len(out) < len(requests):
+        if not engine.unfinished():
+            raise EngineError(f"the engine dropped {len(requests) - len(out)} request(s)")
+        for res in engine.step():
+            if res.finished:
+                out[res.request_id] = res
+    results = [out[i] for i in range(len(requests))]
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise EngineError(f"{len(failed)} request(s) failed: {failed[0].error}")
+    return results
+
+
+def generate_blocking(
+    engine: Engine, requests: Sequence[GenerateRequest]
+) -> list[list[Completion]]:
+    return [list(r.completions) for r in run_to_completion(engine, requests)]
+
+
+def score_blocking(engine: Engine, requests: Sequence[ScoreRequest]) -> list[float]:
+    out = []
+    for r in run_to_completion(engine, requests):
+        if r.score is None:
+            raise EngineError(f"request {r.request_id}: no score returned")
+        out.append(r.score)
+    return out
 
 
 def resolve_dtype(

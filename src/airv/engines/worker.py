@@ -1,9 +1,16 @@
-"""An engine in a child process, so that the parent keeps the clock.
+"""An engine in a child process, streamed, so that the parent keeps the clock.
 
-Every call to the worker has a timeout. At the deadline the parent kills the worker's whole
-process group (the worker and vLLM's own engine process), so a hung or slow engine cannot
-push a run past its budget. With several GPUs there is one worker per device, pinned by
-CUDA_VISIBLE_DEVICES before torch or vLLM is imported.
+The parent sends requests as the engine has room for them and the worker sends each result
+back as soon as the engine returns it, with a heartbeat after engine steps that finish
+nothing: a worker that is silent while it has work is stalled. The worker leads a process
+group of its own, with vLLM's engine process (VLLM::EngineCore) in it; it reports that
+process's pid, so the parent can watch it (the worker's vLLM client may wait forever on a dead
+one) and end the whole group at once. With several GPUs there is one worker per device,
+pinned by CUDA_VISIBLE_DEVICES before torch or vLLM is imported.
+
+Messages, parent to worker: ("add", [(id, request), ...]), ("abort", [id, ...]),
+("close", None). Worker to parent: ("ready", [engine pid, ...]), ("results", [Result, ...]),
+("beat", None), ("error", text) and then the worker ends.
 """
 
 from __future__ import annotations
@@ -11,20 +18,22 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import queue
 import signal
+import threading
 import time
 import traceback
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any
 
 from airv.core.errors import EngineError
-from airv.engines.base import Completion, GenerateRequest, ScoreRequest
+from airv.engines.base import Completion, GenerateRequest, Request, Result, ScoreRequest
 from airv.engines.config import EngineConfig, SamplingConfig
 
-T = TypeVar("T")
+BEAT_SECONDS = 1.0  # at most one heartbeat a second while the engine steps
+_CHECK_SECONDS = 0.2  # how often the parent looks at the worker's processes
 
 
 class WorkerTimeout(EngineError):
@@ -32,24 +41,67 @@ class WorkerTimeout(EngineError):
 
 
 class WorkerDied(EngineError):
-    """The worker process ended or its engine raised; it has been killed."""
+    """The worker process ended, vLLM's engine process died, or the engine raised; the worker
+    has been killed. `partial`: the results it sent before, not yet taken."""
+
+    def __init__(self, message: str, *, partial: Sequence[Result] = ()):
+        super().__init__(message)
+        self.partial = list(partial)
+
+
+class WorkerStalled(WorkerDied):
+    """The worker had work and said nothing for too long; it has been killed."""
 
 
 @dataclass(frozen=True)
 class Faults:
-    """Faults to inject inside the worker, for tests of the pipeline's recovery.
+    """Faults to inject inside the worker, for tests of the supervision.
 
-    Counts are 1-based numbers of `generate` calls in one worker's life; `lives` is how many
-    worker lives (the first start, then restarts) the faults apply to.
+    Each fires once the worker has returned that many finished results in this life (0: at
+    the first request). A run applies one Faults to its first `lives` worker lives (or a
+    sequence of them, one per life; see Run).
     """
 
-    raise_on_call: int | None = None  # the engine raises mid-batch
-    exit_on_call: int | None = None  # the process dies without a word (as if OOM-killed)
-    hang_on_call: int | None = None  # the engine never answers
+    raise_after: int | None = None  # the engine raises
+    exit_after: int | None = None  # the worker dies without a word (as if OOM-killed)
+    hang_after: int | None = None  # the worker stops answering (it sleeps)
     # vLLM's own engine process (VLLM::EngineCore) is killed with SIGKILL, as an
-    # out-of-memory kill would, just before this call reaches it.
-    kill_engine_on_call: int | None = None
+    # out-of-memory kill would, or stopped with SIGSTOP (a stall the worker cannot see).
+    kill_engine_after: int | None = None
+    stop_engine_after: int | None = None
     lives: int = 1
+
+    def fire(self, finished: int, engine_pids: Sequence[int]) -> None:
+        """Inject whatever is due after `finished` results; called before each engine step."""
+
+        def due(at: int | None) -> bool:
+            return at is not None and finished >= at
+
+        if due(self.exit_after):
+            os._exit(17)
+        if due(self.hang_after):
+            time.sleep(10**6)
+        for at, sig in (
+            (self.kill_engine_after, signal.SIGKILL),
+            (self.stop_engine_after, signal.SIGSTOP),
+        ):
+            if due(at):
+                for pid in engine_pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+        if due(self.raise_after):
+            raise RuntimeError("injected fault: the engine raised")
+
+
+def _read(conn: Connection, inbox: queue.Queue[tuple[str, Any]]) -> None:
+    """Move the parent's messages into `inbox` as they come, so the parent's sends never wait
+    on this worker's own sends (both ends of a full pipe would block)."""
+    while True:
+        try:
+            inbox.put(conn.recv())
+        except (EOFError, OSError):
+            inbox.put(("close", None))
+            return
 
 
 def _serve(
@@ -72,42 +124,54 @@ def _serve(
     except BaseException as exc:  # report any start-up failure to the parent, then end
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return
-    # The engine's own processes (vLLM's EngineCore and its workers): the parent watches them,
-    # since the engine's client in this process may wait forever for a dead one.
+    # The engine's own processes (vLLM's EngineCore and its workers): the parent watches them.
     engine_pids = descendants(os.getpid())
     conn.send(("ready", engine_pids))
-    calls = 0
-    while True:
-        try:
-            method, payload = conn.recv()
-        except EOFError:
-            break
-        if method == "close":
-            break
-        if method == "generate":
-            calls += 1
-            if calls == faults.exit_on_call:
-                os._exit(17)
-            if calls == faults.hang_on_call:
-                time.sleep(10**6)
-            if calls == faults.kill_engine_on_call:
-                for pid in engine_pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-        try:
-            if calls == faults.raise_on_call and method == "generate":
-                raise RuntimeError("injected fault: engine raised mid-batch")
-            result = getattr(engine, method)(payload)
-        except Exception as exc:  # sent to the parent, which decides what to do
+    inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+    threading.Thread(target=_read, args=(conn, inbox), daemon=True).start()
+    finished = 0
+    last_sent = time.monotonic()
+    try:
+        while True:
+            # Take every message waiting; wait for one only when the engine has nothing to do.
+            block = not engine.unfinished()
+            while True:
+                try:
+                    method, payload = inbox.get(block=block)
+                except queue.Empty:
+                    break
+                block = False
+                if method == "close":
+                    return
+                if method == "add":
+                    for request_id, request in payload:
+                        engine.add(request_id, request)
+                elif method == "abort":
+                    engine.abort(payload)
+            if not engine.unfinished():
+                continue
+            faults.fire(finished, engine_pids)
+            results = engine.step()
+            if results:
+                conn.send(("results", results))
+                finished += sum(r.finished for r in results)
+                last_sent = time.monotonic()
+            elif time.monotonic() - last_sent >= BEAT_SECONDS:
+                conn.send(("beat", None))
+                last_sent = time.monotonic()
+    except Exception as exc:  # sent to the parent, which restarts the engine
+        with contextlib.suppress(OSError):
             conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-            continue
-        conn.send(("ok", result))
-    with contextlib.suppress(Exception):
-        engine.close()
+    finally:
+        with contextlib.suppress(Exception):
+            engine.close()
 
 
 class EngineWorker:
-    """One engine in one child process; calls block until an answer or the deadline."""
+    """One engine in one child process, fed without blocking (a lane of engines.pool.Pool).
+
+    `send` and `abort` never wait for the engine; `receive` returns what has arrived, and
+    raises WorkerDied once the worker, or one of vLLM's processes, is gone."""
 
     def __init__(
         self,
@@ -130,76 +194,130 @@ class EngineWorker:
         )
         self._proc.start()
         child.close()
-        self._pending = False
+        self.started = time.monotonic()
+        self.ready = False
+        self.last_heard = self.started  # when the worker last said anything
         self.engine_pids: list[int] = []  # vLLM's own processes, known once the engine is up
+        self._checked = 0.0
+        self._dead: str | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid
 
-    def wait_ready(self, deadline: float) -> None:
-        self.engine_pids = list(self._receive(deadline) or [])
+    @property
+    def waitable(self) -> Connection:
+        """What multiprocessing.connection.wait can wait on."""
+        return self._conn
 
-    def submit(self, method: str, payload: Any) -> None:
-        """Send a call without waiting: workers on several GPUs run concurrently."""
+    def wait_ready(self, deadline: float) -> None:
+        """Block until the engine is up; WorkerTimeout at `deadline` (time.monotonic())."""
+        while not self.ready:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise WorkerTimeout(f"{self.name}: the engine did not start before the deadline")
+            self._conn.poll(min(left, _CHECK_SECONDS))
+            self.receive()
+
+    def send(self, items: Sequence[tuple[int, Request]]) -> None:
+        self._send("add", list(items))
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        self._send("abort", list(request_ids))
+
+    def _send(self, method: str, payload: Any) -> None:
         try:
             self._conn.send((method, payload))
         except (OSError, ValueError) as exc:
             self.kill()
             raise WorkerDied(f"{self.name}: cannot reach the engine process: {exc}") from exc
-        self._pending = True
 
-    def result(self, deadline: float) -> Any:
-        out = self._receive(deadline)
-        self._pending = False
+    def receive(self) -> list[Result]:
+        """Every result that has arrived, without waiting. Raises WorkerDied (after taking
+        what the worker sent before it died) if the worker ended, reported an error, or one of
+        vLLM's processes died."""
+        out: list[Result] = []
+        failure: str | None = None
+        try:
+            while self._conn.poll(0):
+                status, payload = self._conn.recv()
+                self.last_heard = time.monotonic()
+                if status == "results":
+                    out.extend(payload)
+                elif status == "ready":
+                    self.ready = True
+                    self.engine_pids = list(payload)
+                elif status == "error":
+                    failure = f"engine failed: {payload}"
+                    break
+        except (EOFError, OSError):
+            self._proc.join(1.0)  # the pipe closes as the process ends: give it time to exit
+            failure = f"engine process ended (exit code {self._proc.exitcode})"
+        if failure is None:
+            failure = self._check()
+        if failure is not None:
+            self.kill()
+            self._dead = failure
+            raise WorkerDied(f"{self.name}: {failure}", partial=out)
         return out
 
-    def generate(
-        self, requests: Sequence[GenerateRequest], deadline: float
-    ) -> list[list[Completion]]:
-        self.submit("generate", list(requests))
-        return self.result(deadline)  # type: ignore[no-any-return]
+    def _check(self) -> str | None:
+        """Why the worker cannot go on (its process or one of vLLM's is gone), else None."""
+        now = time.monotonic()
+        if now - self._checked < _CHECK_SECONDS:
+            return None
+        self._checked = now
+        if not self._proc.is_alive():
+            return f"engine process ended (exit code {self._proc.exitcode})"
+        dead = [pid for pid in self.engine_pids if not process_alive(pid)]
+        if dead:
+            return f"vLLM's engine process {dead[0]} died"
+        return None
 
-    def score(self, requests: Sequence[ScoreRequest], deadline: float) -> list[float]:
-        self.submit("score", list(requests))
-        return self.result(deadline)  # type: ignore[no-any-return]
+    # -- blocking use (airv plan, benchmarks) ----------------------------------------------
 
-    def _receive(self, deadline: float) -> Any:
-        """Wait for the child's next message until `deadline` (time.monotonic())."""
-        while True:
+    def run(self, requests: Sequence[Request], deadline: float) -> list[Result]:
+        """Every request through the engine; results in request order. WorkerTimeout at the
+        deadline, WorkerDied if the engine fails."""
+        self.wait_ready(deadline)
+        self.send(list(enumerate(requests)))
+        out: dict[int, Result] = {}
+        while len(out) < len(requests):
             left = deadline - time.monotonic()
             if left <= 0:
                 self.kill()
                 raise WorkerTimeout(f"{self.name}: no answer before the deadline; stopped it")
-            if self._conn.poll(min(left, 1.0)):
-                break
-            if not self._proc.is_alive():
-                code = self._proc.exitcode
-                self.kill()
-                raise WorkerDied(f"{self.name}: engine process ended (exit code {code})")
-            dead = [pid for pid in self.engine_pids if not process_alive(pid)]
-            if dead:
-                self.kill()
-                raise WorkerDied(f"{self.name}: vLLM's engine process {dead[0]} died")
-        try:
-            status, payload = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            self.kill()
-            raise WorkerDied(f"{self.name}: engine process ended: {exc}") from exc
-        if status == "error":
-            self.kill()
-            raise WorkerDied(f"{self.name}: engine failed: {payload}")
-        return payload
+            self._conn.poll(min(left, _CHECK_SECONDS))
+            for r in self.receive():
+                if r.finished:
+                    out[r.request_id] = r
+        results = [out[i] for i in range(len(requests))]
+        failed = [r for r in results if r.error is not None]
+        if failed:
+            raise EngineError(f"{self.name}: {len(failed)} request(s) failed: {failed[0].error}")
+        return results
+
+    def generate(
+        self, requests: Sequence[GenerateRequest], deadline: float
+    ) -> list[list[Completion]]:
+        return [list(r.completions) for r in self.run(requests, deadline)]
+
+    def score(self, requests: Sequence[ScoreRequest], deadline: float) -> list[float]:
+        return [float(r.score or 0.0) for r in self.run(requests, deadline)]
+
+    # -- ending ---------------------------------------------------------------------------
 
     def close(self, timeout: float = 30.0) -> None:
         """Ask the engine to shut down; kill it if it does not within `timeout` seconds."""
-        if self._proc.is_alive() and not self._pending:
+        if self._proc.is_alive() and self._dead is None:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("close", None))
             self._proc.join(timeout)
         self.kill()
 
     def kill(self) -> None:
+        """End the worker's whole process group (vLLM's processes too), stopped ones included."""
         pid = self._proc.pid
         if pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -209,47 +327,6 @@ class EngineWorker:
         self._proc.join(5)
         with contextlib.suppress(OSError):
             self._conn.close()
-
-
-def share_out(
-    items: Sequence[T], n: int, task_of: Callable[[T], str], cost_of: Callable[[T], int]
-) -> list[list[T]]:
-    """Share items among n workers by estimated token cost, whole tasks together, greedily
-    (largest task to the least-loaded worker)."""
-    if n == 1:
-        return [list(items)]
-    by_task: dict[str, list[T]] = defaultdict(list)
-    for item in items:
-        by_task[task_of(item)].append(item)
-    loads = [0] * n
-    shares: list[list[T]] = [[] for _ in range(n)]
-    for group in sorted(by_task.values(), key=lambda g: -sum(cost_of(x) for x in g)):
-        i = loads.index(min(loads))
-        shares[i].extend(group)
-        loads[i] += sum(cost_of(x) for x in group)
-    return shares
-
-
-def fan_out(
-    workers: Sequence[EngineWorker],
-    method: str,
-    items: Sequence[T],
-    *,
-    request_of: Callable[[T], object],
-    task_of: Callable[[T], str],
-    cost_of: Callable[[T], int],
-    deadline: float,
-) -> Iterator[tuple[list[T], Any]]:
-    """One engine call (`generate` or `score`) over several workers: items are shared out
-    (`share_out`), every worker gets its share at once, and each share is yielded with its
-    results as that worker answers, so what one worker finished is kept if a later one fails.
-    The one place a call fans out to workers."""
-    shares = share_out(items, len(workers), task_of, cost_of)
-    busy = [(w, share) for w, share in zip(workers, shares, strict=True) if share]
-    for w, share in busy:
-        w.submit(method, [request_of(x) for x in share])
-    for w, share in busy:
-        yield share, w.result(deadline)
 
 
 def descendants(pid: int) -> list[int]:

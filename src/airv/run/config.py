@@ -54,11 +54,20 @@ class RunConfig:
     task_cap_shares: float = 4.0
     task_cap_tokens: int | None = None  # per task, prompt + completion tokens
     cheapest_first: bool = True  # order work by prompt length, so most tasks answer early
-    batch_prompts: int = 256  # prompts per engine call; submission.json is rewritten after each
+    # Prompts each engine holds in flight: twice vLLM's default batch (max_num_seqs 256), so
+    # its scheduler always has work waiting. Only these are lost at the deadline or a crash.
+    inflight: int = 512
+    # submission.json is rewritten (votes recounted) this often while results come in, and
+    # after this many new results, whichever comes first; every result is logged at once.
+    write_seconds: float = 5.0
+    write_every: int = 256
     workers: int = 1  # engine processes; one per GPU
-    # Engine restarts after a death (its process, vLLM's own, or an error) while time remains;
-    # one more failure ends the run with exit 3 (submission.json written).
+    # Engine restarts after a failure (its process or vLLM's own died, it raised, or it
+    # stalled), over all workers, while time remains. A worker past them stays down; with
+    # none left the run ends with exit 3 (submission.json written).
     max_restarts: int = 3
+    # An engine with work in flight that returns nothing for this long is stalled: restarted.
+    stall_seconds: float = 120.0
     devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
     views: ViewPolicy = field(default_factory=ViewPolicy)  # augmentations and their seed
     ttt: TTTConfig = field(default_factory=TTTConfig)  # test-time fine-tuning, off by default
@@ -78,8 +87,10 @@ class RunConfig:
             raise ConfigError("time_budget must be > 0 and reserve >= 0")
         if self.max_restarts < 0:
             raise ConfigError("max_restarts must be >= 0")
-        if self.batch_prompts < 1:
-            raise ConfigError("batch_prompts must be >= 1")
+        if self.inflight < 1 or self.write_every < 1:
+            raise ConfigError("inflight and write_every must be >= 1")
+        if self.stall_seconds <= 0 or self.write_seconds <= 0:
+            raise ConfigError("stall_seconds and write_seconds must be > 0")
 
     @property
     def reserve_seconds(self) -> float:

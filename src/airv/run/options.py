@@ -369,11 +369,24 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "(default: all visible GPUs, none on CPU)",
     )
     e.add_argument(
-        "--batch-prompts",
+        "--inflight",
         type=int,
         metavar="N",
-        help="prompts per engine call per worker; submission.json is rewritten after "
-        f"each call (default {rc.batch_prompts})",
+        help="prompts each engine holds in flight, refilled as they finish; only these are "
+        f"lost at the deadline or a crash (default {rc.inflight})",
+    )
+    e.add_argument(
+        "--stall-timeout",
+        metavar="DURATION",
+        help="an engine with work in flight that returns nothing this long is restarted "
+        f"(default {format_duration(rc.stall_seconds)})",
+    )
+    e.add_argument(
+        "--max-restarts",
+        type=int,
+        metavar="N",
+        help="engine restarts per run (death, vLLM's engine process killed, error or stall) "
+        f"while time remains; then the engine stays down (default {rc.max_restarts})",
     )
 
 
@@ -581,7 +594,9 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         ),
         workers=workers,
         devices=devices or None,
-        batch_prompts=args.batch_prompts,
+        inflight=args.inflight,
+        stall_seconds=None if args.stall_timeout is None else parse_duration(args.stall_timeout),
+        max_restarts=args.max_restarts,
         max_tasks=args.max_tasks,
         progress=False if args.no_progress else None,
     )

@@ -1,17 +1,22 @@
 """The anytime pipeline: challenge file + model directory -> submission.json, under a deadline.
 
-Work runs in rounds. Round 1 gives every test input a few augmentations; later rounds add more
-where time remains and the vote is not settled. Each round is cut into engine calls of at most
-`batch_prompts` prompts; after every call the completions are appended to the predictions log,
-the votes recomputed and submission.json rewritten atomically. So a valid, improving submission
-exists from the first minute, and a deadline, crash or hang costs only the call in flight.
+Work is planned in rounds. Round 1 gives every test input a few augmentations; later rounds add
+more where the vote is not settled and the task is under its cap. Rounds are priorities, not
+barriers: their prompts go into one shared queue (engines.pool), best first, and the next round
+is planned while the previous one is still running, so the queue never empties while work is
+owed. The engines, in worker processes, are kept a fixed number of requests ahead and return
+each completion as it finishes; each is appended to the predictions log at once, and the votes
+and submission.json (atomic rewrite) follow on a cadence, by time and by count. So a valid,
+improving submission exists from the first minute, and a deadline, crash or hang costs only
+the requests in flight.
 
-The engine lives in worker processes (one per device); this process owns the clock.
+This process owns the clock; the pool supervises the engines (deaths, stalls, restarts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections import Counter, defaultdict
@@ -39,7 +44,8 @@ from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
-from airv.engines.worker import EngineWorker, Faults, WorkerDied, WorkerTimeout, fan_out
+from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision
+from airv.engines.worker import EngineWorker, Faults, WorkerTimeout
 from airv.run.budget import Clock, format_duration, process_start_time
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.predictions import (
@@ -48,7 +54,7 @@ from airv.run.predictions import (
     group_candidates,
     read_predictions,
 )
-from airv.run.rescore import Rescorer
+from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -76,7 +82,13 @@ class _Request:
 class Run:
     """State of one run: candidates so far, per-task accounting, workers."""
 
-    def __init__(self, cfg: RunConfig, *, faults: Faults | None = None, clock: Clock | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        faults: Faults | Sequence[Faults] | None = None,
+        clock: Clock | None = None,
+    ):
         self.cfg = cfg
         self.faults = faults
         self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
@@ -94,9 +106,22 @@ class Run:
         ]
         self.predictions: dict[Unit, list[Prediction]] = defaultdict(list)
         self.failed: dict[TaskId, str] = {}  # task id -> why it gets the fallback
-        self.workers: list[EngineWorker] = []
+        # The engines: one shared queue of work owed, and the supervised workers pulling from it.
+        self.queue: SharedQueue[_Request | ScoreItem] = SharedQueue()
+        self.pool: Pool[_Request | ScoreItem] | None = None
         self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
-        self.restarts = 0
+        self._round = 0  # the last round planned
+        self._seq = itertools.count()  # queue order within a round
+        # Work queued or in flight, per test input: augmentation key -> estimated tokens.
+        self._owed: dict[Unit, dict[str, int]] = defaultdict(dict)
+        self._owed_tokens: Counter[TaskId] = Counter()
+        self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
+        self._spent: dict[TaskId, tuple[float, int]] = {}  # engine seconds, tokens per task
+        self._cut: set[TaskId] = set()  # tasks stopped at their cap
+        self._skips: dict[Unit, int] = {}  # prompts not run because the vote was settled
+        self._rounds: dict[int, list[float]] = {}  # round -> [prompts done, first, last time]
+        self._bar: Any = None  # the progress bar, while the run executes
+        self._starts_seen = 0  # engine start-ups already in the summary
         self._tokenizer: Any = None
         self._format: PromptFormat | None = None
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
@@ -114,6 +139,7 @@ class Run:
         kept = [p for p in records if (p.task_id, p.test_index) in known]
         for p in kept:
             self.predictions[(p.task_id, p.test_index)].append(p)
+            self._charge(p.task_id, p.seconds, p.prompt_tokens + p.tokens)
         self.summary.resumed_predictions = len(kept)
         self.summary.damaged_log_lines = damaged
         if kept:
@@ -148,19 +174,19 @@ class Run:
             self.summary.first_write_seconds = self.clock.elapsed()
         return votes
 
-    def _spent(self) -> dict[TaskId, tuple[float, int]]:
-        """Engine seconds and tokens (prompt + completion) per task, resumed work included."""
-        spent: dict[TaskId, tuple[float, int]] = {}
-        for (task_id, _), preds in self.predictions.items():
-            s, t = spent.get(task_id, (0.0, 0))
-            spent[task_id] = (
-                s + sum(p.seconds for p in preds),
-                t + sum(p.prompt_tokens + p.tokens for p in preds),
-            )
-        return spent
+    def _charge(self, task_id: TaskId, seconds: float, tokens: int) -> None:
+        s, t = self._spent.get(task_id, (0.0, 0))
+        self._spent[task_id] = (s + seconds, t + tokens)
 
-    def _capped(self, spent: tuple[float, int]) -> bool:
-        seconds, tokens = spent
+    def _capped(self, task_id: TaskId, *, owed: bool = True) -> bool:
+        """Whether a task has reached its cap: engine seconds or tokens spent (resumed work
+        included), plus, with `owed`, the estimated cost of its work queued or in flight."""
+        seconds, tokens = self._spent.get(task_id, (0.0, 0))
+        if owed:
+            s = self.summary
+            per_token = s.engine_seconds / max(1, s.tokens_in + s.tokens_out)
+            tokens += self._owed_tokens[task_id]
+            seconds += self._owed_tokens[task_id] * per_token
         cap_s, cap_t = self.task_cap_s, self.cfg.task_cap_tokens
         return (cap_s is not None and seconds >= cap_s) or (cap_t is not None and tokens >= cap_t)
 
@@ -196,26 +222,28 @@ class Run:
         return answer_token_ids(grid, self.prompt_format, self.tokenizer)
 
     def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[_Request]:
-        """The prompts still owed to reach this round's target augmentations per test input."""
+        """The prompts still owed to reach this round's target augmentations per test input
+        (work queued or in flight counts as done)."""
         cfg = self.cfg
         target = self._target(round_no)
         requests: list[_Request] = []
-        spent = self._spent()
         for unit in self.units:
             task_id = unit[0]
-            if task_id in self.failed or self._capped(spent.get(task_id, (0.0, 0))):
+            if task_id in self.failed or self._capped(task_id):
                 continue
-            done = {p.aug for p in self.predictions.get(unit, [])}
+            done = {p.aug for p in self.predictions.get(unit, [])} | set(self._owed[unit])
             if len(done) >= target:
                 continue
             if round_no > 1 and self._settled(votes.get(unit)):
-                # What this round would have added; earlier rounds counted their own share.
-                self.summary.settled_skips += target - max(len(done), self._target(round_no - 1))
+                # What the rounds up to this one would have added.
+                self._skips[unit] = target - len(done)
                 continue
+            self._skips.pop(unit, None)
             try:
                 requests.extend(self._plan_unit(unit, target - len(done), done, round_no))
             except Exception as exc:  # one task's bug must not cost the others their answers
                 self._fail(task_id, f"{type(exc).__name__}: {exc}")
+        self.summary.settled_skips = sum(self._skips.values())
         if cfg.cheapest_first:
             # Whole tasks together, cheapest task first: most tasks get answers early.
             task_cost: Counter[TaskId] = Counter()
@@ -297,68 +325,240 @@ class Run:
 
     # -- engine --------------------------------------------------------------------------
 
-    def start_workers(self) -> None:
+    def _faults(self, life: int) -> Faults | None:
+        f = self.faults
+        if f is None or isinstance(f, Faults):
+            return f if f is not None and life < f.lives else None
+        return f[life] if life < len(f) else None
+
+    def start_lane(self, index: int, life: int) -> Lane:
+        """Start engine worker `index` for its `life`-th time (0 first): a process of its own,
+        pinned to its device."""
         cfg = self.cfg
-        n_gpus = 1 if cfg.devices else 0
         engine = cfg.engine
         if self.adapters:  # serve the adapters test-time fine-tuning trained
             engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
-        self.workers = [
-            EngineWorker(
-                engine,
-                cfg.sampling,
-                device=cfg.devices[i] if cfg.devices else None,
-                n_gpus=n_gpus,
-                faults=self.faults if self.faults and self.restarts < self.faults.lives else None,
-                name=f"worker-{i}",
-            )
-            for i in range(cfg.workers)
-        ]
-        self.worker_pids.extend(w.pid for w in self.workers if w.pid is not None)
+        worker = EngineWorker(
+            engine,
+            cfg.sampling,
+            device=cfg.devices[index] if cfg.devices else None,
+            n_gpus=1 if cfg.devices else 0,
+            faults=self._faults(life),
+            name=f"worker-{index}",
+        )
+        if worker.pid is not None:
+            self.worker_pids.append(worker.pid)
+        return worker
+
+    def start_workers(self) -> None:
+        """Start the engines and wait until they are up (failures restarted by the policy)."""
+        cfg = self.cfg
         t0 = time.monotonic()
-        for w in self.workers:
-            w.wait_ready(self.clock.deadline)
-        self.summary.engine_start_seconds.append(time.monotonic() - t0)
+        self.pool = Pool(
+            self.start_lane,
+            cfg.workers,
+            self.queue,
+            depth=cfg.inflight,
+            policy=Supervision(cfg.max_restarts, cfg.stall_seconds),
+            deadline=self.clock.deadline,
+        )
+        try:
+            self._take(self.pool.wait_ready())
+        finally:
+            self.summary.engine_start_seconds.append(time.monotonic() - t0)
+            self._starts_seen = len(self.pool.start_seconds)
 
     def stop_workers(self) -> None:
-        for w in self.workers:
-            w.close()
-        self.workers = []
+        if self.pool is not None:
+            self._sync_pool()
+            self.pool.close()
+            self.pool = None
 
-    def run_batch(self, batch: Sequence[_Request]) -> None:
-        t0 = time.monotonic()
-        for share, results in fan_out(
-            self.workers,
-            "generate",
-            batch,
-            request_of=lambda r: r.request,
-            task_of=lambda r: r.unit[0],
-            cost_of=lambda r: r.cost,
-            deadline=self.clock.deadline,
-        ):
-            self._record(share, results, time.monotonic() - t0)
+    def _sync_pool(self) -> None:
+        """The pool's restarts and start-ups into the summary."""
+        pool = self.pool
+        if pool is None:
+            return
+        s = self.summary
+        s.restarts = pool.restarts
+        s.engine_failures = list(pool.failures)
+        s.results_per_worker = pool.finished()
+        s.engine_start_seconds.extend(pool.start_seconds[self._starts_seen :])
+        self._starts_seen = len(pool.start_seconds)
 
-    def _record(
-        self, share: Sequence[_Request], results: Sequence[Sequence[Completion]], wall: float
-    ) -> None:
-        total_cost = (
-            sum(
-                len(r.prompt.token_ids) + sum(len(c.token_ids) for c in cs)
-                for r, cs in zip(share, results, strict=True)
-            )
-            or 1
-        )
+    # -- the shared queue ---------------------------------------------------------------
+
+    def _push(self, requests: Sequence[_Request]) -> int:
+        now = time.monotonic()
+        for r in requests:
+            self.queue.push(r.request, r, (r.round, 0, next(self._seq)))
+            self._owed[r.unit][r.aug.key] = r.cost
+            self._owed_tokens[r.unit[0]] += r.cost
+            self._rounds.setdefault(r.round, [0, now, now])
+        if requests and self._bar is not None:
+            self._bar.total += len(requests)
+        return len(requests)
+
+    def _push_scores(self, votes: dict[Unit, Vote]) -> int:
+        """With --vote rescore: score the candidates of test inputs whose generation work is
+        done for now (nothing queued or in flight), ahead of any generation."""
+        if not self.cfg.vote_mode.needs_scores:
+            return 0
+        ready = {u: v for u, v in votes.items() if not self._owed[u]}
+        n = 0
+        for item in self.rescorer.pending(ready):
+            key = (item.unit, item.grid, item.aug)
+            if key in self._scoring:
+                continue
+            self._scoring.add(key)
+            request = dataclasses.replace(item.request, adapter=self.adapters.get(item.unit[0]))
+            self.queue.push(request, item, (0, -1, next(self._seq)))
+            n += 1
+        return n
+
+    def _unowe(self, job: Job[_Request | ScoreItem]) -> None:
+        p = job.payload
+        if isinstance(p, ScoreItem):
+            self._scoring.discard((p.unit, p.grid, p.aug))
+            return
+        cost = self._owed[p.unit].pop(p.aug.key, None)
+        if cost is not None:
+            self._owed_tokens[p.unit[0]] -= cost
+
+    def _wanted(self, job: Job[_Request | ScoreItem]) -> bool:
+        """Dispatch-time check (the pool drops what this refuses): the task has not failed or
+        hit its cap, and a later round's prompt is not for a test input settled meanwhile."""
+        p = job.payload
+        task_id = p.unit[0]
+        if task_id in self.failed:
+            return False
+        if isinstance(p, ScoreItem):
+            return True
+        if self._capped(task_id, owed=False):
+            return False
+        if p.round > 1 and self._settled(self._votes.get(p.unit)):
+            done = len(self.predictions.get(p.unit, [])) + len(self._owed[p.unit]) - 1
+            self._skips[p.unit] = max(self._skips.get(p.unit, 0), self._target(p.round) - done)
+            self.summary.settled_skips = sum(self._skips.values())
+            return False
+        return True
+
+    def _last_round(self) -> int:
+        cfg = self.cfg
+        return 1 + -(-(cfg.max_augmentations - cfg.first_round) // cfg.per_round)
+
+    def _refill(self, votes: dict[Unit, Vote], *, final: bool = False) -> int:
+        """Plan rounds ahead while the queue holds less than the engines take in flight; with
+        `final` (nothing queued or in flight), look once more at the last round (a vote that
+        came unsettled) and at owed scores. Returns the requests queued."""
+        assert self.pool is not None
+        pushed = 0
+        while len(self.queue) < self.pool.capacity and self._round < self._last_round():
+            self._round += 1
+            pushed += self._push(self.plan(self._round, votes))
+        if final:
+            pushed += self._push(self.plan(max(1, self._round), votes))
+            pushed += self._push_scores(votes)
+        return pushed
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _stream(self, votes: dict[Unit, Vote]) -> dict[Unit, Vote]:
+        """Keep the engines fed until the work is done or time is up; record each result as
+        it comes; vote and rewrite submission.json on a cadence (cfg.write_seconds, or
+        cfg.write_every new results)."""
+        pool = self.pool
+        assert pool is not None
+        cfg = self.cfg
+        last_write, unwritten = time.monotonic(), 0
+        while True:
+            if self.clock.left() <= 0:
+                # What the engines already returned is kept; only requests in flight are lost.
+                self._take(pool.drain())
+                self.summary.stopped_by = "deadline"
+                log.warning("deadline reached: stopping the engine; the last submission stands")
+                break
+            self._refill(votes)
+            if not len(self.queue) and pool.idle():
+                votes = self.votes()
+                if not self._refill(votes, final=True):
+                    break
+            for job in pool.feed(self._wanted):
+                self._unowe(job)
+            unwritten += self._take(pool.poll(min(self.clock.left(), 0.5)))
+            now = time.monotonic()
+            if unwritten and (
+                unwritten >= cfg.write_every or now - last_write >= cfg.write_seconds
+            ):
+                votes = self.write()
+                self._push_scores(votes)
+                last_write, unwritten = now, 0
+                if self._bar is not None:
+                    self._bar.set_postfix_str(self._postfix(votes))
+            pool.check()  # every restart spent and no engine left: EngineError
+        return self.write()
+
+    def _take(self, done: Sequence[Done[_Request | ScoreItem]]) -> int:
+        """Record finished results: completions to the predictions log, scores to the scores
+        log. Returns how many."""
+        gens: list[tuple[_Request, Sequence[Completion], float]] = []
+        scores: list[tuple[ScoreItem, float, float]] = []
+        for d in done:
+            if not d.result.finished:
+                continue  # the pipeline asks for no partial results
+            self._unowe(d.job)
+            p = d.job.payload
+            if d.result.error is not None:
+                self._fail(p.unit[0], f"the engine refused a request: {d.result.error}")
+            elif isinstance(p, ScoreItem):
+                scores.append((p, float(d.result.score or 0.0), d.seconds))
+            else:
+                gens.append((p, d.result.completions, d.seconds))
+        if gens:
+            self._record(gens)
+        if scores:
+            self.rescorer.record([i for i, _, _ in scores], [v for _, v, _ in scores])
+            self.summary.scoring_requests += len(scores)
+            self.summary.scoring_seconds += sum(sec for _, _, sec in scores)
+        return len(gens) + len(scores)
+
+    def _record(self, items: Sequence[tuple[_Request, Sequence[Completion], float]]) -> None:
+        """Log the completions of finished requests (`seconds`: each request's share of
+        engine time); stop a task that has reached its cap."""
+        now = time.monotonic()
         new: list[Prediction] = []
-        for req, completions in zip(share, results, strict=True):
-            cost = len(req.prompt.token_ids) + sum(len(c.token_ids) for c in completions)
-            seconds = wall * cost / total_cost
-            self.summary.add_prompt(req.unit[0], len(req.prompt.token_ids), seconds)
+        for req, completions, seconds in items:
+            task_id = req.unit[0]
+            self.summary.add_prompt(task_id, len(req.prompt.token_ids), seconds)
+            tokens = len(req.prompt.token_ids) + sum(len(c.token_ids) for c in completions)
+            self._charge(task_id, seconds, tokens)
             for c in completions:
-                new.append(self._prediction(req, c, seconds / len(completions)))
+                new.append(self._prediction(req, c, seconds / max(1, len(completions))))
+            stats = self._rounds.setdefault(req.round, [0, now, now])
+            stats[0] += 1
+            stats[2] = now
         append_predictions(self.cfg.log_path, new)
         for p in new:
             self.predictions[(p.task_id, p.test_index)].append(p)
             self.summary.add_prediction(p)
+        if self._bar is not None:
+            self._bar.update(len(items))
+        for task_id in {req.unit[0] for req, _, _ in items}:
+            if task_id not in self._cut and self._capped(task_id, owed=False):
+                self._stop_task(task_id)
+
+    def _stop_task(self, task_id: TaskId) -> None:
+        """A task at its cap: its queued and in-flight prompts are taken back."""
+        self._cut.add(task_id)
+        if self.pool is None:
+            return
+        gone = self.pool.abort(
+            lambda j: isinstance(j.payload, _Request) and j.payload.unit[0] == task_id
+        )
+        for job in gone:
+            self._unowe(job)
+        if gone:
+            log.info("task %s reached its cap: %d prompt(s) dropped", task_id, len(gone))
 
     def _prediction(self, req: _Request, c: Completion, seconds: float) -> Prediction:
         parsed = parse_answer(c.text, self.prompt_format)
@@ -384,10 +584,10 @@ class Run:
             seconds=seconds,
         )
 
-    # -- the loop ------------------------------------------------------------------------
+    # -- the run -------------------------------------------------------------------------
 
     def execute(self) -> int:
-        """Run rounds until the work is done or time is up. Returns the exit code."""
+        """Run until the work is done or time is up. Returns the exit code."""
         votes = self.write()  # a valid submission exists before the model even loads
         exit_code = 0
         if self.clock.left() < ENGINE_START_SECONDS:
@@ -399,32 +599,24 @@ class Run:
                 format_duration(self.cfg.reserve_seconds),
                 format_duration(ENGINE_START_SECONDS),
             )
+        self._bar = _progress(self.cfg.progress)
         try:
             if self.cfg.ttt.enabled:
                 self.finetune()
-            self._start_with_retry()
-            round_no = 1
-            while self.clock.left() > 0:
-                requests = self.plan(round_no, votes)
-                if not requests:
-                    if self._target(round_no) >= self.cfg.max_augmentations:
-                        break
-                    round_no += 1
-                    continue
-                votes, finished = self._run_round(round_no, requests)
-                if finished:
-                    votes = self._rescore(votes)
-                    round_no += 1
-            votes = self._rescore(votes)  # a resumed run may have candidates not yet scored
+            if self.clock.left() > 0:
+                self.start_workers()
+                votes = self._stream(votes)
         except WorkerTimeout:
             self.summary.stopped_by = "deadline"
-            log.warning("deadline reached: stopping the engine; the last submission stands")
+            log.warning("deadline reached before the engine started; the last submission stands")
         except EngineError as exc:
             self.summary.stopped_by = "engine failure"
             self.summary.error = str(exc).splitlines()[0]
-            log.error("engine failed after %d restart(s): %s", self.restarts, exc)
+            log.error("%s", exc)
             exit_code = exc.exit_code
         finally:
+            if self._bar is not None:
+                self._bar.close()
             self.stop_workers()
             votes = self.write()
         if self.summary.stopped_by is None:
@@ -432,84 +624,9 @@ class Run:
         self._finish_summary(votes)
         return exit_code
 
-    def _rescore(self, votes: dict[Unit, Vote]) -> dict[Unit, Vote]:
-        """With --vote rescore: score the owed candidates (one engine call), then vote again."""
-        if not self.cfg.vote_mode.needs_scores or self.clock.left() <= 0:
-            return votes
-        items = self.rescorer.pending(votes)
-        if not items:
-            return votes
-        t0 = time.monotonic()
-        for share, values in fan_out(
-            self.workers,
-            "score",
-            items,
-            request_of=lambda i: dataclasses.replace(
-                i.request, adapter=self.adapters.get(i.unit[0])
-            ),
-            task_of=lambda i: i.unit[0],
-            cost_of=lambda i: i.cost,
-            deadline=self.clock.deadline,
-        ):
-            self.rescorer.record(share, values)
-        self.summary.scoring_requests += len(items)
-        self.summary.scoring_seconds += time.monotonic() - t0
-        return self.write()
-
     def _target(self, round_no: int) -> int:
         cfg = self.cfg
         return min(cfg.first_round + (round_no - 1) * cfg.per_round, cfg.max_augmentations)
-
-    def _start_with_retry(self) -> None:
-        try:
-            self.start_workers()
-        except WorkerTimeout:
-            raise
-        except WorkerDied as exc:
-            self._restart(exc)
-
-    def _restart(self, exc: WorkerDied) -> None:
-        """Restart the engine, up to cfg.max_restarts times per run while time remains; one
-        failure more ends the run."""
-        self.stop_workers()
-        if self.restarts >= self.cfg.max_restarts or self.clock.left() <= 0:
-            raise exc
-        self.restarts += 1
-        self.summary.restarts = self.restarts
-        log.warning(
-            "engine died (%s); restart %d of at most %d",
-            str(exc).splitlines()[0],
-            self.restarts,
-            self.cfg.max_restarts,
-        )
-        self.start_workers()
-
-    def _run_round(self, round_no: int, requests: list[_Request]) -> tuple[dict[Unit, Vote], bool]:
-        """Run one round's requests in engine calls; False if the engine had to be restarted
-        (the round is then planned again: what was logged is not asked for twice)."""
-        t0 = time.monotonic()
-        size = self.cfg.batch_prompts * len(self.workers)
-        bar = _progress(self.cfg.progress, len(requests), round_no)
-        votes: dict[Unit, Vote] = {}
-        try:
-            for start in range(0, len(requests), size):
-                if self.clock.left() <= 0:
-                    raise WorkerTimeout("deadline reached between engine calls")
-                batch = requests[start : start + size]
-                try:
-                    self.run_batch(batch)
-                except WorkerDied as exc:
-                    self._restart(exc)
-                    return self.write(), False
-                votes = self.write()
-                if bar is not None:
-                    bar.update(len(batch))
-                    bar.set_postfix_str(self._postfix(votes))
-        finally:
-            if bar is not None:
-                bar.close()
-            self.summary.add_round(round_no, time.monotonic() - t0, len(requests))
-        return votes, True
 
     def _postfix(self, votes: dict[Unit, Vote]) -> str:
         s = self.summary
@@ -523,6 +640,10 @@ class Run:
     def _finish_summary(self, votes: dict[Unit, Vote]) -> None:
         s = self.summary
         s.total_seconds = self.clock.elapsed()
+        # Rounds overlap: each one's span runs from its planning to its last completion.
+        for r, (n, first, last) in sorted(self._rounds.items()):
+            if n:
+                s.add_round(r, last - first, int(n))
         s.failed_tasks = dict(self.failed)
         for unit in self.units:
             preds = self.predictions.get(unit, [])
@@ -534,15 +655,21 @@ class Run:
         s.write(self.cfg.summary_path)
 
 
-def _progress(enabled: bool, total: int, round_no: int) -> Any:
+def _progress(enabled: bool) -> Any:
+    """A progress bar over the prompts planned so far (its total grows as rounds are planned)."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"round {round_no}", unit="prompt", dynamic_ncols=True)
+    return tqdm(total=0, desc="prompts", unit="prompt", dynamic_ncols=True)
 
 
-def run(cfg: RunConfig, *, faults: Faults | None = None, clock: Clock | None = None) -> int:
+def run(
+    cfg: RunConfig,
+    *,
+    faults: Faults | Sequence[Faults] | None = None,
+    clock: Clock | None = None,
+) -> int:
     """Run the pipeline; returns the process exit code. submission.json exists whatever happens
     after the challenge file has been read."""
     r = Run(cfg, faults=faults, clock=clock)

@@ -55,6 +55,8 @@ class RunSummary:
     scoring_seconds: float = 0.0
     settled_skips: int = 0  # prompts not run because the vote was already settled
     restarts: int = 0
+    engine_failures: list[str] = field(default_factory=list)  # why each engine life ended early
+    results_per_worker: list[int] = field(default_factory=list)  # pulled from the shared queue
     stopped_by: str | None = None  # "done", "deadline" or "engine failure"
     error: str | None = None
     resumed_predictions: int = 0
@@ -118,6 +120,8 @@ class RunSummary:
             + (", ".join(f"{s:.1f}s" for s in self.engine_start_seconds) or "not started")
             + f", restarts: {self.restarts}",
         ]
+        for why in self.engine_failures[:10]:
+            lines.append(f"  engine failure: {why}")
         if self.first_write_seconds is not None:
             lines.append(f"first submission.json after {self.first_write_seconds:.1f}s")
         if self.rounds:

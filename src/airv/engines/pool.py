@@ -1,0 +1,427 @@
+"""One shared queue of work and the engines that pull from it, supervised.
+
+The queue holds every request owed, best first. Each engine (a lane: a worker process, or an
+engine in this process) is kept `depth` requests ahead of what it has returned, so vLLM's
+scheduler always has work waiting and an idle engine takes the next request whoever it is
+for: several workers share one queue instead of a static split.
+
+Supervision: a lane fails when its process or one of vLLM's ends, when its engine raises, or
+when it has had work and said nothing for `stall_seconds` (a stalled engine). A failed lane's
+whole process group is killed, its requests in flight go back to the queue, and it is started
+again: up to `max_restarts` restarts per pool while time remains. After that the lane stays
+down, and the others go on; `check` raises EngineError once no lane is left.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Generic, Protocol, TypeVar
+
+from airv.core.errors import EngineError
+from airv.engines.base import Engine, GenerateRequest, Request, Result
+from airv.engines.worker import WorkerDied, WorkerStalled
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Job(Generic[T]):
+    """One request owed, with the caller's own record of it."""
+
+    id: int
+    priority: tuple[Any, ...]  # lower first
+    request: Request
+    payload: T
+
+
+class SharedQueue(Generic[T]):
+    """Work owed, best (lowest priority) first; job ids are unique for the queue's life."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[tuple[Any, ...], int, Job[T]]] = []
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, request: Request, payload: T, priority: tuple[Any, ...]) -> Job[T]:
+        job = Job(next(self._ids), priority, request, payload)
+        heapq.heappush(self._heap, (priority, job.id, job))
+        return job
+
+    def requeue(self, jobs: Iterable[Job[T]]) -> None:
+        for job in jobs:
+            heapq.heappush(self._heap, (job.priority, job.id, job))
+
+    def take(self, n: int, keep: Callable[[Job[T]], bool]) -> tuple[list[Job[T]], list[Job[T]]]:
+        """Up to n jobs, best first; jobs `keep` refuses on the way are dropped (returned
+        second)."""
+        taken: list[Job[T]] = []
+        dropped: list[Job[T]] = []
+        while self._heap and len(taken) < n:
+            job = heapq.heappop(self._heap)[2]
+            (taken if keep(job) else dropped).append(job)
+        return taken, dropped
+
+    def drop(self, pred: Callable[[Job[T]], bool]) -> list[Job[T]]:
+        gone = [e[2] for e in self._heap if pred(e[2])]
+        if gone:
+            self._heap = [e for e in self._heap if not pred(e[2])]
+            heapq.heapify(self._heap)
+        return gone
+
+
+class Lane(Protocol):
+    """An engine that pulls from the queue: a worker process (engines.worker.EngineWorker), or
+    an engine in this process (LocalLane)."""
+
+    name: str
+    ready: bool
+    last_heard: float  # time.monotonic() of the lane's last sign of life
+    started: float
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def waitable(self) -> Connection | None:
+        """A connection multiprocessing.connection.wait can wait on; None: poll it."""
+        ...
+
+    def send(self, items: Sequence[tuple[int, Request]]) -> None: ...
+
+    def abort(self, request_ids: Sequence[int]) -> None: ...
+
+    def receive(self) -> list[Result]:
+        """What has arrived, without waiting long; raises WorkerDied when the lane is gone."""
+        ...
+
+    def kill(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalLane:
+    """An engine in this process as a lane: each `receive` runs one engine step. For engines
+    whose work happens elsewhere (a remote server's client), and for tests; there is no
+    process to supervise, but the stall watchdog still applies."""
+
+    def __init__(self, engine: Engine, name: str = "local"):
+        self.engine = engine
+        self.name = name
+        self.ready = True
+        self.started = self.last_heard = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def waitable(self) -> Connection | None:
+        return None
+
+    def send(self, items: Sequence[tuple[int, Request]]) -> None:
+        for request_id, request in items:
+            self.engine.add(request_id, request)
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        self.engine.abort(request_ids)
+
+    def receive(self) -> list[Result]:
+        if not self.engine.unfinished():
+            return []
+        try:
+            out = self.engine.step()
+        except Exception as exc:  # the engine is broken: the pool restarts the lane
+            raise WorkerDied(f"{self.name}: engine failed: {type(exc).__name__}: {exc}") from exc
+        self.last_heard = time.monotonic()
+        return out
+
+    def kill(self) -> None:
+        self.engine.close()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@dataclass(frozen=True)
+class Supervision:
+    """The restart policy."""
+
+    max_restarts: int = 3  # per pool, over all lanes, while time remains
+    stall_seconds: float = 120.0  # a lane with work that says nothing this long is restarted
+
+
+@dataclass
+class Done(Generic[T]):
+    job: Job[T]
+    result: Result
+    seconds: float  # the job's share of its engine's busy time (by tokens)
+
+
+def request_tokens(request: Request, result: Result) -> int:
+    """Tokens one request cost its engine: prompt (+ continuation) + completions."""
+    if isinstance(request, GenerateRequest):
+        return len(request.prompt_ids) + sum(len(c.token_ids) for c in result.completions)
+    return len(request.prompt_ids) + len(request.continuation_ids)
+
+
+@dataclass
+class _Slot(Generic[T]):
+    """One lane's place in the pool, across its lives."""
+
+    lane: Lane | None
+    life: int = 0
+    inflight: dict[int, Job[T]] = field(default_factory=dict)
+    quiet_since: float = 0.0  # when the lane last got work while idle, or was heard
+    busy_seconds: float = 0.0  # time with work in flight, this life
+    busy_tick: float = 0.0
+    tokens: int = 0  # tokens of finished jobs, this life
+    finished: int = 0  # jobs finished, over all lives
+
+
+class Pool(Generic[T]):
+    """Lanes fed from one SharedQueue, supervised (module docstring)."""
+
+    def __init__(
+        self,
+        start: Callable[[int, int], Lane],
+        n_lanes: int,
+        queue: SharedQueue[T],
+        *,
+        depth: int,
+        policy: Supervision,
+        deadline: float,
+    ):
+        self._start = start  # (lane index, life) -> a started lane
+        self.queue = queue
+        self.depth = depth
+        self.policy = policy
+        self.deadline = deadline
+        self.restarts = 0
+        self.failures: list[str] = []  # why each lane life ended early, first line each
+        self.start_seconds: list[float] = []  # each start and restart, until ready
+        self.pids: list[int] = []  # every worker process ever started
+        self._slots: list[_Slot[T]] = []
+        for i in range(n_lanes):
+            self._slots.append(_Slot(lane=self._launch(i, 0)))
+
+    def _launch(self, index: int, life: int) -> Lane:
+        lane = self._start(index, life)
+        if lane.pid is not None:
+            self.pids.append(lane.pid)
+        return lane
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def lanes(self) -> list[Lane]:
+        return [s.lane for s in self._slots if s.lane is not None]
+
+    @property
+    def capacity(self) -> int:
+        """Requests the live lanes hold in flight when full."""
+        return self.depth * len(self.lanes)
+
+    def finished(self) -> list[int]:
+        """Jobs each lane has finished, over all its lives."""
+        return [s.finished for s in self._slots]
+
+    def inflight(self) -> list[Job[T]]:
+        return [j for s in self._slots for j in s.inflight.values()]
+
+    def idle(self) -> bool:
+        return not any(s.inflight for s in self._slots)
+
+    def wait_ready(self) -> list[Done[T]]:
+        """Block until every live lane has started (restarting lanes that fail to start, by
+        the policy); results already returned by ready lanes are handed back."""
+        done: list[Done[T]] = []
+        while any(not lane.ready for lane in self.lanes) or not self.lanes:
+            self.check()
+            if time.monotonic() >= self.deadline:
+                raise EngineError("the engine did not start before the deadline")
+            done.extend(self.poll(min(1.0, self.deadline - time.monotonic())))
+        return done
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def feed(self, keep: Callable[[Job[T]], bool]) -> list[Job[T]]:
+        """Top every ready lane up to `depth` requests in flight, least loaded first; returns
+        the queued jobs `keep` refused on the way (dropped)."""
+        dropped: list[Job[T]] = []
+        now = time.monotonic()
+        for slot in sorted(self._slots, key=lambda s: len(s.inflight)):
+            lane = slot.lane
+            room = self.depth - len(slot.inflight)
+            if lane is None or not lane.ready or room <= 0 or not len(self.queue):
+                continue
+            jobs, refused = self.queue.take(room, keep)
+            dropped.extend(refused)
+            if not jobs:
+                continue
+            if not slot.inflight:
+                slot.quiet_since = slot.busy_tick = now
+            try:
+                lane.send([(j.id, j.request) for j in jobs])
+            except WorkerDied as exc:
+                self.queue.requeue(jobs)
+                self._fail(slot, exc)
+                continue
+            slot.inflight.update((j.id, j) for j in jobs)
+        return dropped
+
+    def abort(self, pred: Callable[[Job[T]], bool]) -> list[Job[T]]:
+        """Take back every queued or in-flight job `pred` selects (their engines drop them)."""
+        gone = self.queue.drop(pred)
+        for slot in self._slots:
+            ids = [i for i, j in slot.inflight.items() if pred(j)]
+            if not ids:
+                continue
+            gone.extend(slot.inflight.pop(i) for i in ids)
+            if slot.lane is not None:
+                try:
+                    slot.lane.abort(ids)
+                except WorkerDied as exc:
+                    self._fail(slot, exc)
+        return gone
+
+    # -- results and supervision ---------------------------------------------------------
+
+    def poll(self, timeout: float) -> list[Done[T]]:
+        """Wait up to `timeout` seconds for results; restart failed or stalled lanes."""
+        lanes = self.lanes
+        local_busy = any(
+            s.lane is not None and s.lane.waitable is None and s.inflight for s in self._slots
+        )
+        conns = [lane.waitable for lane in lanes if lane.waitable is not None]
+        if conns:
+            wait(conns, 0 if local_busy else max(0.0, timeout))
+        elif not local_busy:
+            time.sleep(max(0.0, min(timeout, 0.05)))
+        done: list[Done[T]] = []
+        now = time.monotonic()
+        for slot in self._slots:
+            lane = slot.lane
+            if lane is None:
+                continue
+            was_ready = lane.ready
+            try:
+                results = lane.receive()
+            except WorkerDied as exc:
+                done.extend(self._take(slot, exc.partial, now))
+                self._fail(slot, exc)
+                continue
+            if lane.ready and not was_ready:
+                self.start_seconds.append(now - lane.started)
+            done.extend(self._take(slot, results, now))
+            self._watch(slot, now)
+        return done
+
+    def _take(self, slot: _Slot[T], results: Sequence[Result], now: float) -> list[Done[T]]:
+        if slot.inflight:
+            slot.busy_seconds += now - slot.busy_tick
+        slot.busy_tick = now
+        finished: list[tuple[Job[T], Result, int]] = []
+        partial: list[Done[T]] = []
+        for r in results:
+            job = slot.inflight.get(r.request_id)
+            if job is None:  # aborted meanwhile
+                continue
+            if not r.finished:
+                partial.append(Done(job, r, 0.0))
+                continue
+            del slot.inflight[r.request_id]
+            slot.finished += 1
+            tokens = request_tokens(job.request, r)
+            slot.tokens += tokens
+            finished.append((job, r, tokens))
+        # Engine time per token in this lane's life so far: each finished job is charged by
+        # its tokens, so the charges add up to the time the engine had work.
+        rate = slot.busy_seconds / slot.tokens if slot.tokens else 0.0
+        return partial + [Done(job, r, tokens * rate) for job, r, tokens in finished]
+
+    def _watch(self, slot: _Slot[T], now: float) -> None:
+        """The stall watchdog: a lane with work in flight that has said nothing for
+        policy.stall_seconds is restarted."""
+        lane = slot.lane
+        if lane is None or not lane.ready or not slot.inflight:
+            return
+        quiet = now - max(lane.last_heard, slot.quiet_since)
+        if quiet > self.policy.stall_seconds:
+            self._fail(
+                slot,
+                WorkerStalled(
+                    f"{lane.name}: stalled: nothing for {quiet:.0f}s with "
+                    f"{len(slot.inflight)} request(s) in flight"
+                ),
+            )
+
+    def _fail(self, slot: _Slot[T], exc: EngineError) -> None:
+        """End a lane's life: kill it, requeue its work, restart it if the policy allows."""
+        lane = slot.lane
+        assert lane is not None
+        lane.kill()
+        reason = str(exc).splitlines()[0]
+        self.failures.append(reason)
+        self.queue.requeue(slot.inflight.values())
+        slot.inflight.clear()
+        slot.busy_seconds, slot.tokens = 0.0, 0
+        index = self._slots.index(slot)
+        if self.restarts < self.policy.max_restarts and time.monotonic() < self.deadline:
+            self.restarts += 1
+            slot.life += 1
+            log.warning(
+                "%s; restart %d of at most %d",
+                reason,
+                self.restarts,
+                self.policy.max_restarts,
+            )
+            slot.lane = self._launch(index, slot.life)
+            return
+        slot.lane = None
+        if self.lanes:
+            log.error("%s; no restarts left: going on with %d engine(s)", reason, len(self.lanes))
+
+    def check(self) -> None:
+        """Raise EngineError if no lane is left (every restart spent)."""
+        if not self.lanes:
+            last = self.failures[-1] if self.failures else "no engine"
+            raise EngineError(f"engine failed after {self.restarts} restart(s): {last}")
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def drain(self) -> list[Done[T]]:
+        """Results already sent, taken without waiting (at the deadline, before the kill)."""
+        done: list[Done[T]] = []
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.lane is None:
+                continue
+            try:
+                results = slot.lane.receive()
+            except WorkerDied as exc:
+                results = exc.partial
+                slot.lane = None
+            done.extend(self._take(slot, results, now))
+        return done
+
+    def close(self) -> None:
+        """Shut every lane down (a clean exit when idle, a kill otherwise)."""
+        for slot in self._slots:
+            if slot.lane is None:
+                continue
+            if slot.inflight:
+                slot.lane.kill()
+            else:
+                slot.lane.close()
+            slot.lane = None
+            slot.inflight.clear()
