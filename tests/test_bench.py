@@ -70,6 +70,7 @@ FIGURES: dict[str, tuple[str | int, ...]] = {
     "startup": ("run", "prompts"),
     "scaling": ("points", 0, "tokens_in"),
     "speculative": ("models", "random", "prompts"),
+    "streaming": ("throughput", "prompts"),
 }
 
 
@@ -132,7 +133,7 @@ def test_the_report_puts_the_sections_in_order(
     assert set(real_results["sections"]) == {s.name for s in bench.SECTIONS}
     report = bench.render_markdown(real_results)
     headings = [line for line in report.splitlines() if line.startswith("## ")]
-    assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 7)]
+    assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 8)]
     assert f"{real_results['machine']['cores']} cores" in report
     # A section missing from the results is left out, not rendered empty.
     partial = {**real_results, "sections": {"tokens": real_results["sections"]["tokens"]}}

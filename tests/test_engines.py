@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from airv.core.errors import ConfigError
+from airv.core.errors import ConfigError, EngineError
 from airv.engines import Engine, GenerateRequest, ScoreRequest, make_engine
-from airv.engines.base import resolve_dtype
+from airv.engines.base import Completion, Decode, Result, resolve_dtype
 from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
 
 pytestmark = pytest.mark.engine
@@ -151,3 +152,107 @@ def test_beam_search_vllm(tiny_model: Path) -> None:
     for cs in out:
         assert all(len(c.token_ids) <= 6 for c in cs)
         assert cs[0].logprob >= cs[1].logprob - 1e-6
+
+
+# -- the streamed protocol: add / step / abort -------------------------------------------------
+
+
+def _same(a: Sequence[Completion], b: Sequence[Completion]) -> bool:
+    """The same completions: tokens, text and finish exactly, logprobs to float noise (the
+    batch a request shares changes the arithmetic's order)."""
+    return len(a) == len(b) and all(
+        (x.token_ids, x.text, x.finish_reason) == (y.token_ids, y.text, y.finish_reason)
+        and x.logprob == pytest.approx(y.logprob, abs=1e-3)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _stream(engine: Engine, until_idle: int = 10_000) -> dict[int, list[Result]]:
+    """Step until the engine has nothing left; every result, by request id, in order."""
+    out: dict[int, list[Result]] = {}
+    for _ in range(until_idle):
+        if not engine.unfinished():
+            return out
+        for r in engine.step():
+            out.setdefault(r.request_id, []).append(r)
+    raise AssertionError("the engine never finished")
+
+
+@pytest.mark.parametrize("backend", [Backend.VLLM, Backend.HF])
+def test_streamed_requests_match_the_blocking_call_and_aborts_drop_them(
+    backend: Backend, vllm_engine: Engine, hf_engine: Engine
+) -> None:
+    """Requests added under the caller's ids, one aborted before any step and one added
+    after the first step: each other request's one final result equals the blocking call's."""
+    engine = vllm_engine if backend is Backend.VLLM else hf_engine
+    reqs = _requests(engine)
+    blocking = engine.generate(reqs)
+    for i, req in enumerate(reqs[:-1]):
+        engine.add(100 + i, req)
+    engine.abort([103])
+    first = engine.step()
+    engine.add(100 + len(reqs) - 1, reqs[-1])  # joins the work in flight
+    results = _stream(engine)
+    for r in first:
+        results.setdefault(r.request_id, []).insert(0, r)
+    assert set(results) == {100 + i for i in range(len(reqs))} - {103}
+    for rid, rs in results.items():
+        final = [r for r in rs if r.finished]
+        assert len(final) == 1 and final[0].error is None
+        assert _same(final[0].completions, blocking[rid - 100])
+    assert engine.unfinished() == 0
+
+
+def test_vllm_aborts_a_request_in_flight_and_streams_partial_results(
+    vllm_engine: Engine,
+) -> None:
+    reqs = _requests(vllm_engine, max_tokens=24)
+    whole = vllm_engine.generate(reqs[:2])
+    vllm_engine.add(1, dataclasses.replace(reqs[0], partial=True))
+    vllm_engine.add(2, reqs[1])
+    vllm_engine.add(3, reqs[2])
+    early = vllm_engine.step()  # one decoding step: nothing has finished yet
+    assert all(not r.finished for r in early)
+    vllm_engine.abort([3])
+    results = _stream(vllm_engine)
+    for r in early:
+        results.setdefault(r.request_id, []).insert(0, r)
+    assert set(results) == {1, 2}
+    partial = [r for r in results[1] if not r.finished]
+    assert len(partial) >= 2  # the tokens so far, step by step
+    final = results[1][-1]
+    assert final.finished and _same(final.completions, whole[0])
+    for p in partial:  # each partial result is a prefix of the final answer
+        ids = p.completions[0].token_ids
+        assert ids == final.completions[0].token_ids[: len(ids)]
+    assert [r.finished for r in results[2]] == [True]  # FINAL_ONLY: no partial results
+    assert _same(results[2][0].completions, whole[1])
+
+
+def test_vllm_a_request_it_cannot_serve_fails_alone(vllm_engine: Engine) -> None:
+    """A prompt longer than the context: that request's result carries the error; the
+    others are answered."""
+    reqs = _requests(vllm_engine, max_tokens=8)
+    vllm_engine.add(1, reqs[0])
+    vllm_engine.add(2, GenerateRequest((5,) * 2000, 8))  # max_model_len is 1024
+    vllm_engine.add(3, reqs[1])
+    results = _stream(vllm_engine)
+    assert results[2][-1].error is not None and not results[2][-1].completions
+    assert results[1][-1].error is None and results[3][-1].error is None
+    with pytest.raises(EngineError, match="1 request"):
+        vllm_engine.generate([reqs[0], GenerateRequest((5,) * 2000, 8)])
+
+
+def test_hf_per_request_decode_mode_and_n(hf_engine: Engine, tiny_model: Path) -> None:
+    """On a sampling engine, a GREEDY request decodes greedily (as the greedy engine does),
+    and `n` asks for that many completions."""
+    sampler = _engine(tiny_model, Backend.HF, SamplingConfig(n=1, temperature=1.0, seed=3))
+    try:
+        reqs = _requests(sampler, max_tokens=10)[:3]
+        greedy = hf_engine.generate(reqs)
+        forced = sampler.generate([dataclasses.replace(r, decode=Decode.GREEDY) for r in reqs])
+        assert all(_same(f, g) for f, g in zip(forced, greedy, strict=True))
+        several = sampler.generate([dataclasses.replace(r, n=3) for r in reqs[:2]])
+        assert [len(cs) for cs in several] == [3, 3]
+    finally:
+        sampler.close()

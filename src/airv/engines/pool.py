@@ -208,6 +208,7 @@ class Pool(Generic[T]):
         self.deadline = deadline
         self.restarts = 0
         self.failures: list[str] = []  # why each lane life ended early, first line each
+        self.failure_times: list[float] = []  # time.monotonic() each failure was noticed
         self.start_seconds: list[float] = []  # each start and restart, until ready
         self.pids: list[int] = []  # every worker process ever started
         self._slots: list[_Slot[T]] = []
@@ -372,6 +373,7 @@ class Pool(Generic[T]):
         lane.kill()
         reason = str(exc).splitlines()[0]
         self.failures.append(reason)
+        self.failure_times.append(time.monotonic())
         self.queue.requeue(slot.inflight.values())
         slot.inflight.clear()
         slot.busy_seconds, slot.tokens = 0.0, 0

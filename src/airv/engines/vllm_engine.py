@@ -155,7 +155,7 @@ class VllmEngine:
                 params,
                 lora_request=self._lora(request.adapter),
             )
-        except (ValueError, TypeError) as exc:  # this request only (too long, bad adapter ...)
+        except _request_errors() as exc:  # this request only (too long, bad adapter ...)
             self._done.append(Result(request_id, error=f"{type(exc).__name__}: {exc}"))
             return
         self._live[key] = (request_id, request)
@@ -334,3 +334,14 @@ def lora_rank_slot(rank: int) -> int:
         if rank <= slot:
             return slot
     raise ConfigError(f"LoRA rank {rank} is larger than vLLM serves (512)")
+
+
+def _request_errors() -> tuple[type[Exception], ...]:
+    """What vLLM raises for a request it refuses (too long, a bad adapter): ValueError or
+    TypeError up to 0.11; its own VLLMClientError (not a ValueError) in later releases. Any
+    other error means the engine itself is broken."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # vLLM 0.11.0, the Kaggle pin, has no vllm.exceptions
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMClientError)
