@@ -348,13 +348,17 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
     assert _no_process_left(run.worker_pids)
 
 
+@pytest.mark.parametrize("mode", ["rescore", "views-nll"])
 def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path, bigram_model: Path, mode: str
 ) -> None:
+    """Both re-scoring modes (the views-nll rule too: every image of `12` came from 2 views,
+    so the mean NLL decides)."""
     from airv.cli import main
     from airv.core.voting import VoteMode
     from airv.run.rescore import read_scores
 
+    vote_mode = VoteMode(mode)
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002", n_test=2)], broken=False)
     out = tmp_path / "out"
     # 8 augmentations cover D8 once: the 4 distinct images of `12`, 2 votes each, a tie that
@@ -365,7 +369,7 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
         out,
         bigram_model,
         Backend.HF,
-        vote_mode=VoteMode.RESCORE,
+        vote_mode=vote_mode,
         rescore_top=4,
         rescore_augmentations=1,
     )
@@ -394,7 +398,7 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
             "--challenges",
             str(ch),
             "--mode",
-            "rescore",
+            mode,
             "--out",
             str(offline),
         ]
@@ -429,16 +433,16 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
     own_attempt_1 = sum(_grid(e["attempt_1"]) == ANSWER for e in entries) / len(entries)
     own_best_of_2 = sum(ANSWER in (_grid(e["attempt_1"]), _grid(e["attempt_2"])) for e in entries)
     report = evaluate_log(out / "predictions.jsonl", solutions, challenges=ch)
-    rescored = report.modes[VoteMode.RESCORE].overall()
+    rescored = report.modes[vote_mode].overall()
     assert rescored[Source.ATTEMPT_1].accuracy == own_attempt_1 == 1.0
     assert rescored[Source.BEST_OF_2].accuracy == own_best_of_2 / len(entries)
     assert report.modes[VoteMode.GRID].overall()[Source.ATTEMPT_1].accuracy < 1.0
     # Without the scores log, the rescore rows say so instead of showing numbers.
     (out / "scores.jsonl").unlink()
     report = evaluate_log(out / "predictions.jsonl", solutions, challenges=ch)
-    assert VoteMode.RESCORE not in report.modes
+    assert vote_mode not in report.modes
     text = render(report)
-    assert "rescore: attempt_1" in text and "not evaluated: no scores.jsonl" in text
+    assert f"{mode}: attempt_1" in text and "not evaluated: no scores.jsonl" in text
 
 
 def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Path) -> None:

@@ -18,10 +18,12 @@ from airv.core.voting import (
     VoteMode,
     cell_majority,
     rescore_select,
+    score_means,
     score_totals,
     select_cell,
     select_grid,
     tally,
+    views_nll_select,
     vote,
 )
 from strategies import grids
@@ -415,3 +417,64 @@ def test_rescore_puts_unscored_grids_after_scored_ones() -> None:
     assert v is not None
     assert v.attempt_1 == ((2,),)
     assert v.attempt_2 == ((1,),)
+
+
+# -- views-nll (NVARC's selection rule) ----------------------------------------------------
+
+
+def test_views_nll_is_views_minus_mean_nll() -> None:
+    # A: 3 views, mean NLL 4 -> -1; B: 1 view, mean NLL 0.5 -> 0.5; C: 2 views, NLL 1.5 -> 0.5.
+    cands = [
+        *(scored(A, (-3.0, -5.0), key=k) for k in ("id", "t", "flip")),
+        scored(B, (-0.5, -0.5)),
+        *(scored(C, (-1.0, -2.0), key=k) for k in ("id", "t")),
+    ]
+    assert score_means(cands) == {A: -4.0, B: -0.5, C: -1.5}
+    v = vote(cands, VoteMode.VIEWS_NLL)
+    assert v is not None and v.mode is VoteMode.VIEWS_NLL
+    assert (v.attempt_1, v.attempt_2) == (C, B)  # the tie on 0.5 goes to more views
+
+
+def test_views_nll_counts_distinct_views_not_candidates() -> None:
+    """Four completions of one view (sampling, DFS) are one view, not four votes."""
+    many = [scored(A, (-1.0,), key="id") for _ in range(4)]
+    two = [scored(B, (-1.5,), key=k) for k in ("id", "t")]
+    assert views_nll_select(score_means([*many, *two]), {A: 1, B: 2}) == (B, A)
+    v = vote([*many, *two], VoteMode.VIEWS_NLL)
+    assert v is not None and v.attempt_1 == B
+
+
+def test_views_nll_without_scores_is_the_grid_vote() -> None:
+    cands = [cand(((1,),)), cand(((1,),)), cand(((2,),), logprob=-0.1)]
+    r = vote(cands, VoteMode.VIEWS_NLL)
+    g = vote(cands, VoteMode.GRID)
+    assert r is not None and g is not None
+    assert (r.attempt_1, r.attempt_2) == (g.attempt_1, g.attempt_2)
+
+
+def test_views_nll_nan_score_ranks_last() -> None:
+    v = vote([scored(A, (math.nan,)), scored(B, (-100.0,))], VoteMode.VIEWS_NLL)
+    assert v is not None and v.attempt_1 == B
+
+
+@given(st.lists(st.tuples(candidates_st, st.lists(st.floats(-60.0, 0.0), max_size=3))))
+def test_views_nll_ranks_every_grid_once_scored_first(
+    pairs: list[tuple[Candidate, list[float]]],
+) -> None:
+    cands = [Candidate(c.grid, c.aug_key, c.logprob, c.n_tokens, tuple(s)) for c, s in pairs]
+    v = vote(cands, VoteMode.VIEWS_NLL)
+    if not cands:
+        assert v is None
+        return
+    assert v is not None
+    means = score_means(cands)
+    grids_ = {c.grid for c in cands}
+    ranked = views_nll_select(means, {t.grid: len(set(t.aug_keys)) for t in tally(cands)})
+    assert set(ranked) == set(means) <= grids_
+    if means:
+        assert v.attempt_1 == ranked[0]
+        best = ranked[0]
+        views = len({c.aug_key for c in cands if c.grid == best})
+        for g in ranked[1:]:
+            other = len({c.aug_key for c in cands if c.grid == g})
+            assert views + means[best] >= other + means[g] - 1e-9

@@ -11,6 +11,8 @@ rules are registered per `VoteMode` behind one `Selector` protocol:
 - RESCORE: distinct grids ranked by their likelihood under other augmentations
   (`Candidate.scores`, log p(grid | another augmentation), which a re-scoring pass fills),
   plus a small weight on their votes.
+- VIEWS_NLL: NVARC's selection rule: the number of distinct views (augmentations) that
+  produced a grid minus its mean negative log-likelihood over the re-scoring augmentations.
 
 Every result is independent of the order of the candidates: groups are keyed by grid,
 float sums are exact (`math.fsum`) or run in a canonical order, and every ranking ends
@@ -75,11 +77,12 @@ class VoteMode(enum.StrEnum):
     GRID = "grid"
     CELL = "cell"
     RESCORE = "rescore"
+    VIEWS_NLL = "views-nll"
 
     @property
     def needs_scores(self) -> bool:
         """The mode ranks by likelihood scores, which a re-scoring pass must supply."""
-        return self is VoteMode.RESCORE
+        return self in (VoteMode.RESCORE, VoteMode.VIEWS_NLL)
 
 
 DEFAULT_VOTE_MODE: Final = VoteMode.GRID
@@ -290,8 +293,49 @@ def select_rescore(candidates: Sequence[Candidate]) -> Vote | None:
     return _vote(ranking[0], ranking, tallies, len(candidates), VoteMode.RESCORE)
 
 
+def score_means(candidates: Sequence[Candidate]) -> dict[Grid, float]:
+    """Per distinct grid: the mean over the re-scoring augmentations of its summed logprob
+    (the negative of its mean NLL), averaged over the grid's scored candidates. Grids none
+    of whose candidates were scored are left out."""
+    means: defaultdict[Grid, list[float]] = defaultdict(list)
+    for c in candidates:
+        if c.scores:
+            means[c.grid].append(math.fsum(_sane(s) for s in c.scores) / len(c.scores))
+    return {grid: math.fsum(m) / len(m) for grid, m in means.items()}
+
+
+def views_nll_select(means: Mapping[Grid, float], views: Mapping[Grid, int]) -> tuple[Grid, ...]:
+    """Rank the grids of `means` best first by views - mean NLL (= views + mean logprob);
+    ties go to more views, then to the grid itself."""
+
+    def key(grid: Grid) -> tuple[float, int, Grid]:
+        return (-(views[grid] + _sane(means[grid])), -views[grid], grid)
+
+    return tuple(sorted(means, key=key))
+
+
+def select_views_nll(candidates: Sequence[Candidate]) -> Vote | None:
+    """NVARC's rule: distinct views that produced a grid minus the grid's mean NLL under the
+    re-scoring augmentations. A candidate found twice by one view (several completions of
+    one prompt) counts one view. Unscored grids follow in grid-wise order, so without any
+    scores this is the grid-wise vote."""
+    tallies = tally(candidates)
+    if not tallies:
+        return None
+    means = score_means(candidates)
+    views = {t.grid: len(set(t.aug_keys)) for t in tallies}
+    ranked = views_nll_select(means, views)
+    ranking = [*ranked, *(t.grid for t in tallies if t.grid not in means)]
+    return _vote(ranking[0], ranking, tallies, len(candidates), VoteMode.VIEWS_NLL)
+
+
 SELECTORS: Final[Mapping[VoteMode, Selector]] = MappingProxyType(
-    {VoteMode.GRID: select_grid, VoteMode.CELL: select_cell, VoteMode.RESCORE: select_rescore}
+    {
+        VoteMode.GRID: select_grid,
+        VoteMode.CELL: select_cell,
+        VoteMode.RESCORE: select_rescore,
+        VoteMode.VIEWS_NLL: select_views_nll,
+    }
 )
 
 

@@ -200,20 +200,23 @@ def add_voting_arguments(p: argparse.ArgumentParser) -> None:
         choices=[m.value for m in VoteMode],
         help="grid: majority of identical grids, ties by mean logprob; cell: per-cell "
         "majority among grids of the most-voted shape; rescore: the top candidates re-ranked "
-        "by their likelihood under other augmentations (prefill only, one engine call per "
-        f"round) (default {rc.vote_mode.value})",
+        "by their likelihood under other augmentations (prefill only); views-nll (NVARC's "
+        "rule): the top candidates ranked by the number of views that produced them minus "
+        "their mean NLL under those augmentations, re-scored the same way "
+        f"(default {rc.vote_mode.value})",
     )
     v.add_argument(
         "--rescore-top",
         type=int,
         metavar="M",
-        help=f"rescore: distinct candidates scored per test input (default {rc.rescore_top})",
+        help="rescore, views-nll: distinct candidates scored per test input "
+        f"(default {rc.rescore_top})",
     )
     v.add_argument(
         "--rescore-augmentations",
         type=int,
         metavar="J",
-        help="rescore: augmentations each candidate is scored under "
+        help="rescore, views-nll: augmentations each candidate is scored under "
         f"(default {rc.rescore_augmentations})",
     )
 
