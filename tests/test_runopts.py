@@ -85,6 +85,28 @@ def test_the_streaming_and_supervision_flags(files: tuple[Path, Path]) -> None:
     assert (cfg.inflight, cfg.stall_seconds, cfg.max_restarts) == (64, 300, 0)
 
 
+def test_decode_names_the_decoding(files: tuple[Path, Path]) -> None:
+    from airv.engines.config import DEFAULT_DFS_THRESHOLD
+
+    assert _build(files).sampling.decode == "greedy"
+    dfs = _build(files, "--decode", "dfs").sampling
+    assert (dfs.decode, dfs.dfs_threshold) == ("dfs", DEFAULT_DFS_THRESHOLD)
+    s = _build(files, "--dfs-threshold", "0.2", "--dfs-max-candidates", "3").sampling
+    assert (s.decode, s.dfs_threshold, s.dfs_max_candidates) == ("dfs", 0.2, 3)
+    s = _build(files, "--decode", "sampling", "--temperature", "0.7", "--n", "4").sampling
+    assert (s.decode, s.n) == ("sampling", 4)
+    assert _build(files, "--decode", "beam", "--beam-width", "3").sampling.decode == "beam"
+    for flags in (
+        ("--decode", "sampling"),
+        ("--decode", "greedy", "--temperature", "0.5"),
+        ("--decode", "beam"),
+        ("--decode", "dfs", "--temperature", "0.5"),
+        ("--dfs-threshold", "1.5"),
+    ):
+        with pytest.raises(ConfigError):
+            _build(files, *flags)
+
+
 def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
     _, model = files
     (model / "airv.json").write_text('{"format": {"shape_header": true}}')

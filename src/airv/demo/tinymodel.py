@@ -7,6 +7,7 @@ The answers it gives are noise; the code paths it drives are the real ones.
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ def build_tiny_model(
     num_layers: int = 2,
     head_dim: int = 64,
     max_position_embeddings: int = 8192,
-    bigram: Mapping[str, str] | None = None,
+    bigram: Mapping[str, str | Mapping[str, float]] | None = None,
 ) -> Path:
     """Write a tiny Qwen2 model + tokenizer to `out_dir` (Hugging Face layout) and return it.
 
@@ -35,7 +36,9 @@ def build_tiny_model(
     so that the model is a deterministic bigram machine: the next token depends only on the
     current one, `bigram[current]` if given, else end-of-sequence. E.g. {"\n": "1", "1": "2"}
     answers every prompt ending in a newline with "12" and EOS: a valid 1x2 grid, so the whole
-    pipeline (parse, reverse, vote) runs on real answers through the real engines.
+    pipeline (parse, reverse, vote) runs on real answers through the real engines. A rule may
+    instead give next-token probabilities, {"\n": {"1": 0.6, "2": 0.3, "</s>": 0.1}}: a model
+    whose every sequence probability is known (for testing searches).
 
     head_dim 64: vLLM's CPU attention kernels reject some smaller head sizes (16 fails).
     """
@@ -63,7 +66,10 @@ def build_tiny_model(
         def token(text: str) -> str:
             return _bytes_to_unicode()[ord(text)] if len(text) == 1 else text
 
-        rules = {token(a): token(b) for a, b in bigram.items()}
+        rules = {
+            token(a): token(b) if isinstance(b, str) else {token(t): p for t, p in b.items()}
+            for a, b in bigram.items()
+        }
         _make_bigram(model, vocab, rules, hidden_size)
     model.generation_config.pad_token_id = vocab["<pad>"]
     model.save_pretrained(out, safe_serialization=True)
@@ -134,20 +140,32 @@ def qwen2_config(
     )
 
 
+# A soft rule's logits: ln p + SOFT_LOGIT for its tokens, 0 for the rest of the vocabulary,
+# whose probability is then below e**-40 each.
+SOFT_LOGIT = 40.0
+
+
 def _make_bigram(
-    model: Any, vocab: Mapping[str, int], rules: Mapping[str, str], hidden: int
+    model: Any,
+    vocab: Mapping[str, int],
+    rules: Mapping[str, str | Mapping[str, float]],
+    hidden: int,
 ) -> None:
     """Set weights so that logits depend only on the current token.
 
     Attention and MLP outputs are zeroed, so the residual stream is the token's embedding, a
     one-hot vector; the final RMSNorm scales it to sqrt(hidden) and the untied lm_head maps it
-    to the next token's logits: EOS by default (weight 1), the rule's target if any (weight 2).
+    to the next token's logits: EOS by default (weight 1), the rule's target if any (weight 2),
+    or for a soft rule ln p + SOFT_LOGIT per token (scaled by 1/sqrt(hidden)).
     """
     import torch
 
     if len(vocab) > hidden:
         raise ValueError(f"bigram model needs hidden_size >= vocabulary ({len(vocab)})")
-    unknown = [c for pair in rules.items() for c in pair if c not in vocab]
+    used = [
+        c for cur, nxt in rules.items() for c in (cur, *([nxt] if isinstance(nxt, str) else nxt))
+    ]
+    unknown = [c for c in used if c not in vocab]
     if unknown:
         raise ValueError(f"bigram rules use tokens outside the vocabulary: {unknown}")
     with torch.no_grad():
@@ -161,7 +179,12 @@ def _make_bigram(
         head = torch.zeros(len(vocab), hidden)
         head[vocab["</s>"], : len(vocab)] = 1.0
         for cur, nxt in rules.items():
-            head[vocab[nxt], vocab[cur]] = 2.0
+            if isinstance(nxt, str):
+                head[vocab[nxt], vocab[cur]] = 2.0
+                continue
+            head[:, vocab[cur]] = 0.0
+            for t, p in nxt.items():
+                head[vocab[t], vocab[cur]] = (math.log(p) + SOFT_LOGIT) / math.sqrt(hidden)
         model.lm_head.weight.copy_(head)
 
 

@@ -10,12 +10,14 @@ this process) can keep its queue full and take each answer as it finishes. `gene
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airv.core.errors import ConfigError, EngineError
-from airv.engines.config import Dtype
+from airv.engines.config import Dtype, SamplingConfig
+from airv.engines.dfs import Limits
 
 
 class Decode(enum.StrEnum):
@@ -24,6 +26,7 @@ class Decode(enum.StrEnum):
     DEFAULT = "default"  # as the engine's SamplingConfig says (greedy unless set otherwise)
     GREEDY = "greedy"  # greedy whatever the SamplingConfig says (one completion)
     BEAM = "beam"  # beam search with the SamplingConfig's beam_width (must be set)
+    DFS = "dfs"  # depth-first search above the SamplingConfig's dfs_threshold (must be set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,10 @@ class GenerateRequest:
     # Also send partial results (the tokens so far, finished=False) before the final one.
     # The vLLM engine streams them; the transformers engine sends only final results.
     partial: bool = False
+    # A search (DFS) stops and returns what it has found at `deadline` (time.monotonic(): the
+    # machine's clock, shared by the worker processes) or `max_seconds` after it started.
+    deadline: float | None = None
+    max_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,35 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def decode_of(request: GenerateRequest, sampling: SamplingConfig) -> Decode:
+    """A request's decoding: its own, or for DEFAULT what the engine's SamplingConfig says
+    (DFS, beam, or DEFAULT itself: greedy or sampling)."""
+    if request.decode is not Decode.DEFAULT:
+        return request.decode
+    return {"dfs": Decode.DFS, "beam": Decode.BEAM}.get(sampling.decode, Decode.DEFAULT)
+
+
+def dfs_limits(request: GenerateRequest, sampling: SamplingConfig) -> Limits:
+    """The search of one DFS request, starting now: the SamplingConfig's threshold and caps,
+    and the sooner of the request's deadline and its time cap."""
+    if not sampling.dfs_threshold:
+        raise ConfigError("dfs decoding needs dfs_threshold (--dfs-threshold)")
+    ends = [
+        t
+        for t in (
+            request.deadline,
+            None if request.max_seconds is None else time.monotonic() + request.max_seconds,
+        )
+        if t is not None
+    ]
+    return Limits(
+        sampling.dfs_threshold,
+        sampling.dfs_max_candidates,
+        sampling.dfs_max_nodes,
+        min(ends) if ends else None,
+    )
 
 
 def run_to_completion(engine: Engine, requests: Sequence[Request]) -> list[Result]:

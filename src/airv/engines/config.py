@@ -81,6 +81,11 @@ class EngineConfig:
             raise ConfigError("quantization must be a method name such as awq, or unset")
 
 
+# The threshold `--decode dfs` uses when none is given: inside the ARChitects' 7-20%.
+DEFAULT_DFS_THRESHOLD = 0.1
+DECODE_MODES = ("greedy", "sampling", "beam", "dfs")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to decode. Greedy by default: ARC answers are exact, and AIRV gets its diversity
@@ -100,6 +105,12 @@ class SamplingConfig:
     beam_width: int = 0  # > 1: beam search (vLLM's LLM.beam_search / transformers num_beams)
     # Beam search ranks beams by logprob / length**length_penalty: > 1 favours longer answers.
     length_penalty: float = 1.0
+    # > 0: depth-first search: every answer whose probability stays above this (the winners'
+    # decoder: the ARChitects used 0.07-0.2, NVARC 0.2), at most dfs_max_candidates per prompt,
+    # after at most dfs_max_nodes next-token distributions computed per prompt.
+    dfs_threshold: float = 0.0
+    dfs_max_candidates: int = 8
+    dfs_max_nodes: int = 4096
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -130,10 +141,27 @@ class SamplingConfig:
             raise ConfigError("n > 1 needs sampling (temperature > 0) or beam search")
         if self.beam_width and (self.n > self.beam_width):
             raise ConfigError("with beam search, n must not exceed beam_width")
+        if not 0.0 <= self.dfs_threshold < 1.0:
+            raise ConfigError(
+                f"dfs_threshold must be in (0, 1) (0 = off), got {self.dfs_threshold}"
+            )
+        if self.dfs_threshold and (self.temperature or self.beam_width or self.n > 1):
+            raise ConfigError("depth-first search takes no temperature, n or beam_width")
+        if self.dfs_max_candidates < 1 or self.dfs_max_nodes < 1:
+            raise ConfigError("dfs_max_candidates and dfs_max_nodes must be >= 1")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 and not self.beam_width
+        return self.temperature == 0.0 and not self.beam_width and not self.dfs_threshold
+
+    @property
+    def decode(self) -> str:
+        """The decoding this config asks for: greedy, sampling, beam or dfs."""
+        if self.dfs_threshold:
+            return "dfs"
+        if self.beam_width:
+            return "beam"
+        return "sampling" if self.temperature > 0 else "greedy"
 
 
 def replace(obj: Any, **overrides: Any) -> Any:

@@ -4,6 +4,8 @@ A fallback where vLLM is missing and a debugging aid; it answers the same protoc
 the same greedy outputs as the vLLM backend (checked by the tests on the tiny model). It
 streams the simple way: each `step` runs one batch of what is queued (up to BATCH_SIZE
 requests of one kind and adapter, the oldest first) and returns it whole; no partial results.
+A depth-first search (engines.dfs) runs one prompt per step: one forward pass per node with a
+KV cache that is cut back when the search backtracks.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from airv.engines.base import (
     Request,
     Result,
     ScoreRequest,
+    decode_of,
+    dfs_limits,
     generate_blocking,
     resolve_dtype,
     score_blocking,
 )
 from airv.engines.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.dfs import Leaf, Limits, expansions, ranked
 from airv.engines.model import gpu_capabilities, model_dtype
 
 # Prompts per forward batch: bounds padding waste and activation memory.
@@ -159,8 +164,8 @@ class HfEngine:
         ids = [i for i, _ in batch]
         requests = [r for _, r in batch]
         first = requests[0]
-        beam = isinstance(first, GenerateRequest) and first.decode is Decode.BEAM
-        if beam and not self._sampling.beam_width:
+        decode = decode_of(first, self._sampling) if isinstance(first, GenerateRequest) else None
+        if decode is Decode.BEAM and not self._sampling.beam_width:
             return [Result(i, error="beam decoding needs beam_width") for i in ids]
         try:
             self._use_adapter(first.adapter)
@@ -170,6 +175,12 @@ class HfEngine:
             scores = self._score([r for r in requests if isinstance(r, ScoreRequest)])
             return [Result(i, score=v) for i, v in zip(ids, scores, strict=True)]
         gens = [r for r in requests if isinstance(r, GenerateRequest)]
+        if decode is Decode.DFS:
+            try:
+                limits = dfs_limits(gens[0], self._sampling)
+            except ConfigError as exc:
+                return [Result(i, error=str(exc)) for i in ids]
+            return [Result(ids[0], tuple(self._dfs(gens[0], limits)))]
         return [Result(i, tuple(cs)) for i, cs in zip(ids, self._generate_batch(gens), strict=True)]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
@@ -228,6 +239,62 @@ class HfEngine:
             )
         return results
 
+    def _dfs(self, request: GenerateRequest, limits: Limits) -> list[Completion]:
+        """Every answer above the threshold (engines.dfs), best first, for one prompt."""
+        torch = self._torch
+        eos = self._tokenizer.eos_token_id
+        floor = limits.floor
+        ids = torch.tensor([list(request.prompt_ids)], device=self._device)
+
+        def next_logprobs(out: Any) -> dict[int, float]:
+            """The tokens that can keep some path above the threshold, with their logprob."""
+            lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            top = torch.topk(lp, min(limits.top_k, lp.shape[0]))
+            return dict(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+
+        with torch.no_grad():
+            out = self._model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        base = ids.shape[1]
+        nodes = 1
+        leaves: list[Leaf] = []
+        # Each frame: the answer so far and the expansions still to try, best last (popped
+        # first). Invariant: the cache holds the prompt plus the top frame's answer.
+        stack: list[tuple[tuple[int, ...], list[tuple[int, float]]]] = [
+            ((), expansions(next_logprobs(out), 0.0, floor)[::-1])
+        ]
+        while stack and not limits.done(len(leaves), nodes):
+            answer, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                if stack:
+                    cache.crop(base + len(stack[-1][0]))
+                continue
+            tok, score = todo.pop()
+            seq = (*answer, tok)
+            if tok == eos:
+                leaves.append(Leaf(seq, score))
+                continue
+            if len(seq) >= request.max_tokens:
+                continue  # no room left for EOS: not an answer
+            with torch.no_grad():
+                out = self._model(
+                    input_ids=torch.tensor([[tok]], device=self._device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+            nodes += 1
+            stack.append((seq, expansions(next_logprobs(out), score, floor)[::-1]))
+        return [
+            Completion(
+                text=self._tokenizer.decode(list(leaf.tokens), skip_special_tokens=True),
+                token_ids=leaf.tokens,
+                logprob=leaf.logprob,
+                finish_reason="stop",
+            )
+            for leaf in ranked(leaves, limits.max_candidates)
+        ]
+
     def _completion(
         self, tokens: list[int], logprobs: list[float], req: GenerateRequest
     ) -> Completion:
@@ -275,7 +342,9 @@ class HfEngine:
 
 
 def _batch_key(r: Request) -> tuple[object, ...]:
-    """Requests that can share one forward batch."""
+    """Requests that can share one forward batch (a search takes a step of its own)."""
     if isinstance(r, ScoreRequest):
         return ("score", r.adapter)
+    if r.decode is Decode.DFS:
+        return ("dfs", id(r))
     return ("generate", r.adapter, r.decode, r.n)

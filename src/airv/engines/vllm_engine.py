@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from airv.core.errors import ConfigError, EngineError
@@ -24,12 +25,15 @@ from airv.engines.base import (
     Request,
     Result,
     ScoreRequest,
+    decode_of,
+    dfs_limits,
     generate_blocking,
     resolve_dtype,
     score_blocking,
     sum_logprobs,
 )
 from airv.engines.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.dfs import Branch, Leaf, Limits, ranked, walk
 from airv.engines.model import gpu_capabilities, model_dtype
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,9 @@ class VllmEngine:
         self._live: dict[str, tuple[int, Request]] = {}  # in vLLM, by vLLM's request id
         self._beams: list[tuple[int, GenerateRequest]] = []  # waiting for LLM.beam_search
         self._done: list[Result] = []  # finished without vLLM (errors): the next step's
+        # Depth-first searches (engines.dfs): by the caller's id; their branches in vLLM.
+        self._searches: dict[int, _Search] = {}
+        self._branches: dict[str, tuple[int, Branch]] = {}
 
     @property
     def tokenizer(self) -> Any:
@@ -133,6 +140,21 @@ class VllmEngine:
     # -- streaming: LLMEngine.add_request / step / abort_request --------------------------
 
     def add(self, request_id: int, request: Request) -> None:
+        if (
+            isinstance(request, GenerateRequest)
+            and decode_of(request, self._sampling) is Decode.DFS
+        ):
+            try:
+                limits = dfs_limits(request, self._sampling)
+            except ConfigError as exc:
+                self._done.append(Result(request_id, error=str(exc)))
+                return
+            search = _Search(request, limits)
+            self._searches[request_id] = search
+            self._branch(request_id, search, Branch((), 0.0))
+            if not search.live:  # its root could not start: its error is in _done
+                del self._searches[request_id]
+            return
         if isinstance(request, GenerateRequest) and self._is_beam(request):
             if not self._sampling.beam_width:
                 self._done.append(Result(request_id, error="beam decoding needs beam_width"))
@@ -162,14 +184,21 @@ class VllmEngine:
 
     def step(self) -> list[Result]:
         out, self._done = self._done, []
-        if self._live:
+        if self._live or self._branches:
             if not self._engine.has_unfinished_requests():
                 # Never step an idle engine (its step would wait for output forever).
                 for rid, _ in self._live.values():
                     out.append(Result(rid, error="vLLM dropped the request"))
+                for rid in self._searches:
+                    out.append(Result(rid, error="vLLM dropped the request"))
                 self._live.clear()
+                self._branches.clear()
+                self._searches.clear()
                 return out
             for o in self._engine.step():
+                if o.request_id in self._branches:
+                    out.extend(self._grow(o))
+                    continue
                 entry = self._live.get(o.request_id)
                 if entry is None:
                     continue
@@ -185,7 +214,81 @@ class VllmEngine:
             out.extend(
                 Result(rid, tuple(cs)) for (rid, _), cs in zip(beams, completions, strict=True)
             )
+        for rid, search in list(self._searches.items()):  # searches past their deadline
+            if search.limits.done(len(search.leaves), search.nodes):
+                out.append(self._end_search(rid))
         return out
+
+    # -- depth-first search: branches of greedy requests with top-k logprobs ---------------
+
+    def _branch(self, rid: int, search: _Search, branch: Branch) -> None:
+        """Start one branch: a greedy request from the prompt plus the branch's prefix, with
+        the top-k logprobs at every step."""
+        from vllm.inputs import TokensPrompt
+
+        request = search.request
+        room = request.max_tokens - len(branch.prefix)
+        if room <= 0:
+            return
+        params = self._greedy.clone()
+        params.max_tokens = room
+        params.logprobs = search.limits.top_k
+        key = f"dfs-{rid}-{search.started}"
+        search.started += 1
+        try:
+            self._engine.add_request(
+                key,
+                TokensPrompt(prompt_token_ids=[*request.prompt_ids, *branch.prefix]),
+                params,
+                lora_request=self._lora(request.adapter),
+            )
+        except _request_errors() as exc:
+            if not search.live and not search.leaves:  # the root: the request fails
+                self._done.append(Result(rid, error=f"{type(exc).__name__}: {exc}"))
+            return
+        search.live.add(key)
+        self._branches[key] = (rid, branch)
+
+    def _grow(self, out: Any) -> list[Result]:
+        """A finished branch: its answers, and new branches for its alternatives."""
+        rid, branch = self._branches.pop(out.request_id)
+        search = self._searches[rid]
+        search.live.discard(out.request_id)
+        c = out.outputs[0]
+        top = [{tok: lp.logprob for tok, lp in pos.items()} for pos in (c.logprobs or [])]
+        leaves, branches, nodes = walk(
+            branch, list(c.token_ids), top, search.limits.floor, self.tokenizer.eos_token_id
+        )
+        search.leaves += leaves
+        search.nodes += nodes
+        for b in branches:
+            if search.limits.done(len(search.leaves), search.nodes):
+                break
+            self._branch(rid, search, b)
+        if search.live and not search.limits.done(len(search.leaves), search.nodes):
+            return []
+        return [self._end_search(rid)]
+
+    def _end_search(self, rid: int) -> Result:
+        """Stop a search (its branches still in vLLM aborted); its answers, best first."""
+        search = self._searches.pop(rid)
+        if search.live:
+            self._engine.abort_request(list(search.live))
+            for key in search.live:
+                del self._branches[key]
+        tok = self.tokenizer
+        return Result(
+            rid,
+            tuple(
+                Completion(
+                    text=tok.decode(list(leaf.tokens), skip_special_tokens=True),
+                    token_ids=leaf.tokens,
+                    logprob=leaf.logprob,
+                    finish_reason="stop",
+                )
+                for leaf in ranked(search.leaves, search.limits.max_candidates)
+            ),
+        )
 
     def abort(self, request_ids: Sequence[int]) -> None:
         keys = [str(i) for i in request_ids if str(i) in self._live]
@@ -194,11 +297,13 @@ class VllmEngine:
             for k in keys:
                 del self._live[k]
         drop = set(request_ids)
+        for rid in drop & set(self._searches):
+            self._end_search(rid)
         self._beams = [(rid, r) for rid, r in self._beams if rid not in drop]
         self._done = [r for r in self._done if r.request_id not in drop]
 
     def unfinished(self) -> int:
-        return len(self._live) + len(self._beams) + len(self._done)
+        return len(self._live) + len(self._beams) + len(self._done) + len(self._searches)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         return generate_blocking(self, requests)
@@ -207,9 +312,7 @@ class VllmEngine:
         return score_blocking(self, requests)
 
     def _is_beam(self, request: GenerateRequest) -> bool:
-        if request.decode is Decode.DEFAULT:
-            return bool(self._sampling.beam_width)
-        return request.decode is Decode.BEAM
+        return decode_of(request, self._sampling) is Decode.BEAM
 
     def _params_for(self, request: GenerateRequest) -> Any:
         """The SamplingParams of one request: the run's, with its own max_tokens, n and
@@ -334,6 +437,18 @@ def lora_rank_slot(rank: int) -> int:
         if rank <= slot:
             return slot
     raise ConfigError(f"LoRA rank {rank} is larger than vLLM serves (512)")
+
+
+@dataclass
+class _Search:
+    """One prompt's depth-first search in progress."""
+
+    request: GenerateRequest
+    limits: Limits
+    leaves: list[Leaf] = field(default_factory=list)
+    nodes: int = 0
+    started: int = 0  # branches started (names them)
+    live: set[str] = field(default_factory=set)  # its branches in vLLM
 
 
 def _request_errors() -> tuple[type[Exception], ...]:

@@ -24,7 +24,15 @@ from airv.core.prompt_format import (
     resolve_format,
 )
 from airv.core.voting import VoteMode
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig, replace
+from airv.engines.config import (
+    DECODE_MODES,
+    DEFAULT_DFS_THRESHOLD,
+    Backend,
+    Dtype,
+    EngineConfig,
+    SamplingConfig,
+    replace,
+)
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.run.budget import format_duration, parse_duration
 from airv.run.config import RESERVE_CAP, RESERVE_SHARE, RunConfig
@@ -396,7 +404,35 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """How answers are decoded."""
     sc = _SAMPLING
-    s = p.add_argument_group("sampling (default greedy)")
+    s = p.add_argument_group("decoding (default greedy)")
+    s.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        help="greedy (default); sampling (needs --temperature > 0); beam (needs --beam-width); "
+        "dfs: depth-first search, every answer whose probability stays above --dfs-threshold "
+        "(the ARChitects' and NVARC's decoder). Without it, the other flags decide",
+    )
+    s.add_argument(
+        "--dfs-threshold",
+        type=float,
+        metavar="P",
+        help="dfs: keep answers with probability above P, in (0, 1) "
+        f"(default {DEFAULT_DFS_THRESHOLD}; implies --decode dfs)",
+    )
+    s.add_argument(
+        "--dfs-max-candidates",
+        type=int,
+        metavar="N",
+        help="dfs: answers kept per prompt (view), the likeliest "
+        f"(default {sc.dfs_max_candidates})",
+    )
+    s.add_argument(
+        "--dfs-max-nodes",
+        type=int,
+        metavar="N",
+        help="dfs: next-token distributions computed per prompt (view) before the search stops "
+        f"with what it found (default {sc.dfs_max_nodes}); the task cap bounds a task's time",
+    )
     s.add_argument(
         "--n",
         type=int,
@@ -540,7 +576,22 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
         length_penalty=args.length_penalty,
+        dfs_threshold=args.dfs_threshold
+        if args.dfs_threshold is not None or args.decode != "dfs"
+        else DEFAULT_DFS_THRESHOLD,
+        dfs_max_candidates=args.dfs_max_candidates,
+        dfs_max_nodes=args.dfs_max_nodes,
     )
+    if args.decode is not None and sampling.decode != args.decode:
+        needs = {
+            "greedy": "no --temperature, --beam-width or --dfs-threshold",
+            "sampling": "--temperature > 0",
+            "beam": "--beam-width B (B >= 2)",
+            "dfs": "no --temperature or --beam-width",
+        }[args.decode]
+        raise ConfigError(
+            f"--decode {args.decode} needs {needs}; the flags given ask for {sampling.decode}"
+        )
     if engine.backend is Backend.HF:
         from airv.engines.hf_engine import check_supported
 

@@ -59,6 +59,9 @@ from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
+# Seconds before the run's deadline at which a search (DFS) stops and returns what it found.
+SEARCH_DEADLINE_MARGIN = 2.0
+
 
 @dataclass
 class _Request:
@@ -94,8 +97,11 @@ class Run:
         self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        sampling = cfg.sampling
         self.summary = RunSummary(
             challenges=str(cfg.challenges.resolve()),
+            decode=sampling.decode
+            + (f" (p > {sampling.dfs_threshold:g})" if sampling.decode == "dfs" else ""),
             tasks=len(self.challenges.task_ids),
             rejected_tasks=dict(self.challenges.rejected),
         )
@@ -391,13 +397,25 @@ class Run:
     def _push(self, requests: Sequence[_Request]) -> int:
         now = time.monotonic()
         for r in requests:
-            self.queue.push(r.request, r, (r.round, 0, next(self._seq)))
+            self.queue.push(self._engine_request(r), r, (r.round, 0, next(self._seq)))
             self._owed[r.unit][r.aug.key] = r.cost
             self._owed_tokens[r.unit[0]] += r.cost
             self._rounds.setdefault(r.round, [0, now, now])
         if requests and self._bar is not None:
             self._bar.total += len(requests)
         return len(requests)
+
+    def _engine_request(self, r: _Request) -> GenerateRequest:
+        """What the engine is asked. A search (DFS) gets the run's deadline, a little early so
+        that what it found comes back before the engine is stopped, and the task's time cap."""
+        request = r.request
+        if self.cfg.sampling.decode != "dfs":
+            return request
+        return dataclasses.replace(
+            request,
+            deadline=self.clock.deadline - SEARCH_DEADLINE_MARGIN,
+            max_seconds=self.task_cap_s,
+        )
 
     def _push_scores(self, votes: dict[Unit, Vote]) -> int:
         """With --vote rescore: score the candidates of test inputs whose generation work is

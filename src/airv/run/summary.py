@@ -37,6 +37,7 @@ class RoundStats:
 @dataclass
 class RunSummary:
     challenges: str = ""  # the challenge file's path, for `airv report` / `airv eval`
+    decode: str = "greedy"  # how answers were decoded: greedy, sampling, beam or dfs (p > P)
     tasks: int = 0
     test_inputs: int = 0
     answered_test_inputs: int = 0
@@ -113,7 +114,7 @@ class RunSummary:
             f"tasks: {self.tasks} ({len(self.rejected_tasks)} invalid in the file, "
             f"{len(self.failed_tasks)} fell back to [[0]], {self.skipped_tasks} skipped)",
             f"test inputs answered: {self.answered_test_inputs}/{self.test_inputs}",
-            f"prompts: {self.prompts}, completions: {self.completions}, "
+            f"decoding: {self.decode}, prompts: {self.prompts}, completions: {self.completions}, "
             f"tokens in/out: {self.tokens_in:,}/{self.tokens_out:,}, "
             f"{self.tokens_per_second:,.0f} output tokens/s",
             "engine start: "
