@@ -1227,9 +1227,9 @@ def render_overhead(o: Mapping[str, Any]) -> list[str]:
         "completions (right half the time, one cell off 40%, unparseable 10%); "
         f"tokenizer: {o['tokenizer']}.",
         "",
-        "Whole pipeline (`Run` with an instant synthetic engine: planning, prompt fitting, "
-        "parsing, reversing, logging, voting and rewriting submission.json after every "
-        "engine call of 256 prompts):",
+        "Whole pipeline (`Run` with an instant synthetic engine in the parent process: "
+        "planning, prompt fitting, the shared queue, parsing, reversing, logging, voting and "
+        "rewriting submission.json on its cadence, every 5 s or 256 results):",
         "",
         *_table(
             ["tasks", "prompts", "writes", "overhead s", "ms/task", "ms/prompt"],

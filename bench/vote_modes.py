@@ -77,7 +77,7 @@ def accuracy(
     """Share of test inputs whose vote (over rounds 1..`rounds`) has the truth in either
     attempt: `airv eval`'s best-of-2 accuracy."""
     pools = group_candidates([p for p in predictions if rounds is None or p.round <= rounds])
-    if mode is VoteMode.RESCORE:
+    if mode.needs_scores:
         scored = read_scores(scores) if scores is not None else {}
         pools = {u: attach_scores(scored.get(u, {}), cands) for u, cands in pools.items()}
     evaluation = evaluate_candidates(pools, solutions, mode)

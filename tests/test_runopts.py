@@ -107,6 +107,23 @@ def test_decode_names_the_decoding(files: tuple[Path, Path]) -> None:
             _build(files, *flags)
 
 
+def test_the_openai_engine_takes_endpoints(files: tuple[Path, Path]) -> None:
+    urls = ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8001/v1")
+    cfg = _build(files, "--engine", "openai", "--endpoint", urls[0], "--endpoint", urls[1])
+    assert cfg.engine.backend is Backend.OPENAI and cfg.engine.endpoints == urls
+    assert cfg.workers == 2 and cfg.devices == ()  # one lane per server
+    for flags in (
+        ("--engine", "openai"),  # no endpoint
+        ("--endpoint", urls[0]),  # an endpoint without the engine
+        ("--engine", "openai", "--endpoint", "127.0.0.1:8000"),  # not a URL
+        ("--engine", "openai", "--endpoint", urls[0], "--decode", "dfs"),
+        ("--engine", "openai", "--endpoint", urls[0], "--beam-width", "2"),
+        ("--engine", "openai", "--endpoint", urls[0], "--workers", "3"),
+    ):
+        with pytest.raises(ConfigError):
+            _build(files, *flags)
+
+
 def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
     _, model = files
     (model / "airv.json").write_text('{"format": {"shape_header": true}}')

@@ -21,6 +21,7 @@ from airv.core.errors import ConfigError
 class Backend(enum.StrEnum):
     VLLM = "vllm"
     HF = "hf"
+    OPENAI = "openai"  # vLLM's OpenAI-compatible servers (engines.openai_engine)
 
 
 class Dtype(enum.StrEnum):
@@ -59,6 +60,8 @@ class EngineConfig:
     # vLLM's own log level (VLLM_LOGGING_LEVEL, unless set): its INFO lines bury airv's.
     log_level: str = "WARNING"
     seed: int = 0
+    # The openai engine's servers: base URLs including /v1, one lane each.
+    endpoints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_model_len < 64:
@@ -79,6 +82,14 @@ class EngineConfig:
             raise ConfigError("ngram_speculative_tokens must be >= 0")
         if self.quantization is not None and not self.quantization.strip():
             raise ConfigError("quantization must be a method name such as awq, or unset")
+        if (self.backend is Backend.OPENAI) != bool(self.endpoints):
+            raise ConfigError(
+                "the openai engine needs --endpoint URL (one or more), and --endpoint needs "
+                "--engine openai"
+            )
+        for url in self.endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"an endpoint is a URL such as http://127.0.0.1:8000/v1: {url}")
 
 
 # The threshold `--decode dfs` uses when none is given: inside the ARChitects' 7-20%.

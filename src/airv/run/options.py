@@ -34,6 +34,7 @@ from airv.engines.config import (
     replace,
 )
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
+from airv.engines.openai_engine import API_KEY_ENV, check_remote
 from airv.run.budget import format_duration, parse_duration
 from airv.run.config import RESERVE_CAP, RESERVE_SHARE, RunConfig
 
@@ -315,7 +316,16 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--engine",
         choices=[b.value for b in Backend],
-        help=f"vllm or hf (transformers); default {ec.backend.value}",
+        help="vllm, hf (transformers), or openai (vLLM's OpenAI-compatible servers, "
+        f"--endpoint); default {ec.backend.value}",
+    )
+    e.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="URL",
+        help="with --engine openai: a server's base URL including /v1, e.g. "
+        "http://127.0.0.1:8000/v1 (repeat for several; they share one queue). The API key, "
+        f"if any, is read from ${API_KEY_ENV}",
     )
     e.add_argument(
         "--dtype",
@@ -561,6 +571,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         ngram_speculative_tokens=args.ngram_speculative_tokens,
         quantization=args.quantization,
         log_level=args.engine_log_level,
+        endpoints=None if args.endpoint is None else tuple(args.endpoint),
     )
     sampling = replace(
         SamplingConfig(),
@@ -597,6 +608,8 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
 
         # Here rather than in the worker: a bad option is a usage error, not an engine crash.
         check_supported(engine, sampling)
+    if engine.backend is Backend.OPENAI:
+        check_remote(sampling)
     prompt = resolve_format(
         model=args.model, preset=args.format_preset, format_file=args.format_file
     )
@@ -606,6 +619,10 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
     else:
         devices = pin_workers(args.workers, visible_gpus())
     workers = args.workers if args.workers is not None else (len(devices) if devices else None)
+    if engine.backend is Backend.OPENAI:  # one lane per server
+        if args.workers is not None and args.workers != len(engine.endpoints):
+            raise ConfigError("with --engine openai, the workers are the endpoints: drop --workers")
+        workers, devices = len(engine.endpoints), ()
     cap_s, cap_t = (None, None) if args.task_cap is None else parse_task_cap(args.task_cap)
     cfg: RunConfig = replace(
         RunConfig(challenges=args.challenges, out_dir=args.out),

@@ -44,6 +44,7 @@ from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
+from airv.engines.config import Backend
 from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision
 from airv.engines.worker import EngineWorker, Faults, WorkerTimeout
 from airv.run.budget import Clock, format_duration, process_start_time
@@ -342,6 +343,12 @@ class Run:
         pinned to its device."""
         cfg = self.cfg
         engine = cfg.engine
+        if engine.backend is Backend.OPENAI:  # a server: its requests go out over HTTP
+            from airv.engines.openai_engine import OpenAILane
+
+            return OpenAILane(
+                engine.endpoints[index], cfg.sampling, name=f"endpoint-{index}", life=life
+            )
         if self.adapters:  # serve the adapters test-time fine-tuning trained
             engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
         worker = EngineWorker(

