@@ -479,11 +479,6 @@ def test_done_seconds_share_one_batch_by_tokens_within_wall_time() -> None:
     assert sum(d.seconds for d in done) <= wall
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pool._take charges each finished job at the lane's cumulative rate so far, so "
-    "charges made at different rates do not add up to the busy time",
-)
 def test_done_seconds_of_one_lane_add_up_to_at_most_the_wall_time() -> None:
     """One lane, one job at a time: a small job that took long, then a large job that was
     quick. The time charged to the two cannot exceed the time the test took."""

@@ -110,9 +110,11 @@ class Lane(Protocol):
 
 
 class LocalLane:
-    """An engine in this process as a lane: each `receive` runs one engine step. For engines
-    whose work happens elsewhere (a remote server's client), and for tests; there is no
-    process to supervise, but the stall watchdog still applies."""
+    """An engine in this process as a lane: each `receive` runs one engine step (the bench's
+    synthetic engine, tests). There is no process to supervise, and every step that returns
+    counts as a sign of life, so the stall watchdog sees only an engine that holds work it no
+    longer reports as unfinished; a step that blocks blocks the caller. Engines whose work
+    happens elsewhere are lanes of their own (engines.openai_engine.OpenAILane)."""
 
     def __init__(self, engine: Engine, name: str = "local"):
         self.engine = engine
@@ -182,9 +184,8 @@ class _Slot(Generic[T]):
     life: int = 0
     inflight: dict[int, Job[T]] = field(default_factory=dict)
     quiet_since: float = 0.0  # when the lane last got work while idle, or was heard
-    busy_seconds: float = 0.0  # time with work in flight, this life
+    uncharged: float = 0.0  # time with work in flight not yet charged to finished jobs
     busy_tick: float = 0.0
-    tokens: int = 0  # tokens of finished jobs, this life
     finished: int = 0  # jobs finished, over all lives
 
 
@@ -329,7 +330,7 @@ class Pool(Generic[T]):
 
     def _take(self, slot: _Slot[T], results: Sequence[Result], now: float) -> list[Done[T]]:
         if slot.inflight:
-            slot.busy_seconds += now - slot.busy_tick
+            slot.uncharged += now - slot.busy_tick
         slot.busy_tick = now
         finished: list[tuple[Job[T], Result, int]] = []
         partial: list[Done[T]] = []
@@ -342,12 +343,13 @@ class Pool(Generic[T]):
                 continue
             del slot.inflight[r.request_id]
             slot.finished += 1
-            tokens = request_tokens(job.request, r)
-            slot.tokens += tokens
-            finished.append((job, r, tokens))
-        # Engine time per token in this lane's life so far: each finished job is charged by
-        # its tokens, so the charges add up to the time the engine had work.
-        rate = slot.busy_seconds / slot.tokens if slot.tokens else 0.0
+            finished.append((job, r, request_tokens(job.request, r)))
+        # The engine time since the last charge goes to the jobs finishing now, by their
+        # tokens: the charges add up to exactly the time the engine had work.
+        total = sum(tokens for _, _, tokens in finished)
+        rate = slot.uncharged / total if total else 0.0
+        if finished:
+            slot.uncharged = 0.0
         return partial + [Done(job, r, tokens * rate) for job, r, tokens in finished]
 
     def _watch(self, slot: _Slot[T], now: float) -> None:
@@ -376,7 +378,7 @@ class Pool(Generic[T]):
         self.failure_times.append(time.monotonic())
         self.queue.requeue(slot.inflight.values())
         slot.inflight.clear()
-        slot.busy_seconds, slot.tokens = 0.0, 0
+        slot.uncharged = 0.0
         index = self._slots.index(slot)
         if self.restarts < self.policy.max_restarts and time.monotonic() < self.deadline:
             self.restarts += 1
