@@ -71,6 +71,7 @@ FIGURES: dict[str, tuple[str | int, ...]] = {
     "scaling": ("points", 0, "tokens_in"),
     "speculative": ("models", "random", "prompts"),
     "streaming": ("throughput", "prompts"),
+    "servers": ("runs", "one server", "prompts"),
 }
 
 
@@ -133,7 +134,7 @@ def test_the_report_puts_the_sections_in_order(
     assert set(real_results["sections"]) == {s.name for s in bench.SECTIONS}
     report = bench.render_markdown(real_results)
     headings = [line for line in report.splitlines() if line.startswith("## ")]
-    assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 8)]
+    assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 9)]
     assert f"{real_results['machine']['cores']} cores" in report
     # A section missing from the results is left out, not rendered empty.
     partial = {**real_results, "sections": {"tokens": real_results["sections"]["tokens"]}}

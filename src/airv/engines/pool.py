@@ -257,14 +257,23 @@ class Pool(Generic[T]):
     # -- feeding ---------------------------------------------------------------------------
 
     def feed(self, keep: Callable[[Job[T]], bool]) -> list[Job[T]]:
-        """Top every ready lane up to `depth` requests in flight, least loaded first; returns
-        the queued jobs `keep` refused on the way (dropped)."""
+        """Top every ready lane up to `depth` requests in flight, least loaded first; when
+        the queue holds less than that, it is shared evenly among the lanes with room, so no
+        lane takes all the work while another idles. Returns the queued jobs `keep` refused
+        on the way (dropped)."""
         dropped: list[Job[T]] = []
         now = time.monotonic()
-        for slot in sorted(self._slots, key=lambda s: len(s.inflight)):
+        open_slots = [
+            slot
+            for slot in sorted(self._slots, key=lambda s: len(s.inflight))
+            if slot.lane is not None and slot.lane.ready and len(slot.inflight) < self.depth
+        ]
+        for i, slot in enumerate(open_slots):
             lane = slot.lane
-            room = self.depth - len(slot.inflight)
-            if lane is None or not lane.ready or room <= 0 or not len(self.queue):
+            assert lane is not None
+            share = -(-len(self.queue) // (len(open_slots) - i))  # ceil: the rest split evenly
+            room = min(self.depth - len(slot.inflight), share)
+            if room <= 0:
                 continue
             jobs, refused = self.queue.take(room, keep)
             dropped.extend(refused)

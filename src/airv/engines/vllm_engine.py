@@ -38,6 +38,8 @@ from airv.engines.model import gpu_capabilities, model_dtype
 
 log = logging.getLogger(__name__)
 
+VLLM_MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+
 
 class VllmEngine:
     def __init__(self, engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0):
@@ -55,7 +57,13 @@ class VllmEngine:
             ) from exc
         dtype = resolve_dtype(engine.dtype, gpu_capabilities(n_gpus), model_dtype(engine.model))
         log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
-        self._llm = LLM(**self._llm_kwargs(engine, dtype, n_gpus=n_gpus))
+        kwargs = self._llm_kwargs(engine, dtype, n_gpus=n_gpus)
+        if sampling.dfs_threshold:
+            # A search reads the top floor(1/P) logprobs at every step; vLLM allows 20 unless
+            # told otherwise.
+            top_k = Limits(sampling.dfs_threshold, 1, 1).top_k
+            kwargs["max_logprobs"] = max(VLLM_MAX_LOGPROBS, top_k)
+        self._llm = LLM(**kwargs)
         self._engine = self._llm.llm_engine
         self._sampling = sampling
         self._lora_ids: dict[str, int] = {}
@@ -197,7 +205,8 @@ class VllmEngine:
                 return out
             for o in self._engine.step():
                 if o.request_id in self._branches:
-                    out.extend(self._grow(o))
+                    if o.finished:
+                        out.extend(self._grow(o))
                     continue
                 entry = self._live.get(o.request_id)
                 if entry is None:
@@ -230,9 +239,12 @@ class VllmEngine:
         room = request.max_tokens - len(branch.prefix)
         if room <= 0:
             return
+        from vllm.sampling_params import RequestOutputKind
+
         params = self._greedy.clone()
         params.max_tokens = room
         params.logprobs = search.limits.top_k
+        params.output_kind = RequestOutputKind.FINAL_ONLY
         key = f"dfs-{rid}-{search.started}"
         search.started += 1
         try:

@@ -121,6 +121,9 @@ class Run:
         self._seq = itertools.count()  # queue order within a round
         # Work queued or in flight, per test input: augmentation key -> estimated tokens.
         self._owed: dict[Unit, dict[str, int]] = defaultdict(dict)
+        # Augmentations asked and answered with no completion at all (a search that found
+        # nothing above its threshold): not asked again in this run.
+        self._empty: dict[Unit, set[str]] = defaultdict(set)
         self._owed_tokens: Counter[TaskId] = Counter()
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
         self._spent: dict[TaskId, tuple[float, int]] = {}  # engine seconds, tokens per task
@@ -238,7 +241,11 @@ class Run:
             task_id = unit[0]
             if task_id in self.failed or self._capped(task_id):
                 continue
-            done = {p.aug for p in self.predictions.get(unit, [])} | set(self._owed[unit])
+            done = (
+                {p.aug for p in self.predictions.get(unit, [])}
+                | set(self._owed[unit])
+                | self._empty[unit]
+            )
             if len(done) >= target:
                 continue
             if round_no > 1 and self._settled(votes.get(unit)):
@@ -462,7 +469,8 @@ class Run:
         if self._capped(task_id, owed=False):
             return False
         if p.round > 1 and self._settled(self._votes.get(p.unit)):
-            done = len(self.predictions.get(p.unit, [])) + len(self._owed[p.unit]) - 1
+            asked = {x.aug for x in self.predictions.get(p.unit, [])} | self._empty[p.unit]
+            done = len(asked) + len(self._owed[p.unit]) - 1
             self._skips[p.unit] = max(self._skips.get(p.unit, 0), self._target(p.round) - done)
             self.summary.settled_skips = sum(self._skips.values())
             return False
@@ -559,6 +567,8 @@ class Run:
             self._charge(task_id, seconds, tokens)
             for c in completions:
                 new.append(self._prediction(req, c, seconds / max(1, len(completions))))
+            if not completions:
+                self._empty[req.unit].add(req.aug.key)
             stats = self._rounds.setdefault(req.round, [0, now, now])
             stats[0] += 1
             stats[2] = now
