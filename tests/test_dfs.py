@@ -160,7 +160,7 @@ SOFT = {
     "2": {"</s>": 0.6, "1": 0.4},
     "3": {"3": 0.55, "</s>": 0.45},
 }
-THRESHOLD = 0.04
+THRESHOLD = 0.01  # floor(1/P) = 100 > the vocabulary (81): the top-k is capped there
 MAX_TOKENS = 7
 PROMPTS = ["I\n3\nO\n", "I\n12\nO\n1\n\nI\n2\nO\n"]
 

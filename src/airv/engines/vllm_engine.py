@@ -243,7 +243,9 @@ class VllmEngine:
 
         params = self._greedy.clone()
         params.max_tokens = room
-        params.logprobs = search.limits.top_k
+        # At most the vocabulary (less the sampled token, which vLLM adds): vLLM's sampler
+        # fails the whole engine on a top-k larger than the vocabulary.
+        params.logprobs = min(search.limits.top_k, len(self.tokenizer) - 1)
         params.output_kind = RequestOutputKind.FINAL_ONLY
         key = f"dfs-{rid}-{search.started}"
         search.started += 1
