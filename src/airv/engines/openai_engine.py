@@ -57,7 +57,10 @@ def check_remote(sampling: SamplingConfig) -> None:
             "openai engine"
         )
     if sampling.decode == "beam":
-        raise ConfigError("beam search is not offered through the openai engine")
+        raise ConfigError(
+            "beam search is not offered through the openai engine: vLLM's server returns its "
+            "beams without logprobs or token ids"
+        )
 
 
 class OpenAILane:
