@@ -155,6 +155,29 @@ def test_help_explains_each_option(
         assert fragment in out
 
 
+def test_every_command_has_a_help_that_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    """`airv CMD --help` for every command (argparse expands % in help texts: a bare one
+    crashed `airv run --help`)."""
+    import argparse
+
+    from airv.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert len(sub.choices) >= 8
+    for name in sub.choices:
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0, name
+        assert f"usage: airv {name}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--decode", "--dfs-threshold", "--endpoint", "--inflight", "--stall-timeout"):
+        assert flag in out
+    assert "5% of the budget" in out
+
+
 def test_python_dash_m_airv_runs(files: dict[str, Path]) -> None:
     src = Path(__file__).resolve().parents[1] / "src"
     result = subprocess.run(

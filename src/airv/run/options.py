@@ -131,7 +131,7 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
         "--reserve",
         metavar="DURATION",
         help="kept back for the final write (default: the smaller of "
-        f"{format_duration(RESERVE_CAP)} and {RESERVE_SHARE:.0%} of the budget)",
+        f"{format_duration(RESERVE_CAP)} and {RESERVE_SHARE:.0%}% of the budget)",
     )
     t.add_argument(
         "--task-cap",
