@@ -81,6 +81,7 @@ class OpenAILane:
         self._adapters: dict[str, str] = {}  # adapter directory -> its name on the server
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._client: Any = None
+        self._stopped = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
         self._thread.start()
@@ -130,6 +131,9 @@ class OpenAILane:
         for future in self._futures.values():
             future.cancel()
         self._futures.clear()
+        if self._stopped:
+            return
+        self._stopped = True
         if self._loop.is_running():
             if self._client is not None:  # its connections, closed in the loop they live in
                 closing = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
