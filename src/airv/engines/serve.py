@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from airv.core.errors import EngineError
@@ -37,24 +38,26 @@ class LocalServer:
         max_model_len: int = 1024,
         kv_cache_gib: int = 1,
         extra_args: tuple[str, ...] = ("--enforce-eager", "--dtype", "float32"),
+        env: Mapping[str, str] | None = None,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
-        env = {
+        environ = {
             **os.environ,
             "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
             "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+            **(env or {}),
         }
         if core is not None:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = str(core % (os.cpu_count() or 1))
+            environ["VLLM_CPU_OMP_THREADS_BIND"] = str(core % (os.cpu_count() or 1))
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "vllm.entrypoints.openai.api_server"),
                 *("--model", str(model), "--host", "127.0.0.1", "--port", str(self.port)),
                 *("--max-model-len", str(max_model_len), *extra_args),
             ],
-            env=env,
+            env=environ,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
