@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -276,9 +277,9 @@ def test_both_backends_agree_and_respect_the_caps(
 
 @pytest.mark.engine
 def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path) -> None:
-    """A search that would run for minutes (every path halves: thousands of answers above a
-    low threshold) under a 30 s budget: it stops a little before the deadline and returns
-    what it found; those answers are logged and voted, the submission is valid."""
+    """Searches that would run for minutes (every path halves: thousands of answers above a
+    low threshold) under a 30 s budget: they stop a little before the deadline and return
+    what they found; those answers are logged and voted, the submission is valid."""
     from airv.core.augment import ViewPolicy
     from airv.core.submission import validate_submission
     from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
@@ -317,12 +318,49 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
     run = Run(cfg, clock=Clock(start, 30, 0))
     assert run.execute() == 0
     assert run.summary.decode == "dfs (p > 1e-06)"
-    # The first search ran until just before the deadline; the others started past it and
-    # returned at once, with nothing (and were not asked again).
+    # The four searches ran side by side (one batch) until just before the deadline, and
+    # what each had found came back.
     assert 30 - 2 - 5 < time.monotonic() - start < 30 + 20
     assert run.summary.prompts == 4
     records, _ = read_predictions(out / "predictions.jsonl")
-    assert len(records) > 1  # the first search's answers, all from its one view: the
-    assert len({(r.task_id, r.aug) for r in records}) == 1  # others start past the deadline
+    per_view = Counter((r.task_id, r.aug) for r in records)
+    assert len(per_view) == 4 and min(per_view.values()) > 1
     assert all(r.grid is not None for r in records)  # "1212...", EOS: a one-row grid
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
+
+
+@pytest.mark.engine
+def test_a_view_whose_search_finds_nothing_is_not_asked_again(
+    tmp_path: Path, soft_model: Path
+) -> None:
+    """No answer of the test model reaches p > 0.6: every view comes back with no completion.
+    The run ends (each view asked once, every task on the fallback), it does not re-ask."""
+    from airv.core.augment import ViewPolicy
+    from airv.core.submission import validate_submission
+    from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
+    from airv.run.config import RunConfig
+    from airv.run.pipeline import Run
+
+    tasks = [Task(f"t{i}", (Pair(((1, 2),), ((2, 1),)),), (((1, 2),),)) for i in range(2)]
+    ch = tmp_path / "challenges.json"
+    dump_challenges(tasks, ch)
+    cfg = RunConfig(
+        challenges=ch,
+        out_dir=tmp_path / "out",
+        engine=EngineConfig(
+            model=soft_model, backend=Backend.HF, dtype=Dtype.FLOAT32, max_model_len=256
+        ),
+        sampling=SamplingConfig(dfs_threshold=0.6),
+        first_round=2,
+        per_round=2,
+        max_augmentations=4,
+        views=ViewPolicy(permute_colours=False),
+        progress=False,
+        time_budget=600,
+        reserve=0,
+    )
+    run = Run(cfg)
+    assert run.execute() == 0
+    assert run.summary.stopped_by == "done" and run.summary.completions == 0
+    assert run.summary.prompts == 2 * 4  # every view of every task, once
+    assert validate_submission(cfg.submission_path, load_challenges(ch, strict=False)) == []

@@ -4,8 +4,9 @@ A fallback where vLLM is missing and a debugging aid; it answers the same protoc
 the same greedy outputs as the vLLM backend (checked by the tests on the tiny model). It
 streams the simple way: each `step` runs one batch of what is queued (up to BATCH_SIZE
 requests of one kind and adapter, the oldest first) and returns it whole; no partial results.
-A depth-first search (engines.dfs) runs one prompt per step: one forward pass per node with a
-KV cache that is cut back when the search backtracks.
+Depth-first searches (engines.dfs) of a batch run side by side: one batched forward pass per
+step, each prompt expanding its own next node, over a KV cache whose positions a prompt masks
+out when its search backtracks.
 """
 
 from __future__ import annotations
@@ -179,10 +180,11 @@ class HfEngine:
         gens = [r for r in requests if isinstance(r, GenerateRequest)]
         if decode is Decode.DFS:
             try:
-                limits = dfs_limits(gens[0], self._sampling)
+                limits = [dfs_limits(r, self._sampling) for r in gens]
             except ConfigError as exc:
                 return [Result(i, error=str(exc)) for i in ids]
-            return [Result(ids[0], tuple(self._dfs(gens[0], limits)))]
+            found = self._dfs(gens, limits)
+            return [Result(i, tuple(cs)) for i, cs in zip(ids, found, strict=True)]
         return [Result(i, tuple(cs)) for i, cs in zip(ids, self._generate_batch(gens), strict=True)]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
@@ -241,60 +243,104 @@ class HfEngine:
             )
         return results
 
-    def _dfs(self, request: GenerateRequest, limits: Limits) -> list[Completion]:
-        """Every answer above the threshold (engines.dfs), best first, for one prompt."""
+    def _dfs(
+        self, requests: Sequence[GenerateRequest], limits: Sequence[Limits]
+    ) -> list[list[Completion]]:
+        """Every answer above the threshold (engines.dfs), best first, for each prompt: the
+        searches run side by side, one batched forward pass per step, each prompt expanding
+        its own next node. The KV cache only grows: a prompt that backtracks masks out the
+        positions it left (its attention mask), and each new token gets its own position id,
+        so every row attends to exactly its prompt and its current path."""
         torch = self._torch
         eos = self._tokenizer.eos_token_id
-        floor = limits.floor
-        ids = torch.tensor([list(request.prompt_ids)], device=self._device)
+        pad = self._tokenizer.pad_token_id
+        dev = self._device
+        n = len(requests)
+        ids, mask = self._pad([r.prompt_ids for r in requests])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            out = self._model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+            )
+        cache = out.past_key_values
+        lengths = [len(r.prompt_ids) for r in requests]
 
-        def next_logprobs(out: Any) -> dict[int, float]:
+        def next_logprobs(logits: Any, k: int) -> dict[int, float]:
             """The tokens that can keep some path above the threshold, with their logprob."""
-            lp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            top = torch.topk(lp, min(limits.top_k, lp.shape[0]))
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            top = torch.topk(lp, min(k, lp.shape[0]))
             return dict(zip(top.indices.tolist(), top.values.tolist(), strict=True))
 
-        with torch.no_grad():
-            out = self._model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
-        base = ids.shape[1]
-        nodes = 1
-        leaves: list[Leaf] = []
-        # Each frame: the answer so far and the expansions still to try, best last (popped
-        # first). Invariant: the cache holds the prompt plus the top frame's answer.
-        stack: list[tuple[tuple[int, ...], list[tuple[int, float]]]] = [
-            ((), expansions(next_logprobs(out), 0.0, floor)[::-1])
+        leaves: list[list[Leaf]] = [[] for _ in range(n)]
+        nodes = [1] * n
+        # Per prompt, frames of (answer so far, the cache slot of its last token or -1,
+        # expansions still to try, best last); the top frame's path is what the row sees.
+        stacks: list[list[tuple[tuple[int, ...], int, list[tuple[int, float]]]]] = [
+            [
+                (
+                    (),
+                    -1,
+                    expansions(next_logprobs(out.logits[i, -1], lim.top_k), 0.0, lim.floor)[::-1],
+                )
+            ]
+            for i, lim in enumerate(limits)
         ]
-        while stack and not limits.done(len(leaves), nodes):
-            answer, todo = stack[-1]
-            if not todo:
-                stack.pop()
-                if stack:
-                    cache.crop(base + len(stack[-1][0]))
-                continue
-            tok, score = todo.pop()
-            seq = (*answer, tok)
-            if tok == eos:
-                leaves.append(Leaf(seq, score))
-                continue
-            if len(seq) >= request.max_tokens:
-                continue  # no room left for EOS: not an answer
+        while True:
+            # Each live search takes its next node to expand (answers found on the way).
+            step: list[tuple[int, int, float]] = []  # (row, token, path logprob)
+            for i, stack in enumerate(stacks):
+                while stack and not limits[i].done(len(leaves[i]), nodes[i]):
+                    answer, slot, todo = stack[-1]
+                    if not todo:
+                        stack.pop()
+                        if slot >= 0:
+                            mask[i, slot] = 0  # the row leaves this token's position
+                        continue
+                    tok, score = todo.pop()
+                    seq = (*answer, tok)
+                    if tok == eos:
+                        leaves[i].append(Leaf(seq, score))
+                    elif len(seq) < requests[i].max_tokens:  # else no room left for EOS
+                        step.append((i, tok, score))
+                        break
+                else:
+                    stack.clear()
+            if not step:
+                break
+            tokens = torch.full((n, 1), pad, dtype=torch.long, device=dev)
+            new_mask = torch.zeros((n, 1), dtype=mask.dtype, device=dev)
+            pos = torch.zeros((n, 1), dtype=torch.long, device=dev)
+            for i, tok, _ in step:
+                tokens[i, 0] = tok
+                new_mask[i, 0] = 1
+                pos[i, 0] = lengths[i] + len(stacks[i][-1][0])
+            mask = torch.cat([mask, new_mask], dim=1)
             with torch.no_grad():
                 out = self._model(
-                    input_ids=torch.tensor([[tok]], device=self._device),
+                    input_ids=tokens,
+                    attention_mask=mask,
+                    position_ids=pos,
                     past_key_values=cache,
                     use_cache=True,
                 )
-            nodes += 1
-            stack.append((seq, expansions(next_logprobs(out), score, floor)[::-1]))
+            slot = mask.shape[1] - 1
+            for i, tok, score in step:
+                nodes[i] += 1
+                todo = expansions(
+                    next_logprobs(out.logits[i, -1], limits[i].top_k), score, limits[i].floor
+                )
+                stacks[i].append(((*stacks[i][-1][0], tok), slot, todo[::-1]))
         return [
-            Completion(
-                text=self._tokenizer.decode(list(leaf.tokens), skip_special_tokens=True),
-                token_ids=leaf.tokens,
-                logprob=leaf.logprob,
-                finish_reason="stop",
-            )
-            for leaf in ranked(leaves, limits.max_candidates)
+            [
+                Completion(
+                    text=self._tokenizer.decode(list(leaf.tokens), skip_special_tokens=True),
+                    token_ids=leaf.tokens,
+                    logprob=leaf.logprob,
+                    finish_reason="stop",
+                )
+                for leaf in ranked(found, lim.max_candidates)
+            ]
+            for found, lim in zip(leaves, limits, strict=True)
         ]
 
     def _completion(
@@ -344,10 +390,7 @@ class HfEngine:
 
 
 def _batch_key(r: Request, sampling: SamplingConfig) -> tuple[object, ...]:
-    """Requests that can share one forward batch (a search takes a step of its own)."""
+    """Requests that can share one forward batch (searches too: they run side by side)."""
     if isinstance(r, ScoreRequest):
         return ("score", r.adapter)
-    decode = decode_of(r, sampling)
-    if decode is Decode.DFS:
-        return ("dfs", id(r))
-    return ("generate", r.adapter, decode, r.n)
+    return ("generate", r.adapter, decode_of(r, sampling), r.n)
