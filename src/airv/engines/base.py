@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -143,6 +143,29 @@ def dfs_limits(request: GenerateRequest, sampling: SamplingConfig) -> Limits:
     )
 
 
+def in_order(done: Mapping[int, Result], n: int, who: str = "the engine") -> list[Result]:
+    """The finished results of requests 0..n-1, in request order; EngineError if any failed.
+    The one place a blocking call turns its results into an answer."""
+    results = [done[i] for i in range(n)]
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise EngineError(f"{who}: {len(failed)} request(s) failed: {failed[0].error}")
+    return results
+
+
+def completions_of(results: Sequence[Result]) -> list[list[Completion]]:
+    return [list(r.completions) for r in results]
+
+
+def scores_of(results: Sequence[Result]) -> list[float]:
+    out = []
+    for r in results:
+        if r.score is None:
+            raise EngineError(f"request {r.request_id}: no score returned")
+        out.append(r.score)
+    return out
+
+
 def run_to_completion(engine: Engine, requests: Sequence[Request]) -> list[Result]:
     """Add every request, step until all have finished; results in request order. The one
     blocking path of every engine (its `generate` and `score`)."""
@@ -155,26 +178,17 @@ def run_to_completion(engine: Engine, requests: Sequence[Request]) -> list[Resul
         for res in engine.step():
             if res.finished:
                 out[res.request_id] = res
-    results = [out[i] for i in range(len(requests))]
-    failed = [r for r in results if r.error is not None]
-    if failed:
-        raise EngineError(f"{len(failed)} request(s) failed: {failed[0].error}")
-    return results
+    return in_order(out, len(requests))
 
 
 def generate_blocking(
     engine: Engine, requests: Sequence[GenerateRequest]
 ) -> list[list[Completion]]:
-    return [list(r.completions) for r in run_to_completion(engine, requests)]
+    return completions_of(run_to_completion(engine, requests))
 
 
 def score_blocking(engine: Engine, requests: Sequence[ScoreRequest]) -> list[float]:
-    out = []
-    for r in run_to_completion(engine, requests):
-        if r.score is None:
-            raise EngineError(f"request {r.request_id}: no score returned")
-        out.append(r.score)
-    return out
+    return scores_of(run_to_completion(engine, requests))
 
 
 def resolve_dtype(

@@ -72,9 +72,10 @@ class SharedQueue(Generic[T]):
         return taken, dropped
 
     def drop(self, pred: Callable[[Job[T]], bool]) -> list[Job[T]]:
-        gone = [e[2] for e in self._heap if pred(e[2])]
+        picked = [(pred(e[2]), e) for e in self._heap]  # pred asked once per job
+        gone = [e[2] for hit, e in picked if hit]
         if gone:
-            self._heap = [e for e in self._heap if not pred(e[2])]
+            self._heap = [e for hit, e in picked if not hit]
             heapq.heapify(self._heap)
         return gone
 
@@ -211,16 +212,9 @@ class Pool(Generic[T]):
         self.failures: list[str] = []  # why each lane life ended early, first line each
         self.failure_times: list[float] = []  # time.monotonic() each failure was noticed
         self.start_seconds: list[float] = []  # each start and restart, until ready
-        self.pids: list[int] = []  # every worker process ever started
         self._slots: list[_Slot[T]] = []
         for i in range(n_lanes):
-            self._slots.append(_Slot(lane=self._launch(i, 0)))
-
-    def _launch(self, index: int, life: int) -> Lane:
-        lane = self._start(index, life)
-        if lane.pid is not None:
-            self.pids.append(lane.pid)
-        return lane
+            self._slots.append(_Slot(lane=self._start(i, 0)))
 
     # -- state ---------------------------------------------------------------------------
 
@@ -398,7 +392,7 @@ class Pool(Generic[T]):
                 self.restarts,
                 self.policy.max_restarts,
             )
-            slot.lane = self._launch(index, slot.life)
+            slot.lane = self._start(index, slot.life)
             return
         slot.lane = None
         if self.lanes:

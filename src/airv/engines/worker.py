@@ -29,7 +29,16 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from airv.core.errors import EngineError
-from airv.engines.base import Completion, GenerateRequest, Request, Result, ScoreRequest
+from airv.engines.base import (
+    Completion,
+    GenerateRequest,
+    Request,
+    Result,
+    ScoreRequest,
+    completions_of,
+    in_order,
+    scores_of,
+)
 from airv.engines.config import EngineConfig, SamplingConfig
 
 BEAT_SECONDS = 1.0  # at most one heartbeat a second while the engine steps
@@ -292,19 +301,15 @@ class EngineWorker:
             for r in self.receive():
                 if r.finished:
                     out[r.request_id] = r
-        results = [out[i] for i in range(len(requests))]
-        failed = [r for r in results if r.error is not None]
-        if failed:
-            raise EngineError(f"{self.name}: {len(failed)} request(s) failed: {failed[0].error}")
-        return results
+        return in_order(out, len(requests), self.name)
 
     def generate(
         self, requests: Sequence[GenerateRequest], deadline: float
     ) -> list[list[Completion]]:
-        return [list(r.completions) for r in self.run(requests, deadline)]
+        return completions_of(self.run(requests, deadline))
 
     def score(self, requests: Sequence[ScoreRequest], deadline: float) -> list[float]:
-        return [float(r.score or 0.0) for r in self.run(requests, deadline)]
+        return scores_of(self.run(requests, deadline))
 
     # -- ending ---------------------------------------------------------------------------
 
