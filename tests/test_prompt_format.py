@@ -91,12 +91,17 @@ def test_a_full_format_with_its_own_template_file(tmp_path: Path) -> None:
         ({"template": "{{ nothing.here }}"}, "fails on a probe task"),  # fails to render
         ({"answer_prefix": "```"}, "answer_prefix"),  # the prompt does not end with it
         ({"template_file": "missing.jinja"}, "cannot read the template"),
+        ({"template_file": "../outside.jinja"}, "points outside the format file's folder"),
+        ({"template_file": "/etc/hostname"}, "points outside the format file's folder"),
+        ({"template_file": "sub/../../outside.jinja"}, "points outside the format file's"),
     ],
 )
 def test_bad_formats_are_usage_errors_naming_the_file(
     tmp_path: Path, data: dict[str, object], match: str
 ) -> None:
-    path = _write(tmp_path / "bad.json", data)
+    (tmp_path / "outside.jinja").write_text("<in>{{ test.input }}<out>")  # exists, outside
+    (tmp_path / "fmt").mkdir()
+    path = _write(tmp_path / "fmt" / "bad.json", data)
     with pytest.raises(ConfigError, match=match) as info:
         read_format_file(path)
     assert str(path) in str(info.value) or "nope" in str(info.value)

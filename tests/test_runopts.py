@@ -141,6 +141,15 @@ def test_model_format_file_is_read(files: tuple[Path, Path]) -> None:
         (("--stall-timeout", "0"), ConfigError, "stall_seconds"),
         (("--inflight", "0"), ConfigError, "inflight"),
         (("--max-restarts", "-1"), ConfigError, "max_restarts"),
+        # A NaN budget once ran nothing and exited 0.
+        (("--time-budget", "nan"), ConfigError, "finite"),
+        (("--time-budget", "inf"), ConfigError, "finite"),
+        (("--reserve", "NaN"), ConfigError, "finite"),
+        (("--stall-timeout", "inf"), ConfigError, "finite"),
+        (("--task-cap", "nan"), ConfigError, "task cap"),
+        (("--ttt-budget", "nan"), ConfigError, "ttt-budget"),
+        (("--ttt-budget", "inf"), ConfigError, "ttt-budget"),
+        (("--ttt-task-cap", "inf"), ConfigError, "finite"),
     ],
 )
 def test_bad_options_are_clear_errors(
@@ -164,7 +173,7 @@ def test_durations() -> None:
     assert parse_duration("45m") == 2700
     assert parse_duration("1.5h") == 5400
     assert parse_duration("600") == 600
-    for bad in ("", "5x", "h", "-3"):
+    for bad in ("", "5x", "h", "-3", "nan", "inf", "-inf", "1e999"):
         with pytest.raises(ConfigError):
             parse_duration(bad)
 

@@ -109,6 +109,20 @@ def test_rejected_task_test_count_uses_its_test_list_else_one(tmp_path: Path) ->
     assert ch.n_tests == {"a": 3, "b": 1, "c": 1}
 
 
+def test_a_rejected_tasks_guessed_test_count_is_capped(tmp_path: Path) -> None:
+    """2 MB of junk in a rejected task's test list once made a 38 MB submission.json."""
+    from airv.core.submission import build_submission
+    from airv.core.tasks import MAX_GUESSED_TESTS
+
+    huge = {"train": [], "test": [{"input": [[1]]}] * 100_000}
+    junk = {"train": [], "test": [0] * 100_000 + [{"input": [[1]]}] * 2}
+    path = write(tmp_path, {"huge": huge, "junk": junk, "good": GOOD})
+    ch = load_challenges(path, strict=False)
+    assert ch.n_tests == {"huge": MAX_GUESSED_TESTS, "junk": 2, "good": 1}
+    sub = build_submission(ch, {})
+    assert len(sub["huge"]) == MAX_GUESSED_TESTS and len(sub["junk"]) == 2
+
+
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [

@@ -129,21 +129,35 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         (base,) = _requests(task, None, tok)
         (tuned,) = _requests(task, adapter, tok)
         deadline = time.monotonic() + 300
-        while not lane.ready:
-            assert time.monotonic() < deadline
-            lane.waitable.poll(0.5)
-            lane.receive()
-        lane.send([(0, base), (1, tuned)])
-        got: dict[int, object] = {}
-        while len(got) < 2:
-            assert time.monotonic() < deadline
-            lane.waitable.poll(0.5)
-            got.update((r.request_id, r) for r in lane.receive())
-        answers = {
-            i: parse_answer(r.completions[0].text, fmt)  # type: ignore[attr-defined]
-            for i, r in got.items()
-        }
-        assert answers[1] == truth and answers[0] != truth
+
+        def through(lane: OpenAILane, requests: list[object]) -> dict[int, object]:
+            while not lane.ready:
+                assert time.monotonic() < deadline
+                lane.waitable.poll(0.5)
+                lane.receive()
+            lane.send(list(enumerate(requests)))  # type: ignore[arg-type]
+            got: dict[int, object] = {}
+            while len(got) < len(requests):
+                assert time.monotonic() < deadline
+                lane.waitable.poll(0.5)
+                got.update((r.request_id, r) for r in lane.receive())
+            return got
+
+        def answer(r: object) -> object:
+            assert r.error is None, r.error  # type: ignore[attr-defined]
+            return parse_answer(r.completions[0].text, fmt)  # type: ignore[attr-defined]
+
+        # Eight first requests for the adapter at once: all wait for its one load (they once
+        # raced it, and 7 of 8 were refused).
+        got = through(lane, [base, *[tuned] * 8])
+        assert answer(got[0]) != truth
+        assert all(answer(got[i]) == truth for i in range(1, 9))
+        # The lane restarted (a new life, as after an endpoint failure): the server still
+        # holds the adapter under the name its path gives, and the new lane uses it.
+        lane.close()
+        lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0", life=1)
+        got = through(lane, [tuned] * 4)
+        assert all(answer(r) == truth for r in got.values())
     finally:
         if lane is not None:
             lane.close()

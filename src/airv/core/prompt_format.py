@@ -174,7 +174,14 @@ class PromptFormat:
                 raise ConfigError(
                     f"{source}: 'template_file' must be a file name, without 'template'"
                 )
-            path = (base_dir or Path(".")) / name
+            folder = (base_dir or Path(".")).resolve()
+            path = (folder / name).resolve()
+            if not path.is_relative_to(folder):
+                # A model folder is someone else's data: it may not read files outside itself.
+                raise ConfigError(
+                    f"{source}: 'template_file' {name!r} points outside the format file's "
+                    f"folder {folder}"
+                )
             try:
                 kwargs["template"] = path.read_text(encoding="utf-8")
             except OSError as exc:

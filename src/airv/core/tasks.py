@@ -20,6 +20,20 @@ from airv.core.jsonio import json_kind, read_json_object
 from airv.core.types import MAX_SIDE, N_COLOURS, Grid, TaskId, to_lists
 
 
+# A rejected task still needs one submission entry per test input, counted from its "test"
+# list as far as that list can be read; never more than this many (ARC tasks have 1-4), so a
+# damaged file cannot blow up submission.json. The kernel's fallback (stdlib only) repeats it.
+MAX_GUESSED_TESTS = 10
+
+
+def guess_test_count(value: object) -> int:
+    """Test inputs of a task that failed validation: its "test" entries that are objects with
+    an "input", at least 1 and at most MAX_GUESSED_TESTS."""
+    test = value.get("test") if isinstance(value, dict) else None
+    n = sum(isinstance(t, dict) and "input" in t for t in test) if isinstance(test, list) else 1
+    return min(max(n, 1), MAX_GUESSED_TESTS)
+
+
 @dataclass(frozen=True, slots=True)
 class Pair:
     input: Grid
@@ -152,9 +166,7 @@ def load_challenges(path: Path | str, *, strict: bool) -> Challenges:
             if strict:
                 raise error from None
             rejected[task_id] = str(error)
-            test = value.get("test") if isinstance(value, dict) else None
-            # The submission still needs one entry per test input; guess 1 when unknowable.
-            n_tests[task_id] = len(test) if isinstance(test, list) else 1
+            n_tests[task_id] = guess_test_count(value)
             continue
         tasks[task_id] = task
         n_tests[task_id] = len(task.test)

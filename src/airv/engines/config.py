@@ -62,6 +62,8 @@ class EngineConfig:
     seed: int = 0
     # The openai engine's servers: base URLs including /v1, one lane each.
     endpoints: tuple[str, ...] = ()
+    # The API key goes only to https:// or loopback endpoints unless this is set.
+    allow_insecure_key: bool = False
 
     def __post_init__(self) -> None:
         if self.max_model_len < 64:

@@ -21,10 +21,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
+import ipaddress
 import math
 import os
+import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -46,7 +50,53 @@ from airv.engines.worker import WorkerDied
 
 API_KEY_ENV = "AIRV_API_KEY"
 REQUEST_TIMEOUT = 600.0  # seconds for one HTTP request; the stall watchdog bounds a silent server
+_USERINFO = re.compile(r"//[^/@\s]+@")
 BACKOFF_MAX = 30.0  # seconds before trying a failed endpoint again: 1, 3, 7, 15, 30, ...
+
+
+def redact_url(url: str) -> str:
+    """The URL as logs and run_summary.json may show it: no user:password@, no query."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port is not None else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def key_is_safe(url: str) -> bool:
+    """Whether an API key may go to this endpoint: over https, or to this machine."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoints(endpoints: Sequence[str], *, allow_insecure_key: bool) -> None:
+    """An API key set in the environment must not travel in clear text to another machine."""
+    if not os.environ.get(API_KEY_ENV) or allow_insecure_key:
+        return
+    exposed = [redact_url(u) for u in endpoints if not key_is_safe(u)]
+    if exposed:
+        raise ConfigError(
+            f"${API_KEY_ENV} is set and would be sent unencrypted to {', '.join(exposed)}: use "
+            "https://, a loopback address, or --allow-insecure-key"
+        )
+
+
+def adapter_name(path: str) -> str:
+    """An adapter's name on a server: the same for the same directory in every lane life."""
+    return "airv-adapter-" + hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
 def check_remote(sampling: SamplingConfig) -> None:
@@ -66,10 +116,20 @@ def check_remote(sampling: SamplingConfig) -> None:
 class OpenAILane:
     """One OpenAI-compatible endpoint as a lane of engines.pool.Pool."""
 
-    def __init__(self, endpoint: str, sampling: SamplingConfig, *, name: str, life: int = 0):
+    def __init__(
+        self,
+        endpoint: str,
+        sampling: SamplingConfig,
+        *,
+        name: str,
+        life: int = 0,
+        allow_insecure_key: bool = False,
+    ):
         check_remote(sampling)
         self.endpoint = endpoint.rstrip("/")
+        self.shown = redact_url(self.endpoint)  # what messages and the summary may show
         self.name = name
+        self._key = self.key_for(self.endpoint, allow_insecure_key=allow_insecure_key)
         self.ready = False
         self.started = self.last_heard = time.monotonic()
         self.model_id: str | None = None
@@ -78,7 +138,8 @@ class OpenAILane:
         self._results: list[Result] = []
         self._failure: str | None = None
         self._futures: dict[int, concurrent.futures.Future[None]] = {}
-        self._adapters: dict[str, str] = {}  # adapter directory -> its name on the server
+        # adapter directory -> its load on the server, which gives the name to ask for
+        self._adapters: dict[str, asyncio.Future[str]] = {}
         self._wake_r, self._wake_w = Pipe(duplex=False)
         self._client: Any = None
         self._stopped = False
@@ -87,6 +148,12 @@ class OpenAILane:
         self._thread.start()
         backoff = min(BACKOFF_MAX, 2.0**life - 1.0)
         asyncio.run_coroutine_threadsafe(self._start(backoff), self._loop)
+
+    @staticmethod
+    def key_for(endpoint: str, *, allow_insecure_key: bool) -> str | None:
+        """The API key this endpoint gets: ${API_KEY_ENV}, where it may safely go."""
+        key = os.environ.get(API_KEY_ENV)
+        return key if key and (allow_insecure_key or key_is_safe(endpoint)) else None
 
     # -- the Lane protocol ---------------------------------------------------------------
 
@@ -151,6 +218,8 @@ class OpenAILane:
             self._wake_w.send_bytes(b".")
 
     def _fail(self, why: str) -> None:
+        # Errors may quote the URL whole, credentials included.
+        why = _USERINFO.sub("//", why.replace(self.endpoint, self.shown))
         with self._lock:
             if self._failure is None:
                 self._failure = why
@@ -163,18 +232,18 @@ class OpenAILane:
         await asyncio.sleep(backoff)
         self._client = AsyncOpenAI(
             base_url=self.endpoint,
-            api_key=os.environ.get(API_KEY_ENV) or "EMPTY",
+            api_key=self._key or "EMPTY",
             max_retries=0,
             timeout=REQUEST_TIMEOUT,
         )
         try:
             models = await self._client.models.list()
         except Exception as exc:
-            self._fail(f"{self.name} ({self.endpoint}): cannot list its models: {exc}")
+            self._fail(f"{self.name} ({self.shown}): cannot list its models: {exc}")
             return
         ids = [m.id for m in models.data]
         if not ids:
-            self._fail(f"{self.name} ({self.endpoint}): the server lists no model")
+            self._fail(f"{self.name} ({self.shown}): the server lists no model")
             return
         self.model_id = ids[0]
         self.ready = True
@@ -193,7 +262,7 @@ class OpenAILane:
         except (openai.BadRequestError, openai.UnprocessableEntityError, ValueError) as exc:
             result = Result(rid, error=f"the server refused it: {exc}")  # this request only
         except Exception as exc:  # connection, timeout, server error: the endpoint is failing
-            self._fail(f"{self.name} ({self.endpoint}): {type(exc).__name__}: {exc}")
+            self._fail(f"{self.name} ({self.shown}): {type(exc).__name__}: {exc}")
             return
         with self._lock:
             self._results.append(result)
@@ -201,19 +270,34 @@ class OpenAILane:
 
     async def _model(self, adapter: str | None) -> str:
         """The model name a request is sent to: the server's model, or a LoRA adapter loaded
-        on the server on first use."""
+        on the server on first use. Requests that need an adapter while it loads wait for
+        that one load (the server refuses a name it does not know yet)."""
         assert self.model_id is not None
         if adapter is None:
             return self.model_id
-        name = self._adapters.get(adapter)
-        if name is None:
-            name = f"airv-adapter-{len(self._adapters) + 1}"
+        loading = self._adapters.get(adapter)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(adapter))
+            self._adapters[adapter] = loading
+        try:
+            # Shielded: an aborted request must not cancel the load the others wait for.
+            return await asyncio.shield(loading)
+        except Exception:
+            if self._adapters.get(adapter) is loading:
+                del self._adapters[adapter]  # the next request tries again
+            raise
+
+    async def _load(self, adapter: str) -> str:
+        """Load an adapter on the server under a name fixed by its path, unless the server
+        lists that name already (loaded by this lane's previous life)."""
+        name = adapter_name(adapter)
+        models = await self._client.models.list()
+        if name not in {m.id for m in models.data}:
             await self._client.post(
                 "/load_lora_adapter",
                 body={"lora_name": name, "lora_path": adapter},
                 cast_to=str,  # vLLM answers with a line of text
             )
-            self._adapters[adapter] = name
         return name
 
     async def _generate(self, request: GenerateRequest) -> list[Completion]:

@@ -6,6 +6,7 @@ respected by `--time-budget 11h30m` without the user guessing how long loading t
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ def parse_duration(text: str) -> float:
     except ValueError:
         pass
     else:
+        if not math.isfinite(value):  # nan would make every comparison with it false
+            raise ConfigError(f"duration must be a finite number: {text!r}")
         if value < 0:
             raise ConfigError(f"duration must not be negative: {text!r}")
         return value

@@ -6,6 +6,7 @@ sampler's defaults live beside them in airv.engines.config.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,9 @@ class RunConfig:
             raise ConfigError("workers must be >= 1")
         if self.devices and len(self.devices) != self.workers:
             raise ConfigError(f"{self.workers} workers but {len(self.devices)} devices")
+        durations = (self.time_budget, self.reserve or 0.0, self.stall_seconds, self.write_seconds)
+        if not all(math.isfinite(d) for d in durations):
+            raise ConfigError("time_budget, reserve, stall_seconds and write_seconds must be finite")
         if (self.reserve is not None and self.reserve < 0) or self.time_budget <= 0:
             raise ConfigError("time_budget must be > 0 and reserve >= 0")
         if self.max_restarts < 0:

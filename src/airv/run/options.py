@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ from airv.engines.config import (
     replace,
 )
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
-from airv.engines.openai_engine import API_KEY_ENV, check_remote
+from airv.engines.openai_engine import API_KEY_ENV, check_endpoints, check_remote
 from airv.run.budget import format_duration, parse_duration
 from airv.run.config import RESERVE_CAP, RESERVE_SHARE, RunConfig
 
@@ -303,7 +304,7 @@ def parse_share(text: str) -> float:
         value = float(text)
     except ValueError:
         return parse_duration(text)
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"--ttt-budget must be positive, got {text!r}")
     return value
 
@@ -325,7 +326,14 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="with --engine openai: a server's base URL including /v1, e.g. "
         "http://127.0.0.1:8000/v1 (repeat for several; they share one queue). The API key, "
-        f"if any, is read from ${API_KEY_ENV}",
+        f"if any, is read from ${API_KEY_ENV}, and sent only over https:// or to a loopback "
+        "address",
+    )
+    e.add_argument(
+        "--allow-insecure-key",
+        action="store_true",
+        default=None,
+        help=f"send ${API_KEY_ENV} to plain http:// endpoints on other machines too",
     )
     e.add_argument(
         "--dtype",
@@ -572,6 +580,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         quantization=args.quantization,
         log_level=args.engine_log_level,
         endpoints=None if args.endpoint is None else tuple(args.endpoint),
+        allow_insecure_key=args.allow_insecure_key,
     )
     sampling = replace(
         SamplingConfig(),
@@ -610,6 +619,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         check_supported(engine, sampling)
     if engine.backend is Backend.OPENAI:
         check_remote(sampling)
+        check_endpoints(engine.endpoints, allow_insecure_key=engine.allow_insecure_key)
     prompt = resolve_format(
         model=args.model, preset=args.format_preset, format_file=args.format_file
     )

@@ -354,7 +354,11 @@ class Run:
             from airv.engines.openai_engine import OpenAILane
 
             return OpenAILane(
-                engine.endpoints[index], cfg.sampling, name=f"endpoint-{index}", life=life
+                engine.endpoints[index],
+                cfg.sampling,
+                name=f"endpoint-{index}",
+                life=life,
+                allow_insecure_key=engine.allow_insecure_key,
             )
         if self.adapters:  # serve the adapters test-time fine-tuning trained
             engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
