@@ -19,7 +19,6 @@ from airv.core.errors import InputError
 from airv.core.jsonio import json_kind, read_json_object
 from airv.core.types import MAX_SIDE, N_COLOURS, Grid, TaskId, to_lists
 
-
 # A rejected task still needs one submission entry per test input, counted from its "test"
 # list as far as that list can be read; never more than this many (ARC tasks have 1-4), so a
 # damaged file cannot blow up submission.json. The kernel's fallback (stdlib only) repeats it.

@@ -86,7 +86,7 @@ class RunConfig:
             raise ConfigError(f"{self.workers} workers but {len(self.devices)} devices")
         durations = (self.time_budget, self.reserve or 0.0, self.stall_seconds, self.write_seconds)
         if not all(math.isfinite(d) for d in durations):
-            raise ConfigError("time_budget, reserve, stall_seconds and write_seconds must be finite")
+            raise ConfigError("time_budget, reserve, stall and write seconds must be finite")
         if (self.reserve is not None and self.reserve < 0) or self.time_budget <= 0:
             raise ConfigError("time_budget must be > 0 and reserve >= 0")
         if self.max_restarts < 0:
