@@ -77,6 +77,7 @@ def run_one(
         time_budget=4 * 3600,
         reserve=0,
         ttt=ttt or TTTConfig(),
+        keep_adapters=True,  # the next runs reuse them
     )
     r = Run(cfg)
     if r.execute() != 0 or r.summary.stopped_by != "done":

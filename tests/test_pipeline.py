@@ -299,35 +299,46 @@ def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
 def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
     tmp_path: Path, bigram_model: Path
 ) -> None:
-    """`--ttt per-task` wired through the run: adapters trained in the stage, requests carry
-    their task's adapter, the summary and ttt.jsonl report each adapter."""
+    """`--ttt per-task` wired through the run: adapters trained in the stage, in the scratch
+    folder, under names that are hashes of the task ids (hostile ids write nothing outside it,
+    and `a` and `a/` get adapters of their own); requests carry their task's adapter; each
+    adapter is deleted once its task is over; the summary and ttt.jsonl report each one."""
     from airv.adapt.config import TTTConfig, TTTMode
 
-    tasks = [_task("task0001"), _task("task0002")]
+    hostile = f"/tmp/airv-hostile-{os.getpid()}/x"
+    ids = ["../../../escape", hostile, "x/../../../y", "a", "a/", "./a"]
+    tasks = [_task(t) for t in ids]
     ch = _challenges(tmp_path, tasks, broken=False)
-    out = tmp_path / "out"
+    out, scratch = tmp_path / "run" / "out", tmp_path / "run" / "scratch"
     ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=2, batch_size=2, augmentations=1, rank=4, alpha=8)
     # The run's clock starts now, not at the test process's start: the stage's share of the
     # budget is counted from the clock's start, and a long suite would have spent it already.
-    cfg = _config(ch, out, bigram_model, Backend.HF, ttt=ttt)
+    cfg = _config(ch, out, bigram_model, Backend.HF, ttt=ttt, scratch_dir=scratch)
     run = Run(cfg, clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds))
-    planned: list[str | None] = []
+    planned: list[tuple[str, str | None]] = []
     plan = run.plan
 
     def spy(round_no: int, votes: dict) -> list:  # type: ignore[type-arg]
         requests = plan(round_no, votes)
-        planned.extend(r.adapter for r in requests)
+        planned.extend((r.unit[0], r.adapter) for r in requests)
         return requests
 
     run.plan = spy  # type: ignore[method-assign]
     assert run.execute() == 0
-    assert set(run.adapters) == {"task0001", "task0002"}
-    assert planned and all(a == run.adapters[a.split("/")[-1]] for a in planned if a)
-    assert None not in planned
-    for name in ("task0001", "task0002"):
+    assert set(run.adapters) == set(ids)
+    assert len(set(run.adapters.values())) == len(ids)  # one adapter each, no folder shared
+    assert all(Path(a).parent == scratch / "adapters" for a in run.adapters.values())
+    assert planned and all(a == run.adapters[t] for t, a in planned)
+    # Nothing outside the output and scratch folders; every adapter deleted after use.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["challenges.json", "run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["out", "scratch"]
+    assert not Path(hostile).parent.exists()
+    assert list((scratch / "adapters").iterdir()) == []
+    assert run.summary.adapters_deleted == len(ids) and run.summary.scratch_peak_bytes > 0
+    for name in ids:
         assert run.summary.ttt[name]["steps"] == 2 and run.summary.ttt[name]["error"] is None
     assert (out / "ttt.jsonl").is_file() and run.summary.ttt_seconds > 0
-    assert "test-time fine-tuning: 2/2 adapters" in run.summary.render()
+    assert "test-time fine-tuning: 6/6 adapters" in run.summary.render()
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 

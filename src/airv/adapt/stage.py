@@ -14,10 +14,12 @@ Results are appended to OUT/ttt.jsonl; a resumed run keeps the adapters it finds
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import multiprocessing as mp
 import os
 import queue
+import re
 import signal
 import time
 import traceback
@@ -53,12 +55,30 @@ class StageJob:
     cfg: TTTConfig
     policy: ViewPolicy
     max_len: int
-    out_dir: Path  # adapters go to out_dir / <name>
+    out_dir: Path  # adapters go to out_dir / adapter_dir(<name>)
     task_cap: float  # seconds per adapter
     deadline: float = float("inf")  # the stage's end (time.monotonic(), the same in every process)
     threads: int | None = None
     fail_tasks: tuple[str, ...] = ()  # test hook: these tasks raise inside training
     kill_tasks: tuple[str, ...] = ()  # test hook: the process is killed on these (as by OOM)
+
+
+def adapter_dir(name: str) -> str:
+    """The folder name of a task's adapter: a stable hash of the task id (the same across
+    --max-tasks, task order and resume), after a readable, path-safe prefix of it. A task id
+    is data, never a path: `../x`, `/abs` and `a` vs `a/` cannot escape or collide."""
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", name)[:32]
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (0 if it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
 
 
 def read_results(path: Path) -> dict[str, TrainResult]:
@@ -116,7 +136,7 @@ def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
                 name,
                 examples,
                 job.cfg,
-                job.out_dir / name,
+                job.out_dir / adapter_dir(name),
                 # Stop in time to save the adapter before the parent ends the stage.
                 deadline=min(time.monotonic() + job.task_cap, job.deadline - _SAVE_MARGIN),
             )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airv.adapt.config import TTTConfig
+from airv.adapt.stage import ADAPTERS_DIR
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
 from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset
@@ -72,6 +73,10 @@ class RunConfig:
     devices: tuple[str, ...] = ()  # CUDA device ids, one per worker; empty = CPU
     views: ViewPolicy = field(default_factory=ViewPolicy)  # augmentations and their seed
     ttt: TTTConfig = field(default_factory=TTTConfig)  # test-time fine-tuning, off by default
+    # Where adapters go (SCRATCH/adapters); None: the output directory. The Kaggle kernel
+    # puts them under /tmp: /kaggle/working holds about 20 GB and is the submission's disk.
+    scratch_dir: Path | None = None
+    keep_adapters: bool = False  # else each is deleted once its task is answered and re-scored
     max_tasks: int | None = None  # only the first N tasks of the file get inference
     progress: bool = True
 
@@ -108,6 +113,10 @@ class RunConfig:
             return self.task_cap_seconds
         available = self.time_budget - self.reserve_seconds
         return self.task_cap_shares * available / max(1, n_tasks)
+
+    @property
+    def adapters_dir(self) -> Path:
+        return (self.scratch_dir or self.out_dir) / ADAPTERS_DIR
 
     @property
     def log_path(self) -> Path:

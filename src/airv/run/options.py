@@ -290,6 +290,20 @@ def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
         help=f"peft target modules: all-linear or e.g. q_proj,v_proj ({tc.target_modules})",
     )
     g.add_argument(
+        "--scratch",
+        type=Path,
+        metavar="DIR",
+        help="where adapters are written, as DIR/adapters (default: OUT; the Kaggle kernel "
+        "uses a folder under /tmp, never /kaggle/working)",
+    )
+    g.add_argument(
+        "--keep-adapters",
+        action="store_true",
+        default=None,
+        help="keep every adapter (default: each is deleted once its task is answered and "
+        "re-scored)",
+    )
+    g.add_argument(
         "--ttt-augmentations",
         type=int,
         metavar="K",
@@ -654,6 +668,8 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
             target_modules=args.ttt_target_modules,
             augmentations=args.ttt_augmentations,
         ),
+        scratch_dir=args.scratch,
+        keep_adapters=args.keep_adapters,
         vote_mode=None if args.vote is None else VoteMode(args.vote),
         rescore_top=args.rescore_top,
         rescore_augmentations=args.rescore_augmentations,

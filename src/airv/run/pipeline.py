@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from typing import Any
 
 from airv.adapt.config import TTTMode
 from airv.adapt.lora import check_adapter
-from airv.adapt.stage import ADAPTERS_DIR, TTT_LOG, StageJob, run_stage
+from airv.adapt.stage import TTT_LOG, StageJob, dir_bytes, run_stage
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
 from airv.core.formats import Rejection
@@ -136,6 +137,7 @@ class Run:
         self._format: PromptFormat | None = None
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self.adapters: dict[TaskId, str] = {}  # test-time fine-tuned adapters by task
+        self._released: set[TaskId] = set()  # tasks that are over: their adapters deleted
         self.task_cap_s = cfg.task_cap(len(self.task_ids))
         self._votes: dict[Unit, Vote] = {}
         self._counted: dict[Unit, int] = {}  # predictions each test input's vote has seen
@@ -308,7 +310,7 @@ class Run:
             cfg=ttt,
             policy=cfg.views,
             max_len=cfg.engine.max_model_len,
-            out_dir=cfg.out_dir / ADAPTERS_DIR,
+            out_dir=cfg.adapters_dir,
             # Default per-task cap: three fair shares, so one slow task cannot eat the stage.
             task_cap=ttt.task_cap_seconds or 3 * fair,
         )
@@ -326,6 +328,7 @@ class Run:
                 "examples": r.examples,
                 "error": r.error,
             }
+        self._measure_scratch()
         bad: dict[str, str] = {}
         for task_id, path in report.adapters.items():
             why = bad.get(path) or check_adapter(Path(path), ttt.rank)
@@ -336,6 +339,45 @@ class Run:
             log.warning("task %s keeps the base model: %s", task_id, why)
             entry = self.summary.ttt.setdefault(task_id, {"steps": 0, "seconds": 0.0})
             entry["error"] = f"adapter not served: {why}"
+
+    def _measure_scratch(self) -> None:
+        s = self.summary
+        s.scratch_peak_bytes = max(s.scratch_peak_bytes, dir_bytes(self.cfg.adapters_dir))
+
+    def _task_over(self, task_id: TaskId, votes: dict[Unit, Vote]) -> bool:
+        """Whether a task will send the engine nothing more: failed or cut at its cap with
+        nothing in flight, or every test input planned to the last round (or settled), with
+        no generation or re-scoring owed."""
+        units = [(task_id, i) for i in range(len(self.challenges.tasks[task_id].test))]
+        if any(self._owed[u] or any(k[0] == u for k in self._scoring) for u in units):
+            return False
+        if task_id in self.failed or task_id in self._cut:
+            return True
+        if self._round < self._last_round():
+            return False
+        target = self._target(self._last_round())
+        for u in units:
+            asked = {p.aug for p in self.predictions.get(u, [])} | self._empty[u]
+            if len(asked) < target and not self._settled(votes.get(u)):
+                return False
+            v = votes.get(u)
+            if self.cfg.vote_mode.needs_scores and v is not None and self.rescorer.pending({u: v}):
+                return False
+        return True
+
+    def _release_adapters(self, votes: dict[Unit, Vote], *, final: bool = False) -> None:
+        """Delete the adapters of tasks that are over (all of them with `final`), unless
+        --keep-adapters: the scratch disk holds only what is still to be served."""
+        if self.cfg.keep_adapters or not self.adapters:
+            return
+        live = {t: p for t, p in self.adapters.items() if t not in self._released}
+        for task_id in live:
+            if final or self._task_over(task_id, votes):
+                self._released.add(task_id)
+        for path in set(live.values()):  # a joint adapter goes with the last task it serves
+            if all(t in self._released for t, p in live.items() if p == path):
+                shutil.rmtree(path, ignore_errors=True)
+                self.summary.adapters_deleted += 1
 
     # -- engine --------------------------------------------------------------------------
 
@@ -529,6 +571,7 @@ class Run:
             ):
                 votes = self.write()
                 self._push_scores(votes)
+                self._release_adapters(votes)
                 last_write, unwritten = now, 0
                 if self._bar is not None:
                     self._bar.set_postfix_str(self._postfix(votes))
@@ -658,6 +701,7 @@ class Run:
                 self._bar.close()
             self.stop_workers()
             votes = self.write()
+            self._release_adapters(votes, final=True)
         if self.summary.stopped_by is None:
             self.summary.stopped_by = "deadline" if self.clock.left() <= 0 else "done"
         self._finish_summary(votes)

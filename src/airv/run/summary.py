@@ -70,6 +70,9 @@ class RunSummary:
     # steps, final loss, seconds and examples, or why it failed (that task keeps the base).
     ttt_seconds: float = 0.0
     ttt: dict[str, dict[str, object]] = field(default_factory=dict)
+    # The adapters' folder (--scratch): its largest size seen, and adapters deleted after use.
+    scratch_peak_bytes: int = 0
+    adapters_deleted: int = 0
 
     def add_prompt(self, task_id: TaskId, prompt_tokens: int, seconds: float) -> None:
         s = self.per_task.setdefault(task_id, TaskStats())
@@ -142,6 +145,10 @@ class RunSummary:
                 f"test-time fine-tuning: {len(ready)}/{len(self.ttt)} adapters in "
                 f"{format_duration(self.ttt_seconds)}"
                 + (f", median {steps[len(steps) // 2]} steps" if steps else "")
+            )
+            lines.append(
+                f"adapters on disk: peak {self.scratch_peak_bytes / 2**20:,.1f} MiB, "
+                f"{self.adapters_deleted} deleted after use"
             )
             for name, r in list(self.ttt.items())[:20]:
                 if r.get("error") is not None:
