@@ -213,6 +213,10 @@ def test_the_reserve_scales_with_a_short_budget() -> None:
     long = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=11.5 * 3600)
     assert short.reserve_seconds == 30  # 5% of 10 minutes
     assert long.reserve_seconds == 120  # capped at 2 minutes
+    minute = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=60)
+    assert minute.reserve_seconds == 5  # at least the time to stop the engines and write
+    tiny = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=8)
+    assert tiny.reserve_seconds == 2  # the floor is at most a quarter of the budget
     given = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=600, reserve=5)
     assert given.reserve_seconds == 5
 

@@ -38,6 +38,7 @@ from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.prompt_format import PromptFormat
 from airv.core.prompts import for_tokenizer
 from airv.core.tasks import Task
+from airv.engines.worker import die_with_parent
 
 log = logging.getLogger(__name__)
 JOINT = "joint"  # the adapter's name in joint mode
@@ -108,10 +109,11 @@ def _examples(job: StageJob, tasks: Sequence[Task], tokenizer: Any) -> list[Exam
     return out
 
 
-def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
+def _serve(job: StageJob, device: str | None, todo: Any, results: Any, parent: int) -> None:
     """A training process: pull (name, tasks) items until the queue is empty."""
     os.setsid()  # a group of its own: the parent ends it whole
-    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    die_with_parent(parent, signal.SIGKILL)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     model, tokenizer = load_base(job.model_dir, device, job.threads)
@@ -148,18 +150,6 @@ def _serve(job: StageJob, device: str | None, todo: Any, results: Any) -> None:
                 name, None, 0, None, time.monotonic() - t0, 0, f"{type(exc).__name__}: {exc}"
             )
         results.put(("done", name, result))
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (an orphaned trainer would hold a
-    GPU, or the CPU, for nothing); elsewhere nothing is done."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _strip_adapter(model: Any) -> Any:
@@ -228,7 +218,9 @@ def _train(
     current: dict[int, str] = {}  # pid -> the name it is training
 
     def start(device: str | None) -> None:
-        p = ctx.Process(target=_serve, args=(job, device, todo, results_q), daemon=False)
+        p = ctx.Process(
+            target=_serve, args=(job, device, todo, results_q, os.getpid()), daemon=False
+        )
         p.start()
         procs[p] = device
 

@@ -124,6 +124,33 @@ def read_jsonl(path: Path | str, parse: Callable[[Any], T]) -> tuple[list[T], in
     return out, damaged
 
 
+def cut_torn_tail(path: Path | str) -> int:
+    """A log whose last line has no newline was cut mid-append (a kill): that line is cut off,
+    so the next append starts on a line of its own. Returns the lines cut (0 or 1); a tail that
+    is whole JSON only gets its newline."""
+    path = Path(path)
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return 0
+            f.seek(0)
+            data = f.read()
+            start = data.rfind(b"\n") + 1
+            try:
+                orjson.loads(data[start:])
+            except orjson.JSONDecodeError:
+                f.truncate(start)
+                return 1
+            f.write(b"\n")
+            return 0
+    except FileNotFoundError:
+        return 0
+
+
 def append_jsonl(path: Path | str, lines: Iterable[bytes]) -> None:
     """Append JSON lines and fsync, so what was produced survives a crash right after."""
     data = b"".join(line + b"\n" for line in lines)

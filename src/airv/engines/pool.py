@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from airv.core.errors import EngineError
 from airv.engines.base import Engine, GenerateRequest, Request, Result
-from airv.engines.worker import WorkerDied, WorkerStalled
+from airv.engines.worker import WorkerDied, WorkerStalled, WorkerTimeout
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class Pool(Generic[T]):
         while any(not lane.ready for lane in self.lanes) or not self.lanes:
             self.check()
             if time.monotonic() >= self.deadline:
-                raise EngineError("the engine did not start before the deadline")
+                raise WorkerTimeout("the engine did not start before the deadline")
             done.extend(self.poll(min(1.0, self.deadline - time.monotonic())))
         return done
 
@@ -421,12 +421,14 @@ class Pool(Generic[T]):
             done.extend(self._take(slot, results, now))
         return done
 
-    def close(self) -> None:
-        """Shut every lane down (a clean exit when idle, a kill otherwise)."""
+    def close(self, *, kill: bool = False) -> None:
+        """Shut every lane down: a clean exit when idle, a kill when it has work in flight or
+        with `kill` (at the deadline or a signal: a lane still starting would not hear a
+        request to close, and only the kill's time is bounded)."""
         for slot in self._slots:
             if slot.lane is None:
                 continue
-            if slot.inflight:
+            if slot.inflight or kill:
                 slot.lane.kill()
             else:
                 slot.lane.close()

@@ -42,6 +42,7 @@ from airv.engines.base import (
 from airv.engines.config import EngineConfig, SamplingConfig
 
 BEAT_SECONDS = 1.0  # at most one heartbeat a second while the engine steps
+CLOSE_SECONDS = 30.0  # a clean engine shutdown's limit, then a kill
 _CHECK_SECONDS = 0.2  # how often the parent looks at the worker's processes
 
 
@@ -113,6 +114,28 @@ def _read(conn: Connection, inbox: queue.Queue[tuple[str, Any]]) -> None:
             return
 
 
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (an orphaned engine or
+    trainer would hold a GPU, or the CPU, for nothing); if the parent is already gone, end
+    now. Elsewhere than Linux nothing is done."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), sig)
+
+
+def _end_group(signum: int, frame: object) -> None:
+    """SIGTERM in a worker (its parent died, or someone stopped it): end its whole process
+    group, vLLM's EngineCore and workers included. A plain kill of the worker alone would
+    leave them orphaned, holding their memory."""
+    os.killpg(0, signal.SIGKILL)
+
+
 def _serve(
     conn: Connection,
     engine_cfg: EngineConfig,
@@ -120,9 +143,13 @@ def _serve(
     device: str | None,
     n_gpus: int,
     faults: Faults,
+    parent: int,
 ) -> None:
     # A process group of our own: killing it ends vLLM's engine-core process with us.
     os.setsid()
+    signal.signal(signal.SIGTERM, _end_group)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    die_with_parent(parent)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ.setdefault("VLLM_LOGGING_LEVEL", engine_cfg.log_level)  # before vLLM is imported
@@ -133,6 +160,7 @@ def _serve(
     except BaseException as exc:  # report any start-up failure to the parent, then end
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return
+    signal.signal(signal.SIGTERM, _end_group)  # again: the engine may have set its own
     # The engine's own processes (vLLM's EngineCore and its workers): the parent watches them.
     engine_pids = descendants(os.getpid())
     conn.send(("ready", engine_pids))
@@ -197,7 +225,7 @@ class EngineWorker:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
             target=_serve,
-            args=(child, engine, sampling, device, n_gpus, faults or Faults()),
+            args=(child, engine, sampling, device, n_gpus, faults or Faults(), os.getpid()),
             name=name,
             daemon=False,  # vLLM starts processes of its own; daemons may not
         )
@@ -313,7 +341,7 @@ class EngineWorker:
 
     # -- ending ---------------------------------------------------------------------------
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Ask the engine to shut down; kill it if it does not within `timeout` seconds."""
         if self._proc.is_alive() and self._dead is None:
             with contextlib.suppress(OSError, ValueError):

@@ -1,14 +1,20 @@
-"""Time: durations, the run's deadline, and per-task caps.
+"""Time: durations, the run's deadline, and the signals that end a run early.
 
 The clock starts at process start (model loading counts), so a 12-hour Kaggle limit is
 respected by `--time-budget 11h30m` without the user guessing how long loading takes.
+SIGTERM (Kaggle's time limit, a container stop) and SIGINT (Ctrl-C) end a run as its deadline
+would: `stop_on_signals` turns the first into `Stopped`, raised where the run is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from airv.core.errors import ConfigError
@@ -82,3 +88,51 @@ class Clock:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
+
+
+class Stopped(BaseException):
+    """A signal asked the run to stop. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way (one task's failure) mistakes it for a task's fault."""
+
+    def __init__(self, signum: int):
+        self.signal = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal}")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class SignalStop:
+    """While armed, the first SIGTERM or SIGINT raises Stopped where the run is; after that,
+    or once disarmed (the final write has begun and must not be cut), signals are only
+    recorded in `received`."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.armed = True
+
+    def handle(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        if self.armed:
+            self.armed = False
+            raise Stopped(signum)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[SignalStop]:
+    """SIGTERM and SIGINT handled by a SignalStop within the block, the old handlers restored
+    after. Outside the main thread (where Python takes no signals) nothing is installed."""
+    stop = SignalStop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, stop.handle) for sig in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

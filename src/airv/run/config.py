@@ -23,8 +23,12 @@ SUBMISSION_FILE = "submission.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "run_summary.json"
 SCORES_FILE = "scores.jsonl"
+FINGERPRINT_FILE = "fingerprint.json"  # what decided the answers (airv.run.outdir)
 RESERVE_CAP = 120.0  # seconds: the default reserve's ceiling ...
-RESERVE_SHARE = 0.05  # ... and its share of the budget below that
+RESERVE_SHARE = 0.05  # ... its share of the budget below that ...
+# ... and its floor: killing the engines, the final writes and the process's exit took about
+# a second on 2 busy cores; a run must end before its budget does (Kaggle's limit is a wall).
+RESERVE_FLOOR = 5.0
 # Start-up of an engine seen on CPU (vLLM, the tiny models): a budget that leaves less than
 # this after the reserve gets a warning that the engine may not even start.
 ENGINE_START_SECONDS = 60.0
@@ -44,7 +48,8 @@ class RunConfig:
     rescore_top: int = 4  # with --vote rescore: distinct candidates scored per test input (M)
     rescore_augmentations: int = 4  # ... each under this many augmentations (J)
     time_budget: float = 11.5 * 3600  # seconds from process start, model loading included
-    # Seconds kept back for the final write; None: min(RESERVE_CAP, RESERVE_SHARE x budget).
+    # Seconds kept back to stop the engines and write; None: RESERVE_SHARE of the budget,
+    # within [RESERVE_FLOOR, RESERVE_CAP] (the floor at most a quarter of a tiny budget).
     reserve: float | None = None
     first_round: int = 8  # augmentations per test input in round 1 (the first 8 cover D8)
     per_round: int = 8  # augmentations added per test input in each later round
@@ -78,6 +83,8 @@ class RunConfig:
     scratch_dir: Path | None = None
     keep_adapters: bool = False  # else each is deleted once its task is answered and re-scored
     max_tasks: int | None = None  # only the first N tasks of the file get inference
+    # Start over: the output folder's logs (and adapters) are deleted, not resumed from.
+    fresh: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -105,7 +112,8 @@ class RunConfig:
     def reserve_seconds(self) -> float:
         if self.reserve is not None:
             return self.reserve
-        return min(RESERVE_CAP, RESERVE_SHARE * self.time_budget)
+        floor = min(RESERVE_FLOOR, self.time_budget / 4)
+        return min(RESERVE_CAP, max(floor, RESERVE_SHARE * self.time_budget))
 
     def task_cap(self, n_tasks: int) -> float:
         """Engine seconds one task may take: the given cap, else task_cap_shares fair shares."""

@@ -37,21 +37,24 @@ from airv.engines.config import (
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.engines.openai_engine import API_KEY_ENV, check_endpoints, check_remote
 from airv.run.budget import format_duration, parse_duration
-from airv.run.config import RESERVE_CAP, RESERVE_SHARE, RunConfig
+from airv.run.config import RESERVE_CAP, RESERVE_FLOOR, RESERVE_SHARE, RunConfig
 
 RUN_DESCRIPTION = """\
 Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
 
 For every test input airv builds augmented prompts (the 8 rotations/flips, colour
-permutations, train-pair order), runs them through the engine in batched rounds, reverses
-each augmentation on the answers, votes, and rewrites OUT/submission.json after every
-engine call. OUT/predictions.jsonl logs every completion: rerunning with the same --out
-resumes from it. OUT/run_summary.json holds the figures for tuning the budget.
+permutations, train-pair order), streams them through the engines from one shared queue,
+reverses each augmentation on the answers, votes, and rewrites OUT/submission.json as
+answers arrive. OUT/predictions.jsonl logs every completion: rerunning with the same --out
+resumes from it (only with the same model, format, views, decoding and adapters; --fresh
+starts over). One run at a time per --out. OUT/run_summary.json holds the figures for tuning
+the budget.
 
-The clock starts at process start (model loading counts). At the deadline the engine is
-stopped and the last submission.json stands. Exit codes: 0 done or deadline reached,
-2 bad input or options, 3 the engine kept failing after its restarts (a valid
-submission.json is still written).
+The clock starts at process start (model loading counts). At the deadline, or on SIGTERM or
+Ctrl-C, the engines are stopped and the last submission.json stands; the process ends before
+its --time-budget does. Exit codes: 0 done, deadline reached or stopped by a signal, 2 bad
+input or options (or --out in use by another run), 3 the engine kept failing after its
+restarts (a valid submission.json is still written).
 """
 
 # The defaults, for --help texts: quoted from the config dataclasses, never restated.
@@ -116,6 +119,13 @@ def add_inputs_arguments(
         metavar="N",
         help="run inference on the first N tasks only (the rest get [[0]]); for quick trials",
     )
+    io.add_argument(
+        "--fresh",
+        action="store_true",
+        default=None,
+        help="start over in --out: delete its logs and adapters instead of resuming from them "
+        "(a resume whose model, format, views, decoding or adapters differ is refused)",
+    )
 
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,8 +141,9 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--reserve",
         metavar="DURATION",
-        help="kept back for the final write (default: the smaller of "
-        f"{format_duration(RESERVE_CAP)} and {RESERVE_SHARE:.0%}% of the budget)",
+        help="kept back to stop the engines and write the final files; the run ends before "
+        f"its budget does (default: {RESERVE_SHARE:.0%}% of the budget, at least "
+        f"{format_duration(RESERVE_FLOOR)} and at most {format_duration(RESERVE_CAP)})",
     )
     t.add_argument(
         "--task-cap",
@@ -695,6 +706,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         stall_seconds=None if args.stall_timeout is None else parse_duration(args.stall_timeout),
         max_restarts=args.max_restarts,
         max_tasks=args.max_tasks,
+        fresh=args.fresh,
         progress=False if args.no_progress else None,
     )
     return cfg

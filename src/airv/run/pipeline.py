@@ -32,6 +32,7 @@ from airv.adapt.stage import TTT_LOG, StageJob, dir_bytes, run_stage
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
 from airv.core.formats import Rejection
+from airv.core.jsonio import cut_torn_tail
 from airv.core.prompt_format import PromptFormat, parse_answer
 from airv.core.prompts import (
     FittedPrompt,
@@ -47,9 +48,11 @@ from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
 from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision
-from airv.engines.worker import EngineWorker, Faults, WorkerTimeout
-from airv.run.budget import Clock, format_duration, process_start_time
+from airv.engines.worker import CLOSE_SECONDS, EngineWorker, Faults, WorkerTimeout
+from airv.run.budget import Clock, Stopped, format_duration, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
+from airv.run.outdir import RunLock
+from airv.run.outdir import prepare as prepare_out_dir
 from airv.run.predictions import (
     Prediction,
     append_predictions,
@@ -98,7 +101,8 @@ class Run:
         self.faults = faults
         self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        # One run per output folder, resumed only with the same fingerprint (or --fresh).
+        self._lock: RunLock | None = prepare_out_dir(cfg)
         sampling = cfg.sampling
         self.summary = RunSummary(
             challenges=str(cfg.challenges.resolve()),
@@ -153,6 +157,10 @@ class Run:
             self.predictions[(p.task_id, p.test_index)].append(p)
             self._charge(p.task_id, p.seconds, p.prompt_tokens + p.tokens)
         self.summary.resumed_predictions = len(kept)
+        # A line torn by a kill mid-append is cut before this run appends (the predictions
+        # log's was counted as damaged as it was read).
+        cut_torn_tail(self.cfg.log_path)
+        damaged += cut_torn_tail(self.cfg.scores_path) + cut_torn_tail(self.cfg.out_dir / TTT_LOG)
         self.summary.damaged_log_lines = damaged
         if kept:
             log.info("resumed %d predictions from %s", len(kept), self.cfg.log_path)
@@ -435,9 +443,13 @@ class Run:
             self._starts_seen = len(self.pool.start_seconds)
 
     def stop_workers(self) -> None:
+        """End the engines: a clean shutdown when the run is done with time to spare for one,
+        else a kill of their process groups, whose time is bounded (the deadline is a wall:
+        an engine still starting would not even hear a request to close)."""
         if self.pool is not None:
             self._sync_pool()
-            self.pool.close()
+            stopping = self.summary.stopped_by is not None
+            self.pool.close(kill=stopping or self.clock.left() < CLOSE_SECONDS)
             self.pool = None
 
     def _sync_pool(self) -> None:
@@ -669,7 +681,14 @@ class Run:
     # -- the run -------------------------------------------------------------------------
 
     def execute(self) -> int:
-        """Run until the work is done or time is up. Returns the exit code."""
+        """Run until the work is done or time is up. Returns the exit code. The output folder
+        is unlocked at the end, whatever happens."""
+        try:
+            return self._execute()
+        finally:
+            self.release()
+
+    def _execute(self) -> int:
         votes = self.write()  # a valid submission exists before the model even loads
         exit_code = 0
         if self.clock.left() < ENGINE_START_SECONDS:
@@ -682,30 +701,46 @@ class Run:
                 format_duration(ENGINE_START_SECONDS),
             )
         self._bar = _progress(self.cfg.progress)
-        try:
-            if self.cfg.ttt.enabled:
-                self.finetune()
-            if self.clock.left() > 0:
-                self.start_workers()
-                votes = self._stream(votes)
-        except WorkerTimeout:
-            self.summary.stopped_by = "deadline"
-            log.warning("deadline reached before the engine started; the last submission stands")
-        except EngineError as exc:
-            self.summary.stopped_by = "engine failure"
-            self.summary.error = str(exc).splitlines()[0]
-            log.error("%s", exc)
-            exit_code = exc.exit_code
-        finally:
-            if self._bar is not None:
-                self._bar.close()
-            self.stop_workers()
-            votes = self.write()
-            self._release_adapters(votes, final=True)
+        with stop_on_signals() as signals:
+            try:
+                if self.cfg.ttt.enabled:
+                    self.finetune()
+                if self.clock.left() > 0:
+                    self.start_workers()
+                    votes = self._stream(votes)
+            except WorkerTimeout:
+                self.summary.stopped_by = "deadline"
+                log.warning(
+                    "deadline reached before the engine started; the last submission stands"
+                )
+            except EngineError as exc:
+                self.summary.stopped_by = "engine failure"
+                self.summary.error = str(exc).splitlines()[0]
+                log.error("%s", exc)
+                exit_code = exc.exit_code
+            except Stopped as stop:  # as a deadline would: what was answered stands
+                self.summary.stopped_by = stop.signal
+                log.warning("%s: stopping the engine; the last submission stands", stop.signal)
+            finally:
+                signals.disarm()  # a signal from here on must not cut the final write
+                if self._bar is not None:
+                    self._bar.close()
+                votes = self.write()  # first: the submission stands before any slow step
+                self.stop_workers()
+                votes = self.write()
+                self._release_adapters(votes, final=True)
+            if self.summary.stopped_by is None and signals.received is not None:
+                self.summary.stopped_by = signals.received
         if self.summary.stopped_by is None:
             self.summary.stopped_by = "deadline" if self.clock.left() <= 0 else "done"
         self._finish_summary(votes)
         return exit_code
+
+    def release(self) -> None:
+        """Unlock the output folder (execute does at its end)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _target(self, round_no: int) -> int:
         cfg = self.cfg
