@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,206 @@ def test_a_symlinked_folder_is_not_searched(tmp_path: Path) -> None:
     (inp / "link").symlink_to(outside)
     assert _entry_module()._find_wheel_dir(inp) is None
     assert kaggle.find_wheels(inp) is None
+
+
+# -- the kernel's safety net: a fault matrix through the entry script ------------------------
+
+KAGGLE_BATCH = {"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_IS_COMPETITION_RERUN": "1"}
+
+# Faults injected into the kernel's own process at start-up (sitecustomize runs before the
+# entry script), as they would happen in a real run.
+_INJECT = {
+    "run-raises": (
+        "import airv.run.pipeline as p\n"
+        "def boom(self):\n"
+        "    raise RuntimeError('injected: an unexpected bug')\n"
+        "p.Run._execute = boom\n"
+    ),
+    "disk-full": (
+        "import errno, airv.core.jsonio as j\n"
+        "def full(path, data):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
+        "j.write_atomic = full\n"
+    ),
+}
+
+
+def _fault_tree(root: Path, model: Path | None) -> Path:
+    comp = root / "input/competitions/arc-prize-2025"
+    comp.mkdir(parents=True)
+    path = comp / "arc-agi_test_challenges.json"
+    dump_challenges([_task(i) for i in range(3)], path)
+    data = json.loads(path.read_text())
+    data["t0000001"]["test"].append({"input": [[1]]})  # two test inputs
+    data["broken"] = {"train": "nonsense", "test": [{"input": [[1]]}] * 3}
+    path.write_text(json.dumps(data))
+    if model is not None:
+        shutil.copytree(model, root / "input/datasets/someone/model")
+    return path
+
+
+def _entry(
+    root: Path, env_extra: dict[str, str], *run_args: str, python: str = sys.executable
+) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env.update(env_extra)
+    return subprocess.Popen(
+        [python, str(ENTRY), "--root", str(root), "--", "--engine", "hf", "--no-progress",
+         *run_args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def _assert_valid(root: Path, challenges: Path) -> dict[str, Any]:
+    ch = load_challenges(challenges, strict=False)
+    sub = root / "working" / "submission.json"
+    assert validate_submission(sub, ch) == []
+    return json.loads(sub.read_text())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "fault", ["pip-fails", "no-model", "run-raises", "disk-full", "bad-option"]
+)
+def test_the_kernel_leaves_a_valid_submission_whatever_fails(
+    tmp_path: Path, fault: str, tiny_model: Path
+) -> None:
+    """Each fault a real Kaggle run meets: the kernel prints what happened, leaves a valid,
+    complete submission.json (the fallback's [[0]] where nothing better exists) and, on
+    Kaggle, exits 0 (a notebook that ends with an error scores nothing)."""
+    root = tmp_path / "kaggle"
+    challenges = _fault_tree(root, None if fault in ("no-model", "pip-fails") else tiny_model)
+    env = dict(KAGGLE_BATCH)
+    python = sys.executable
+    run_args: tuple[str, ...] = ()
+    if fault == "pip-fails":  # airv not installed, and pip cannot install it
+        venv = tmp_path / "bare"
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+        )
+        python = str(venv / "bin" / "python")
+        wheels = root / "input/datasets/someone/airv-wheels"
+        wheels.mkdir(parents=True)
+        (wheels / "airv-0.1.0-py3-none-any.whl").write_bytes(b"")
+        env["PYTHONPATH"] = ""
+    elif fault in _INJECT:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_INJECT[fault])
+        env["PYTHONPATH"] = str(site)
+    elif fault == "bad-option":
+        run_args = ("--time-budget", "banana")
+    proc = _entry(root, env, *run_args, python=python)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    # What went wrong is on stderr, for the log: a traceback, or airv's own message.
+    assert "Traceback" in err or "airv: error: cannot read duration 'banana'" in err
+    sub = _assert_valid(root, challenges)
+    assert len(sub["t0000001"]) == 2 and len(sub["broken"]) == 3
+    assert not list((root / "working").glob(".submission.*"))  # no temp file left
+    if fault != "bad-option":
+        return
+    # Off Kaggle (make submit-local), the same failure is not hidden.
+    proc = _entry(root, {}, *run_args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "banana" in err
+
+
+@pytest.mark.engine
+def test_the_kernel_stopped_by_sigterm_mid_run_exits_0_with_the_runs_answers(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    import signal
+
+    root = tmp_path / "kaggle"
+    challenges = _local_tree(root, tiny_model, n_tasks=30)
+    proc = _entry(root, KAGGLE_BATCH, "--time-budget", "15m")
+    try:
+        log = root / "working" / "predictions.jsonl"
+        deadline = time.monotonic() + 240
+        while not (log.exists() and log.stat().st_size):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    _assert_valid(root, challenges)
+    summary = orjson.loads((root / "working/run_summary.json").read_bytes())
+    assert summary["stopped_by"] == "SIGTERM" and summary["completions"] > 0
+
+
+def test_make_kernel_refuses_bad_run_options(tmp_path: Path) -> None:
+    for run, match in (
+        ({"time-budgt": "1h"}, "unrecognized arguments: --time-budgt"),
+        ({"time-budget": "banana"}, "cannot read duration"),
+        ({"vote": "loudest"}, "invalid choice"),
+        ({"first-round": 9, "max-augmentations": 4}, "max_augmentations"),
+        ("fast", "'run' must be an object"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            kernel_build.load_config(_kaggle_config(tmp_path, run=run))
+    good = {"time-budget": "11h30m", "ttt": "per-task", "enforce-eager": True}
+    assert kernel_build.load_config(_kaggle_config(tmp_path, run=good))["run"] == good
+
+
+def test_the_kernels_own_checks() -> None:
+    entry = _entry_module()
+    assert entry.wants_ttt({}, ["--ttt=per-task"]) and entry.wants_ttt({}, ["--ttt", "joint"])
+    assert entry.wants_ttt({"ttt": "per-task"}, []) and not entry.wants_ttt({"ttt": "off"}, [])
+    assert not entry.wants_ttt({"ttt": "per-task"}, ["--ttt=off"])
+    assert entry.OFFLINE_ENV["HF_HUB_OFFLINE"] == "1" and "VLLM_NO_USAGE_STATS" in entry.OFFLINE_ENV
+    from airv.core.tasks import MAX_GUESSED_TESTS
+
+    assert entry.MAX_GUESSED_TESTS == MAX_GUESSED_TESTS
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["competitions/arc/arc-agi_test_challenges.json"],
+        ["a/x_test_challenges.json"],
+        ["a/x_test_challenges.json", "b/y_test_challenges.json"],  # two: neither finds one
+        ["b/arc-agi_test_challenges.json", "a/deeper/arc-agi_test_challenges.json"],
+        [],
+    ],
+)
+def test_the_kernels_challenge_search_agrees_with_airvs(tmp_path: Path, files: list[str]) -> None:
+    inp = tmp_path / "input"
+    inp.mkdir()
+    for f in files:
+        (inp / f).parent.mkdir(parents=True, exist_ok=True)
+        dump_challenges([_task(1)], inp / f)
+    try:
+        airvs: Path | None = kaggle.find_challenges(inp)
+    except InputError:
+        airvs = None
+    assert _entry_module()._find_challenges(inp) == airvs
+
+
+def test_the_fallback_matches_airvs_count_of_test_inputs(tmp_path: Path) -> None:
+    """The kernel's stdlib fallback and airv agree on the entries a submission needs, for
+    valid and broken tasks alike, so the run's file passes the kernel's check and back."""
+    from airv.core.submission import build_submission
+
+    path = tmp_path / "c.json"
+    dump_challenges([_task(i) for i in range(2)], path)
+    data = json.loads(path.read_text())
+    data["huge"] = {"train": [], "test": [{"input": [[1]]}] * 50}
+    data["junk"] = {"train": [], "test": [0, {"input": [[1]]}]}
+    data["nonsense"] = 7
+    path.write_text(json.dumps(data))
+    entry = _entry_module()
+    expected = entry.expected_tests(path)
+    ch = load_challenges(path, strict=False)
+    assert expected == dict(ch.n_tests)
+    sub = tmp_path / "sub.json"
+    entry.write_fallback(sub, expected)
+    assert validate_submission(sub, ch) == [] and entry.is_valid_submission(sub, expected)
+    sub.write_bytes(orjson.dumps(build_submission(ch, {})))
+    assert entry.is_valid_submission(sub, expected)
+    sub.write_text('{"t0000000": []}')
+    assert not entry.is_valid_submission(sub, expected)

@@ -9,9 +9,12 @@ ready for `kaggle kernels push -p build/kernel`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +40,48 @@ _CONFIG_BLOCK = re.compile(
 )
 
 
+def run_flags(options: dict[str, object]) -> list[str]:
+    """{"time-budget": "11h30m", "enforce-eager": true} -> ["--time-budget", "11h30m", ...];
+    the kernel turns its config's run options into `airv run` flags with this."""
+    flags: list[str] = []
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flags.append(f"--{key}")
+        if value is not True:
+            flags.append(str(value))
+    return flags
+
+
+def check_run_options(options: object, source: Path) -> None:
+    """Parse the config's run options with `airv run`'s own parser and build the run's config
+    from them (on a stand-in challenge file and model), so that a typo fails here, not in a
+    Kaggle run that shows no logs."""
+    from airv.cli import build_parser
+    from airv.run.options import build_run_config
+
+    if not isinstance(options, dict):
+        raise ConfigError(f"{source}: 'run' must be an object of `airv run` options")
+    flags = run_flags(options)
+    with tempfile.TemporaryDirectory() as tmp:
+        challenges, model = Path(tmp) / "challenges.json", Path(tmp) / "model"
+        challenges.write_text("{}")
+        model.mkdir()
+        (model / "config.json").write_text('{"model_type": "qwen2"}')
+        argv = ["run", "--challenges", str(challenges), "--model", str(model), "--out", tmp]
+        stderr = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(stderr):
+                args = build_parser().parse_args([*argv, *flags])
+        except SystemExit:
+            why = stderr.getvalue().strip().splitlines()[-1:] or ["cannot parse"]
+            raise ConfigError(f"{source}: run options {flags}: {why[0]}") from None
+        try:
+            build_run_config(args)
+        except AirvError as e:
+            raise ConfigError(f"{source}: run options: {e}") from None
+
+
 def load_config(path: Path) -> dict[str, object]:
     cfg = read_json_object(path, "kaggle config")
     unknown = set(cfg) - KNOWN
@@ -49,6 +94,7 @@ def load_config(path: Path) -> dict[str, object]:
         raise ConfigError(f"{path}: name the model: model_dataset or model_source")
     if "YOUR-KAGGLE-USERNAME" in json.dumps(cfg):
         raise ConfigError(f"{path}: replace YOUR-KAGGLE-USERNAME with your Kaggle username")
+    check_run_options(cfg.get("run", {}), path)
     return cfg
 
 
