@@ -37,7 +37,9 @@ def load_base(model_dir: Path, device: str | None, threads: int | None = None) -
     """The model for training (float32 on CPU; bfloat16 where the GPU has it, else float16)
     and its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from airv.engines.model import load_tokenizer
 
     if threads:
         torch.set_num_threads(threads)
@@ -47,7 +49,7 @@ def load_base(model_dir: Path, device: str | None, threads: int | None = None) -
         bf16 = torch.cuda.get_device_capability(0) >= (8, 0)
         dtype, target = (torch.bfloat16 if bf16 else torch.float16), "cuda"
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(target)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     return model, tokenizer
 
 

@@ -305,7 +305,7 @@ def parse_answer(text: str, fmt: PromptFormat) -> Grid | Rejection:
 
 
 # A small task every template must render, and whose answer must read back.
-_PROBE = Task(
+PROBE_TASK = Task(
     "probe000",
     train=(
         Pair(((1, 2), (3, 0)), ((2, 1), (0, 3))),
@@ -313,21 +313,21 @@ _PROBE = Task(
     ),
     test=(((0, 7, 8),),),
 )
-_PROBE_ANSWER: Grid = ((8, 7, 0),)
+PROBE_ANSWER: Grid = ((8, 7, 0),)  # the probe task's test output
 
 
 def probe_check(fmt: PromptFormat) -> str | None:
     """Why `fmt` cannot be used (its template fails on a small task, the prompt does not end
     with the answer's prefix, or an answer does not read back), or None."""
     try:
-        prompt = render_text(fmt, _PROBE, 0)
-        answer = answer_text(_PROBE_ANSWER, fmt)
+        prompt = render_text(fmt, PROBE_TASK, 0)
+        answer = answer_text(PROBE_ANSWER, fmt)
     except (jinja2.TemplateError, ConfigError) as exc:
         return f"the template fails on a probe task: {type(exc).__name__}: {exc}"
     if fmt.answer_prefix and not prompt.endswith(fmt.answer_prefix):
         return f"the prompt does not end with answer_prefix {fmt.answer_prefix!r}"
     parsed = parse_answer(answer + fmt.eos, fmt)
-    if parsed != _PROBE_ANSWER:
+    if parsed != PROBE_ANSWER:
         return f"an answer does not read back: {answer!r} -> {parsed}"
     return None
 

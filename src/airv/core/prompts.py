@@ -18,6 +18,8 @@ from typing import Any, Protocol, cast
 
 from airv.core.errors import ConfigError
 from airv.core.prompt_format import (
+    PROBE_ANSWER,
+    PROBE_TASK,
     PromptFormat,
     answer_text,
     query_input,
@@ -104,6 +106,13 @@ def render_prompt(
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def probe_text(fmt: PromptFormat, tokenizer: Tokenizer) -> str:
+    """A small task's prompt as the model is sent it (chat template included), then its
+    answer and EOS: the text a tokenizer must give back whole (engines.model's check)."""
+    prompt = render_prompt(PROBE_TASK, 0, fmt, tokenizer)
+    return prompt + answer_text(PROBE_ANSWER, fmt) + fmt.eos
 
 
 def prompt_token_ids(text: str, fmt: PromptFormat, tokenizer: Tokenizer) -> list[int]:

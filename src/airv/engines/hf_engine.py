@@ -31,7 +31,7 @@ from airv.engines.base import (
 )
 from airv.engines.config import Dtype, EngineConfig, SamplingConfig
 from airv.engines.dfs import Leaf, Limits, expansions, ranked
-from airv.engines.model import gpu_capabilities, model_dtype
+from airv.engines.model import gpu_capabilities, load_tokenizer, model_dtype
 
 # Prompts per forward batch: bounds padding waste and activation memory.
 BATCH_SIZE = 16
@@ -60,7 +60,7 @@ class HfEngine:
         check_supported(engine, sampling)
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
         except ImportError as exc:
             raise EngineError("transformers/torch are not installed") from exc
         dtype = resolve_dtype(engine.dtype, gpu_capabilities(n_gpus), model_dtype(engine.model))
@@ -71,7 +71,7 @@ class HfEngine:
         }[dtype]
         self._torch = torch
         self._device = "cuda" if n_gpus > 0 else "cpu"
-        self._tokenizer = AutoTokenizer.from_pretrained(engine.model)
+        self._tokenizer = load_tokenizer(engine.model)
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token

@@ -34,7 +34,7 @@ from airv.engines.base import (
 )
 from airv.engines.config import Dtype, EngineConfig, SamplingConfig
 from airv.engines.dfs import Branch, Leaf, Limits, ranked, walk
-from airv.engines.model import gpu_capabilities, model_dtype
+from airv.engines.model import gpu_capabilities, load_tokenizer, model_dtype
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class VllmEngine:
             kwargs["max_logprobs"] = max(VLLM_MAX_LOGPROBS, top_k)
         self._llm = LLM(**kwargs)
         self._engine = self._llm.llm_engine
+        # airv's tokenizer, not vLLM's own (AutoTokenizer): completions are decoded with the
+        # one that encodes exactly as the checkpoint's tokenizer.json (engines.model).
+        self._tokenizer = load_tokenizer(engine.model)
         self._sampling = sampling
         self._lora_ids: dict[str, int] = {}
         if sampling.beam_width and engine.max_lora_rank:
@@ -93,7 +96,14 @@ class VllmEngine:
 
     @property
     def tokenizer(self) -> Any:
-        return self._llm.get_tokenizer()
+        return self._tokenizer
+
+    def _text(self, token_ids: Sequence[int]) -> str:
+        """A completion's text: its ids decoded by airv's tokenizer, cut before the first
+        stop string, as vLLM cuts its own."""
+        text: str = self._tokenizer.decode(list(token_ids), skip_special_tokens=True)
+        cuts = [i for i in (text.find(s) for s in self._sampling.stop) if i >= 0]
+        return text[: min(cuts)] if cuts else text
 
     @staticmethod
     def _llm_kwargs(engine: EngineConfig, dtype: Dtype, *, n_gpus: int) -> dict[str, Any]:
@@ -349,7 +359,7 @@ class VllmEngine:
             rid,
             tuple(
                 Completion(
-                    text=o.text,
+                    text=self._text(o.token_ids),
                     token_ids=tuple(o.token_ids),
                     logprob=float(o.cumulative_logprob or 0.0),
                     finish_reason="length" if o.finish_reason == "length" else "stop",

@@ -40,6 +40,7 @@ from airv.core.prompts import (
     answer_token_ids,
     fit_prompt,
     for_tokenizer,
+    probe_text,
 )
 from airv.core.submission import build_submission, write_submission
 from airv.core.tasks import Challenges, Task, load_challenges
@@ -47,6 +48,7 @@ from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
+from airv.engines.model import check_round_trip, load_tokenizer
 from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision
 from airv.engines.worker import CLOSE_SECONDS, EngineWorker, Faults, WorkerTimeout
 from airv.run.budget import Clock, Stopped, format_duration, process_start_time, stop_on_signals
@@ -219,9 +221,13 @@ class Run:
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.cfg.engine.model)
+            model = self.cfg.engine.model
+            tokenizer = load_tokenizer(model)
+            # Before any prompt is built: a tokenizer that loses tokens is a usage error.
+            check_round_trip(
+                model, tokenizer, probe_text(for_tokenizer(self.cfg.prompt, tokenizer), tokenizer)
+            )
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     @property
@@ -691,6 +697,8 @@ class Run:
     def _execute(self) -> int:
         votes = self.write()  # a valid submission exists before the model even loads
         exit_code = 0
+        if self.task_ids:
+            _ = self.prompt_format  # loads and checks the tokenizer: a usage error comes now
         if self.clock.left() < ENGINE_START_SECONDS:
             log.warning(
                 "only %s of the budget is left after the %s reserve: an engine start alone "

@@ -33,6 +33,7 @@ from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
 from airv.engines import Completion, GenerateRequest
+from airv.engines.model import load_tokenizer
 from airv.engines.worker import EngineWorker
 from airv.run.budget import format_duration, process_start_time
 from airv.run.config import RunConfig
@@ -276,9 +277,7 @@ def make_plan(
         raise ConfigError("--calibration-tasks and --calibration-augmentations must be >= 1")
     started = process_start_time() if started is None else started
     challenges = load_challenges(cfg.challenges, strict=False)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(cfg.engine.model)  # as the pipeline loads it
+    tokenizer = load_tokenizer(cfg.engine.model)  # as the pipeline loads it
     costs = estimate_costs(cfg, challenges, tokenizer)
     fmt = for_tokenizer(cfg.prompt, tokenizer)
     sets: tuple[list[FittedPrompt], list[FittedPrompt]] = ([], [])

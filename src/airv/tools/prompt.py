@@ -19,7 +19,13 @@ import orjson
 
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import answer_text, preset_names, resolve_format
-from airv.core.prompts import PromptTooLong, fit_prompt, for_tokenizer, render_prompt
+from airv.core.prompts import (
+    PromptTooLong,
+    fit_prompt,
+    for_tokenizer,
+    probe_text,
+    render_prompt,
+)
 from airv.core.tasks import (
     GridError,
     load_challenges,
@@ -29,7 +35,7 @@ from airv.core.tasks import (
 )
 from airv.core.types import Grid
 from airv.engines.config import EngineConfig
-from airv.engines.model import default_max_model_len
+from airv.engines.model import check_round_trip, default_max_model_len, load_tokenizer
 
 
 def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,10 +102,9 @@ def prompt_command(args: argparse.Namespace) -> int:
     fmt = resolve_format(model=args.model, preset=args.format_preset, format_file=args.format_file)
     tokenizer = None
     if args.model is not None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokenizer = load_tokenizer(args.model)
         fmt = for_tokenizer(fmt, tokenizer)
+        check_round_trip(args.model, tokenizer, probe_text(fmt, tokenizer))
     if args.answer is not None:
         grid = _answer_grid(args.answer, args.challenges, args.task, args.test_index)
         sys.stdout.write(answer_text(grid, fmt) + fmt.eos)
