@@ -259,9 +259,9 @@ class Bench:
 
     def tokenizer(self, kind: ModelKind = ModelKind.RANDOM) -> Tokenizer:
         if kind not in self._tokenizers:
-            from transformers import AutoTokenizer
+            from airv.engines.model import load_tokenizer
 
-            self._tokenizers[kind] = AutoTokenizer.from_pretrained(self.model(kind))
+            self._tokenizers[kind] = load_tokenizer(self.model(kind))
         return self._tokenizers[kind]
 
     def arc(self) -> tuple[list[Task], dict[TaskId, tuple[Grid, ...]]]:
@@ -388,11 +388,13 @@ class NaiveHf:
 
     def __init__(self, model_dir: Path, device: str):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from airv.engines.model import load_tokenizer
 
         self._torch = torch
         self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
 
     def generate(self, items: Sequence[WorkItem]) -> tuple[float, list[tuple[int, ...]]]:
