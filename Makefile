@@ -1,6 +1,7 @@
 # airv — the two commands that matter on a fresh machine:
 #   make submit-local   set up, build a local /kaggle stand-in, run the kernel entry, score it
-#   make test           set up, lint, type-check, run the whole test suite (real vLLM on CPU)
+#   make test           set up, lint, type-check, run the whole test suite (real vLLM on CPU),
+#                       then the Hugging Face part again under the Kaggle kernel's releases
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,13 +35,15 @@ TTT ?=
 WHEEL_SET ?= kaggle
 WHEELS_DIR ?= wheels/wheelhouse
 KAGGLE_PYTHON ?= 3.12
-KAGGLE_PLATFORMS ?= manylinux1_x86_64 manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 linux_x86_64
+# torch 2.8.0's nvidia-* wheels carry only manylinux_2_27, which pip does not infer from 2_28.
+KAGGLE_PLATFORMS ?= manylinux1_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 linux_x86_64
 WHEEL_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 # make kernel / make push: kaggle-config.json (copy kaggle-config.example.json) -> build/kernel
 KAGGLE_CONFIG ?= kaggle-config.json
 
-.PHONY: venv test lint typecheck unit submit-local wheels kernel push bench clean browser vllm-api-check
+.PHONY: venv test lint typecheck unit submit-local wheels kernel push bench clean browser vllm-api-check \
+	kaggle-pins
 
 venv: $(STAMP)
 
@@ -70,6 +73,36 @@ browser:
 
 test: lint typecheck browser
 	$(VENV)/bin/pytest -q
+	$(MAKE) --no-print-directory kaggle-pins
+
+# The Kaggle kernel runs transformers 4.57.1 (tokenizers 0.22, huggingface-hub 0.36), the dev
+# venv transformers 5. kaggle-pins installs wheels/requirements-kaggle-pins.txt (--no-deps) into
+# PINS_DIR and reruns, with that folder first on PYTHONPATH, the tests where airv meets
+# transformers: tokenizer loading and prompt formats, the TTT trainer (peft) and the transformers
+# engine (generate, beam, DFS, adapters), `airv plan` and `airv eval`. torch, peft, accelerate
+# and the rest come from the venv; nothing here starts vLLM (its pins are vllm-api-check's).
+# The path is absolute so that test subprocesses started in other folders see it too.
+PINS_DIR ?= .venv-kaggle-pins
+PINS_STAMP := $(PINS_DIR)/.airv-installed
+PINS_PATH = $(abspath $(PINS_DIR))$${PYTHONPATH:+:$$PYTHONPATH}
+KAGGLE_PINS_TESTS := tests/test_prompts.py tests/test_prompt_format.py tests/test_presets.py \
+	tests/test_tokenizers.py tests/test_adapt.py \
+	tests/test_engines.py::test_sampling_n_returns_n_completions \
+	tests/test_engines.py::test_beam_search_hf \
+	tests/test_engines.py::test_hf_per_request_decode_mode_and_n \
+	tests/test_dfs.py::test_a_view_whose_search_finds_nothing_is_not_asked_again \
+	tests/test_pipeline.py::test_a_run_with_per_task_ttt_serves_each_task_its_adapter \
+	tests/test_plan.py::test_plan_with_the_tiny_model \
+	tests/test_evaluate.py::test_cli_eval_with_a_model_end_to_end
+
+$(PINS_STAMP): wheels/requirements-kaggle-pins.txt $(STAMP)
+	rm -rf $(PINS_DIR)
+	$(PIP) install -q --no-deps --target $(PINS_DIR) -r wheels/requirements-kaggle-pins.txt
+	touch $(PINS_STAMP)
+
+kaggle-pins: $(PINS_STAMP)
+	PYTHONPATH=$(PINS_PATH) $(PY) wheels/check_kaggle_pins.py wheels/requirements-kaggle-pins.txt $(PINS_DIR)
+	PYTHONPATH=$(PINS_PATH) $(VENV)/bin/pytest -q $(KAGGLE_PINS_TESTS)
 
 submit-local: $(STAMP)
 	$(PY) -m airv.kaggle.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \
@@ -129,4 +162,4 @@ bench: $(STAMP)
 	$(PY) bench/plan_check.py --out bench/plan-check.md
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PINS_DIR) build dist .pytest_cache .mypy_cache .ruff_cache

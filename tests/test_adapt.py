@@ -172,6 +172,23 @@ def test_a_killed_training_process_costs_its_task_only(tmp_path: Path, tiny_mode
     assert failed == {"ttt00002": "exit code -9"}
 
 
+@pytest.mark.engine
+def test_a_trainer_that_cannot_start_is_not_restarted_for_ever(tmp_path: Path) -> None:
+    """A training process whose model does not load dies before taking a task: it is started
+    again at most MAX_START_FAILURES times (it once restarted until the stage's deadline, about
+    70 times in 5 minutes), then every task keeps the base model, with the reason."""
+    from airv.adapt.stage import MAX_START_FAILURES
+
+    tasks = [TASK, Task("ttt00002", TASK.train, TASK.test)]
+    job = _job(tmp_path / "no-model", tmp_path)
+    start = time.monotonic()
+    report = run_stage(tasks, job, deadline=start + 300, log_path=tmp_path / "t.jsonl")
+    assert time.monotonic() - start < 120
+    assert report.adapters == {} and report.restarts == MAX_START_FAILURES
+    assert {r.name for r in report.results} == {"ttt00001", "ttt00002"}
+    assert all("no training process left" in str(r.error) for r in report.results)
+
+
 def test_a_damaged_adapter_is_not_served(tmp_path: Path) -> None:
     from airv.adapt.lora import check_adapter
 

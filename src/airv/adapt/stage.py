@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 JOINT = "joint"  # the adapter's name in joint mode
 ADAPTERS_DIR = "adapters"
 _SAVE_MARGIN = 5.0  # seconds kept to write an adapter before the stage's deadline
+# A training process that dies before taking any task (its model does not load) is started
+# again at most this many times per device: the same failure would eat the whole stage.
+MAX_START_FAILURES = 2
 TTT_LOG = "ttt.jsonl"
 
 
@@ -216,6 +219,9 @@ def _train(
     results_q = ctx.Queue()
     procs: dict[Any, str | None] = {}
     current: dict[int, str] = {}  # pid -> the name it is training
+    worked: set[int] = set()  # pids that took at least one task
+    start_failures: dict[str | None, int] = {}
+    last_exit: int | None = None
 
     def start(device: str | None) -> None:
         p = ctx.Process(
@@ -237,6 +243,7 @@ def _train(
                 msg = None
             if msg is not None and msg[0] == "start":
                 current[msg[2]] = msg[1]
+                worked.add(msg[2])
             elif msg is not None:
                 result = msg[2]
                 pending.discard(result.name)
@@ -244,6 +251,7 @@ def _train(
                 _append(log_path, result)
             for p in [p for p in procs if not p.is_alive()]:
                 device = procs.pop(p)
+                last_exit = p.exitcode
                 lost = current.pop(p.pid, None) if p.pid is not None else None
                 if lost is not None and lost in pending:
                     # Died mid-task (e.g. killed for memory): that task keeps the base model.
@@ -251,11 +259,25 @@ def _train(
                     failed = TrainResult(lost, None, 0, None, 0.0, 0, f"exit code {p.exitcode}")
                     results.append(failed)
                     _append(log_path, failed)
-                if pending and time.monotonic() < deadline and p.exitcode != 0:
+                if p.pid not in worked:
+                    start_failures[device] = start_failures.get(device, 0) + 1
+                if (
+                    pending
+                    and time.monotonic() < deadline
+                    and p.exitcode != 0
+                    and start_failures.get(device, 0) <= MAX_START_FAILURES
+                ):
                     restarts += 1
                     start(device)
             if not procs:
                 break
+        if pending and not procs:  # no process left to train them: say so for each task
+            why = f"no training process left (the last ended with exit code {last_exit})"
+            for name in sorted(pending):
+                failed = TrainResult(name, None, 0, None, 0.0, 0, why)
+                results.append(failed)
+                _append(log_path, failed)
+            pending.clear()
     finally:
         for p in procs:
             _kill(p)

@@ -17,7 +17,8 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # Every character airv's default prompt and formats can produce, one token each: digits (one
 # token per cell), the labels and separators of the templates, plus enough letters and
 # punctuation that a custom template still tokenises without <unk>.
-CHARACTERS = string.digits + "\n " + string.ascii_letters + "|:,.-_`[]()#>"
+# New characters go at the end: the ids of the others stay as they were.
+CHARACTERS = string.digits + "\n " + string.ascii_letters + "|:,.-_`[]()#>" + "<+/="
 
 
 def build_tiny_model(
@@ -105,7 +106,21 @@ def build_tokenizer(out_dir: Path | str, characters: str) -> Any:
         padding_side="left",
     )
     fast.save_pretrained(Path(out_dir))
+    _portable_class(Path(out_dir))
     return fast
+
+
+def _portable_class(out_dir: Path) -> None:
+    """Name the generic fast class in tokenizer_config.json: transformers 5 writes its own
+    `TokenizersBackend`, which transformers 4 (the Kaggle kernel's pin, and vLLM's own
+    tokenizer loading there) cannot load."""
+    import json
+
+    path = out_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.pop("backend", None)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def qwen2_config(

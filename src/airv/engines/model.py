@@ -91,7 +91,10 @@ def load_tokenizer(model_dir: Path | None) -> Any:
         return AutoTokenizer.from_pretrained(model_dir)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
     if not tokenizer.chat_template:  # a template kept where only the model's own class looks
-        auto = AutoTokenizer.from_pretrained(model_dir)
+        try:
+            auto = AutoTokenizer.from_pretrained(model_dir)
+        except (ValueError, OSError, ImportError):  # a class this release does not have
+            return tokenizer
         if auto.chat_template:
             tokenizer.chat_template = auto.chat_template
     return tokenizer

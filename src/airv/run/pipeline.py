@@ -697,8 +697,6 @@ class Run:
     def _execute(self) -> int:
         votes = self.write()  # a valid submission exists before the model even loads
         exit_code = 0
-        if self.task_ids:
-            _ = self.prompt_format  # loads and checks the tokenizer: a usage error comes now
         if self.clock.left() < ENGINE_START_SECONDS:
             log.warning(
                 "only %s of the budget is left after the %s reserve: an engine start alone "
@@ -711,6 +709,8 @@ class Run:
         self._bar = _progress(self.cfg.progress)
         with stop_on_signals() as signals:
             try:
+                if self.task_ids and self.clock.left() > 0:
+                    _ = self.prompt_format  # loads and checks the tokenizer: a usage error now
                 if self.cfg.ttt.enabled:
                     self.finetune()
                 if self.clock.left() > 0:
