@@ -326,4 +326,9 @@ def _config_path(key: str) -> Path | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: at exit Python joins every child process still alive, and one the run
+    # failed to end would hold the notebook past its limit with a good submission on disk.
+    os._exit(status)

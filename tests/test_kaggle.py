@@ -495,3 +495,30 @@ def test_the_fallback_matches_airvs_count_of_test_inputs(tmp_path: Path) -> None
     assert entry.is_valid_submission(sub, expected)
     sub.write_text('{"t0000000": []}')
     assert not entry.is_valid_submission(sub, expected)
+
+
+@pytest.mark.engine
+def test_the_kernel_on_a_working_folder_that_fills_up(tmp_path: Path, tiny_model: Path) -> None:
+    """A real full disk: /kaggle/working is a 48 KiB tmpfs, so the fallback fits but the run's
+    predictions log soon cannot grow (ENOSPC). The kernel still exits 0 on Kaggle with a valid
+    submission in place. Needs root to mount; skipped elsewhere."""
+    root = tmp_path / "kaggle"
+    challenges = _local_tree(root, tiny_model, n_tasks=20)
+    working = root / "working"
+    working.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(working)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        proc = _entry(root, KAGGLE_BATCH, "--time-budget", "10m", "--max-augmentations", "8")
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "No space left on device" in err
+        _assert_valid(root, challenges)
+    finally:
+        subprocess.run(["umount", str(working)], check=False)

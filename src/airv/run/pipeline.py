@@ -733,8 +733,10 @@ class Run:
                 signals.disarm()  # a signal from here on must not cut the final write
                 if self._bar is not None:
                     self._bar.close()
-                votes = self.write()  # first: the submission stands before any slow step
-                self.stop_workers()
+                try:
+                    votes = self.write()  # first: the submission stands before any slow step
+                finally:  # even on a full disk: a live worker would hold the process at exit
+                    self.stop_workers()
                 votes = self.write()
                 self._release_adapters(votes, final=True)
             if self.summary.stopped_by is None and signals.received is not None:
