@@ -280,3 +280,32 @@ def test_adapter_folders_are_hashes_of_the_task_ids() -> None:
         assert Path(name).name == name
     assert adapter_dir("00576224") == adapter_dir("00576224")  # stable: no run state in it
     assert adapter_dir("00576224").startswith("00576224-")
+
+
+def test_an_adapter_for_another_models_modules_is_refused(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from airv.adapt.lora import adapter_modules, check_adapter
+
+    assert adapter_modules(
+        [
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+            "base_model.model.model.embed_tokens.lora_embedding_A",
+            "base_model.model.lm_head.lora_B.weight",
+        ]
+    ) == {"model.layers.0.self_attn.q_proj", "model.embed_tokens", "lm_head"}
+    model = {"model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight"}
+    adapter = tmp_path / "a"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    lora = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 8),
+        "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 8),  # tied: no weight of its own
+    }
+    save_file(lora, str(adapter / "adapter_model.safetensors"))
+    assert check_adapter(adapter, 16, model) is None
+    lora["base_model.model.model.layers.0.self_attn.qkv.lora_A.weight"] = torch.zeros(4, 8)
+    save_file(lora, str(adapter / "adapter_model.safetensors"))
+    assert "model.layers.0.self_attn.qkv" in str(check_adapter(adapter, 16, model))

