@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.config import Schedule, TTTConfig, TTTMode
 from airv.adapt.data import IGNORE, batches, leave_one_out, task_examples
 from airv.adapt.stage import JOINT, StageJob, read_results, run_stage
 from airv.core.augment import ViewPolicy
@@ -214,7 +216,7 @@ def test_training_processes_die_with_their_parent(tmp_path: Path, tiny_model: Pa
     script = f"""
 import time
 from pathlib import Path
-from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.config import Schedule, TTTConfig, TTTMode
 from airv.adapt.stage import StageJob, run_stage
 from airv.core.augment import ViewPolicy
 from airv.core.prompt_format import load_preset
@@ -309,3 +311,77 @@ def test_an_adapter_for_another_models_modules_is_refused(tmp_path: Path) -> Non
     lora["base_model.model.model.layers.0.self_attn.qkv.lora_A.weight"] = torch.zeros(4, 8)
     save_file(lora, str(adapter / "adapter_model.safetensors"))
     assert "model.layers.0.self_attn.qkv" in str(check_adapter(adapter, 16, model))
+
+
+@given(
+    steps=st.integers(1, 400),
+    warmup=st.floats(0, 0.9),
+    schedule=st.sampled_from(list(Schedule)),
+)
+def test_the_learning_rate_warms_up_then_falls_to_zero(
+    steps: int, warmup: float, schedule: Schedule
+) -> None:
+    cfg = TTTConfig(steps=steps, warmup=warmup, schedule=schedule)
+    factors = [cfg.lr_factor(s) for s in range(steps)]
+    ramp = round(warmup * steps)
+    assert all(0 <= f <= 1 for f in factors)
+    assert all(a < b for a, b in zip(factors[:ramp], factors[1 : ramp + 1], strict=False))
+    assert all(a >= b for a, b in zip(factors[ramp:], factors[ramp + 1 :], strict=False))
+    if ramp < steps:
+        assert factors[ramp] == 1.0  # the peak, right after the warm-up
+    if warmup == 0 and schedule is Schedule.LINEAR:  # the schedule airv always had
+        assert factors == [max(0.0, 1.0 - s / steps) for s in range(steps)]
+
+
+def test_rslora_with_lora_on_the_embeddings_and_their_own_learning_rate(tmp_path: Path) -> None:
+    """NVARC's and the ARChitects' adapter shape on the NVARC stand-in (untied embeddings):
+    rsLoRA, LoRA on embed_tokens and lm_head beside the projections, cosine with warm-up, and a
+    separate (here, vanishing) learning rate for the embeddings' and the head's LoRA."""
+    import orjson
+    from safetensors import safe_open
+
+    from airv.adapt.lora import load_base, train_adapter
+    from airv.core.prompt_format import load_preset
+    from airv.demo.nvarc import build_nvarc_model
+
+    model_dir = build_nvarc_model(tmp_path / "nvarc", num_layers=1)
+    model, tok = load_base(model_dir, None, threads=1)
+    fmt = load_preset("nvarc")
+    from airv.core.prompts import for_tokenizer
+
+    examples = task_examples(
+        TASK, for_tokenizer(fmt, tok), tok, views=2, policy=ViewPolicy(), max_len=1024
+    )
+    targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens,lm_head"
+    cfg = TTTConfig(
+        mode=TTTMode.PER_TASK,
+        steps=4,
+        batch_size=1,
+        rank=4,
+        alpha=8,
+        target_modules=targets,
+        rslora=True,
+        schedule=Schedule.COSINE,
+        warmup=0.25,
+        learning_rate=1e-2,
+        embedding_learning_rate=1e-30,
+    )
+    _, result = train_adapter(
+        model, tok, TASK.id, examples, cfg, tmp_path / "a", deadline=time.monotonic() + 300
+    )
+    assert result.path is not None and result.steps == 4 and result.rank == 4
+    saved = orjson.loads((tmp_path / "a" / "adapter_config.json").read_bytes())
+    assert saved["use_rslora"] is True
+    assert {"embed_tokens", "lm_head", "q_proj"} <= set(saved["target_modules"])
+    with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), framework="pt") as f:
+        weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    # peft starts one factor of each pair at zero (B of a linear layer, A of an embedding):
+    # the projections' moved, the embeddings' and the head's stayed put at their own rate.
+    emb_a = [v for k, v in weights.items() if "embed_tokens.lora_embedding_A" in k]
+    head_b = [v for k, v in weights.items() if "lm_head.lora_B" in k]
+    proj_b = [v for k, v in weights.items() if "q_proj.lora_B" in k]
+    assert emb_a and head_b and proj_b
+    assert max(float(v.abs().max()) for v in proj_b) > 1e-4
+    assert max(float(v.abs().max()) for v in emb_a + head_b) < 1e-12
+    # LoRA factors only: not the whole embedding matrix (vLLM serves no modules_to_save).
+    assert not any("base_layer" in k or k.endswith("embed_tokens.weight") for k in weights)

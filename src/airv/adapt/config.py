@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 from airv.core.errors import ConfigError
+
+
+class Schedule(enum.StrEnum):
+    """The learning rate over an adapter's steps, after the warm-up."""
+
+    LINEAR = "linear"  # to zero, straight
+    COSINE = "cosine"  # to zero, half a cosine (NVARC, the ARChitects)
 
 
 class TTTMode(enum.StrEnum):
@@ -25,6 +33,13 @@ class TTTConfig:
     # peft's target modules: "all-linear", or comma-separated module names (q_proj,v_proj).
     target_modules: str = "all-linear"
     learning_rate: float = 4e-3
+    # Embeddings' and LM head's own learning rate, when the targets include them (the
+    # ARChitects: 1e-5 beside 1e-4); None: the learning rate above.
+    embedding_learning_rate: float | None = None
+    schedule: Schedule = Schedule.LINEAR
+    warmup: float = 0.0  # share of the steps, learning rate rising linearly from zero
+    # rsLoRA: scale the update by alpha / sqrt(rank), not alpha / rank (NVARC, the ARChitects).
+    rslora: bool = False
     steps: int = 100  # optimiser steps per adapter (per task, or for the joint adapter)
     batch_size: int = 8
     augmentations: int = 16  # augmented views of the task, each giving one sequence per pair
@@ -46,6 +61,13 @@ class TTTConfig:
             raise ConfigError("TTT: the per-task cap must be positive")
         if not self.target_modules.strip():
             raise ConfigError("TTT: target modules must not be empty")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(
+                f"TTT: warm-up must be a share of the steps in [0, 1), got {self.warmup}"
+            )
+        lr = self.embedding_learning_rate
+        if lr is not None and not 0 < lr < 1:
+            raise ConfigError(f"TTT: embedding learning rate must be in (0, 1), got {lr}")
 
     @property
     def enabled(self) -> bool:
@@ -54,6 +76,17 @@ class TTTConfig:
     def budget_seconds(self, available: float) -> float:
         """The stage's seconds out of `available` (the run's budget minus its reserve)."""
         return self.budget * available if self.budget <= 1 else min(self.budget, available)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate at optimiser step `step` (0-based), as a share of the peak: a
+        linear warm-up over `warmup` of the steps, then the schedule down to zero."""
+        ramp = round(self.warmup * self.steps)
+        if step < ramp:
+            return (step + 1) / (ramp + 1)
+        progress = min(1.0, (step - ramp) / max(1, self.steps - ramp))
+        if self.schedule is Schedule.COSINE:
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
 
     def peft_targets(self) -> str | list[str]:
         t = self.target_modules.strip()

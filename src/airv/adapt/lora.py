@@ -8,6 +8,7 @@ again (`unload`), so per-task training does not reload the model.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,11 @@ from typing import Any
 from airv.adapt.config import TTTConfig
 from airv.adapt.data import IGNORE, Example, batches
 
-ADAPTER_CONFIG_FILE = "adapter_config.json"  # what peft writes; its presence marks an adapter
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+# LoRA weights of the embeddings and the LM head (their own learning rate, if given).
+_EMBEDDING = re.compile(
+    r"(embed_tokens|lm_head)\."
+)  # what peft writes; its presence marks an adapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +106,25 @@ def train_adapter(
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
+        use_rslora=cfg.rslora,
     )
     torch.manual_seed(cfg.seed)
     dtype = next(model.parameters()).dtype  # the model's: what the adapter is saved in
     peft_model = get_peft_model(model, lora)
     peft_model.train()
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    # Linear decay to zero over the planned steps: the last steps settle the adapter.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / cfg.steps))
+    trained = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    params = [p for _, p in trained]
+    embedding = [p for n, p in trained if _EMBEDDING.search(n)]
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if embedding and cfg.embedding_learning_rate is not None:
+        ids = {id(p) for p in embedding}
+        groups = [
+            {"params": [p for p in params if id(p) not in ids]},
+            {"params": embedding, "lr": cfg.embedding_learning_rate},
+        ]
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
+    # Warm-up, then down to zero over the planned steps: the last steps settle the adapter.
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(peft_model.parameters()).device
     losses: list[float] = []
@@ -133,7 +148,9 @@ def train_adapter(
     if steps and final is not None and math.isfinite(final):
         out_dir.mkdir(parents=True, exist_ok=True)
         saved = _in_dtype(peft_model, dtype)
-        peft_model.save_pretrained(str(out_dir), state_dict=saved)
+        # LoRA factors only, never whole embedding matrices (peft's default with embeddings
+        # among the targets): vLLM serves no modules_to_save, and they would weigh gigabytes.
+        peft_model.save_pretrained(str(out_dir), state_dict=saved, save_embedding_layers=False)
         path = str(out_dir)
         # The weights as saved (rounded to the model's dtype) score the probe, as an engine
         # that loads the file will.

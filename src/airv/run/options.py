@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.config import Schedule, TTTConfig, TTTMode
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
@@ -291,6 +291,30 @@ def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
         "--ttt-lr", type=float, metavar="LR", help=f"learning rate (default {tc.learning_rate})"
     )
     g.add_argument(
+        "--ttt-embedding-lr",
+        type=float,
+        metavar="LR",
+        help="learning rate of LoRA on embed_tokens/lm_head, when the targets name them "
+        "(default: --ttt-lr)",
+    )
+    g.add_argument(
+        "--ttt-schedule",
+        choices=[s.value for s in Schedule],
+        help=f"learning rate after the warm-up, down to zero (default {tc.schedule.value})",
+    )
+    g.add_argument(
+        "--ttt-warmup",
+        type=float,
+        metavar="SHARE",
+        help=f"share of the steps with the learning rate rising from zero (default {tc.warmup})",
+    )
+    g.add_argument(
+        "--ttt-rslora",
+        action="store_true",
+        default=None,
+        help="rank-stabilised LoRA: scale by alpha / sqrt(rank) (default: alpha / rank)",
+    )
+    g.add_argument(
         "--ttt-batch", type=int, metavar="N", help=f"sequences per step ({tc.batch_size})"
     )
     g.add_argument("--ttt-rank", type=int, metavar="R", help=f"LoRA rank (default {tc.rank})")
@@ -298,7 +322,8 @@ def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ttt-target-modules",
         metavar="NAMES",
-        help=f"peft target modules: all-linear or e.g. q_proj,v_proj ({tc.target_modules})",
+        help="peft target modules: all-linear, or names such as q_proj,v_proj; add "
+        f"embed_tokens,lm_head for LoRA on the embeddings and the head ({tc.target_modules})",
     )
     g.add_argument(
         "--scratch",
@@ -673,6 +698,10 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
             else parse_duration(args.ttt_task_cap),
             steps=args.ttt_steps,
             learning_rate=args.ttt_lr,
+            embedding_learning_rate=args.ttt_embedding_lr,
+            schedule=None if args.ttt_schedule is None else Schedule(args.ttt_schedule),
+            warmup=args.ttt_warmup,
+            rslora=args.ttt_rslora,
             batch_size=args.ttt_batch,
             rank=args.ttt_rank,
             alpha=args.ttt_alpha,
