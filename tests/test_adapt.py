@@ -6,6 +6,7 @@ tests/test_ttt_engine.py.
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -325,8 +326,8 @@ def test_the_learning_rate_warms_up_then_falls_to_zero(
     factors = [cfg.lr_factor(s) for s in range(steps)]
     ramp = round(warmup * steps)
     assert all(0 <= f <= 1 for f in factors)
-    assert all(a < b for a, b in zip(factors[:ramp], factors[1 : ramp + 1], strict=False))
-    assert all(a >= b for a, b in zip(factors[ramp:], factors[ramp + 1 :], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(factors[: ramp + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[ramp:]))
     if ramp < steps:
         assert factors[ramp] == 1.0  # the peak, right after the warm-up
     if warmup == 0 and schedule is Schedule.LINEAR:  # the schedule airv always had
