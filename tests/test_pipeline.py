@@ -297,7 +297,7 @@ def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
 
 
 def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path, bigram_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`--ttt per-task` wired through the run: adapters trained in the stage, in the scratch
     folder, under names that are hashes of the task ids (hostile ids write nothing outside it,
@@ -324,7 +324,10 @@ def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
         return requests
 
     run.plan = spy  # type: ignore[method-assign]
+    caplog.set_level("INFO", logger="airv")
     assert run.execute() == 0
+    # Progress while training: a line per adapter as it is saved (the bar, when on).
+    assert "adapter 6/6 (" in caplog.text and "steps/s, stage left" in caplog.text
     assert set(run.adapters) == set(ids)
     assert len(set(run.adapters.values())) == len(ids)  # one adapter each, no folder shared
     assert all(Path(a).parent == scratch / "adapters" for a in run.adapters.values())

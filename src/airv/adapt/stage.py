@@ -169,6 +169,10 @@ def _strip_adapter(model: Any) -> Any:
     return model
 
 
+# Told of each adapter as it is saved or fails: (its result, adapters done, adapters in all).
+Progress = Callable[[TrainResult, int, int], None]
+
+
 @dataclass
 class StageReport:
     adapters: dict[str, str]  # task id -> adapter directory (per task: its own; joint: shared)
@@ -185,8 +189,10 @@ def run_stage(
     deadline: float,
     log_path: Path,
     devices: Sequence[str | None] = (None,),
+    progress: Progress | None = None,
 ) -> StageReport:
-    """Train the adapters `job.cfg.mode` asks for, until done or `deadline`."""
+    """Train the adapters `job.cfg.mode` asks for, until done or `deadline`; `progress` is
+    told of each adapter as it is saved (or fails)."""
     t0 = time.monotonic()
     done = {r.name: r for r in read_results(log_path).values() if _ready(r)}
     if job.cfg.mode is TTTMode.JOINT:
@@ -197,7 +203,7 @@ def run_stage(
     restarts = 0
     if items:
         job = replace(job, deadline=deadline)
-        results, restarts = _train(items, job, deadline, log_path, devices)
+        results, restarts = _train(items, job, deadline, log_path, devices, progress)
     finished = {**done, **{r.name: r for r in results if _ready(r)}}
     if job.cfg.mode is TTTMode.JOINT:
         joint = finished.get(JOINT)
@@ -218,6 +224,7 @@ def _train(
     deadline: float,
     log_path: Path,
     devices: Sequence[str | None],
+    progress: Progress | None = None,
 ) -> tuple[list[TrainResult], int]:
     ctx = mp.get_context("spawn")
     todo = ctx.Queue()
@@ -256,6 +263,8 @@ def _train(
                 pending.discard(result.name)
                 results.append(result)
                 _append(log_path, result)
+                if progress is not None:
+                    progress(result, len(items) - len(pending), len(items))
             for p in [p for p in procs if not p.is_alive()]:
                 device = procs.pop(p)
                 last_exit = p.exitcode

@@ -344,9 +344,15 @@ class Run:
         )
         devices: tuple[str | None, ...] = cfg.devices or (None,)
         log.info("test-time fine-tuning %d task(s), %s", len(tasks), ttt.mode.value)
-        report = run_stage(
-            tasks, job, deadline=stage_end, log_path=cfg.out_dir / TTT_LOG, devices=devices
-        )
+        with _StageProgress(cfg.progress, stage_end) as progress:
+            report = run_stage(
+                tasks,
+                job,
+                deadline=stage_end,
+                log_path=cfg.out_dir / TTT_LOG,
+                devices=devices,
+                progress=progress,
+            )
         self.summary.ttt_seconds += report.seconds
         for r in report.results:
             self.summary.ttt[r.name] = {
@@ -831,6 +837,46 @@ class Run:
         s.answered_test_inputs = len(votes)
         s.test_inputs = sum(self.challenges.n_tests.values())
         s.write(self.cfg.summary_path)
+
+
+class _StageProgress:
+    """The fine-tuning stage as the user sees it: a bar of adapters (with the progress bar on),
+    and a log line per adapter either way (what a hidden Kaggle run keeps): steps, seconds,
+    steps per second over the stage, and the stage's time left."""
+
+    def __init__(self, enabled: bool, stage_end: float):
+        self.enabled = enabled
+        self.stage_end = stage_end
+        self.bar: Any = None
+        self.steps = 0
+        self.seconds = 0.0
+
+    def __enter__(self) -> _StageProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __call__(self, result: TrainResult, done: int, total: int) -> None:
+        self.steps += result.steps
+        self.seconds += result.seconds
+        rate = self.steps / self.seconds if self.seconds else 0.0
+        left = format_duration(self.stage_end - time.monotonic())
+        if self.enabled:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc="adapters", unit="adapter", dynamic_ncols=True)
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{rate:.1f} steps/s | stage left {left}")
+        outcome = f"{result.steps} steps in {result.seconds:.1f}s"
+        if result.error is not None:
+            outcome = f"failed: {result.error}"
+        log.info(
+            "adapter %d/%d (%s): %s; %.1f steps/s, stage left %s",
+            done, total, result.name, outcome, rate, left,
+        )  # fmt: skip
 
 
 def _progress(enabled: bool) -> Any:
