@@ -201,16 +201,32 @@ def ensure_installed(root: Path, need_vllm: bool, need_peft: bool = False) -> No
     )
 
 
-def wants_ttt(options: dict[str, object], run_args: list[str]) -> bool:
-    """Whether the run fine-tunes (peft is then installed): `ttt` in the config's run
-    options, or `--ttt X` / `--ttt=X` among the extra arguments, not "off"."""
-    value = options.get("ttt")
+def run_option(options: dict[str, object], run_args: list[str], name: str) -> object:
+    """An `airv run` option as the run will see it: the config's run options, overridden by
+    `--name X` or `--name=X` among the extra arguments; None when neither gives it."""
+    value = options.get(name)
     for i, arg in enumerate(run_args):
-        if arg == "--ttt" and i + 1 < len(run_args):
+        if arg == f"--{name}" and i + 1 < len(run_args):
             value = run_args[i + 1]
-        elif arg.startswith("--ttt="):
+        elif arg.startswith(f"--{name}="):
             value = arg.split("=", 1)[1]
-    return value not in (None, False, "off")
+    return value
+
+
+def wants_ttt(options: dict[str, object], run_args: list[str]) -> bool:
+    """Whether the options themselves turn fine-tuning on (`ttt`, not "off")."""
+    return run_option(options, run_args, "ttt") not in (None, False, "off")
+
+
+def _needs_peft(options: dict[str, object], run_args: list[str], model: Path) -> bool:
+    """Whether the run fine-tunes, its recipe included (airv is installed by now): the
+    options' own `ttt`, else the recipe's (`recipe`, else the model's airv.json)."""
+    if run_option(options, run_args, "ttt") is not None:
+        return wants_ttt(options, run_args)
+    from airv.run.recipes import load_recipe, model_recipe
+
+    name = run_option(options, run_args, "recipe") or model_recipe(model)[0]
+    return name is not None and load_recipe(str(name)).options.get("ttt") not in (None, "off")
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -275,18 +291,20 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Install, discover, run, validate: the steps the guard in `main` protects."""
     run_options = dict(CONFIG.get("run", {}))  # type: ignore[call-overload]
-    need_vllm = run_options.get("engine", "vllm") == "vllm"
+    need_vllm = run_option(run_options, args.run_args, "engine") in (None, "vllm")
     ensure_installed(args.root, need_vllm, wants_ttt(run_options, args.run_args))
 
     from airv.cli import main as airv
     from airv.kaggle import paths as kaggle
-    from airv.kaggle.kernel import run_flags
+    from airv.run.recipes import run_flags
 
     inputs = kaggle.discover(
         args.root,
         challenges=args.challenges or _config_path("challenges"),
         model=args.model or _config_path("model"),
     )
+    if _needs_peft(run_options, args.run_args, inputs.model):  # a recipe's TTT included
+        ensure_installed(args.root, need_vllm, need_peft=True)
     inputs.out_dir.mkdir(parents=True, exist_ok=True)
     print(f"airv kernel: challenges {inputs.challenges}\nairv kernel: model {inputs.model}")
 

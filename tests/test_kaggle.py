@@ -431,10 +431,11 @@ def test_make_kernel_refuses_bad_run_options(tmp_path: Path) -> None:
         ({"vote": "loudest"}, "invalid choice"),
         ({"first-round": 9, "max-augmentations": 4}, "max_augmentations"),
         ("fast", "'run' must be an object"),
+        ({"recipe": "nope"}, "unknown recipe 'nope'"),
     ):
         with pytest.raises(ConfigError, match=match):
             kernel_build.load_config(_kaggle_config(tmp_path, run=run))
-    good = {"time-budget": "11h30m", "ttt": "per-task", "enforce-eager": True}
+    good = {"time-budget": "11h30m", "recipe": "nvarc-2025", "enforce-eager": True}
     assert kernel_build.load_config(_kaggle_config(tmp_path, run=good))["run"] == good
 
 

@@ -356,8 +356,21 @@ def _add_prompt(subparsers: _Subparsers) -> None:
     p.set_defaults(func=prompt.prompt_command)
 
 
+def _add_recipe(subparsers: _Subparsers) -> None:
+    from airv.tools import recipe
+
+    p = subparsers.add_parser(
+        "recipe",
+        help="list the winners' recipes, or print one as `airv run` options",
+        description=recipe.__doc__,
+    )
+    recipe.add_recipe_arguments(p)
+    p.set_defaults(func=recipe.recipe_command)
+
+
 _SUBCOMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_run,
+    _add_recipe,
     _add_prompt,
     _add_vote,
     _add_validate,

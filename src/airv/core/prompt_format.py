@@ -391,8 +391,13 @@ def resolve_format(
     return load_preset(DEFAULT_PRESET)
 
 
+# A model's airv.json may also name the run's recipe (airv.run.recipes): not a format field.
+RECIPE_KEY = "recipe"
+
+
 def read_format_file(path: Path) -> PromptFormat:
     data = read_config_object(path, "format file")
+    data.pop(RECIPE_KEY, None)
     return PromptFormat.from_dict(data, source=str(path), base_dir=path.parent)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from airv.core.errors import AirvError, ConfigError, report
 from airv.core.jsonio import read_json_object
+from airv.run.recipes import run_flags
 
 REPO = Path(__file__).resolve().parents[3]
 REQUIRED = ("username", "kernel_slug", "competition", "wheels_dataset")
@@ -38,19 +39,6 @@ _CONFIG_BLOCK = re.compile(
     r"(# --- airv-config.*?---\n)CONFIG: dict\[str, object\] = json\.loads\(r\"\"\".*?\"\"\"\)\n",
     re.DOTALL,
 )
-
-
-def run_flags(options: dict[str, object]) -> list[str]:
-    """{"time-budget": "11h30m", "enforce-eager": true} -> ["--time-budget", "11h30m", ...];
-    the kernel turns its config's run options into `airv run` flags with this."""
-    flags: list[str] = []
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        flags.append(f"--{key}")
-        if value is not True:
-            flags.append(str(value))
-    return flags
 
 
 def check_run_options(options: object, source: Path) -> None:

@@ -85,6 +85,8 @@ class RunConfig:
     max_tasks: int | None = None  # only the first N tasks of the file get inference
     # Start over: the output folder's logs (and adapters) are deleted, not resumed from.
     fresh: bool = False
+    recipe: str | None = None  # the recipe that supplied defaults (airv.run.recipes) ...
+    recipe_options: tuple[tuple[str, str], ...] = ()  # ... and what it supplied
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -121,6 +123,23 @@ class RunConfig:
             return self.task_cap_seconds
         available = self.time_budget - self.reserve_seconds
         return self.task_cap_shares * available / max(1, n_tasks)
+
+    def settings(self) -> dict[str, object]:
+        """What decides the run's answers, resolved: for run_summary.json."""
+        import dataclasses
+
+        return {
+            "recipe": self.recipe,
+            "from_recipe": dict(self.recipe_options),
+            "model": str(self.engine.model),
+            "format": self.prompt.name,
+            "views": dataclasses.asdict(self.views),
+            "augmentations": [self.first_round, self.per_round, self.max_augmentations],
+            "decoding": dataclasses.asdict(self.sampling),
+            "vote": self.vote_mode.value,
+            "rescore": [self.rescore_top, self.rescore_augmentations],
+            "ttt": {k: str(v) for k, v in dataclasses.asdict(self.ttt).items()},
+        }
 
     @property
     def adapters_dir(self) -> Path:

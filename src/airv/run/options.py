@@ -38,6 +38,7 @@ from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible
 from airv.engines.openai_engine import API_KEY_ENV, check_endpoints, check_remote
 from airv.run.budget import format_duration, parse_duration
 from airv.run.config import RESERVE_CAP, RESERVE_FLOOR, RESERVE_SHARE, RunConfig
+from airv.run.recipes import apply_recipe, recipe_names
 
 RUN_DESCRIPTION = """\
 Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
@@ -118,6 +119,13 @@ def add_inputs_arguments(
         type=int,
         metavar="N",
         help="run inference on the first N tasks only (the rest get [[0]]); for quick trials",
+    )
+    io.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="a winner's whole method as defaults (format, views, TTT, decoding, re-scoring, "
+        "selection); every option given explicitly wins. `airv recipe` lists them; default: "
+        f"the model's airv.json 'recipe', if any. Known: {', '.join(recipe_names())}",
     )
     io.add_argument(
         "--fresh",
@@ -609,8 +617,17 @@ class _Given:
         return getattr(self._args, name, None)
 
 
+def _option_parser() -> argparse.ArgumentParser:
+    """`airv run`'s options alone (no input required): how a recipe's options are read."""
+    p = argparse.ArgumentParser(prog="airv run", add_help=False)
+    add_run_arguments(p, required=False)
+    return p
+
+
 def build_run_config(parsed: argparse.Namespace) -> RunConfig:
-    """The RunConfig the options describe: each given option overrides its default."""
+    """The RunConfig the options describe: each given option overrides its default, then the
+    recipe's (airv.run.recipes), then the config classes'."""
+    recipe, supplied = apply_recipe(parsed, _option_parser())
     args = _Given(parsed)
     if not args.challenges.exists():
         raise InputError("challenge file not found", path=args.challenges)
@@ -736,6 +753,8 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         max_restarts=args.max_restarts,
         max_tasks=args.max_tasks,
         fresh=args.fresh,
+        recipe=None if recipe is None else recipe.name,
+        recipe_options=tuple(sorted((k, str(v)) for k, v in supplied.items())),
         progress=False if args.no_progress else None,
     )
     return cfg

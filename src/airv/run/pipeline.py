@@ -124,6 +124,7 @@ class Run:
             + (f" (p > {sampling.dfs_threshold:g})" if sampling.decode == "dfs" else ""),
             tasks=len(self.challenges.task_ids),
             rejected_tasks=dict(self.challenges.rejected),
+            settings=cfg.settings(),
         )
         ids = [t for t in self.challenges.task_ids if t in self.challenges.tasks]
         self.task_ids = ids[: cfg.max_tasks] if cfg.max_tasks is not None else ids

@@ -73,6 +73,7 @@ class RunSummary:
     # The adapters' folder (--scratch): its largest size seen, and adapters deleted after use.
     scratch_peak_bytes: int = 0
     adapters_deleted: int = 0
+    settings: dict[str, object] = field(default_factory=dict)  # RunConfig.settings()
 
     def add_prompt(self, task_id: TaskId, prompt_tokens: int, seconds: float) -> None:
         s = self.per_task.setdefault(task_id, TaskStats())
@@ -114,6 +115,15 @@ class RunSummary:
         lines = [
             f"run: {self.stopped_by or 'unfinished'} after {format_duration(self.total_seconds)}"
             + (f" ({self.error})" if self.error else ""),
+        ]
+        if self.settings.get("recipe"):
+            supplied = self.settings.get("from_recipe")
+            n = len(supplied) if isinstance(supplied, dict) else 0
+            lines.append(
+                f"recipe: {self.settings['recipe']} ({n} of its options in effect; "
+                "run_summary.json lists them)"
+            )
+        lines += [
             f"tasks: {self.tasks} ({len(self.rejected_tasks)} invalid in the file, "
             f"{len(self.failed_tasks)} fell back to [[0]], {self.skipped_tasks} skipped)",
             f"test inputs answered: {self.answered_test_inputs}/{self.test_inputs}",
