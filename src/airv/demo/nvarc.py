@@ -13,8 +13,10 @@ The weights are random (a Qwen3 of toy size): the model exists to drive the real
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from airv.demo.tinymodel import make_bigram
 
 # The Qwen2/Qwen3 pre-tokenizer's split pattern (one digit per piece, newlines apart).
 _SPLIT = (
@@ -87,9 +89,13 @@ def build_nvarc_model(
     num_layers: int = 2,
     head_dim: int = 64,
     drop: Iterable[str] = (),
+    bigram: Mapping[str, str] | None = None,
+    recipe: str | None = None,
 ) -> Path:
     """A random-weight Qwen3 of toy size on the NVARC-shaped tokenizer, in Hugging Face layout,
-    with the nvarc prompt format named in its airv.json."""
+    with the nvarc prompt format (or `recipe`) named in its airv.json. With `bigram` (rules in
+    the tokenizer's own token strings: the newline is "Ċ"), the weights make it the
+    deterministic bigram machine of airv.demo.tinymodel, ending at <|im_end|>."""
     import torch
     from tokenizers import Tokenizer
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -114,6 +120,10 @@ def build_nvarc_model(
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
+    if bigram is not None:
+        vocab = tok.get_vocab(with_added_tokens=True)
+        make_bigram(model, vocab, bigram, hidden_size, eos="<|im_end|>")
     model.save_pretrained(out)
-    (out / "airv.json").write_text(json.dumps({"preset": "nvarc"}))
+    named = {"recipe": recipe} if recipe else {"preset": "nvarc"}
+    (out / "airv.json").write_text(json.dumps(named))
     return out

@@ -71,7 +71,7 @@ def build_tiny_model(
             token(a): token(b) if isinstance(b, str) else {token(t): p for t, p in b.items()}
             for a, b in bigram.items()
         }
-        _make_bigram(model, vocab, rules, hidden_size)
+        make_bigram(model, vocab, rules, hidden_size)
     model.generation_config.pad_token_id = vocab["<pad>"]
     model.save_pretrained(out, safe_serialization=True)
     return out
@@ -160,11 +160,12 @@ def qwen2_config(
 SOFT_LOGIT = 40.0
 
 
-def _make_bigram(
+def make_bigram(
     model: Any,
     vocab: Mapping[str, int],
     rules: Mapping[str, str | Mapping[str, float]],
     hidden: int,
+    eos: str = "</s>",
 ) -> None:
     """Set weights so that logits depend only on the current token.
 
@@ -192,7 +193,7 @@ def _make_bigram(
         model.model.embed_tokens.weight.copy_(emb)
         model.model.norm.weight.fill_(1.0)
         head = torch.zeros(len(vocab), hidden)
-        head[vocab["</s>"], : len(vocab)] = 1.0
+        head[vocab[eos], : len(vocab)] = 1.0
         for cur, nxt in rules.items():
             if isinstance(nxt, str):
                 head[vocab[nxt], vocab[cur]] = 2.0
