@@ -201,9 +201,11 @@ def _probe(peft_model: Any, example: Example) -> dict[str, Any]:
 
 
 def _in_dtype(model: Any, dtype: Any) -> dict[str, Any]:
-    """The model's weights with floating ones in `dtype`. peft trains LoRA weights in float32
-    (autocast) and would save them so: twice the disk of a bfloat16 model's adapter."""
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    """The adapter's own (trained) weights in `dtype`, by their state-dict names: what peft
+    saves, and what is loaded back, without copying the base model's weights each time. peft
+    trains LoRA weights in float32 (autocast) and would save them so: twice the disk of a
+    bfloat16 model's adapter."""
+    return {k: v.detach().to(dtype) for k, v in model.named_parameters() if v.requires_grad}
 
 
 # What peft puts around a module's name in an adapter's weights.

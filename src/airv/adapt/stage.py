@@ -93,10 +93,6 @@ def read_results(path: Path) -> dict[str, TrainResult]:
 
 def append_result(path: Path, result: TrainResult) -> None:
     """One more line for an adapter in ttt.jsonl (the last line per name counts)."""
-    _append(path, result)
-
-
-def _append(path: Path, result: TrainResult) -> None:
     append_jsonl(path, [orjson.dumps(asdict(result))])
 
 
@@ -262,7 +258,7 @@ def _train(
                 result = msg[2]
                 pending.discard(result.name)
                 results.append(result)
-                _append(log_path, result)
+                append_result(log_path, result)
                 if progress is not None:
                     progress(result, len(items) - len(pending), len(items))
             for p in [p for p in procs if not p.is_alive()]:
@@ -274,7 +270,7 @@ def _train(
                     pending.discard(lost)
                     failed = TrainResult(lost, None, 0, None, 0.0, 0, f"exit code {p.exitcode}")
                     results.append(failed)
-                    _append(log_path, failed)
+                    append_result(log_path, failed)
                 if p.pid not in worked:
                     start_failures[device] = start_failures.get(device, 0) + 1
                 if (
@@ -292,7 +288,7 @@ def _train(
             for name in sorted(pending):
                 failed = TrainResult(name, None, 0, None, 0.0, 0, why)
                 results.append(failed)
-                _append(log_path, failed)
+                append_result(log_path, failed)
             pending.clear()
     finally:
         for p in procs:

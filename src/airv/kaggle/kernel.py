@@ -45,7 +45,7 @@ def check_run_options(options: object, source: Path) -> None:
     """Parse the config's run options with `airv run`'s own parser and build the run's config
     from them (on a stand-in challenge file and model), so that a typo fails here, not in a
     Kaggle run that shows no logs."""
-    from airv.run.options import add_run_arguments, build_run_config
+    from airv.run.options import build_run_config, run_option_parser
 
     if not isinstance(options, dict):
         raise ConfigError(f"{source}: 'run' must be an object of `airv run` options")
@@ -59,9 +59,7 @@ def check_run_options(options: object, source: Path) -> None:
         stderr = io.StringIO()
         try:
             with contextlib.redirect_stderr(stderr):
-                parser = argparse.ArgumentParser(prog="airv run")
-                add_run_arguments(parser)
-                args = parser.parse_args([*argv[1:], *flags])
+                args = run_option_parser().parse_args([*argv[1:], *flags])
         except SystemExit:
             why = stderr.getvalue().strip().splitlines()[-1:] or ["cannot parse"]
             raise ConfigError(f"{source}: run options {flags}: {why[0]}") from None

@@ -6,6 +6,7 @@ sampler's defaults live beside them in airv.engines.config.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +127,6 @@ class RunConfig:
 
     def settings(self) -> dict[str, object]:
         """What decides the run's answers, resolved: for run_summary.json."""
-        import dataclasses
-
         return {
             "recipe": self.recipe,
             "from_recipe": dict(self.recipe_options),

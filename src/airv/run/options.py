@@ -617,8 +617,9 @@ class _Given:
         return getattr(self._args, name, None)
 
 
-def _option_parser() -> argparse.ArgumentParser:
-    """`airv run`'s options alone (no input required): how a recipe's options are read."""
+def run_option_parser() -> argparse.ArgumentParser:
+    """`airv run`'s options alone (no input required): how a recipe's options, and the
+    Kaggle kernel's, are read."""
     p = argparse.ArgumentParser(prog="airv run", add_help=False)
     add_run_arguments(p, required=False)
     return p
@@ -627,7 +628,7 @@ def _option_parser() -> argparse.ArgumentParser:
 def build_run_config(parsed: argparse.Namespace) -> RunConfig:
     """The RunConfig the options describe: each given option overrides its default, then the
     recipe's (airv.run.recipes), then the config classes'."""
-    recipe, supplied = apply_recipe(parsed, _option_parser())
+    recipe, supplied = apply_recipe(parsed, run_option_parser())
     args = _Given(parsed)
     if not args.challenges.exists():
         raise InputError("challenge file not found", path=args.challenges)

@@ -227,6 +227,10 @@ class Run:
         cap_s, cap_t = self.task_cap_s, self.cfg.task_cap_tokens
         return (cap_s is not None and seconds >= cap_s) or (cap_t is not None and tokens >= cap_t)
 
+    def _asked(self, unit: Unit) -> set[str]:
+        """The augmentations a test input has been answered under (or found nothing for)."""
+        return {p.aug for p in self.predictions.get(unit, [])} | self._empty[unit]
+
     def _settled(self, v: Vote | None) -> bool:
         m = self.cfg.settle_margin
         return m > 0 and v is not None and v.margin >= m and len(v.tallies) >= 1
@@ -272,11 +276,7 @@ class Run:
             task_id = unit[0]
             if task_id in self.failed or task_id in self._unchecked or self._capped(task_id):
                 continue
-            done = (
-                {p.aug for p in self.predictions.get(unit, [])}
-                | set(self._owed[unit])
-                | self._empty[unit]
-            )
+            done = self._asked(unit) | set(self._owed[unit])
             if len(done) >= target:
                 continue
             if round_no > 1 and self._settled(votes.get(unit)):
@@ -394,8 +394,7 @@ class Run:
             return False
         target = self._target(self._last_round())
         for u in units:
-            asked = {p.aug for p in self.predictions.get(u, [])} | self._empty[u]
-            if len(asked) < target and not self._settled(votes.get(u)):
+            if len(self._asked(u)) < target and not self._settled(votes.get(u)):
                 return False
             v = votes.get(u)
             if self.cfg.vote_mode.needs_scores and v is not None and self.rescorer.pending({u: v}):
@@ -588,8 +587,7 @@ class Run:
         if self._capped(task_id, owed=False):
             return False
         if p.round > 1 and self._settled(self._votes.get(p.unit)):
-            asked = {x.aug for x in self.predictions.get(p.unit, [])} | self._empty[p.unit]
-            done = len(asked) + len(self._owed[p.unit]) - 1
+            done = len(self._asked(p.unit)) + len(self._owed[p.unit]) - 1
             self._skips[p.unit] = max(self._skips.get(p.unit, 0), self._target(p.round) - done)
             self.summary.settled_skips = sum(self._skips.values())
             return False
