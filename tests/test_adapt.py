@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airv.adapt.config import Schedule, TTTConfig, TTTMode
+from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
 from airv.adapt.data import IGNORE, batches, leave_one_out, task_examples
 from airv.adapt.stage import JOINT, StageJob, read_results, run_stage
 from airv.core.augment import ViewPolicy
@@ -59,6 +59,31 @@ def test_examples_are_the_pipelines_prompt_then_the_answer(tiny_model: Path) -> 
     assert labels[first.n_prompt :] == answer  # loss on the answer and EOS only
     more = task_examples(TASK, fmt, tok, views=4, policy=ViewPolicy(), max_len=1024)
     assert len(more) == 12 and len({e.input_ids for e in more}) > 3
+
+
+def test_the_all_outputs_loss_adds_each_train_output_of_the_prompt(tiny_model: Path) -> None:
+    from airv.engines.model import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    fmt = load_preset(DEFAULT_PRESET)
+    common = {"views": 2, "policy": ViewPolicy(), "max_len": 1024}
+    answers = task_examples(TASK, fmt, tok, **common)  # type: ignore[arg-type]
+    outputs = task_examples(TASK, fmt, tok, loss=Loss.OUTPUTS, **common)  # type: ignore[arg-type]
+    assert [e.input_ids for e in answers] == [e.input_ids for e in outputs]  # same sequences
+    for plain, every in zip(answers, outputs, strict=True):
+        assert plain.prompt_spans == () and len(every.prompt_spans) == 2  # two kept pairs
+        lab = every.labels
+        assert lab[every.n_prompt :] == plain.labels[every.n_prompt :]  # the answer, as before
+        in_prompt = [t for t in lab[: every.n_prompt] if t != IGNORE]
+        assert tok.decode(in_prompt) == "".join(
+            tok.decode(every.input_ids[a:b]) for a, b in every.prompt_spans
+        )
+        # Each kept output (two cells, as a row or a column by the view) and the newline
+        # after it, a token per character.
+        for a, b in every.prompt_spans:
+            text = tok.decode(every.input_ids[a:b])
+            assert text.endswith("\n") and sum(c.isdigit() for c in text) == 2, text
+            assert b - a == len(text)
 
 
 def test_batches_cycle_through_every_example() -> None:
@@ -217,7 +242,7 @@ def test_training_processes_die_with_their_parent(tmp_path: Path, tiny_model: Pa
     script = f"""
 import time
 from pathlib import Path
-from airv.adapt.config import Schedule, TTTConfig, TTTMode
+from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
 from airv.adapt.stage import StageJob, run_stage
 from airv.core.augment import ViewPolicy
 from airv.core.prompt_format import load_preset

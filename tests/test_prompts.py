@@ -458,3 +458,92 @@ def test_template_errors() -> None:
         PromptTemplate.from_dict({"system": None})
     with pytest.raises(ConfigError):
         PromptTemplate(output_label="")
+
+
+# -- where the train outputs lie in a prompt's tokens (TTT's all-outputs loss) --------------
+
+
+@pytest.fixture(scope="module")
+def merging_tokenizer() -> Any:
+    """A byte-level BPE trained on ARC-like text: its tokens merge digits, newlines and labels,
+    so they straddle the edges of the grids (the hard case for placing outputs)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "I\n0120\n3345\nO\n1200\n\nI\n77\n80\nO\n08\n",
+        "<|im_start|>user\n012\n340<|im_end|><|im_start|>assistant\n5509\n",
+        "```grid\n0 1 2\n3 4 5\n```\n[[0, 1], [2, 3]]\n",
+    ] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(prompt_format.preset_names()),
+    st.lists(st.tuples(grids(max_side=4), grids(max_side=4)), min_size=1, max_size=3),
+    grids(max_side=4),
+    st.data(),
+)
+def test_output_spans_cover_each_train_output_and_the_token_after_it(
+    merging_tokenizer: Any,
+    preset: str,
+    pairs: list[tuple[Grid, Grid]],
+    test: Grid,
+    data: st.DataObject,
+) -> None:
+    tok = merging_tokenizer
+    f = prompts.for_tokenizer(load_preset(preset), tok)
+    task = Task("spans", tuple(Pair(i, o) for i, o in pairs), (test,))
+    # A context that forces some pairs out: the spans follow the pairs that were kept.
+    max_len = data.draw(st.sampled_from([4096, 300, 150]))
+    fitted = prompts.fit_prompt(task, 0, f, tok, max_len)
+    if not isinstance(fitted, FittedPrompt):
+        return
+    spans = prompts.output_token_spans(task, 0, f, tok, fitted)
+    kept = [p for i, p in enumerate(task.train) if i not in fitted.dropped]
+    assert len(spans) == len(kept) == fitted.n_train
+    ids = fitted.token_ids
+    ends = [0]
+    for (start, end), pair in zip(spans, kept, strict=True):
+        assert ends[-1] <= start < end <= len(ids)
+        ends.append(end)
+        covered = tok.decode(ids[start:end], clean_up_tokenization_spaces=False)
+        assert encode_grid(pair.output, f.grid) in covered
+
+
+def test_output_spans_on_a_one_token_per_character_tokenizer_are_exact(tmp_path: Any) -> None:
+    from airv.demo.tinymodel import CHARACTERS, build_tokenizer
+
+    tok = build_tokenizer(tmp_path, CHARACTERS)
+    f = prompts.for_tokenizer(load_preset(DEFAULT_PRESET), tok)
+    task = Task("exact", (Pair(((1, 2),), ((3,), (4,))), Pair(((5,),), ((6, 7),))), (((8,),),))
+    fitted = prompts.fit_prompt(task, 0, f, tok, 4096)
+    assert isinstance(fitted, FittedPrompt)
+    spans = prompts.output_token_spans(task, 0, f, tok, fitted)
+    got = [tok.decode(fitted.token_ids[a:b]) for a, b in spans]
+    # Each output's text, then the one token that ends it (here the newline after the grid).
+    assert got == ["3\n4\n", "67\n"]
+
+
+def test_a_template_that_alters_the_outputs_cannot_be_placed(merging_tokenizer: Any) -> None:
+    task = Task("twice", (Pair(((1,),), ((2,),)), Pair(((3,),), ((4,),))), (((5,),),))
+    base = load_preset("nvarc")
+    for body in ("{{ pair.output }}{{ pair.output }}", "{{ pair.output | replace('0', '') }}"):
+        source = (
+            "{% for pair in train %}{{ pair.input }}\n" + body + "\n{% endfor %}{{ test.input }}\n"
+        )
+        f = prompts.for_tokenizer(replace(base, template=source), merging_tokenizer)
+        fitted = prompts.fit_prompt(task, 0, f, merging_tokenizer, 4096)
+        assert isinstance(fitted, FittedPrompt)
+        with pytest.raises(ConfigError, match="--ttt-loss answer"):
+            prompts.output_token_spans(task, 0, f, merging_tokenizer, fitted)

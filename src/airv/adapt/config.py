@@ -16,6 +16,15 @@ class Schedule(enum.StrEnum):
     COSINE = "cosine"  # to zero, half a cosine (NVARC, the ARChitects)
 
 
+class Loss(enum.StrEnum):
+    """Which tokens of a training sequence carry loss."""
+
+    ANSWER = "answer"  # the held-out output's answer and EOS
+    # every output grid in the sequence, the train pairs' in the prompt too (NVARC, the
+    # ARChitects): more signal per sequence from the same task
+    OUTPUTS = "outputs"
+
+
 class TTTMode(enum.StrEnum):
     OFF = "off"
     PER_TASK = "per-task"  # one adapter per task (arc24, marc, NVARC)
@@ -43,6 +52,7 @@ class TTTConfig:
     steps: int = 100  # optimiser steps per adapter (per task, or for the joint adapter)
     batch_size: int = 8
     augmentations: int = 16  # augmented views of the task, each giving one sequence per pair
+    loss: Loss = Loss.ANSWER
     # Share of the run's budget (after the reserve) for the whole stage, or seconds if > 1.
     budget: float = 0.4
     task_cap_seconds: float | None = None  # per task; default: a fair share of the budget x 3

@@ -4,7 +4,9 @@ Leave-one-out: under each augmented view of the task, every train pair in turn b
 test of a prompt made of the other pairs. The prompt is rendered and fitted to the context
 exactly as the pipeline renders an inference prompt (`airv.core.prompts.fit_prompt`), and the
 target is the held-out output's answer tokens and EOS (`answer_token_ids`), so the adapter
-learns the very format it is asked in. The loss is on the answer only.
+learns the very format it is asked in. The loss is on the answer, or (`Loss.OUTPUTS`) on every
+output grid of the sequence: the train pairs' in the prompt too, placed by the renderer
+(`airv.core.prompts.output_token_spans`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from airv.adapt.config import Loss
 from airv.core.augment import Stream, ViewPolicy, plan_views
 from airv.core.prompt_format import PromptFormat
-from airv.core.prompts import FittedPrompt, Tokenizer, answer_token_ids, fit_prompt
+from airv.core.prompts import (
+    FittedPrompt,
+    Tokenizer,
+    answer_token_ids,
+    fit_prompt,
+    output_token_spans,
+)
 from airv.core.tasks import Task
 
 IGNORE = -100  # the label of a token that carries no loss (transformers' convention)
@@ -26,11 +35,16 @@ class Example:
 
     task_id: str
     input_ids: tuple[int, ...]
-    n_prompt: int  # the first n_prompt tokens carry no loss
+    n_prompt: int  # the answer starts here; it always carries loss
+    # [start, end) token ranges in the prompt that carry loss too (the train outputs)
+    prompt_spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def labels(self) -> list[int]:
-        return [IGNORE] * self.n_prompt + list(self.input_ids[self.n_prompt :])
+        labels = [IGNORE] * self.n_prompt + list(self.input_ids[self.n_prompt :])
+        for start, end in self.prompt_spans:
+            labels[start:end] = self.input_ids[start:end]
+        return labels
 
 
 def leave_one_out(task: Task) -> list[Task]:
@@ -52,10 +66,11 @@ def task_examples(
     views: int,
     policy: ViewPolicy,
     max_len: int,
+    loss: Loss = Loss.ANSWER,
 ) -> list[Example]:
     """The training sequences of one task: `views` augmented views (seeded per task, their own
-    stream) x leave-one-out over its train pairs. A sequence that cannot fit `max_len` even
-    with one example pair is left out."""
+    stream) x leave-one-out over its train pairs, with loss as `loss` says. A sequence that
+    cannot fit `max_len` even with one example pair is left out."""
     out: list[Example] = []
     for aug in plan_views(task, 0, views, policy, stream=Stream.FINETUNE):
         view = aug.apply_task(task)
@@ -67,7 +82,10 @@ def task_examples(
             if len(fitted.token_ids) + len(answer) > max_len:
                 continue
             ids = (*fitted.token_ids, *answer)
-            out.append(Example(task.id, ids, len(fitted.token_ids)))
+            spans: tuple[tuple[int, int], ...] = ()
+            if loss is Loss.OUTPUTS:
+                spans = tuple(output_token_spans(sub, 0, fmt, tokenizer, fitted))
+            out.append(Example(task.id, ids, len(fitted.token_ids), spans))
     return out
 
 

@@ -108,6 +108,7 @@ def _examples(job: StageJob, tasks: Sequence[Task], tokenizer: Any) -> list[Exam
                 views=job.cfg.augmentations,
                 policy=job.policy,
                 max_len=job.max_len,
+                loss=job.cfg.loss,
             )
         )
     return out

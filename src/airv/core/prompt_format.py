@@ -25,6 +25,7 @@ has one (`chat: true`). Generation, re-scoring and training sequences all render
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -261,17 +262,32 @@ class _TestText:
     input: str
 
 
+# Stands in for the k-th kept train output when a prompt is rendered to find where the outputs
+# lie (`output_marks`): private-use code points, which no grid text or template holds.
+OUTPUT_MARK = re.compile("\ue000([0-9]+)\ue001")
+
+
 def render_text(
-    fmt: PromptFormat, task: Task, test_index: int, *, keep: Sequence[int] | None = None
+    fmt: PromptFormat,
+    task: Task,
+    test_index: int,
+    *,
+    keep: Sequence[int] | None = None,
+    mark_outputs: bool = False,
 ) -> str:
     """The template rendered for test input `test_index` with the train pairs `keep` (all if
     None, always in their order in `task.train`): the prompt text before any chat wrapper.
+    With `mark_outputs`, the k-th kept pair's output is written as a mark (`OUTPUT_MARK`).
     Raises jinja2.TemplateError when the template fails on this task."""
     test = query_input(task, test_index)
     kept = kept_indices(task, keep)
     enc = functools.partial(encode_grid, spec=fmt.grid)
+
+    def output(k: int, i: int) -> str:
+        return f"\ue000{k}\ue001" if mark_outputs else enc(task.train[i].output)
+
     return fmt.compiled.render(
-        train=[_PairText(enc(task.train[i].input), enc(task.train[i].output)) for i in kept],
+        train=[_PairText(enc(task.train[i].input), output(k, i)) for k, i in enumerate(kept)],
         test=_TestText(enc(test)),
         bos=fmt.bos,
         eos=fmt.eos,

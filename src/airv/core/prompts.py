@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from airv.core.errors import ConfigError
+from airv.core.formats import encode_grid
 from airv.core.prompt_format import (
+    OUTPUT_MARK,
     PROBE_ANSWER,
     PROBE_TASK,
     PromptFormat,
@@ -95,11 +97,12 @@ def render_prompt(
     tokenizer: Tokenizer | None,
     *,
     keep: Sequence[int] | None = None,
+    mark_outputs: bool = False,
 ) -> str:
     """The prompt text: the template rendered, then (formats with `chat`) wrapped in the
     tokenizer's chat template if it has one (optional system message, the text as the user
-    message, generation prompt added)."""
-    text = render_text(fmt, task, test_index, keep=keep)
+    message, generation prompt added). `mark_outputs`: as `render_text`."""
+    text = render_text(fmt, task, test_index, keep=keep, mark_outputs=mark_outputs)
     if tokenizer is None or not uses_chat_template(fmt, tokenizer):
         return text
     system = fmt.layout.system
@@ -205,6 +208,63 @@ def fit_prompt(
                 max_model_len=max_model_len,
             )
         dropped.append(drop_order[len(dropped)])
+
+
+def output_token_spans(
+    task: Task, test_index: int, fmt: PromptFormat, tokenizer: Tokenizer, fitted: FittedPrompt
+) -> list[tuple[int, int]]:
+    """Where the kept train outputs lie in a fitted prompt's token ids: one [start, end) range
+    per output, over every token that holds part of its grid text and the one token after it
+    (the model learns where a grid stops there: a newline, or an end-of-turn token). What
+    test-time fine-tuning puts loss on besides the answer (`--ttt-loss outputs`).
+
+    The prompt is rendered once more with marks for the outputs, and the tokenizer's character
+    offsets place them: any template and tokenizer, no layout assumed. A template that alters
+    an output's text (a filter on it), or a tokenizer without offsets (no tokenizer.json),
+    cannot be placed: a usage error."""
+    dropped = set(fitted.dropped)
+    kept = [i for i in range(len(task.train)) if i not in dropped]
+    marked = render_prompt(task, test_index, fmt, tokenizer, keep=kept, mark_outputs=True)
+    parts: list[str] = []
+    chars: list[tuple[int, int]] = []
+    at = end = 0
+    for m in OUTPUT_MARK.finditer(marked):
+        parts.append(marked[end : m.start()])
+        at += m.start() - end
+        out = encode_grid(task.train[kept[int(m.group(1))]].output, fmt.grid)
+        parts.append(out)
+        chars.append((at, at + len(out)))
+        at += len(out)
+        end = m.end()
+    parts.append(marked[end:])
+    if "".join(parts) != fitted.text or len(chars) != len(kept):
+        raise ConfigError(
+            f"prompt format {fmt.name!r}: its template does not write each train output "
+            "exactly once as given, so the outputs' tokens cannot be found (use --ttt-loss "
+            "answer)"
+        )
+    add = fmt.add_special_tokens
+    if add is None:
+        add = not uses_chat_template(fmt, tokenizer)
+    try:
+        encoded = cast(Any, tokenizer)(
+            fitted.text, add_special_tokens=add, return_offsets_mapping=True
+        )
+    except NotImplementedError:  # a slow tokenizer: no tokenizer.json
+        raise ConfigError(
+            "the tokenizer gives no character offsets (the model has no tokenizer.json), so "
+            "the outputs' tokens cannot be found (use --ttt-loss answer)"
+        ) from None
+    if list(encoded["input_ids"]) != list(fitted.token_ids):
+        raise ConfigError("the tokenizer encodes the prompt differently with offsets")
+    offsets = encoded["offset_mapping"]
+    spans = []
+    for start, stop in chars:
+        inside = [t for t, (a, b) in enumerate(offsets) if a < stop and b > start]
+        if not inside:
+            raise ConfigError("the tokenizer's offsets place no token on a train output")
+        spans.append((inside[0], min(len(offsets), inside[-1] + 2)))
+    return spans
 
 
 def _cells(pair: Pair) -> int:

@@ -33,22 +33,25 @@ from typing import Any
 
 import numpy as np
 
-from airv.core.formats import FormatSpec, encode_grid, parse_grid
+from airv.core.formats import FormatSpec, parse_grid
 from airv.core.prompt_format import (
     DEFAULT_PRESET,
     MODEL_PROMPT_FILE,
+    RECIPE_KEY,
     PromptFormat,
     PromptTemplate,
     answer_text,
     load_preset,
 )
-from airv.core.prompts import prompt_token_ids, render_prompt
+from airv.core.prompts import FittedPrompt, output_token_spans, prompt_token_ids, render_prompt
 from airv.demo.synthetic import EASY_SPEC, SyntheticSpec, SyntheticTask, make_tasks
 from airv.demo.tinymodel import build_tokenizer, qwen2_config
 
 # Digits (one token per cell), newline, the default template's labels, and the characters of a
 # shape header and row numbers, so either format can be chosen without a new tokenizer.
 DEMO_CHARACTERS = "0123456789\nIO|x"
+# The recipe the model's airv.json names (airv.run.recipes): its runs fine-tune per task.
+DEMO_RECIPE = "airv-demo"
 IGNORE = -100
 
 
@@ -117,29 +120,18 @@ def encode_example(
     st: SyntheticTask, spec: FormatSpec, template: PromptTemplate, tokenizer: Any
 ) -> Encoded:
     """Prompt ids exactly as the pipeline builds them, then the answer ids and EOS; labels on
-    the answer, EOS and every train output grid (the template's plain layout, one token per
-    character, lets a character span be a token span)."""
+    the answer, EOS and every train output grid with the newline that ends it (the spans
+    test-time fine-tuning's all-outputs loss uses)."""
     task = st.task
     fmt = demo_format(spec, template)
     text = render_prompt(task, 0, fmt, tokenizer)
     ids = prompt_token_ids(text, fmt, tokenizer)
     answer = tokenizer.encode(answer_text(st.solutions[0], fmt), add_special_tokens=False)
     eos = int(tokenizer.eos_token_id)
-    offset = len(ids) - len(text)  # special tokens in front (e.g. BOS), if any
-    if offset < 0:
-        raise ValueError("the demo tokenizer must give one token per character")
     labels = [IGNORE] * len(ids)
-    pos = len(template.preamble)
-    for pair in task.train:
-        pos += len(f"{template.input_label}\n{encode_grid(pair.input, spec)}\n")
-        pos += len(f"{template.output_label}\n")
-        out = encode_grid(pair.output, spec)
-        if text[pos : pos + len(out)] != out:
-            raise ValueError("prompt layout differs from the one the demo trainer expects")
-        # The output text and the newline ending it (the model must learn where a grid stops).
-        for i in range(pos, pos + len(out) + 1):
-            labels[offset + i] = ids[offset + i]
-        pos += len(out) + 1 + len(template.pair_sep)
+    whole = FittedPrompt(text, ids, len(task.train), len(answer) + 1, dropped=())
+    for start, end in output_token_spans(task, 0, fmt, tokenizer, whole):
+        labels[start:end] = ids[start:end]
     return Encoded(ids + answer + [eos], labels + answer + [eos])
 
 
@@ -338,7 +330,7 @@ def _save(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    prompt = {"format": spec.to_dict(), "template": template.to_dict()}
+    prompt = {RECIPE_KEY: DEMO_RECIPE, "format": spec.to_dict(), "template": template.to_dict()}
     (tmp / MODEL_PROMPT_FILE).write_text(json.dumps(prompt, indent=2) + "\n", encoding="utf-8")
     for f in tmp.iterdir():
         os.replace(f, out / f.name)

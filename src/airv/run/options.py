@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airv.adapt.config import Schedule, TTTConfig, TTTMode
+from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
@@ -353,6 +353,12 @@ def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="augmented views per task; each gives one sequence per train pair "
         f"(default {tc.augmentations})",
+    )
+    g.add_argument(
+        "--ttt-loss",
+        choices=[m.value for m in Loss],
+        help="which tokens carry loss: the held-out answer, or every output grid of the "
+        f"sequence, the train pairs' too (default {tc.loss.value})",
     )
 
 
@@ -725,6 +731,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
             alpha=args.ttt_alpha,
             target_modules=args.ttt_target_modules,
             augmentations=args.ttt_augmentations,
+            loss=None if args.ttt_loss is None else Loss(args.ttt_loss),
         ),
         scratch_dir=args.scratch,
         keep_adapters=args.keep_adapters,
