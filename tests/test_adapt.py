@@ -48,7 +48,9 @@ def test_examples_are_the_pipelines_prompt_then_the_answer(tiny_model: Path) -> 
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     fmt = load_preset(DEFAULT_PRESET)
-    examples = task_examples(TASK, fmt, tok, views=1, policy=ViewPolicy(), max_len=1024)
+    examples = task_examples(
+        TASK, fmt, tok, views=1, policy=ViewPolicy(), max_len=1024, loss=Loss.ANSWER
+    )
     assert len(examples) == 3  # the identity view x 3 held-out pairs
     first = examples[0]
     prompt = fit_prompt(leave_one_out(TASK)[0], 0, fmt, tok, 1024)
@@ -57,7 +59,9 @@ def test_examples_are_the_pipelines_prompt_then_the_answer(tiny_model: Path) -> 
     labels = first.labels
     assert labels[: first.n_prompt] == [IGNORE] * first.n_prompt
     assert labels[first.n_prompt :] == answer  # loss on the answer and EOS only
-    more = task_examples(TASK, fmt, tok, views=4, policy=ViewPolicy(), max_len=1024)
+    more = task_examples(
+        TASK, fmt, tok, views=4, policy=ViewPolicy(), max_len=1024, loss=Loss.ANSWER
+    )
     assert len(more) == 12 and len({e.input_ids for e in more}) > 3
 
 
@@ -67,7 +71,7 @@ def test_the_all_outputs_loss_adds_each_train_output_of_the_prompt(tiny_model: P
     tok = load_tokenizer(tiny_model)
     fmt = load_preset(DEFAULT_PRESET)
     common = {"views": 2, "policy": ViewPolicy(), "max_len": 1024}
-    answers = task_examples(TASK, fmt, tok, **common)  # type: ignore[arg-type]
+    answers = task_examples(TASK, fmt, tok, loss=Loss.ANSWER, **common)  # type: ignore[arg-type]
     outputs = task_examples(TASK, fmt, tok, loss=Loss.OUTPUTS, **common)  # type: ignore[arg-type]
     assert [e.input_ids for e in answers] == [e.input_ids for e in outputs]  # same sequences
     for plain, every in zip(answers, outputs, strict=True):
@@ -285,7 +289,9 @@ def test_an_adapter_is_saved_in_the_models_dtype(tiny_model: Path, tmp_path: Pat
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
     fmt = load_preset(DEFAULT_PRESET)
-    examples = task_examples(TASK, fmt, tok, views=1, policy=ViewPolicy(), max_len=1024)
+    examples = task_examples(
+        TASK, fmt, tok, views=1, policy=ViewPolicy(), max_len=1024, loss=Loss.ANSWER
+    )
     cfg = TTTConfig(mode=TTTMode.PER_TASK, steps=2, batch_size=2, rank=4, alpha=8)
     base, result = train_adapter(
         model, tok, TASK.id, examples, cfg, tmp_path / "a", deadline=time.monotonic() + 300
@@ -376,7 +382,13 @@ def test_rslora_with_lora_on_the_embeddings_and_their_own_learning_rate(tmp_path
     from airv.core.prompts import for_tokenizer
 
     examples = task_examples(
-        TASK, for_tokenizer(fmt, tok), tok, views=2, policy=ViewPolicy(), max_len=1024
+        TASK,
+        for_tokenizer(fmt, tok),
+        tok,
+        views=2,
+        policy=ViewPolicy(),
+        max_len=1024,
+        loss=Loss.OUTPUTS,
     )
     targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens,lm_head"
     cfg = TTTConfig(

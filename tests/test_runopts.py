@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from airv.adapt.config import Loss
 from airv.cli import main
 from airv.core.errors import ConfigError, InputError
 from airv.core.formats import FormatSpec
@@ -72,6 +73,13 @@ def test_flags_override(files: tuple[Path, Path]) -> None:
     assert (cfg.first_round, cfg.per_round, cfg.max_augmentations) == (4, 2, 10)
     assert cfg.sampling.temperature == 0.7 and cfg.sampling.n == 2
     assert not cfg.cheapest_first and not cfg.views.keep_background
+
+
+def test_the_ttt_loss_and_the_adapter_fallback_flags(files: tuple[Path, Path]) -> None:
+    default = _build(files)
+    assert default.adapter_fallback and default.ttt.loss is Loss.ANSWER
+    cfg = _build(files, "--no-adapter-fallback", "--ttt-loss", "outputs")
+    assert not cfg.adapter_fallback and cfg.ttt.loss is Loss.OUTPUTS
 
 
 def test_the_streaming_and_supervision_flags(files: tuple[Path, Path]) -> None:

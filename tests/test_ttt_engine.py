@@ -187,7 +187,12 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
       adapter would serve it): vLLM serves the base model, the probe shows it, and the task
       is answered by the base model with the reason in the summary and ttt.jsonl;
     - renamed (weights for modules the model does not have): refused before the engine starts
-      (vLLM 0.32 would fail its whole engine on it, every restart again)."""
+      (vLLM 0.32 would fail its whole engine on it, every restart again);
+    - DoRA (built with peft, its probe scored by the trainer's own function): vLLM serves no
+      DoRA, so the transformers engine is started, serves it as the trainer did, and answers
+      its task;
+    - the zeroed adapter is tried on the transformers engine too, which serves the base model
+      as vLLM did: base model, both reasons given."""
     import dataclasses
     import shutil
 
@@ -199,6 +204,7 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     from airv.run.budget import Clock
     from airv.run.config import RunConfig
     from airv.run.pipeline import Run
+    from airv.run.predictions import read_predictions
 
     task, adapter = adapted
     trained = read_results(Path(adapter).parents[1] / TTT_LOG)[TASK_ID]
@@ -217,6 +223,8 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     ):
         weights = str(paths[name] / "adapter_model.safetensors")
         save_file(dict(change(k, v) for k, v in load_file(weights).items()), weights)
+    paths["dora0001"] = out / "adapters" / "dora0001"
+    append_result(out / TTT_LOG, _dora_adapter(task, paths["dora0001"]))
     ch = tmp_path / "challenges.json"
     dump_challenges([dataclasses.replace(task, id=n) for n in paths], ch)  # type: ignore[type-var]
     cfg = RunConfig(
@@ -241,9 +249,14 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     assert run.summary.restarts == 0
     ttt = run.summary.ttt
     assert ttt["good0001"]["served"] == "verified by vllm"
-    assert str(ttt["zero0001"]["served"]).startswith("not served, base model: vllm scores")
+    zero = str(ttt["zero0001"]["served"])
+    assert zero.startswith("not served, base model: vllm scores") and "; hf scores" in zero
     assert "module(s) the model does not have" in str(ttt["rename01"]["error"])
-    assert set(run.adapters) == {"good0001"}
+    dora = str(ttt["dora0001"]["served"])
+    assert dora == "verified by hf (vLLM did not serve it: vLLM serves no DoRA adapters)", dora
+    assert set(run.adapters) == {"good0001", "dora0001"}
+    preds, _ = read_predictions(cfg.log_path)
+    assert any(p.task_id == "dora0001" for p in preds)  # answered, by the transformers engine
     logged = read_results(out / TTT_LOG)
     assert logged["good0001"].served == "verified by vllm"
     assert str(logged["zero0001"].served).startswith("not served")
@@ -253,6 +266,40 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     assert sub["good0001"][0]["attempt_1"] == truth  # the adapter served: solved
     for name in ("zero0001", "rename01"):  # the base model: not solved
         assert truth not in (sub[name][0]["attempt_1"], sub[name][0]["attempt_2"])
+
+
+def _dora_adapter(task: object, path: Path) -> object:
+    """A DoRA adapter on the demo model, random (not trained: only its serving is tested),
+    with the probe the trainer records."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from airv.adapt.config import Loss
+    from airv.adapt.data import task_examples
+    from airv.adapt.lora import TrainResult, load_base, probe_logprobs
+    from airv.core.prompts import for_tokenizer
+
+    model, tok = load_base(DEMO, None)
+    example = task_examples(
+        task,  # type: ignore[arg-type]
+        for_tokenizer(resolve_format(model=DEMO), tok),
+        tok,
+        views=1,
+        policy=ViewPolicy(),
+        max_len=4096,
+        loss=Loss.ANSWER,
+    )[0]
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True,
+        init_lora_weights=False,
+    )  # fmt: skip
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(str(path))
+    probe = probe_logprobs(peft_model, example)
+    return TrainResult(
+        "dora0001", str(path), 1, 0.0, 0.0, 1, rank=4, target_modules="q_proj,v_proj", **probe
+    )
 
 
 def test_vllm_serves_lora_on_the_embeddings_of_the_nvarc_stand_in(tmp_path: Path) -> None:

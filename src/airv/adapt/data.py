@@ -66,7 +66,7 @@ def task_examples(
     views: int,
     policy: ViewPolicy,
     max_len: int,
-    loss: Loss = Loss.ANSWER,
+    loss: Loss,
 ) -> list[Example]:
     """The training sequences of one task: `views` augmented views (seeded per task, their own
     stream) x leave-one-out over its train pairs, with loss as `loss` says. A sequence that

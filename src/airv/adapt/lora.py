@@ -155,7 +155,7 @@ def train_adapter(
         # The weights as saved (rounded to the model's dtype) score the probe, as an engine
         # that loads the file will.
         peft_model.load_state_dict(saved, strict=False)
-        probe = _probe(peft_model, examples[0])
+        probe = probe_logprobs(peft_model, examples[0])
     else:
         error = "no step before the deadline" if not steps else f"loss is {final}"
     base = peft_model.unload()
@@ -174,7 +174,7 @@ def train_adapter(
     return base, result
 
 
-def _probe(peft_model: Any, example: Example) -> dict[str, Any]:
+def probe_logprobs(peft_model: Any, example: Example) -> dict[str, Any]:
     """One training sequence's answer log-probability with the adapter and without it: what
     an engine serving the adapter must reproduce (the served check)."""
     import torch
@@ -210,7 +210,14 @@ def _in_dtype(model: Any, dtype: Any) -> dict[str, Any]:
 
 # What peft puts around a module's name in an adapter's weights.
 _PEFT_PREFIX = "base_model.model."
-_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")
+_LORA_SUFFIXES = (
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora_embedding_A",
+    ".lora_embedding_B",
+    ".lora_magnitude_vector.weight",  # DoRA
+    ".lora_magnitude_vector",
+)
 
 
 def adapter_modules(keys: Sequence[str]) -> set[str]:

@@ -6,13 +6,19 @@ on the release. So the trainer records one training sequence's answer log-probab
 the adapter as saved and under the base model (airv.adapt.lora), and before the adapter answers
 anything the run has the engine score the same tokens with it. It is served when the engine's
 value is within TOLERANCE of the adapter's effect of the trainer's:
-|engine - trainer| <= max(TOLERANCE x |trainer - base|, FLOOR). Else the task keeps the base
-model, and the summary and ttt.jsonl say why.
+|engine - trainer| <= max(TOLERANCE x |trainer - base|, FLOOR). Else the run checks it again
+on the transformers engine (peft), which answers the task if it serves the adapter; else the
+task keeps the base model, and the summary and ttt.jsonl say why. Adapters vLLM refuses
+outright (`vllm_refuses`) go to the transformers engine without asking vLLM.
 """
 
 from __future__ import annotations
 
-from airv.adapt.lora import TrainResult
+from pathlib import Path
+
+import orjson
+
+from airv.adapt.lora import ADAPTER_CONFIG_FILE, TrainResult
 from airv.engines.base import ScoreRequest
 
 TOLERANCE = 0.1  # of the adapter's effect on the probe (nats)
@@ -43,3 +49,19 @@ def verdict(result: TrainResult, engine: str, score: float | None, error: str | 
         f"{engine} scores the probe {score:.3f}, the trainer {trainer:.3f} with the adapter "
         f"and {base:.3f} without: the adapter is not what it serves"
     )
+
+
+def vllm_refuses(path: Path) -> str | None:
+    """Why vLLM would refuse the adapter at `path` outright, from its adapter_config.json
+    (vLLM's PEFTHelper raises on these: asked, it would fail the request or its engine), or
+    None."""
+    try:
+        config = orjson.loads((path / ADAPTER_CONFIG_FILE).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        return f"cannot read {ADAPTER_CONFIG_FILE}: {exc}"
+    if config.get("use_dora"):
+        return "vLLM serves no DoRA adapters"
+    saved = [m for m in config.get("modules_to_save") or () if m not in ("classifier", "score")]
+    if saved:
+        return f"vLLM serves no modules_to_save ({', '.join(saved)})"
+    return None

@@ -83,6 +83,9 @@ class RunConfig:
     # puts them under /tmp: /kaggle/working holds about 20 GB and is the submission's disk.
     scratch_dir: Path | None = None
     keep_adapters: bool = False  # else each is deleted once its task is answered and re-scored
+    # An adapter vLLM does not serve (the served check): its task is answered by the
+    # transformers engine if that serves it; else, or with False, by the base model.
+    adapter_fallback: bool = True
     max_tasks: int | None = None  # only the first N tasks of the file get inference
     # Start over: the output folder's logs (and adapters) are deleted, not resumed from.
     fresh: bool = False

@@ -341,6 +341,14 @@ def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
         "uses a folder under /tmp, never /kaggle/working)",
     )
     g.add_argument(
+        "--no-adapter-fallback",
+        dest="adapter_fallback",
+        action="store_false",
+        default=None,
+        help="an adapter vLLM does not serve leaves its task to the base model (default: the "
+        "transformers engine answers that task if it serves the adapter)",
+    )
+    g.add_argument(
         "--keep-adapters",
         action="store_true",
         default=None,
@@ -735,6 +743,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         ),
         scratch_dir=args.scratch,
         keep_adapters=args.keep_adapters,
+        adapter_fallback=args.adapter_fallback,
         vote_mode=None if args.vote is None else VoteMode(args.vote),
         rescore_top=args.rescore_top,
         rescore_augmentations=args.rescore_augmentations,

@@ -28,7 +28,7 @@ from typing import Any
 
 from airv.adapt.config import TTTMode
 from airv.adapt.lora import TrainResult, check_adapter
-from airv.adapt.served import probe_request, verdict
+from airv.adapt.served import probe_request, verdict, vllm_refuses
 from airv.adapt.stage import TTT_LOG, StageJob, append_result, dir_bytes, run_stage
 from airv.core.augment import Augmentation, plan_views
 from airv.core.errors import EngineError
@@ -92,9 +92,11 @@ class _Request:
 
 @dataclass(frozen=True)
 class _Check:
-    """The served check of one adapter (airv.adapt.served): its probe, scored by the engine."""
+    """The served check of one adapter (airv.adapt.served): its probe, scored by the engine,
+    or (`vllm_failed`: why vLLM did not serve it) by the transformers engine it falls back to."""
 
     result: TrainResult
+    vllm_failed: str | None = None
 
 
 # What the run's shared queue carries: prompts, candidates to score, adapters' probes.
@@ -136,6 +138,11 @@ class Run:
         # The engines: one shared queue of work owed, and the supervised workers pulling from it.
         self.queue: SharedQueue[_Payload] = SharedQueue()
         self.pool: Pool[_Payload] | None = None
+        # The transformers engine, for the tasks whose adapters vLLM does not serve (started
+        # when the first one is found): its own queue and lane, beside vLLM's.
+        self.fallback_queue: SharedQueue[_Payload] = SharedQueue()
+        self.fallback: Pool[_Payload] | None = None
+        self._on_fallback: set[TaskId] = set()
         self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self._round = 0  # the last round planned
         self._seq = itertools.count()  # queue order within a round
@@ -452,6 +459,29 @@ class Run:
             self.worker_pids.append(worker.pid)
         return worker
 
+    def start_fallback_lane(self, index: int, life: int) -> Lane:
+        """The transformers engine with LoRA, on the first worker's device (on a GPU it needs
+        the memory vLLM leaves: --gpu-memory-utilization)."""
+        cfg = self.cfg
+        engine = dataclasses.replace(
+            cfg.engine,
+            backend=Backend.HF,
+            max_lora_rank=max(cfg.ttt.rank, cfg.engine.max_lora_rank),
+        )
+        return EngineWorker(
+            engine,
+            cfg.sampling,
+            device=cfg.devices[0] if cfg.devices else None,
+            n_gpus=1 if cfg.devices else 0,
+            name=f"fallback-{Backend.HF.value}",
+        )
+
+    def _pools(self) -> list[Pool[_Payload]]:
+        return [p for p in (self.pool, self.fallback) if p is not None]
+
+    def _queue_for(self, task_id: TaskId) -> SharedQueue[_Payload]:
+        return self.fallback_queue if task_id in self._on_fallback else self.queue
+
     def start_workers(self) -> None:
         """Start the engines and wait until they are up (failures restarted by the policy)."""
         cfg = self.cfg
@@ -472,22 +502,49 @@ class Run:
             self._starts_seen = len(self.pool.start_seconds)
 
     def _push_checks(self) -> None:
-        """Each adapter's probe, first in the queue; its tasks wait for the verdict."""
+        """Each adapter's probe, first in the queue; its tasks wait for the verdict. One vLLM
+        would refuse outright goes to the transformers engine (or its tasks to the base
+        model) without asking vLLM."""
         for path in sorted(set(self.adapters.values())):
             trained = self._trained.get(path)
             request = None if trained is None else probe_request(trained)
             if trained is None or request is None:
                 continue  # trained before probes were recorded: served unchecked
-            self.queue.push(request, _Check(trained), (0, -2, next(self._seq)))
             self._unchecked |= {t for t, p in self.adapters.items() if p == path}
+            refused = None
+            if self.cfg.engine.backend is Backend.VLLM:
+                refused = vllm_refuses(Path(path))
+            if refused is None:
+                self.queue.push(request, _Check(trained), (0, -2, next(self._seq)))
+            elif self.cfg.adapter_fallback:
+                self._check_on_fallback(trained, refused)
+            else:
+                self._release(trained, f"not served, base model: {refused}", refused)
 
     def _checked(self, check: _Check, score: float | None, error: str | None) -> None:
-        """An adapter's verdict: its tasks are released, with it or with the base model."""
-        trained = check.result
-        engine = self.cfg.engine.backend.value
-        why = verdict(trained, engine, score, error)
+        """An adapter's verdict. One vLLM does not serve is checked again on the transformers
+        engine, which then answers its tasks if it serves it."""
+        trained, first = check.result, check.vllm_failed
+        backend = Backend.HF if first is not None else self.cfg.engine.backend
+        why = verdict(trained, backend.value, score, error)
+        if why is not None and backend is Backend.VLLM and self.cfg.adapter_fallback:
+            log.warning("vLLM does not serve %s (%s): trying transformers", trained.name, why)
+            self._check_on_fallback(trained, why)
+        elif why is not None:
+            why = why if first is None else f"{first}; {why}"
+            self._release(trained, f"not served, base model: {why}", why)
+        elif first is not None:
+            served = f"verified by {backend.value} (vLLM did not serve it: {first})"
+            self._release(trained, served, None, on_fallback=True)
+        else:
+            self._release(trained, f"verified by {backend.value}", None)
+
+    def _release(
+        self, trained: TrainResult, served: str, why: str | None, *, on_fallback: bool = False
+    ) -> None:
+        """An adapter's tasks are released: with it (`why` None; on the transformers engine
+        with `on_fallback`) or with the base model."""
         tasks = sorted(t for t, p in self.adapters.items() if p == trained.path)
-        served = f"verified by {engine}" if why is None else f"not served, base model: {why}"
         for task_id in tasks:
             self._unchecked.discard(task_id)
             self.summary.ttt.setdefault(task_id, {"steps": trained.steps}).update(served=served)
@@ -495,7 +552,50 @@ class Run:
                 del self.adapters[task_id]
                 self.summary.ttt[task_id]["error"] = f"adapter not served: {why}"
                 log.warning("task %s keeps the base model: %s", task_id, why)
+            elif on_fallback:
+                self._on_fallback.add(task_id)
         append_result(self.cfg.out_dir / TTT_LOG, dataclasses.replace(trained, served=served))
+        self._push(self.plan(max(1, self._round), self._votes))
+
+    def _check_on_fallback(self, trained: TrainResult, why: str) -> None:
+        """Start the transformers engine if it is not running, and queue the probe there."""
+        if self.fallback is None:
+            cfg = self.cfg
+            self.fallback = Pool(
+                self.start_fallback_lane,
+                1,
+                self.fallback_queue,
+                depth=cfg.inflight,
+                policy=Supervision(cfg.max_restarts, cfg.stall_seconds),
+                deadline=self.clock.deadline,
+            )
+        request = probe_request(trained)
+        assert request is not None  # only checked adapters reach here
+        self.fallback_queue.push(request, _Check(trained, why), (0, -2, next(self._seq)))
+
+    def _fallback_lost(self) -> None:
+        """The transformers engine is gone for good (every restart spent): its tasks and the
+        adapters still waiting for it keep the base model, on vLLM."""
+        fallback = self.fallback
+        if fallback is None or fallback.lanes:
+            return
+        why = fallback.failures[-1] if fallback.failures else "it stopped"
+        gone = fallback.abort(lambda j: True)
+        for job in gone:
+            self._unowe(job)
+        lost = set(self._on_fallback)
+        for job in gone:
+            if isinstance(job.payload, _Check):
+                path = job.payload.result.path
+                lost |= {t for t, p in self.adapters.items() if p == path}
+        for task_id in sorted(lost):
+            self.adapters.pop(task_id, None)
+            self._unchecked.discard(task_id)
+            entry = self.summary.ttt.setdefault(task_id, {})
+            entry["served"] = f"not served, base model: the transformers engine failed: {why}"
+            log.warning("task %s keeps the base model: the transformers engine failed", task_id)
+        self._on_fallback.clear()
+        self.fallback = None
         self._push(self.plan(max(1, self._round), self._votes))
 
     def stop_workers(self) -> None:
@@ -504,9 +604,10 @@ class Run:
         an engine still starting would not even hear a request to close)."""
         if self.pool is not None:
             self._sync_pool()
-            stopping = self.summary.stopped_by is not None
-            self.pool.close(kill=stopping or self.clock.left() < CLOSE_SECONDS)
-            self.pool = None
+        stopping = self.summary.stopped_by is not None
+        for pool in self._pools():
+            pool.close(kill=stopping or self.clock.left() < CLOSE_SECONDS)
+        self.pool = self.fallback = None
 
     def _sync_pool(self) -> None:
         """The pool's restarts and start-ups into the summary."""
@@ -525,7 +626,8 @@ class Run:
     def _push(self, requests: Sequence[_Request]) -> int:
         now = time.monotonic()
         for r in requests:
-            self.queue.push(self._engine_request(r), r, (r.round, 0, next(self._seq)))
+            queue = self._queue_for(r.unit[0])
+            queue.push(self._engine_request(r), r, (r.round, 0, next(self._seq)))
             self._owed[r.unit][r.aug.key] = r.cost
             self._owed_tokens[r.unit[0]] += r.cost
             self._rounds.setdefault(r.round, [0, now, now])
@@ -558,7 +660,7 @@ class Run:
                 continue
             self._scoring.add(key)
             request = dataclasses.replace(item.request, adapter=self.adapters.get(item.unit[0]))
-            self.queue.push(request, item, (0, -1, next(self._seq)))
+            self._queue_for(item.unit[0]).push(request, item, (0, -1, next(self._seq)))
             n += 1
         return n
 
@@ -624,18 +726,23 @@ class Run:
         while True:
             if self.clock.left() <= 0:
                 # What the engines already returned is kept; only requests in flight are lost.
-                self._take(pool.drain())
+                for p in self._pools():
+                    self._take(p.drain())
                 self.summary.stopped_by = "deadline"
                 log.warning("deadline reached: stopping the engine; the last submission stands")
                 break
             self._refill(votes)
-            if not len(self.queue) and pool.idle():
+            pools = self._pools()
+            queued = len(self.queue) + len(self.fallback_queue)
+            if not queued and all(p.idle() for p in pools):
                 votes = self.votes()
                 if not self._refill(votes, final=True):
                     break
-            for job in pool.feed(self._wanted):
-                self._unowe(job)
-            unwritten += self._take(pool.poll(min(self.clock.left(), 0.5)))
+            for p in pools:
+                for job in p.feed(self._wanted):
+                    self._unowe(job)
+            for p in pools:
+                unwritten += self._take(p.poll(min(self.clock.left(), 0.5) / len(pools)))
             now = time.monotonic()
             if unwritten and (
                 unwritten >= cfg.write_every or now - last_write >= cfg.write_seconds
@@ -647,6 +754,7 @@ class Run:
                 if self._bar is not None:
                     self._bar.set_postfix_str(self._postfix(votes))
             pool.check()  # every restart spent and no engine left: EngineError
+            self._fallback_lost()
         return self.write()
 
     def _take(self, done: Sequence[Done[_Payload]]) -> int:
@@ -705,11 +813,13 @@ class Run:
     def _stop_task(self, task_id: TaskId) -> None:
         """A task at its cap: its queued and in-flight prompts are taken back."""
         self._cut.add(task_id)
-        if self.pool is None:
-            return
-        gone = self.pool.abort(
-            lambda j: isinstance(j.payload, _Request) and j.payload.unit[0] == task_id
-        )
+        gone = [
+            job
+            for pool in self._pools()
+            for job in pool.abort(
+                lambda j: isinstance(j.payload, _Request) and j.payload.unit[0] == task_id
+            )
+        ]
         for job in gone:
             self._unowe(job)
         if gone:
