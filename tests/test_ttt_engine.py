@@ -101,7 +101,16 @@ def test_a_server_serves_the_adapter_the_stage_trained(
 ) -> None:
     """The openai engine with test-time fine-tuning: a vLLM server started with LoRA and
     runtime adapter loading answers with the adapter airv trained (loaded on first use
-    through /v1/load_lora_adapter), and solves the task its base model does not."""
+    through /v1/load_lora_adapter), and solves the task its base model does not. The served
+    check through the server: the adapter's probe is scored as the trainer scored it, and a
+    copy with its LoRA weights zeroed (the server then serves the base model) is caught."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from airv.adapt.served import probe_request, verdict
+    from airv.adapt.stage import TTT_LOG, read_results
     from airv.engines.openai_engine import OpenAILane
     from airv.engines.serve import LocalServer
 
@@ -157,6 +166,20 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         got = through(lane, [base, *[tuned] * 8])
         assert answer(got[0]) != truth
         assert all(answer(got[i]) == truth for i in range(1, 9))
+        # The served check, as a run makes it, on the adapter and on a zeroed copy.
+        trained = read_results(Path(adapter).parents[1] / TTT_LOG)[TASK_ID]
+        probe = probe_request(trained)
+        assert probe is not None
+        zeroed = tmp_path / "zeroed"
+        shutil.copytree(adapter, zeroed)
+        weights = str(zeroed / "adapter_model.safetensors")
+        save_file({k: v.zero_() if "lora_B" in k else v for k, v in load_file(weights).items()},
+                  weights)  # fmt: skip
+        checks = through(lane, [probe, dataclasses.replace(probe, adapter=str(zeroed))])
+        scores = [(checks[i].score, checks[i].error) for i in (0, 1)]  # type: ignore[attr-defined]
+        assert verdict(trained, "openai", *scores[0]) is None
+        why = verdict(trained, "openai", *scores[1])
+        assert why is not None and "the adapter is not what it serves" in why
         # The lane restarted (a new life, as after an endpoint failure): the server still
         # holds the adapter under the name its path gives, and the new lane uses it.
         lane.close()
