@@ -19,7 +19,8 @@ export HF_HUB_OFFLINE := 1
 #   CHALLENGES= SOLUTIONS=  your own Kaggle-format challenge (and solution) file instead
 #   TIME_BUDGET=15m         the run's wall-time budget, model loading included
 #   RUN_ARGS=               more `airv run` options, e.g. RUN_ARGS="--vote cell --engine hf"
-#   TTT=1                   test-time fine-tuning on (`--ttt per-task`)
+#   TTT=1 / TTT=0           test-time fine-tuning on / off (default: the model's recipe; the
+#                           demo model's, airv-demo, fine-tunes per task)
 LOCAL_ROOT ?= local/kaggle
 TASKS ?= 20
 MODEL ?= auto
@@ -108,7 +109,7 @@ submit-local: $(STAMP)
 	$(PY) -m airv.kaggle.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \
 		$(if $(CHALLENGES),--challenges $(CHALLENGES)) $(if $(SOLUTIONS),--solutions $(SOLUTIONS))
 	$(PY) submission/airv_kernel.py --root $(LOCAL_ROOT) --full -- --time-budget $(TIME_BUDGET) \
-		$(if $(filter 1,$(TTT)),--ttt per-task) $(RUN_ARGS)
+		$(if $(filter 1,$(TTT)),--ttt per-task)$(if $(filter 0,$(TTT)),--ttt off) $(RUN_ARGS)
 	$(VENV)/bin/airv validate $(LOCAL_ROOT)/working/submission.json \
 		--challenges $(LOCAL_ROOT)/input/competitions/arc-prize/arc-agi_test_challenges.json
 	@if [ -f $(LOCAL_ROOT)/solutions/arc-agi_test_solutions.json ]; then \
