@@ -19,7 +19,7 @@ from airv.core.tasks import dump_challenges
 from airv.demo.synthetic import RECOLOUR_SPEC, as_files, make_tasks
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run.config import RunConfig
-from airv.run.pipeline import run
+from runs import fresh_run
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
 
@@ -57,7 +57,7 @@ def test_demo_model_solves_most_recolouring_tasks(tmp_path: Path) -> None:
         reserve=0,
         progress=False,
     )
-    assert run(cfg) == 0
+    assert fresh_run(cfg).execute() == 0
     score = score_submission(orjson.loads(cfg.submission_path.read_bytes()), solutions)
     assert score.n_outputs == N_TASKS
     assert score.n_correct >= MIN_SOLVED, score.per_task

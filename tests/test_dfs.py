@@ -339,7 +339,7 @@ def test_a_view_whose_search_finds_nothing_is_not_asked_again(
     from airv.core.submission import validate_submission
     from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
     from airv.run.config import RunConfig
-    from airv.run.pipeline import Run
+    from runs import fresh_run
 
     tasks = [Task(f"t{i}", (Pair(((1, 2),), ((2, 1),)),), (((1, 2),),)) for i in range(2)]
     ch = tmp_path / "challenges.json"
@@ -359,7 +359,7 @@ def test_a_view_whose_search_finds_nothing_is_not_asked_again(
         time_budget=600,
         reserve=0,
     )
-    run = Run(cfg)
+    run = fresh_run(cfg)
     assert run.execute() == 0
     assert run.summary.stopped_by == "done" and run.summary.completions == 0
     assert run.summary.prompts == 2 * 4  # every view of every task, once

@@ -5,6 +5,8 @@ decoding knobs reaching each engine's arguments."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -233,9 +235,7 @@ def test_cli_eval_needs_a_log_or_a_model(
 
 
 @pytest.mark.engine
-def test_cli_eval_with_a_model_end_to_end(
-    tmp_path: Path, bigram_model: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_eval_with_a_model_end_to_end(tmp_path: Path, bigram_model: Path) -> None:
     # The bigram model answers `12` to every prompt; without colour permutations the
     # reversed answers are the D8 images of it: (1, 2), (2, 1) and the two columns.
     g: Grid = ((1, 0), (0, 2))
@@ -245,8 +245,12 @@ def test_cli_eval_with_a_model_end_to_end(
     solutions = tmp_path / "solutions.json"
     solutions.write_bytes(orjson.dumps({"right": [[[1, 2]]], "wrong": [[[3, 3, 3]]]}))
     out = tmp_path / "run"
-    code = main(
+    # A process of its own, as a user runs it: the run's budget counts from its start.
+    done = subprocess.run(
         [
+            sys.executable,
+            "-m",
+            "airv",
             "eval",
             "--challenges",
             str(challenges),
@@ -272,9 +276,12 @@ def test_cli_eval_with_a_model_end_to_end(
             "15m",
             "--reserve",
             "0",
-        ]
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert code == 0
+    assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "submission.json").exists()
     data = orjson.loads((out / "eval.json").read_bytes())
     assert data["test_outputs"] == 2
@@ -284,7 +291,7 @@ def test_cli_eval_with_a_model_end_to_end(
     assert data["overall"]["oracle"]["unanswered"] == 0.0
     assert data["overall"]["oracle"]["accuracy"] == 0.5
     assert data["overall"]["best_of_2"]["accuracy"] <= 0.5
-    assert "pool oracle" in capsys.readouterr().out
+    assert "pool oracle" in done.stdout
 
 
 # -- decoding knobs ---------------------------------------------------------------------------

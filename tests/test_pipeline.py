@@ -23,6 +23,7 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import read_predictions
+from runs import fresh_run
 
 pytestmark = pytest.mark.engine
 
@@ -153,11 +154,11 @@ def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
 def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> None:
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
     out = tmp_path / "out"
-    first = Run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=4))
+    first = fresh_run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=4))
     assert first.execute() == 0
     assert len(read_predictions(out / "predictions.jsonl")[0]) == 8
 
-    second = Run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=8))
+    second = fresh_run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=8))
     assert second.summary.resumed_predictions == 8
     assert second.execute() == 0
     records, _ = read_predictions(out / "predictions.jsonl")
@@ -171,7 +172,9 @@ def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> No
 def test_engine_raising_mid_run_is_restarted_once(tmp_path: Path, bigram_model: Path) -> None:
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
     out = tmp_path / "out"
-    run = Run(_config(ch, out, bigram_model, Backend.HF, inflight=4), faults=Faults(raise_after=8))
+    run = fresh_run(
+        _config(ch, out, bigram_model, Backend.HF, inflight=4), faults=Faults(raise_after=8)
+    )
     assert run.execute() == 0
     assert run.summary.restarts == 1
     assert "injected fault" in run.summary.engine_failures[0]
@@ -187,7 +190,7 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
     out = tmp_path / "out"
     # 4 prompts in flight, one task's round 1; every worker life fails after its first 4.
-    run = Run(
+    run = fresh_run(
         _config(ch, out, bigram_model, Backend.HF, inflight=4, max_restarts=1),
         faults=Faults(raise_after=4, lives=2),
     )
@@ -256,7 +259,7 @@ def test_task_that_cannot_fit_falls_back_while_others_answer(
     cfg = RunConfig(
         **{**cfg.__dict__, "engine": EngineConfig(**{**cfg.engine.__dict__, "max_model_len": 256})}
     )
-    run = Run(cfg)
+    run = fresh_run(cfg)
     assert run.execute() == 0
     assert "bigtask1" in run.summary.failed_tasks
     assert "too long" in run.summary.failed_tasks["bigtask1"]
@@ -285,7 +288,7 @@ def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
     three = dataclasses.replace(three, train=(*three.train, three.train[0]))
     ch = _challenges(tmp_path, [_task("task0001"), three], broken=False)
     out = tmp_path / "out"
-    run = Run(_config(ch, out, bigram_model, Backend.HF, prompt=fmt))
+    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, prompt=fmt))
     assert run.execute() == 0
     assert "three001" in run.summary.failed_tasks
     assert "no" in run.summary.failed_tasks["three001"]
@@ -359,7 +362,7 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
     ch = _challenges(tmp_path, tasks, broken=False)
     out = tmp_path / "out"
     # Few prompts in flight per worker: both keep pulling from the one queue.
-    run = Run(_config(ch, out, bigram_model, Backend.HF, workers=2, inflight=4))
+    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, workers=2, inflight=4))
     assert run.execute() == 0
     assert len(run.summary.engine_start_seconds) == 1
     assert len(set(run.worker_pids)) == 2
@@ -396,7 +399,7 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
         rescore_top=4,
         rescore_augmentations=1,
     )
-    run = Run(cfg)
+    run = fresh_run(cfg)
     assert run.execute() == 0
     scores = read_scores(out / "scores.jsonl")
     assert len(scores) == 3  # every test input
@@ -472,7 +475,7 @@ def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Pa
     from airv.run.predictions import Prediction
 
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
-    run = Run(_config(ch, tmp_path / "out", bigram_model, Backend.HF, settle_margin=3))
+    run = fresh_run(_config(ch, tmp_path / "out", bigram_model, Backend.HF, settle_margin=3))
 
     def pred(task_id: str, aug: str, grid: tuple[tuple[int, ...], ...]) -> Prediction:
         return Prediction(task_id, 0, aug, "", grid, None, -1.0, 3, 10, "stop", 1, 0.0)
@@ -491,7 +494,7 @@ def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Pa
     run.plan(3, run.votes())
     assert run.summary.settled_skips == 4
     # With the rule off, both get more.
-    run_off = Run(_config(ch, tmp_path / "out2", bigram_model, Backend.HF, settle_margin=0))
+    run_off = fresh_run(_config(ch, tmp_path / "out2", bigram_model, Backend.HF, settle_margin=0))
     run_off.predictions.update(run.predictions)
     assert {r.unit for r in run_off.plan(2, run_off.votes())} == {("task0001", 0), ("task0002", 0)}
 
@@ -503,7 +506,7 @@ def test_task_cap_in_tokens_stops_a_task_after_its_round(
     ch = _challenges(tmp_path, [small, big], broken=False)
     out = tmp_path / "out"
     # One prompt of the 6x6 task is about 170 tokens: 4 of them pass 400, 4 of the 2x2 do not.
-    run = Run(_config(ch, out, bigram_model, Backend.HF, task_cap_tokens=400))
+    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, task_cap_tokens=400))
     assert run.execute() == 0
     records, _ = read_predictions(out / "predictions.jsonl")
     per_task = {t: sum(1 for p in records if p.task_id == t) for t in ("small001", "bigger01")}

@@ -244,8 +244,8 @@ def test_a_budget_too_short_for_the_engine_warns_and_eval_says_why(
     """--time-budget 120s leaves nothing after the reserve: the run warns, writes a valid
     submission with no answers, and `airv eval` says why there are no predictions."""
     from airv.core.tasks import dump_solutions
-    from airv.run.pipeline import Run
     from airv.run.predictions import read_logged_candidates
+    from runs import fresh_run
 
     ch = tmp_path / "ch.json"
     dump_challenges([Task("t1", (Pair(((1,),), ((2,),)),), (((1,),),))], ch)
@@ -258,7 +258,7 @@ def test_a_budget_too_short_for_the_engine_warns_and_eval_says_why(
         reserve=1,
         progress=False,
     )
-    run = Run(cfg)
+    run = fresh_run(cfg)
     assert run.execute() == 0
     assert "may produce no answers" in caplog.text
     assert (tmp_path / "out" / "submission.json").is_file()

@@ -7,8 +7,9 @@ at least P is a candidate. Probabilities only shrink along a path, so this finds
 answers with p >= P, and every one of them.
 
 Both engines implement it, on the pieces here:
-- transformers (hf_engine): one forward pass per node, best token first, with a KV cache that
-  is cut back when the search backtracks.
+- transformers (hf_engine): the prompts' searches side by side, one forward pass per step,
+  each prompt expanding its own next node, best token first, over a KV cache that only grows
+  (a prompt that backtracks masks out the positions it left).
 - vLLM (vllm_engine): a *branch* is a greedy request that returns the top-k logprobs at every
   step, k = floor(1/P): at most that many tokens can have p >= P after any prefix, so the
   alternatives that keep a path above P are all among them. `walk` reads one branch's answer:

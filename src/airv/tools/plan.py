@@ -270,7 +270,7 @@ def make_plan(
     augmentations: int = CALIBRATION_AUGMENTATIONS,
     started: float | None = None,
 ) -> Plan:
-    """Start the engine of `cfg` in this process, calibrate it on `calibration_tasks` tasks
+    """Start the engine of `cfg` in a worker process, calibrate it on `calibration_tasks` tasks
     with `augmentations` views per test input in each of the two calls, and plan the whole
     challenge file."""
     if calibration_tasks < 1 or augmentations < 1:
