@@ -64,7 +64,7 @@ def _config(challenges: Path, out: Path, model: Path, backend: Backend, **kw: ob
         settle_margin=0,
         views=ViewPolicy(permute_colours=False),  # reversed answers stay D8 images of `12`
         progress=False,
-        time_budget=3600,  # from the test process's start: the whole suite runs in it
+        time_budget=3600,  # counted from the run's creation (tests/runs.py)
         reserve=0,
     )
     base.update(kw)
@@ -181,6 +181,26 @@ def test_engine_raising_mid_run_is_restarted_once(tmp_path: Path, bigram_model: 
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 4 * 8
     assert len({(p.task_id, p.aug) for p in records}) == 4 * 8
+    assert _no_process_left(run.worker_pids)
+
+
+def test_settings_the_engine_refuses_at_start_are_not_restarted(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """A ConfigError at engine start-up would come back at every restart: the pool gives the
+    lane up at once, and the run ends (exit 3) with the reason and a valid submission."""
+    import dataclasses
+
+    ch = _challenges(tmp_path, [_task("task0001")])
+    cfg = _config(ch, tmp_path / "out", bigram_model, Backend.HF, max_restarts=3)
+    # The transformers engine has no quantization option: it refuses one when it starts.
+    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, quantization="awq"))
+    run = fresh_run(cfg)
+    assert run.execute() == 3
+    assert run.summary.restarts == 0
+    assert "refused its settings" in run.summary.engine_failures[0]
+    assert "quantization" in run.summary.engine_failures[0]
+    assert validate_submission(cfg.submission_path, load_challenges(ch, strict=False)) == []
     assert _no_process_left(run.worker_pids)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from airv.core.errors import EngineError
 from airv.engines.base import Engine, GenerateRequest, Request, Result
-from airv.engines.worker import WorkerDied, WorkerStalled, WorkerTimeout
+from airv.engines.worker import EngineRefused, WorkerDied, WorkerStalled, WorkerTimeout
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,12 @@ class Pool(Generic[T]):
         slot.inflight.clear()
         slot.uncharged = 0.0
         index = self._slots.index(slot)
-        if self.restarts < self.policy.max_restarts and time.monotonic() < self.deadline:
+        final = isinstance(exc, EngineRefused)  # a restart would be refused again
+        if (
+            not final
+            and self.restarts < self.policy.max_restarts
+            and time.monotonic() < self.deadline
+        ):
             self.restarts += 1
             slot.life += 1
             log.warning(

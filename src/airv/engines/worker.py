@@ -10,7 +10,8 @@ pinned by CUDA_VISIBLE_DEVICES before torch or vLLM is imported.
 
 Messages, parent to worker: ("add", [(id, request), ...]), ("abort", [id, ...]),
 ("close", None). Worker to parent: ("ready", [engine pid, ...]), ("results", [Result, ...]),
-("beat", None), ("error", text) and then the worker ends.
+("beat", None), ("error", text) and then the worker ends; ("refused", text) when the engine
+refuses its settings at start-up (a ConfigError: final, never restarted).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from airv.core.errors import EngineError
+from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
     GenerateRequest,
@@ -57,6 +58,11 @@ class WorkerDied(EngineError):
     def __init__(self, message: str, *, partial: Sequence[Result] = ()):
         super().__init__(message)
         self.partial = list(partial)
+
+
+class EngineRefused(WorkerDied):
+    """The engine refused its settings at start-up (a ConfigError): final, as a restart would
+    be refused again."""
 
 
 class WorkerStalled(WorkerDied):
@@ -157,6 +163,9 @@ def _serve(
 
     try:
         engine = make_engine(engine_cfg, sampling_cfg, n_gpus=n_gpus)
+    except ConfigError as exc:  # settings the engine refuses: every restart would again
+        conn.send(("refused", str(exc)))
+        return
     except BaseException as exc:  # report any start-up failure to the parent, then end
         conn.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return
@@ -288,6 +297,10 @@ class EngineWorker:
                 elif status == "error":
                     failure = f"engine failed: {payload}"
                     break
+                elif status == "refused":
+                    self.kill()
+                    self._dead = f"the engine refused its settings: {payload}"
+                    raise EngineRefused(f"{self.name}: {self._dead}", partial=out)
         except (EOFError, OSError):
             self._proc.join(1.0)  # the pipe closes as the process ends: give it time to exit
             failure = f"engine process ended (exit code {self._proc.exitcode})"

@@ -17,7 +17,7 @@ from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
 from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset
 from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
-from airv.engines.config import EngineConfig, SamplingConfig
+from airv.engines.config import Backend, EngineConfig, SamplingConfig
 
 # A run directory's files; `airv report`, `airv vote` and the kernel read them by these names.
 SUBMISSION_FILE = "submission.json"
@@ -113,6 +113,13 @@ class RunConfig:
             raise ConfigError("inflight and write_every must be >= 1")
         if self.stall_seconds <= 0 or self.write_seconds <= 0:
             raise ConfigError("stall_seconds and write_seconds must be > 0")
+        # What the engine would refuse only once started, checked before any adapter is
+        # trained or any model loaded.
+        if self.sampling.beam_width and self.ttt.enabled and self.engine.backend is Backend.VLLM:
+            raise ConfigError(
+                "vLLM's beam search takes no LoRA adapters: with --ttt, decode greedy, sampling "
+                "or dfs, or use --engine hf"
+            )
 
     @property
     def reserve_seconds(self) -> float:
