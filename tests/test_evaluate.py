@@ -299,25 +299,30 @@ def test_cli_eval_with_a_model_end_to_end(tmp_path: Path, bigram_model: Path) ->
 
 def test_penalty_ranges_are_checked() -> None:
     with pytest.raises(ConfigError, match="presence_penalty"):
-        SamplingConfig(presence_penalty=-2.5)
+        SamplingConfig(temperature=0.7, presence_penalty=-2.5)
     with pytest.raises(ConfigError, match="frequency_penalty"):
-        SamplingConfig(frequency_penalty=2.01)
+        SamplingConfig(temperature=0.7, frequency_penalty=2.01)
     with pytest.raises(ConfigError, match="presence_penalty"):
-        SamplingConfig(presence_penalty=float("nan"))
+        SamplingConfig(temperature=0.7, presence_penalty=float("nan"))
+    # Greedy is the model's argmax, in every backend: a penalty there is a usage error.
+    for penalty in ({"repetition_penalty": 1.1}, {"presence_penalty": 0.1}):
+        with pytest.raises(ConfigError, match="apply to sampling"):
+            SamplingConfig(**penalty)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="beam search"):
         SamplingConfig(length_penalty=0.5)
     with pytest.raises(ConfigError, match="length_penalty"):
         SamplingConfig(beam_width=2, length_penalty=float("inf"))
     with pytest.raises(ConfigError, match="quantization"):
         EngineConfig(quantization=" ")
-    assert SamplingConfig(presence_penalty=-2.0, frequency_penalty=2.0).presence_penalty == -2.0
+    s = SamplingConfig(temperature=0.7, presence_penalty=-2.0, frequency_penalty=2.0)
+    assert s.presence_penalty == -2.0
 
 
 def test_vllm_arguments_carry_the_knobs() -> None:
     pytest.importorskip("vllm")
     from airv.engines.vllm_engine import VllmEngine
 
-    s = SamplingConfig(presence_penalty=0.5, frequency_penalty=-0.25)
+    s = SamplingConfig(temperature=0.7, presence_penalty=0.5, frequency_penalty=-0.25)
     params = VllmEngine._sampling_params(s, max_tokens=7)
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.25)
     beam = VllmEngine._beam_params(SamplingConfig(beam_width=3, length_penalty=0.6), max_tokens=9)
@@ -333,9 +338,9 @@ def test_hf_refuses_what_it_lacks() -> None:
 
     check_supported(EngineConfig(), SamplingConfig(beam_width=2, length_penalty=2.0))
     with pytest.raises(ConfigError, match="presence_penalty"):
-        check_supported(EngineConfig(), SamplingConfig(presence_penalty=0.1))
+        check_supported(EngineConfig(), SamplingConfig(temperature=0.7, presence_penalty=0.1))
     with pytest.raises(ConfigError, match="frequency_penalty"):
-        check_supported(EngineConfig(), SamplingConfig(frequency_penalty=0.1))
+        check_supported(EngineConfig(), SamplingConfig(temperature=0.7, frequency_penalty=0.1))
     with pytest.raises(ConfigError, match="quantization"):
         check_supported(EngineConfig(quantization="awq"), SamplingConfig())
 
@@ -349,14 +354,19 @@ def test_cli_flags_reach_the_config(tmp_path: Path, tiny_model: Path) -> None:
     dump_challenges([Task("t", (Pair(g, g),), (g,))], challenges)
     base = ["run", "--challenges", str(challenges), "--model", str(tiny_model), "--out", "o"]
     args = build_parser().parse_args(
-        [*base, "--presence-penalty", "0.3", "--frequency-penalty", "0.2", "--quantization", "fp8"]
+        [
+            *base,
+            *("--temperature", "0.7", "--presence-penalty", "0.3"),
+            *("--frequency-penalty", "0.2", "--quantization", "fp8"),
+        ]
     )
     cfg = build_run_config(args)
     assert (cfg.sampling.presence_penalty, cfg.sampling.frequency_penalty) == (0.3, 0.2)
     assert cfg.engine.quantization == "fp8"
     args = build_parser().parse_args([*base, "--beam-width", "2", "--length-penalty", "1.5"])
     assert build_run_config(args).sampling.length_penalty == 1.5
-    args = build_parser().parse_args([*base, "--engine", "hf", "--presence-penalty", "0.3"])
+    hf = ["--engine", "hf", "--temperature", "0.7", "--presence-penalty", "0.3"]
+    args = build_parser().parse_args([*base, *hf])
     with pytest.raises(ConfigError, match="presence_penalty"):
         build_run_config(args)
 

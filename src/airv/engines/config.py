@@ -144,6 +144,14 @@ class SamplingConfig:
         ):
             if not -2.0 <= value <= 2.0:
                 raise ConfigError(f"{name} must be in [-2, 2] (0 = off), got {value}")
+        penalised = (
+            self.repetition_penalty != 1.0 or self.presence_penalty or self.frequency_penalty
+        )
+        if penalised and self.temperature == 0.0:
+            raise ConfigError(
+                "repetition, presence and frequency penalties apply to sampling (temperature > "
+                "0): greedy decoding, beam search and DFS follow the model's own distribution"
+            )
         if not math.isfinite(self.length_penalty):
             raise ConfigError(f"length_penalty must be a finite number, got {self.length_penalty}")
         if self.length_penalty != 1.0 and not self.beam_width:

@@ -106,7 +106,7 @@ class HfEngine:
         """The one place SamplingConfig becomes transformers' generate() arguments."""
         s = self._sampling
         if decode is Decode.GREEDY:
-            s = SamplingConfig(stop=s.stop, repetition_penalty=s.repetition_penalty)
+            s = SamplingConfig(stop=s.stop)  # the model's argmax: no penalty (engines.config)
         elif n is not None and n != s.n:
             s = dataclasses.replace(s, n=n)
         kwargs: dict[str, Any] = {

@@ -319,12 +319,13 @@ class OpenAILane:
                 kwargs["seed"] = s.seed
         if s.stop:
             kwargs["stop"] = list(s.stop)
-        if s.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = s.repetition_penalty
-        if s.presence_penalty:
-            kwargs["presence_penalty"] = s.presence_penalty
-        if s.frequency_penalty:
-            kwargs["frequency_penalty"] = s.frequency_penalty
+        if not greedy:  # greedy is the model's argmax: no penalty (engines.config)
+            if s.repetition_penalty != 1.0:
+                extra["repetition_penalty"] = s.repetition_penalty
+            if s.presence_penalty:
+                kwargs["presence_penalty"] = s.presence_penalty
+            if s.frequency_penalty:
+                kwargs["frequency_penalty"] = s.frequency_penalty
         response = await self._client.completions.create(**kwargs, extra_body=extra)
         out = []
         for choice in sorted(response.choices, key=lambda c: c.index):
