@@ -229,18 +229,27 @@ def test_vllm_aborts_a_request_in_flight_and_streams_partial_results(
     assert _same(results[2][0].completions, whole[1])
 
 
-def test_vllm_a_request_it_cannot_serve_fails_alone(vllm_engine: Engine) -> None:
-    """A prompt longer than the context: that request's result carries the error; the
-    others are answered."""
-    reqs = _requests(vllm_engine, max_tokens=8)
-    vllm_engine.add(1, reqs[0])
-    vllm_engine.add(2, GenerateRequest((5,) * 2000, 8))  # max_model_len is 1024
-    vllm_engine.add(3, reqs[1])
-    results = _stream(vllm_engine)
-    assert results[2][-1].error is not None and not results[2][-1].completions
-    assert results[1][-1].error is None and results[3][-1].error is None
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_a_request_the_engine_cannot_serve_fails_alone(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """A prompt longer than the context, and one with a token id the vocabulary does not
+    have: each request's result carries its error, in every backend; the others, sharing
+    the engine's batch, are answered."""
+    engine: Engine = request.getfixturevalue(f"{backend}_engine")
+    reqs = _requests(engine, max_tokens=8)
+    engine.add(1, reqs[0])
+    engine.add(2, GenerateRequest((5,) * 2000, 8))  # max_model_len is 1024
+    engine.add(3, reqs[1])
+    engine.add(4, GenerateRequest((5, 10**6, 5), 8))  # no such token
+    engine.add(5, reqs[0])
+    results = _stream(engine)
+    for bad in (2, 4):
+        assert results[bad][-1].error is not None and not results[bad][-1].completions
+    for good in (1, 3, 5):
+        assert results[good][-1].error is None and results[good][-1].completions
     with pytest.raises(EngineError, match="1 request"):
-        vllm_engine.generate([reqs[0], GenerateRequest((5,) * 2000, 8)])
+        engine.generate([reqs[0], GenerateRequest((5,) * 2000, 8)])
 
 
 def test_hf_per_request_decode_mode_and_n(hf_engine: Engine, tiny_model: Path) -> None:

@@ -81,6 +81,11 @@ class HfEngine:
         self._generator_seed = engine.seed if sampling.seed is None else sampling.seed
         self._adapters: dict[str, str] = {}  # adapter directory -> its name in the model
         self._queue: list[tuple[int, Request]] = []  # added, not yet run; oldest first
+        self._max_model_len = engine.max_model_len
+        self._done: list[Result] = []  # refused when added: the next step's
+        # Requests of a batch that raised, each run on its own next: only the one the engine
+        # cannot serve fails (as in vLLM), not the batch it shared.
+        self._alone: set[int] = set()
         torch.manual_seed(self._generator_seed)
 
     @property
@@ -143,26 +148,58 @@ class HfEngine:
     # -- streaming: each step runs one batch of the queue -----------------------------------
 
     def add(self, request_id: int, request: Request) -> None:
+        tokens = len(request.prompt_ids)
+        if isinstance(request, ScoreRequest):
+            tokens += len(request.continuation_ids)
+        if tokens > self._max_model_len:  # as vLLM refuses it: this request only
+            error = (
+                f"a prompt of {tokens} tokens is longer than the context ({self._max_model_len})"
+            )
+            self._done.append(Result(request_id, error=error))
+            return
         self._queue.append((request_id, request))
 
     def abort(self, request_ids: Sequence[int]) -> None:
         drop = set(request_ids)
         self._queue = [(i, r) for i, r in self._queue if i not in drop]
+        self._done = [r for r in self._done if r.request_id not in drop]
+        self._alone -= drop
 
     def unfinished(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._done)
 
     def step(self) -> list[Result]:
         """One batch: the oldest request and up to BATCH_SIZE - 1 more that can share its
         forward pass (same kind, adapter, decode mode and n)."""
+        out, self._done = self._done, []
         if not self._queue:
-            return []
-        key = _batch_key(self._queue[0][1], self._sampling)
-        batch = [item for item in self._queue if _batch_key(item[1], self._sampling) == key][
-            :BATCH_SIZE
-        ]
+            return out
+        head = self._queue[0]
+        key = _batch_key(head[1], self._sampling)
+        batch = (
+            [head]
+            if head[0] in self._alone
+            else [
+                item
+                for item in self._queue
+                if item[0] not in self._alone and _batch_key(item[1], self._sampling) == key
+            ][:BATCH_SIZE]
+        )
         taken = {i for i, _ in batch}
         self._queue = [item for item in self._queue if item[0] not in taken]
+        try:
+            return out + self._run(batch)
+        except (RuntimeError, ValueError, IndexError) as exc:  # torch's errors on a request
+            if len(batch) > 1:  # which one? each alone, from the front of the queue
+                self._alone |= taken
+                self._queue[:0] = batch
+                return out
+            self._alone -= taken
+            return [*out, Result(batch[0][0], error=f"{type(exc).__name__}: {exc}")]
+
+    def _run(self, batch: Sequence[tuple[int, Request]]) -> list[Result]:
+        """One forward batch of requests that share kind, adapter, decode mode and n."""
+        self._alone -= {i for i, _ in batch}
         ids = [i for i, _ in batch]
         requests = [r for _, r in batch]
         first = requests[0]
