@@ -142,16 +142,35 @@ def test_resolve_dtype_per_device() -> None:
 
 
 def test_beam_search_vllm(tiny_model: Path) -> None:
+    """Beams through vLLM, blocking and streamed: under a steady stream of other requests
+    (as the run's pool keeps the engine fed) a beam request runs once what was in flight
+    when it came has drained; the requests that came after it wait for it."""
     engine = _engine(tiny_model, Backend.VLLM, SamplingConfig(beam_width=3, n=2))
     try:
         reqs = _requests(engine, max_tokens=6)[:2]
         out = engine.generate(reqs)
+        greedy = GenerateRequest(reqs[0].prompt_ids, 6, decode=Decode.GREEDY)
+        engine.add(0, greedy)
+        engine.step()
+        engine.add(1, reqs[1])  # the beam request
+        beam_at = None
+        done: dict[int, Result] = {}
+        for step in range(40):  # a new request every step, as the pool sends them
+            engine.add(100 + step, greedy)
+            for r in engine.step():
+                done[r.request_id] = r
+                if r.request_id == 1:
+                    beam_at = step
+        done.update((rid, rs[-1]) for rid, rs in _stream(engine).items())
     finally:
         engine.close()
     assert [len(cs) for cs in out] == [2, 2]
     for cs in out:
         assert all(len(c.token_ids) <= 6 for c in cs)
         assert cs[0].logprob >= cs[1].logprob - 1e-6
+    assert beam_at is not None and beam_at < 20, beam_at  # not starved by the stream
+    assert len(done[1].completions) == 2
+    assert all(done[rid].completions for rid in (0, *range(100, 140)))  # none lost
 
 
 # -- the streamed protocol: add / step / abort -------------------------------------------------

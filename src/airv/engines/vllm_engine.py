@@ -89,6 +89,9 @@ class VllmEngine:
         self._score_params = self._score_sampling_params()
         self._live: dict[str, tuple[int, Request]] = {}  # in vLLM, by vLLM's request id
         self._beams: list[tuple[int, GenerateRequest]] = []  # waiting for LLM.beam_search
+        # Requests added while beams wait: held back until the beams have run, so that the
+        # engine drains and a stream of new work cannot starve the beams.
+        self._held: list[tuple[int, Request]] = []
         self._done: list[Result] = []  # finished without vLLM (errors): the next step's
         # Depth-first searches (engines.dfs): by the caller's id; their branches in vLLM.
         self._searches: dict[int, _Search] = {}
@@ -158,6 +161,9 @@ class VllmEngine:
     # -- streaming: LLMEngine.add_request / step / abort_request --------------------------
 
     def add(self, request_id: int, request: Request) -> None:
+        if self._beams and not (isinstance(request, GenerateRequest) and self._is_beam(request)):
+            self._held.append((request_id, request))
+            return
         if (
             isinstance(request, GenerateRequest)
             and decode_of(request, self._sampling) is Decode.DFS
@@ -226,13 +232,17 @@ class VllmEngine:
                     del self._live[o.request_id]
                 out.append(self._result(rid, request, o))
         elif self._beams:
-            # Beam search is LLM.beam_search, a blocking call that steps the same engine:
-            # it runs only when nothing else is in flight.
+            # Beam search is LLM.beam_search, a blocking call that steps the same engine: it
+            # runs once what was in flight has drained (what came since is held), then the
+            # held requests go in.
             beams, self._beams = self._beams, []
             completions = self._beam_search([r for _, r in beams])
             out.extend(
                 Result(rid, tuple(cs)) for (rid, _), cs in zip(beams, completions, strict=True)
             )
+            held, self._held = self._held, []
+            for rid, request in held:
+                self.add(rid, request)
         for rid, search in list(self._searches.items()):  # searches past their deadline
             if search.limits.done(len(search.leaves), search.nodes):
                 out.append(self._end_search(rid))
@@ -324,10 +334,12 @@ class VllmEngine:
         for rid in drop & set(self._searches):
             self._end_search(rid)
         self._beams = [(rid, r) for rid, r in self._beams if rid not in drop]
+        self._held = [(rid, r) for rid, r in self._held if rid not in drop]
         self._done = [r for r in self._done if r.request_id not in drop]
 
     def unfinished(self) -> int:
-        return len(self._live) + len(self._beams) + len(self._done) + len(self._searches)
+        waiting = len(self._beams) + len(self._held) + len(self._done)
+        return len(self._live) + len(self._searches) + waiting
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         return generate_blocking(self, requests)
