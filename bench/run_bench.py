@@ -60,10 +60,10 @@ from airv.core.submission import build_submission, write_submission
 from airv.core.tasks import Task, dump_challenges, load_challenges
 from airv.core.types import MAX_SIDE, Grid, TaskId, Unit
 from airv.core.voting import Candidate, Vote, vote
-from airv.engines.base import Completion, Engine, GenerateRequest, Result
+from airv.engines.base import Completion, Engine, GenerateRequest, Result, completions_of
 from airv.engines.config import Backend, EngineConfig, SamplingConfig
 from airv.engines.model import default_max_model_len
-from airv.engines.pool import Lane, LocalLane
+from airv.engines.pool import Lane, LocalLane, await_ready, run_lane
 from airv.engines.worker import EngineWorker, Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -348,7 +348,7 @@ class Bench:
     def start_worker(self, cfg: EngineConfig) -> EngineWorker:
         gpu = self.device == "cuda"
         w = EngineWorker(cfg, SamplingConfig(), device="0" if gpu else None, n_gpus=int(gpu))
-        w.wait_ready(time.monotonic() + NO_DEADLINE)
+        await_ready(w, time.monotonic() + NO_DEADLINE)
         return w
 
     def close_workers(self, kind: ModelKind | None = None) -> None:
@@ -356,18 +356,19 @@ class Bench:
             self._workers.pop(key).close()
 
 
+def _blocking(w: EngineWorker, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
+    return completions_of(run_lane(w, requests, time.monotonic() + NO_DEADLINE))
+
+
 def _generate(w: EngineWorker, items: Sequence[WorkItem]) -> tuple[float, list[Completion]]:
     t0 = time.perf_counter()
-    out = w.generate([it.request for it in items], time.monotonic() + NO_DEADLINE)
+    out = _blocking(w, [it.request for it in items])
     return time.perf_counter() - t0, [cs[0] for cs in out]
 
 
 def _warm_up(w: EngineWorker, items: Sequence[WorkItem]) -> None:
     """vLLM's first call pays one-off warm-up; keep it out of the timings."""
-    w.generate(
-        [GenerateRequest(it.request.prompt_ids, 8) for it in items[:2]],
-        time.monotonic() + NO_DEADLINE,
-    )
+    _blocking(w, [GenerateRequest(it.request.prompt_ids, 8) for it in items[:2]])
 
 
 def _workload_info(items: Sequence[WorkItem]) -> dict[str, object]:
@@ -1017,7 +1018,7 @@ def _stream_throughput(b: Bench, challenges: Path, d: Path) -> dict[str, object]
             # The same prompts through airv's worker process alone (no pipeline): what the
             # process boundary costs, apart from planning, logging and voting.
             t0 = time.perf_counter()
-            outs = w.generate(r.asked, time.monotonic() + NO_DEADLINE)
+            outs = _blocking(w, r.asked)
             runs["worker"].append(time.perf_counter() - t0)
             tokens["worker"] = sum(len(c.token_ids) for cs in outs for c in cs)
     finally:

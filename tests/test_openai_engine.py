@@ -14,15 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from airv.core.augment import ViewPolicy
+from airv.core.errors import EngineError
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.engines import GenerateRequest, ScoreRequest, make_engine
-from airv.engines.base import Request, Result
+from airv.engines.base import scores_of
 from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
 from airv.engines.openai_engine import OpenAILane
+from airv.engines.pool import run_lane
 from airv.engines.serve import LocalServer
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -60,21 +63,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalServ
             s.stop()
 
 
-def _through(lane: OpenAILane, requests: list[Request], timeout: float = 120) -> list[Result]:
-    deadline = time.monotonic() + timeout
-    while not lane.ready:
-        assert time.monotonic() < deadline, "the lane never became ready"
-        lane.waitable.poll(0.5)
-        lane.receive()
-    lane.send(list(enumerate(requests)))
-    out: dict[int, Result] = {}
-    while len(out) < len(requests):
-        assert time.monotonic() < deadline, "no answer"
-        lane.waitable.poll(0.5)
-        out.update((r.request_id, r) for r in lane.receive())
-    return [out[i] for i in range(len(requests))]
-
-
 def _prompts(tok: object) -> list[tuple[int, ...]]:
     texts = ["I\n12\n21\nO\n21\n12\n\nI\n33\n44\nO\n", "I\n5\nO\n6\n\nI\n5\nO\n", "I\n0\nO\n"]
     return [tuple(tok.encode(t, add_special_tokens=False)) for t in texts]  # type: ignore[attr-defined]
@@ -98,19 +86,20 @@ def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
         prompts = _prompts(engine.tokenizer)
         gens = [GenerateRequest(p, 24) for p in prompts]
         local = engine.generate(gens)
-        remote = _through(lane, list(gens))
+        remote = [r.completions for r in run_lane(lane, list(gens), time.monotonic() + 120)]
         assert lane.model_id == str(DEMO)  # the id the server lists under /v1/models
         for mine, theirs in zip(local, remote, strict=True):
             (a,) = mine
-            (b,) = theirs.completions
+            (b,) = theirs
             assert (a.token_ids, a.text, a.finish_reason) == (b.token_ids, b.text, b.finish_reason)
             assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
         scores = [ScoreRequest(p, c[0].token_ids) for p, c in zip(prompts, local, strict=True)]
-        remote_scores = [r.score for r in _through(lane, list(scores))]
+        remote_scores = scores_of(run_lane(lane, list(scores), time.monotonic() + 120))
         assert remote_scores == pytest.approx(engine.score(scores), abs=1e-3)
-        # A prompt the server refuses (longer than its context) fails alone.
-        bad = _through(lane, [GenerateRequest((5,) * (MAX_MODEL_LEN + 10), 4), gens[0]])
-        assert bad[0].error is not None and bad[1].error is None
+        # A prompt the server refuses (longer than its context) fails alone: 1 of the 2.
+        too_long = GenerateRequest((5,) * (MAX_MODEL_LEN + 10), 4)
+        with pytest.raises(EngineError, match="endpoint-0: 1 request"):
+            run_lane(lane, [too_long, gens[0]], time.monotonic() + 120)
     finally:
         lane.close()
         engine.close()
@@ -152,6 +141,27 @@ def _run_config(
 def _valid(cfg: RunConfig) -> bool:
     challenges = load_challenges(cfg.challenges, strict=False)
     return validate_submission(cfg.submission_path, challenges) == []
+
+
+def test_airv_plan_measures_through_a_server(
+    servers: list[LocalServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`airv plan --engine openai` calibrates through the server, as the run would send its
+    work (it once started a local worker that could only fail)."""
+    from airv.cli import main
+
+    ch = tmp_path / "challenges.json"
+    dump_challenges(_tasks(3), ch)
+    argv = [
+        "plan", "--challenges", str(ch), "--model", str(DEMO), "--engine", "openai",
+        "--endpoint", servers[0].url, "--max-model-len", str(MAX_MODEL_LEN),
+        "--time-budget", "1h", "--calibration-tasks", "1", "--calibration-augmentations", "2",
+        "--out", str(tmp_path / "plan"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    plan = orjson.loads((tmp_path / "plan" / "plan.json").read_bytes())
+    assert plan["calibration_prompts"] == 4  # 1 task x 2 calls x 2 views
+    assert "augmentations per test input fit" in capsys.readouterr().out
 
 
 def test_a_run_with_two_servers_shares_the_work(servers: list[LocalServer], tmp_path: Path) -> None:

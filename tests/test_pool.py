@@ -500,3 +500,34 @@ def test_done_seconds_of_one_lane_add_up_to_at_most_the_wall_time() -> None:
     assert finished_payloads(done) == Counter([0, 1])
     assert all(d.seconds >= 0.0 for d in done)
     assert sum(d.seconds for d in done) <= wall
+
+
+# -- the one blocking driver over a lane ---------------------------------------------------
+
+
+def test_run_lane_returns_results_in_request_order() -> None:
+    from airv.engines.pool import run_lane
+
+    engine = Scripted(per_step=2, every=2, partials=True)
+    requests = [GenerateRequest(PROMPT, n) for n in (3, 1, 2)]
+    results = run_lane(LocalLane(engine), requests, time.monotonic() + 30)
+    assert [len(r.completions[0].token_ids) for r in results] == [3, 1, 2]
+    assert all(r.finished for r in results)
+
+
+def test_run_lane_stops_at_its_deadline_and_raises_on_a_failed_request() -> None:
+    from airv.core.errors import EngineError
+    from airv.engines.pool import run_lane
+    from airv.engines.worker import WorkerTimeout
+
+    hung = Scripted(silent_at=0)
+    with pytest.raises(WorkerTimeout, match="no answer before the deadline"):
+        run_lane(LocalLane(hung), [GenerateRequest(PROMPT, 2)], time.monotonic() + 0.3)
+    assert hung.closed  # the lane was killed
+
+    class Refusing(Scripted):
+        def step(self) -> list[Result]:
+            return [Result(i, error="too long") for i in list(self.held)] if self.held else []
+
+    with pytest.raises(EngineError, match=r"1 request.*too long"):
+        run_lane(LocalLane(Refusing()), [GenerateRequest(PROMPT, 2)], time.monotonic() + 30)

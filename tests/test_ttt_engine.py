@@ -112,6 +112,7 @@ def test_a_server_serves_the_adapter_the_stage_trained(
     from airv.adapt.served import probe_request, verdict
     from airv.adapt.stage import TTT_LOG, read_results
     from airv.engines.openai_engine import OpenAILane
+    from airv.engines.pool import run_lane
     from airv.engines.serve import LocalServer
 
     task, adapter = adapted
@@ -145,17 +146,7 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         deadline = time.monotonic() + 300
 
         def through(lane: OpenAILane, requests: list[object]) -> dict[int, object]:
-            while not lane.ready:
-                assert time.monotonic() < deadline
-                lane.waitable.poll(0.5)
-                lane.receive()
-            lane.send(list(enumerate(requests)))  # type: ignore[arg-type]
-            got: dict[int, object] = {}
-            while len(got) < len(requests):
-                assert time.monotonic() < deadline
-                lane.waitable.poll(0.5)
-                got.update((r.request_id, r) for r in lane.receive())
-            return got
+            return dict(enumerate(run_lane(lane, requests, deadline)))  # type: ignore[arg-type]
 
         def answer(r: object) -> object:
             assert r.error is None, r.error  # type: ignore[attr-defined]

@@ -24,8 +24,16 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Generic, Protocol, TypeVar
 
 from airv.core.errors import EngineError
-from airv.engines.base import Engine, GenerateRequest, Request, Result
-from airv.engines.worker import EngineRefused, WorkerDied, WorkerStalled, WorkerTimeout
+from airv.engines.base import Engine, GenerateRequest, Request, Result, in_order
+from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.worker import (
+    EngineRefused,
+    EngineWorker,
+    Faults,
+    WorkerDied,
+    WorkerStalled,
+    WorkerTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +161,69 @@ class LocalLane:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def start_lane(
+    engine: EngineConfig,
+    sampling: SamplingConfig,
+    index: int,
+    *,
+    life: int = 0,
+    devices: Sequence[str] = (),
+    faults: Faults | None = None,
+) -> Lane:
+    """Lane `index` of an engine config, for its `life`-th time: a request over HTTP to
+    endpoint `index` (the openai backend), else a worker process pinned to `devices[index]`
+    (CPU without devices). The run, `airv plan` and the bench all start lanes here."""
+    if engine.backend is Backend.OPENAI:
+        from airv.engines.openai_engine import OpenAILane
+
+        return OpenAILane(
+            engine.endpoints[index],
+            sampling,
+            name=f"endpoint-{index}",
+            life=life,
+            allow_insecure_key=engine.allow_insecure_key,
+        )
+    return EngineWorker(
+        engine,
+        sampling,
+        device=devices[index] if devices else None,
+        n_gpus=1 if devices else 0,
+        faults=faults,
+        name=f"worker-{index}",
+    )
+
+
+def await_ready(lane: Lane, deadline: float) -> None:
+    """Block until the lane's engine is up; WorkerTimeout (the lane killed) at `deadline`
+    (time.monotonic()), WorkerDied if it fails to start."""
+    while not lane.ready:
+        _wait(lane, deadline, "the engine did not start before the deadline")
+        lane.receive()
+
+
+def run_lane(lane: Lane, requests: Sequence[Request], deadline: float) -> list[Result]:
+    """Every request through one lane, blocking (airv plan, the bench): the one blocking
+    driver, whatever the backend. Results in request order; WorkerTimeout (the lane killed)
+    at `deadline`, EngineError if a request failed, WorkerDied if the lane did."""
+    await_ready(lane, deadline)
+    lane.send(list(enumerate(requests)))
+    out: dict[int, Result] = {}
+    while len(out) < len(requests):
+        _wait(lane, deadline, "no answer before the deadline; stopped it")
+        out.update((r.request_id, r) for r in lane.receive() if r.finished)
+    return in_order(out, len(requests), lane.name)
+
+
+def _wait(lane: Lane, deadline: float, why: str) -> None:
+    """Wait a little for the lane to have something (a lane in this process: not at all)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        lane.kill()
+        raise WorkerTimeout(f"{lane.name}: {why}")
+    if lane.waitable is not None:
+        lane.waitable.poll(min(left, 0.2))
 
 
 @dataclass(frozen=True)

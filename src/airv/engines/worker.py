@@ -31,14 +31,8 @@ from typing import Any
 
 from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
-    Completion,
-    GenerateRequest,
     Request,
     Result,
-    ScoreRequest,
-    completions_of,
-    in_order,
-    scores_of,
 )
 from airv.engines.config import EngineConfig, SamplingConfig
 
@@ -256,16 +250,6 @@ class EngineWorker:
         """What multiprocessing.connection.wait can wait on."""
         return self._conn
 
-    def wait_ready(self, deadline: float) -> None:
-        """Block until the engine is up; WorkerTimeout at `deadline` (time.monotonic())."""
-        while not self.ready:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise WorkerTimeout(f"{self.name}: the engine did not start before the deadline")
-            self._conn.poll(min(left, _CHECK_SECONDS))
-            self.receive()
-
     def send(self, items: Sequence[tuple[int, Request]]) -> None:
         self._send("add", list(items))
 
@@ -324,33 +308,6 @@ class EngineWorker:
         if dead:
             return f"vLLM's engine process {dead[0]} died"
         return None
-
-    # -- blocking use (airv plan, benchmarks) ----------------------------------------------
-
-    def run(self, requests: Sequence[Request], deadline: float) -> list[Result]:
-        """Every request through the engine; results in request order. WorkerTimeout at the
-        deadline, WorkerDied if the engine fails."""
-        self.wait_ready(deadline)
-        self.send(list(enumerate(requests)))
-        out: dict[int, Result] = {}
-        while len(out) < len(requests):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise WorkerTimeout(f"{self.name}: no answer before the deadline; stopped it")
-            self._conn.poll(min(left, _CHECK_SECONDS))
-            for r in self.receive():
-                if r.finished:
-                    out[r.request_id] = r
-        return in_order(out, len(requests), self.name)
-
-    def generate(
-        self, requests: Sequence[GenerateRequest], deadline: float
-    ) -> list[list[Completion]]:
-        return completions_of(self.run(requests, deadline))
-
-    def score(self, requests: Sequence[ScoreRequest], deadline: float) -> list[float]:
-        return scores_of(self.run(requests, deadline))
 
     # -- ending ---------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
 from airv.engines.model import check_round_trip, load_tokenizer, weight_names
-from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision
+from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision, start_lane
 from airv.engines.worker import CLOSE_SECONDS, EngineWorker, Faults, WorkerTimeout
 from airv.run.budget import Clock, Stopped, format_duration, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
@@ -431,33 +431,18 @@ class Run:
         return f[life] if life < len(f) else None
 
     def start_lane(self, index: int, life: int) -> Lane:
-        """Start engine worker `index` for its `life`-th time (0 first): a process of its own,
-        pinned to its device."""
+        """Start engine lane `index` for its `life`-th time (0 first): a worker process of its
+        own pinned to its device, or an endpoint (engines.pool.start_lane)."""
         cfg = self.cfg
         engine = cfg.engine
-        if engine.backend is Backend.OPENAI:  # a server: its requests go out over HTTP
-            from airv.engines.openai_engine import OpenAILane
-
-            return OpenAILane(
-                engine.endpoints[index],
-                cfg.sampling,
-                name=f"endpoint-{index}",
-                life=life,
-                allow_insecure_key=engine.allow_insecure_key,
-            )
         if self.adapters:  # serve the adapters test-time fine-tuning trained
             engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
-        worker = EngineWorker(
-            engine,
-            cfg.sampling,
-            device=cfg.devices[index] if cfg.devices else None,
-            n_gpus=1 if cfg.devices else 0,
-            faults=self._faults(life),
-            name=f"worker-{index}",
+        lane = start_lane(
+            engine, cfg.sampling, index, life=life, devices=cfg.devices, faults=self._faults(life)
         )
-        if worker.pid is not None:
-            self.worker_pids.append(worker.pid)
-        return worker
+        if lane.pid is not None:
+            self.worker_pids.append(lane.pid)
+        return lane
 
     def start_fallback_lane(self, index: int, life: int) -> Lane:
         """The transformers engine with LoRA, on the first worker's device (on a GPU it needs

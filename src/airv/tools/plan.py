@@ -33,8 +33,9 @@ from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
 from airv.engines import Completion, GenerateRequest
+from airv.engines.base import completions_of
 from airv.engines.model import load_tokenizer
-from airv.engines.worker import EngineWorker
+from airv.engines.pool import await_ready, run_lane, start_lane
 from airv.run.budget import format_duration, process_start_time
 from airv.run.config import RunConfig
 
@@ -290,21 +291,18 @@ def make_plan(
     # The engine in a worker process, as the run starts it: its start-up (a fresh
     # interpreter importing torch/vLLM) and its shutdown are part of the price.
     deadline = time.monotonic() + cfg.time_budget
-    worker = EngineWorker(
-        cfg.engine,
-        cfg.sampling,
-        device=cfg.devices[0] if cfg.devices else None,
-        n_gpus=1 if cfg.devices else 0,
-        name="plan-worker",
-    )
+    lane = start_lane(cfg.engine, cfg.sampling, 0, devices=cfg.devices)
     try:
-        worker.wait_ready(deadline)
+        await_ready(lane, deadline)
         throughput = measure(
-            lambda reqs: worker.generate(reqs, deadline), sets[0], sets[1], started=started
+            lambda reqs: completions_of(run_lane(lane, reqs, deadline)),
+            sets[0],
+            sets[1],
+            started=started,
         )
     finally:
         t0 = time.monotonic()
-        worker.close()
+        lane.close()
     throughput = dataclasses.replace(throughput, stop_seconds=time.monotonic() - t0)
     return Plan(
         throughput=throughput,
