@@ -55,7 +55,9 @@ class TTTConfig:
     loss: Loss = Loss.ANSWER
     # Share of the run's budget (after the reserve) for the whole stage, or seconds if > 1.
     budget: float = 0.4
-    task_cap_seconds: float | None = None  # per task; default: a fair share of the budget x 3
+    task_cap_seconds: float | None = None  # per task; default: task_cap_shares fair shares
+    # of the stage, so that one slow task cannot eat it
+    task_cap_shares: float = 3.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +84,10 @@ class TTTConfig:
     @property
     def enabled(self) -> bool:
         return self.mode is not TTTMode.OFF
+
+    def task_cap(self, fair_share: float) -> float:
+        """Training seconds one adapter may take, given the stage's fair share per adapter."""
+        return self.task_cap_seconds or self.task_cap_shares * fair_share
 
     def budget_seconds(self, available: float) -> float:
         """The stage's seconds out of `available` (the run's budget minus its reserve)."""

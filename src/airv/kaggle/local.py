@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m airv.kaggle.local", description="Build a local stand-in for /kaggle."
     )
     p.add_argument("--root", type=Path, required=True, help="where to build the tree")
-    p.add_argument("--tasks", type=int, default=20, help="number of tasks (default 20)")
+    p.add_argument("--tasks", type=int, default=20, help="number of tasks (default %(default)s)")
     p.add_argument(
         "--model",
         default="auto",

@@ -164,7 +164,7 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
         "--order",
         choices=["cheapest", "file"],
         help="work order within a round: cheapest tasks first so most tasks answer "
-        "early, or file order (default cheapest)",
+        f"early, or file order (default {'cheapest' if rc.cheapest_first else 'file'})",
     )
 
 
@@ -286,13 +286,14 @@ def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ttt-budget",
         metavar="SHARE",
-        help="the stage's share of the budget after the reserve: a fraction (0.4) or a duration "
-        f"(2h, 900s) (default {tc.budget})",
+        help="the stage's share of the budget after the reserve: a fraction (such as 0.4) or a "
+        f"duration (2h, 900s) (default {tc.budget})",
     )
     g.add_argument(
         "--ttt-task-cap",
         metavar="DURATION",
-        help="training time per adapter (default: 3 fair shares of the stage)",
+        help=f"training time per adapter (default: {tc.task_cap_shares:g} fair shares of the "
+        "stage)",
     )
     g.add_argument("--ttt-steps", type=int, metavar="N", help=f"steps per adapter ({tc.steps})")
     g.add_argument(
@@ -411,7 +412,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=[x.value for x in Dtype],
         help="auto picks float16 on GPUs without bf16 (T4), bfloat16 on newer GPUs, "
-        "the checkpoint's dtype on CPU (default auto)",
+        f"the checkpoint's dtype on CPU (default {ec.dtype.value})",
     )
     e.add_argument(
         "--cpu-kv-cache-gib",
@@ -526,7 +527,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--n",
         type=int,
-        help="completions per prompt; > 1 needs --temperature > 0 or --beam-width (default 1)",
+        help="completions per prompt; > 1 needs --temperature > 0 or --beam-width "
+        f"(default {sc.n})",
     )
     s.add_argument(
         "--temperature",
@@ -535,9 +537,14 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         help="0 = greedy (default); AIRV gets its diversity from the augmentations",
     )
     s.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest; 0 = off")
-    s.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass (default 1.0)")
     s.add_argument(
-        "--min-p", type=float, metavar="P", help="drop tokens below P x the top one (default 0)"
+        "--top-p", type=float, metavar="P", help=f"nucleus sampling mass (default {sc.top_p})"
+    )
+    s.add_argument(
+        "--min-p",
+        type=float,
+        metavar="P",
+        help=f"drop tokens below P x the top one (default {sc.min_p:g})",
     )
     s.add_argument(
         "--repetition-penalty",

@@ -89,7 +89,7 @@ def _model_id(model: Path | None) -> str:
 def fingerprint(cfg: RunConfig) -> dict[str, str]:
     """What decides a run's answers, one digest per part (the parts name what changed)."""
     ttt: dict[str, Any] = dataclasses.asdict(cfg.ttt)
-    for scheduling in ("budget", "task_cap_seconds"):  # when, not what, it trains
+    for scheduling in ("budget", "task_cap_seconds", "task_cap_shares"):  # when, not what
         ttt.pop(scheduling)
     return {
         "model": _model_id(cfg.engine.model),

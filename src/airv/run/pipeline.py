@@ -347,8 +347,7 @@ class Run:
             policy=cfg.views,
             max_len=cfg.engine.max_model_len,
             out_dir=cfg.adapters_dir,
-            # Default per-task cap: three fair shares, so one slow task cannot eat the stage.
-            task_cap=ttt.task_cap_seconds or 3 * fair,
+            task_cap=ttt.task_cap(fair),
         )
         devices: tuple[str | None, ...] = cfg.devices or (None,)
         log.info("test-time fine-tuning %d task(s), %s", len(tasks), ttt.mode.value)

@@ -42,7 +42,11 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--challenges", type=Path, required=True, metavar="FILE", help="challenge file")
     p.add_argument("--task", required=True, metavar="ID", help="the task id")
     p.add_argument(
-        "--test-index", type=int, default=0, metavar="I", help="which test input (default 0)"
+        "--test-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="which test input (default %(default)s)",
     )
     f = p.add_argument_group("the format (at least one; precedence as in `airv run`)")
     f.add_argument("--format", type=Path, metavar="FILE", dest="format_file", help="format file")
