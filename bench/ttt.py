@@ -276,7 +276,9 @@ def main() -> int:
         lines = PARTS[part](args, raw)
         text = args.report.read_text() if args.report.exists() else TITLE + "\n\n"
         args.report.write_text(replace_section(text, "\n".join(lines) + "\n"))
-        (args.work / f"ttt-{part}.json").write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2))
+        (args.work / f"ttt-{part}.json").write_bytes(
+            orjson.dumps(raw, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        )
         print("\n".join(lines), flush=True)
     return 0
 

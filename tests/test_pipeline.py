@@ -374,6 +374,12 @@ def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
         assert run.summary.ttt[name]["served"] == "verified by hf"
         assert logged[name].served == "verified by hf" and logged[name].rank == 4
         assert logged[name].adapted_logprob != logged[name].base_logprob
+    # Released after its verdict, each task is planned round by round from the first, as if
+    # it had never waited: its first views are round 1's (what AIRV-8 and the queue read).
+    records, _ = read_predictions(out / "predictions.jsonl")
+    for name in ids:
+        rounds = [p.round for p in records if p.task_id == name]
+        assert sorted(set(rounds)) == [1, 2] and rounds.count(1) == 4, (name, rounds)
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 

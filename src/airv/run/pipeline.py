@@ -539,7 +539,15 @@ class Run:
             elif on_fallback:
                 self._on_fallback.add(task_id)
         append_result(self.cfg.out_dir / TTT_LOG, dataclasses.replace(trained, served=served))
-        self._push(self.plan(max(1, self._round), self._votes))
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Plan the tasks just released (their adapter's verdict in) round by round up to the
+        run's, so that their first views are round 1's as everyone else's were (the rounds
+        label the views: which come first in the queue, what `airv report` and the benches
+        read as AIRV-8); for the other tasks the earlier rounds owe nothing."""
+        for round_no in range(1, max(1, self._round) + 1):
+            self._push(self.plan(round_no, self._votes))
 
     def _check_on_fallback(self, trained: TrainResult, why: str) -> None:
         """Start the transformers engine if it is not running, and queue the probe there."""
@@ -580,7 +588,7 @@ class Run:
             log.warning("task %s keeps the base model: the transformers engine failed", task_id)
         self._on_fallback.clear()
         self.fallback = None
-        self._push(self.plan(max(1, self._round), self._votes))
+        self._catch_up()
 
     def stop_workers(self) -> None:
         """End the engines: a clean shutdown when the run is done with time to spare for one,
