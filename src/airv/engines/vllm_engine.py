@@ -11,10 +11,12 @@ source by `make vllm-api-check` (wheels/check_vllm_api.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from airv.core.errors import ConfigError, EngineError
@@ -70,6 +72,8 @@ class VllmEngine:
         self._tokenizer = load_tokenizer(engine.model)
         self._sampling = sampling
         self._lora_ids: dict[str, int] = {}
+        self._embedding_lora = self._embedding_lora_modules()
+        self._refused: dict[str, str | None] = {}  # adapter directory -> why vLLM cannot serve it
         if sampling.beam_width and engine.max_lora_rank:
             raise ConfigError("beam search does not take LoRA adapters: use greedy or sampling")
         # Each request clones one of these and sets its own max_tokens (see _params_for).
@@ -161,6 +165,10 @@ class VllmEngine:
     # -- streaming: LLMEngine.add_request / step / abort_request --------------------------
 
     def add(self, request_id: int, request: Request) -> None:
+        refused = self._refuses(request.adapter)
+        if refused is not None:  # this request only: vLLM would fail its whole engine on it
+            self._done.append(Result(request_id, error=refused))
+            return
         if self._beams and not (isinstance(request, GenerateRequest) and self._is_beam(request)):
             self._held.append((request_id, request))
             return
@@ -446,6 +454,42 @@ class VllmEngine:
                     )
         results.extend(slots)
         return results
+
+    def _embedding_lora_modules(self) -> frozenset[str] | None:
+        """The modules of the model's vLLM class that take LoRA on embeddings (its
+        `embedding_modules`: embed_tokens, lm_head for Qwen3 or Llama; none for Qwen2 in
+        vLLM 0.32); None when the class cannot be looked up (then nothing is refused here)."""
+        try:
+            from vllm.model_executor.models import ModelRegistry
+
+            config = self._llm.llm_engine.model_config
+            cls, _ = ModelRegistry.resolve_model_cls(config.architectures, config)
+        except Exception:  # another release's registry: no refusal, the served check remains
+            return None
+        return frozenset(getattr(cls, "embedding_modules", None) or ())
+
+    def _refuses(self, adapter: str | None) -> str | None:
+        """Why this engine cannot serve the adapter, or None. An adapter with LoRA on
+        embed_tokens or lm_head of a model class that takes none there makes vLLM 0.32 fail
+        its whole engine when it loads it (every restart again): refused per request instead,
+        so the served check sees why and the run can fall back."""
+        if adapter is None or self._embedding_lora is None:
+            return None
+        if adapter not in self._refused:
+            self._refused[adapter] = None
+            try:
+                config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+            except (OSError, ValueError):
+                return None  # vLLM's own loading will say what is wrong with it
+            targets = config.get("target_modules") or ()
+            targets = {targets} if isinstance(targets, str) else set(targets)
+            missing = sorted({"embed_tokens", "lm_head"} & targets - self._embedding_lora)
+            if missing:
+                self._refused[adapter] = (
+                    f"vLLM serves no LoRA on {' or '.join(missing)} for this model's class "
+                    f"(its embedding_modules: {sorted(self._embedding_lora) or 'none'})"
+                )
+        return self._refused[adapter]
 
     def _lora(self, adapter: str | None) -> Any:
         """The LoRARequest of an adapter directory (None: the base model)."""
