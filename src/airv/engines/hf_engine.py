@@ -187,6 +187,7 @@ class HfEngine:
         )
         taken = {i for i, _ in batch}
         self._queue = [item for item in self._queue if item[0] not in taken]
+        self._alone -= taken
         try:
             return out + self._run(batch)
         except (RuntimeError, ValueError, IndexError) as exc:  # torch's errors on a request
@@ -194,12 +195,10 @@ class HfEngine:
                 self._alone |= taken
                 self._queue[:0] = batch
                 return out
-            self._alone -= taken
             return [*out, Result(batch[0][0], error=f"{type(exc).__name__}: {exc}")]
 
     def _run(self, batch: Sequence[tuple[int, Request]]) -> list[Result]:
         """One forward batch of requests that share kind, adapter, decode mode and n."""
-        self._alone -= {i for i, _ in batch}
         ids = [i for i, _ in batch]
         requests = [r for _, r in batch]
         first = requests[0]

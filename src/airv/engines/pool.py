@@ -171,6 +171,7 @@ def start_lane(
     life: int = 0,
     devices: Sequence[str] = (),
     faults: Faults | None = None,
+    name: str | None = None,
 ) -> Lane:
     """Lane `index` of an engine config, for its `life`-th time: a request over HTTP to
     endpoint `index` (the openai backend), else a worker process pinned to `devices[index]`
@@ -191,7 +192,7 @@ def start_lane(
         device=devices[index] if devices else None,
         n_gpus=1 if devices else 0,
         faults=faults,
-        name=f"worker-{index}",
+        name=name or f"worker-{index}",
     )
 
 

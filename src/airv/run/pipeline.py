@@ -51,7 +51,7 @@ from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
 from airv.engines.model import check_round_trip, load_tokenizer, weight_names
 from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision, start_lane
-from airv.engines.worker import CLOSE_SECONDS, EngineWorker, Faults, WorkerTimeout
+from airv.engines.worker import CLOSE_SECONDS, Faults, WorkerTimeout
 from airv.run.budget import Clock, Stopped, format_duration, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.outdir import RunLock
@@ -452,12 +452,8 @@ class Run:
             backend=Backend.HF,
             max_lora_rank=max(cfg.ttt.rank, cfg.engine.max_lora_rank),
         )
-        return EngineWorker(
-            engine,
-            cfg.sampling,
-            device=cfg.devices[0] if cfg.devices else None,
-            n_gpus=1 if cfg.devices else 0,
-            name=f"fallback-{Backend.HF.value}",
+        return start_lane(
+            engine, cfg.sampling, 0, life=life, devices=cfg.devices[:1], name="fallback-hf"
         )
 
     def _pools(self) -> list[Pool[_Payload]]:
@@ -572,11 +568,9 @@ class Run:
         if fallback is None or fallback.lanes:
             return
         why = fallback.failures[-1] if fallback.failures else "it stopped"
-        gone = fallback.abort(lambda j: True)
-        for job in gone:
-            self._unowe(job)
         lost = set(self._on_fallback)
-        for job in gone:
+        for job in fallback.abort(lambda j: True):
+            self._unowe(job)
             if isinstance(job.payload, _Check):
                 path = job.payload.result.path
                 lost |= {t for t, p in self.adapters.items() if p == path}
