@@ -121,10 +121,15 @@ def probe_text(fmt: PromptFormat, tokenizer: Tokenizer) -> str:
 def prompt_token_ids(text: str, fmt: PromptFormat, tokenizer: Tokenizer) -> list[int]:
     """Token ids of a rendered prompt. Special tokens (a BOS) are added as the format says;
     by default only to prompts no chat template wrapped (a chat template writes its own)."""
-    add = fmt.add_special_tokens
-    if add is None:
-        add = not uses_chat_template(fmt, tokenizer)
-    return list(tokenizer.encode(text, add_special_tokens=add))
+    return list(tokenizer.encode(text, add_special_tokens=adds_special_tokens(fmt, tokenizer)))
+
+
+def adds_special_tokens(fmt: PromptFormat, tokenizer: Tokenizer) -> bool:
+    """Whether tokenising a prompt adds the tokenizer's special tokens: as the format says, by
+    default only when no chat template wrapped the text (a chat template writes its own)."""
+    if fmt.add_special_tokens is not None:
+        return fmt.add_special_tokens
+    return not uses_chat_template(fmt, tokenizer)
 
 
 def estimate_answer_tokens(
@@ -243,9 +248,7 @@ def output_token_spans(
             "exactly once as given, so the outputs' tokens cannot be found (use --ttt-loss "
             "answer)"
         )
-    add = fmt.add_special_tokens
-    if add is None:
-        add = not uses_chat_template(fmt, tokenizer)
+    add = adds_special_tokens(fmt, tokenizer)
     try:
         encoded = cast(Any, tokenizer)(
             fitted.text, add_special_tokens=add, return_offsets_mapping=True
