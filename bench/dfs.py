@@ -35,7 +35,7 @@ from airv.core.tasks import Task, dump_challenges
 from airv.core.types import Grid, TaskId
 from airv.core.voting import VoteMode
 from airv.demo.synthetic import EASY_SPEC, as_files, make_tasks
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
 from airv.run.config import SCORES_FILE, RunConfig
 from airv.run.pipeline import Run
@@ -51,7 +51,7 @@ def run_one(
     tasks: list[Task],
     solutions: Solutions,
     engine: EngineConfig,
-    sampling: SamplingConfig,
+    sampling: Decoding,
     views: int,
     out: Path,
     ttt: TTTConfig | None = None,
@@ -133,18 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         a_tasks, a_sols = default_tasks(args.arc)
         sets[f"ARC-AGI-1 eval, smallest {args.arc}"] = (a_tasks, a_sols)
     main_backend = Backend(args.engine)
-    decodes: list[tuple[str, Backend, SamplingConfig]] = [
-        ("greedy", main_backend, SamplingConfig())
-    ]
+    decodes: list[tuple[str, Backend, Decoding]] = [("greedy", main_backend, Decoding())]
     decodes += [
-        (f"dfs p > {t:g}", main_backend, SamplingConfig(dfs_threshold=t)) for t in args.thresholds
+        (f"dfs p > {t:g}", main_backend, Decoding(dfs_threshold=t)) for t in args.thresholds
     ]
     if args.hf_threshold and main_backend is not Backend.HF:
         decodes.append(
             (
                 f"dfs p > {args.hf_threshold:g}",
                 Backend.HF,
-                SamplingConfig(dfs_threshold=args.hf_threshold),
+                Decoding(dfs_threshold=args.hf_threshold),
             )
         )
     rows = []

@@ -61,7 +61,7 @@ from airv.core.tasks import Task, dump_challenges, load_challenges
 from airv.core.types import MAX_SIDE, Grid, TaskId, Unit
 from airv.core.voting import Candidate, Vote, vote
 from airv.engines.base import Completion, Engine, GenerateRequest, Result, completions_of
-from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, EngineConfig
 from airv.engines.model import default_max_model_len
 from airv.engines.pool import Lane, LocalLane, await_ready, run_lane
 from airv.engines.worker import EngineWorker, Faults
@@ -347,7 +347,7 @@ class Bench:
 
     def start_worker(self, cfg: EngineConfig) -> EngineWorker:
         gpu = self.device == "cuda"
-        w = EngineWorker(cfg, SamplingConfig(), device="0" if gpu else None, n_gpus=int(gpu))
+        w = EngineWorker(cfg, Decoding(), device="0" if gpu else None, n_gpus=int(gpu))
         await_ready(w, time.monotonic() + NO_DEADLINE)
         return w
 
@@ -432,7 +432,7 @@ def section_throughput(b: Bench) -> dict[str, object]:
     naive.generate(items[:1])  # warm-up
     batched = HfEngine(
         b.engine_config(kind, backend=Backend.HF),
-        SamplingConfig(),
+        Decoding(),
         n_gpus=int(b.device == "cuda"),
     )
     runs: dict[str, list[float]] = {"vllm": [], "naive_hf": [], "hf_batched": []}
@@ -970,7 +970,7 @@ def _raw_generate(engine: Any, requests: Sequence[GenerateRequest]) -> tuple[flo
     notebook would do. Returns seconds and output tokens."""
     from vllm.inputs import TokensPrompt
 
-    base = engine._sampling_params(SamplingConfig(), max_tokens=16)
+    base = engine._sampling_params(Decoding(), max_tokens=16)
     params = []
     for r in requests:
         p = base.clone()
@@ -993,7 +993,7 @@ def _stream_throughput(b: Bench, challenges: Path, d: Path) -> dict[str, object]
     w = b.worker(kind, prefix_caching=False)
     raw = VllmEngine(
         b.engine_config(kind, enable_prefix_caching=False),
-        SamplingConfig(),
+        Decoding(),
         n_gpus=int(b.device == "cuda"),
     )
     _warm_up(w, b.workload(b.task_pool(kind)[:1], 1, kind))

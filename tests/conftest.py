@@ -12,14 +12,25 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "airv"))
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from airv.engines import Engine  # noqa: E402
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig  # noqa: E402
 
 # vLLM's CPU build sizes its KV cache from this (GiB); the tiny model needs little.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# vLLM's engine core runs in the process that built the engine, not in processes of its own:
+# on CPU vLLM otherwise spawns two (EngineCore and its worker), each importing vLLM again, and
+# a start takes 16 s instead of 4. The engine and its streaming API are the same; the tests of
+# what happens to vLLM's own processes (killed, stopped, orphaned) ask for them with the
+# `vllm_processes` fixture, as a Kaggle run has them.
+VLLM_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+os.environ.setdefault(VLLM_MULTIPROCESSING, "0")
 
 # What the bigram test model answers to any prompt ending in a newline: "12" then EOS.
 BIGRAM_RULES = {"\n": "1", "1": "2"}
@@ -39,3 +50,57 @@ def bigram_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from airv.demo.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("bigram") / "model", bigram=BIGRAM_RULES)
+
+
+@pytest.fixture
+def vllm_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM as deployed: its engine core in processes of its own (see VLLM_MULTIPROCESSING)."""
+    monkeypatch.setenv(VLLM_MULTIPROCESSING, "1")
+
+
+class Engines:
+    """In-process engines shared by the whole session, each built on first use: a test asks
+    for the engine it needs and never closes it. A request that wants another decoding says so
+    itself (GenerateRequest.decoding), so one engine per model serves every test of it.
+
+    vLLM's in-process engines share its global state (the parallel groups that closing one
+    tears down): one vLLM engine lives at a time, and asking for another closes it first."""
+
+    def __init__(self) -> None:
+        self._live: dict[tuple[object, ...], Engine] = {}
+
+    def get(
+        self,
+        model: Path,
+        backend: Backend,
+        decoding: Decoding | None = None,
+        **engine: object,
+    ) -> Engine:
+        from airv.engines import make_engine
+
+        options: dict[str, object] = dict(
+            dtype=Dtype.FLOAT32, max_model_len=1024, enforce_eager=True
+        )
+        options.update(engine)
+        cfg = EngineConfig(model=model, backend=backend, **options)  # type: ignore[arg-type]
+        key = (cfg, decoding or Decoding())
+        if key not in self._live:
+            if backend is Backend.VLLM:
+                self.close(Backend.VLLM)
+            self._live[key] = make_engine(cfg, decoding or Decoding())
+        return self._live[key]
+
+    def close(self, backend: Backend | None = None) -> None:
+        for key, engine in list(self._live.items()):
+            cfg = key[0]
+            assert isinstance(cfg, EngineConfig)
+            if backend is None or cfg.backend is backend:
+                del self._live[key]
+                engine.close()
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    shared = Engines()
+    yield shared
+    shared.close()

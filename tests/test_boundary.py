@@ -124,6 +124,7 @@ def _comm(pid: int) -> str:
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("vllm_processes")
 def test_sigterm_mid_run_writes_everything_and_a_second_run_is_refused(
     tmp_path: Path, tiny_model: Path, tag: str
 ) -> None:
@@ -158,6 +159,7 @@ def test_sigterm_mid_run_writes_everything_and_a_second_run_is_refused(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("vllm_processes")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_process_outlives_a_run_ended_while_vllm_starts(
     tmp_path: Path, tiny_model: Path, tag: str, sig: signal.Signals
@@ -187,6 +189,7 @@ def test_no_process_outlives_a_run_ended_while_vllm_starts(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("vllm_processes")
 def test_the_deadline_is_a_wall_while_the_engine_starts(
     tmp_path: Path, tiny_model: Path, tag: str
 ) -> None:
@@ -221,6 +224,7 @@ def test_the_deadline_is_a_wall_while_the_engine_starts(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("vllm_processes")
 def test_a_resume_must_match_and_a_torn_line_is_cut(
     tmp_path: Path, bigram_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,10 +7,11 @@ answers brute force finds above the threshold, with the same log-probabilities."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airv.core.errors import ConfigError
-from airv.engines import Engine, GenerateRequest, make_engine
-from airv.engines.base import Decode
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines import Engine, GenerateRequest
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
 from airv.engines.dfs import Branch, Leaf, Limits, expansions, ranked, walk
+from conftest import Engines
 
 Table = Mapping[int, Mapping[int, float]]  # current token -> next token -> probability
 EOS = 0
@@ -138,10 +139,10 @@ def test_ranked_keeps_the_likeliest_and_limits_stop_a_search() -> None:
 
 
 def test_the_sampling_config_states_one_decoding() -> None:
-    assert SamplingConfig().decode == "greedy"
-    assert SamplingConfig(dfs_threshold=0.2).decode == "dfs"
-    assert SamplingConfig(temperature=0.7).decode == "sampling"
-    assert SamplingConfig(beam_width=3).decode == "beam"
+    assert Decoding().decode == "greedy"
+    assert Decoding(dfs_threshold=0.2).decode == "dfs"
+    assert Decoding(temperature=0.7).decode == "sampling"
+    assert Decoding(beam_width=3).decode == "beam"
     for bad in (
         dict(dfs_threshold=0.2, temperature=0.5),
         dict(dfs_threshold=0.2, beam_width=2),
@@ -149,7 +150,7 @@ def test_the_sampling_config_states_one_decoding() -> None:
         dict(dfs_threshold=0.2, dfs_max_nodes=0),
     ):
         with pytest.raises(ConfigError):
-            SamplingConfig(**bad)  # type: ignore[arg-type]
+            Decoding(**bad)  # type: ignore[arg-type]
 
 
 # -- the engines, on a model whose every answer's probability is known --------------------
@@ -173,23 +174,13 @@ def soft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("soft") / "model", bigram=SOFT)
 
 
-def _dfs_engine(model: Path, backend: Backend, **sampling: object) -> Engine:
-    cfg = EngineConfig(
-        model=model, backend=backend, dtype=Dtype.FLOAT32, max_model_len=256, enforce_eager=True
-    )
-    params: dict[str, object] = dict(
-        dfs_threshold=THRESHOLD, dfs_max_candidates=1000, dfs_max_nodes=10**5
-    )
-    params.update(sampling)
-    return make_engine(cfg, SamplingConfig(**params))  # type: ignore[arg-type]
+SEARCH = Decoding(dfs_threshold=THRESHOLD, dfs_max_candidates=1000, dfs_max_nodes=10**5)
 
 
-@pytest.fixture(scope="module")
-def dfs_engines(soft_model: Path) -> Iterator[dict[Backend, Engine]]:
-    engines = {b: _dfs_engine(soft_model, b) for b in (Backend.HF, Backend.VLLM)}
-    yield engines
-    for e in engines.values():
-        e.close()
+@pytest.fixture
+def dfs_engines(engines: Engines, soft_model: Path) -> dict[Backend, Engine]:
+    """Engines whose default decoding is the search."""
+    return {b: engines.get(soft_model, b, SEARCH) for b in (Backend.HF, Backend.VLLM)}
 
 
 def _tid(tokenizer: Any, text: str) -> int:
@@ -259,20 +250,19 @@ def test_both_backends_agree_and_respect_the_caps(
         assert [c.token_ids for c in a] == [c.token_ids for c in b]
         assert [c.logprob for c in a] == pytest.approx([c.logprob for c in b], abs=1e-3)
     expected = _expected(tok)
-    capped = _dfs_engine(soft_model, Backend.HF, dfs_max_candidates=3)
-    try:
-        few = capped.generate(reqs[:1])[0]
+    # Caps and decodings asked per request, of both engines.
+    capped = dataclasses.replace(SEARCH, dfs_max_candidates=3)
+    for engine in (hf, vl):
+        few = engine.generate([dataclasses.replace(reqs[0], decoding=capped)])[0]
         assert len(few) == 3 and all(c.token_ids in expected for c in few)
         # A deadline already past: the search stops at once, with what it has (nothing yet).
         late = GenerateRequest(reqs[0].prompt_ids, MAX_TOKENS, deadline=time.monotonic() - 1)
-        assert capped.generate([late])[0] == []
+        assert engine.generate([late])[0] == []
         # A request may ask for greedy on a DFS engine: "1" after "\n" and after "1", to the end.
-        greedy = GenerateRequest(reqs[0].prompt_ids, MAX_TOKENS, decode=Decode.GREEDY)
-        (only,) = capped.generate([greedy])[0]
+        greedy = GenerateRequest(reqs[0].prompt_ids, MAX_TOKENS, decoding=Decoding())
+        (only,) = engine.generate([greedy])[0]
         assert only.token_ids == (_tid(tok, "1"),) * MAX_TOKENS
         assert only.finish_reason == "length"
-    finally:
-        capped.close()
 
 
 @pytest.mark.engine
@@ -305,7 +295,7 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
         engine=EngineConfig(
             model=model, backend=Backend.HF, dtype=Dtype.FLOAT32, max_model_len=1024
         ),
-        sampling=SamplingConfig(dfs_threshold=1e-6, dfs_max_candidates=10**6, dfs_max_nodes=10**7),
+        sampling=Decoding(dfs_threshold=1e-6, dfs_max_candidates=10**6, dfs_max_nodes=10**7),
         first_round=2,
         per_round=2,
         max_augmentations=2,
@@ -350,7 +340,7 @@ def test_a_view_whose_search_finds_nothing_is_not_asked_again(
         engine=EngineConfig(
             model=soft_model, backend=Backend.HF, dtype=Dtype.FLOAT32, max_model_len=256
         ),
-        sampling=SamplingConfig(dfs_threshold=0.6),
+        sampling=Decoding(dfs_threshold=0.6),
         first_round=2,
         per_round=2,
         max_augmentations=4,

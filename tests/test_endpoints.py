@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from airv.core.errors import ConfigError
 from airv.core.tasks import Pair, Task, dump_challenges
-from airv.engines.config import SamplingConfig
+from airv.engines.config import Decoding
 from airv.engines.openai_engine import (
     API_KEY_ENV,
     OpenAILane,
@@ -100,7 +100,7 @@ def test_a_lanes_failure_message_hides_credentials() -> None:
     credentials (the message reaches the log and run_summary.json)."""
     from airv.engines.worker import WorkerDied
 
-    lane = OpenAILane("http://u:pw@127.0.0.1:9/v1", SamplingConfig(), name="endpoint-0")
+    lane = OpenAILane("http://u:pw@127.0.0.1:9/v1", Decoding(), name="endpoint-0")
     try:
         with pytest.raises(WorkerDied, match=r"endpoint-0 \(http://127.0.0.1:9/v1\)") as info:
             for _ in range(60):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from airv.core.errors import ConfigError, EngineError
-from airv.engines import Engine, GenerateRequest, ScoreRequest, make_engine
-from airv.engines.base import Completion, Decode, Result, resolve_dtype
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines import Engine, GenerateRequest, ScoreRequest
+from airv.engines.base import Completion, Result, resolve_dtype
+from airv.engines.config import Backend, Decoding, Dtype
+from conftest import Engines
 
 pytestmark = pytest.mark.engine
 
@@ -27,31 +28,23 @@ PROMPTS = [
 ]
 
 
-def _engine(model: Path, backend: Backend, sampling: SamplingConfig | None = None) -> Engine:
-    cfg = EngineConfig(
-        model=model, backend=backend, dtype=Dtype.FLOAT32, max_model_len=1024, enforce_eager=True
-    )
-    return make_engine(cfg, sampling or SamplingConfig())
+@pytest.fixture
+def vllm_engine(engines: Engines, tiny_model: Path) -> Engine:
+    return engines.get(tiny_model, Backend.VLLM)
 
 
-@pytest.fixture(scope="module")
-def vllm_engine(tiny_model: Path) -> Iterator[Engine]:
-    engine = _engine(tiny_model, Backend.VLLM)
-    yield engine
-    engine.close()
+@pytest.fixture
+def hf_engine(engines: Engines, tiny_model: Path) -> Engine:
+    return engines.get(tiny_model, Backend.HF)
 
 
-@pytest.fixture(scope="module")
-def hf_engine(tiny_model: Path) -> Iterator[Engine]:
-    engine = _engine(tiny_model, Backend.HF)
-    yield engine
-    engine.close()
-
-
-def _requests(engine: Engine, max_tokens: int = 32) -> list[GenerateRequest]:
+def _requests(
+    engine: Engine, max_tokens: int = 32, decoding: Decoding | None = None
+) -> list[GenerateRequest]:
     tok = engine.tokenizer
     return [
-        GenerateRequest(tuple(tok.encode(p, add_special_tokens=False)), max_tokens) for p in PROMPTS
+        GenerateRequest(tuple(tok.encode(p, add_special_tokens=False)), max_tokens, None, decoding)
+        for p in PROMPTS
     ]
 
 
@@ -100,29 +93,30 @@ def test_score_matches_between_backends_and_generation(
     assert all(s < 0 for s in sv)
 
 
-def test_bigram_model_answers_a_grid_in_both_backends(bigram_model: Path) -> None:
+def test_bigram_model_answers_a_grid_in_both_backends(engines: Engines, bigram_model: Path) -> None:
     for backend in (Backend.HF, Backend.VLLM):
-        engine = _engine(bigram_model, backend)
-        try:
-            tok = engine.tokenizer
-            out = engine.generate(
-                [GenerateRequest(tuple(tok.encode("I\n3\nO\n", add_special_tokens=False)), 8)]
-            )
-        finally:
-            engine.close()
+        engine = engines.get(bigram_model, backend)
+        tok = engine.tokenizer
+        out = engine.generate(
+            [GenerateRequest(tuple(tok.encode("I\n3\nO\n", add_special_tokens=False)), 8)]
+        )
         assert out[0][0].text == "12", backend
         assert out[0][0].finish_reason == "stop"
 
 
-def test_sampling_n_returns_n_completions(hf_engine: Engine, tiny_model: Path) -> None:
-    engine = _engine(tiny_model, Backend.HF, SamplingConfig(n=3, temperature=1.0, seed=1))
-    out = engine.generate(_requests(engine, max_tokens=5)[:2])
+SAMPLE_3 = Decoding(n=3, temperature=1.0, seed=1)
+BEAM_3_2 = Decoding(beam_width=3, n=2)
+
+
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_sampling_n_returns_n_completions(backend: str, request: pytest.FixtureRequest) -> None:
+    engine: Engine = request.getfixturevalue(f"{backend}_engine")
+    out = engine.generate(_requests(engine, 5, SAMPLE_3)[:2])
     assert [len(cs) for cs in out] == [3, 3]
 
 
-def test_beam_search_hf(tiny_model: Path) -> None:
-    engine = _engine(tiny_model, Backend.HF, SamplingConfig(beam_width=3, n=2))
-    out = engine.generate(_requests(engine, max_tokens=6)[:2])
+def test_beam_search_hf(hf_engine: Engine) -> None:
+    out = hf_engine.generate(_requests(hf_engine, 6, BEAM_3_2)[:2])
     assert [len(cs) for cs in out] == [2, 2]
     for cs in out:
         assert cs[0].logprob >= cs[1].logprob - 1e-6
@@ -141,29 +135,27 @@ def test_resolve_dtype_per_device() -> None:
         resolve_dtype(Dtype.BFLOAT16, [t4, l4], None)
 
 
-def test_beam_search_vllm(tiny_model: Path) -> None:
-    """Beams through vLLM, blocking and streamed: under a steady stream of other requests
-    (as the run's pool keeps the engine fed) a beam request runs once what was in flight
-    when it came has drained; the requests that came after it wait for it."""
-    engine = _engine(tiny_model, Backend.VLLM, SamplingConfig(beam_width=3, n=2))
-    try:
-        reqs = _requests(engine, max_tokens=6)[:2]
-        out = engine.generate(reqs)
-        greedy = GenerateRequest(reqs[0].prompt_ids, 6, decode=Decode.GREEDY)
-        engine.add(0, greedy)
-        engine.step()
-        engine.add(1, reqs[1])  # the beam request
-        beam_at = None
-        done: dict[int, Result] = {}
-        for step in range(40):  # a new request every step, as the pool sends them
-            engine.add(100 + step, greedy)
-            for r in engine.step():
-                done[r.request_id] = r
-                if r.request_id == 1:
-                    beam_at = step
-        done.update((rid, rs[-1]) for rid, rs in _stream(engine).items())
-    finally:
-        engine.close()
+def test_beam_search_vllm(vllm_engine: Engine) -> None:
+    """Beams through vLLM, blocking and streamed, on the greedy engine (each beam request
+    says so itself): under a steady stream of other requests (as the run's pool keeps the
+    engine fed) a beam request runs once what was in flight when it came has drained; the
+    requests that came after it wait for it."""
+    engine = vllm_engine
+    reqs = _requests(engine, 6, BEAM_3_2)[:2]
+    out = engine.generate(reqs)
+    greedy = GenerateRequest(reqs[0].prompt_ids, 6)
+    engine.add(0, greedy)
+    engine.step()
+    engine.add(1, reqs[1])  # the beam request
+    beam_at = None
+    done: dict[int, Result] = {}
+    for step in range(40):  # a new request every step, as the pool sends them
+        engine.add(100 + step, greedy)
+        for r in engine.step():
+            done[r.request_id] = r
+            if r.request_id == 1:
+                beam_at = step
+    done.update((rid, rs[-1]) for rid, rs in _stream(engine).items())
     assert [len(cs) for cs in out] == [2, 2]
     for cs in out:
         assert all(len(c.token_ids) <= 6 for c in cs)
@@ -271,16 +263,19 @@ def test_a_request_the_engine_cannot_serve_fails_alone(
         engine.generate([reqs[0], GenerateRequest((5,) * 2000, 8)])
 
 
-def test_hf_per_request_decode_mode_and_n(hf_engine: Engine, tiny_model: Path) -> None:
-    """On a sampling engine, a GREEDY request decodes greedily (as the greedy engine does),
-    and `n` asks for that many completions."""
-    sampler = _engine(tiny_model, Backend.HF, SamplingConfig(n=1, temperature=1.0, seed=3))
-    try:
-        reqs = _requests(sampler, max_tokens=10)[:3]
-        greedy = hf_engine.generate(reqs)
-        forced = sampler.generate([dataclasses.replace(r, decode=Decode.GREEDY) for r in reqs])
-        assert all(_same(f, g) for f, g in zip(forced, greedy, strict=True))
-        several = sampler.generate([dataclasses.replace(r, n=3) for r in reqs[:2]])
-        assert [len(cs) for cs in several] == [3, 3]
-    finally:
-        sampler.close()
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_each_request_is_decoded_as_it_says(
+    backend: str, engines: Engines, tiny_model: Path, request: pytest.FixtureRequest
+) -> None:
+    """On an engine started for sampling, a request that asks for greedy decoding decodes
+    exactly as the greedy engine does; one that asks for n completions gets n; a request of
+    each kind in one batch does not change the others' answers."""
+    greedy_engine: Engine = request.getfixturevalue(f"{backend}_engine")
+    reqs = _requests(greedy_engine, max_tokens=10)[:3]
+    greedy = greedy_engine.generate(reqs)
+    sampler = engines.get(tiny_model, Backend(backend), Decoding(temperature=1.0, seed=3))
+    forced = [dataclasses.replace(r, decoding=Decoding()) for r in reqs]
+    several = [dataclasses.replace(r, decoding=SAMPLE_3) for r in reqs[:2]]
+    mixed = sampler.generate([*forced, *several])
+    assert all(_same(f, g) for f, g in zip(mixed[:3], greedy, strict=True))
+    assert [len(cs) for cs in mixed[3:]] == [3, 3]

@@ -18,7 +18,7 @@ from airv.core.errors import ConfigError
 from airv.core.tasks import Pair, Task, dump_challenges
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import SELECTORS, Candidate, VoteMode
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
 from airv.run.predictions import Prediction, append_predictions
 from airv.tools.evaluate import (
     NO_MATCH,
@@ -299,22 +299,22 @@ def test_cli_eval_with_a_model_end_to_end(tmp_path: Path, bigram_model: Path) ->
 
 def test_penalty_ranges_are_checked() -> None:
     with pytest.raises(ConfigError, match="presence_penalty"):
-        SamplingConfig(temperature=0.7, presence_penalty=-2.5)
+        Decoding(temperature=0.7, presence_penalty=-2.5)
     with pytest.raises(ConfigError, match="frequency_penalty"):
-        SamplingConfig(temperature=0.7, frequency_penalty=2.01)
+        Decoding(temperature=0.7, frequency_penalty=2.01)
     with pytest.raises(ConfigError, match="presence_penalty"):
-        SamplingConfig(temperature=0.7, presence_penalty=float("nan"))
+        Decoding(temperature=0.7, presence_penalty=float("nan"))
     # Greedy is the model's argmax, in every backend: a penalty there is a usage error.
     for penalty in ({"repetition_penalty": 1.1}, {"presence_penalty": 0.1}):
         with pytest.raises(ConfigError, match="apply to sampling"):
-            SamplingConfig(**penalty)  # type: ignore[arg-type]
+            Decoding(**penalty)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="beam search"):
-        SamplingConfig(length_penalty=0.5)
+        Decoding(length_penalty=0.5)
     with pytest.raises(ConfigError, match="length_penalty"):
-        SamplingConfig(beam_width=2, length_penalty=float("inf"))
+        Decoding(beam_width=2, length_penalty=float("inf"))
     with pytest.raises(ConfigError, match="quantization"):
         EngineConfig(quantization=" ")
-    s = SamplingConfig(temperature=0.7, presence_penalty=-2.0, frequency_penalty=2.0)
+    s = Decoding(temperature=0.7, presence_penalty=-2.0, frequency_penalty=2.0)
     assert s.presence_penalty == -2.0
 
 
@@ -322,10 +322,10 @@ def test_vllm_arguments_carry_the_knobs() -> None:
     pytest.importorskip("vllm")
     from airv.engines.vllm_engine import VllmEngine
 
-    s = SamplingConfig(temperature=0.7, presence_penalty=0.5, frequency_penalty=-0.25)
+    s = Decoding(temperature=0.7, presence_penalty=0.5, frequency_penalty=-0.25)
     params = VllmEngine._sampling_params(s, max_tokens=7)
     assert (params.presence_penalty, params.frequency_penalty) == (0.5, -0.25)
-    beam = VllmEngine._beam_params(SamplingConfig(beam_width=3, length_penalty=0.6), max_tokens=9)
+    beam = VllmEngine._beam_params(Decoding(beam_width=3, length_penalty=0.6), max_tokens=9)
     assert (beam.beam_width, beam.length_penalty, beam.max_tokens) == (3, 0.6, 9)
     engine = EngineConfig(model=Path("/m"), quantization="awq")
     kwargs = VllmEngine._llm_kwargs(engine, Dtype.FLOAT16, n_gpus=1)
@@ -333,16 +333,26 @@ def test_vllm_arguments_carry_the_knobs() -> None:
     assert "quantization" not in VllmEngine._llm_kwargs(EngineConfig(), Dtype.FLOAT16, n_gpus=0)
 
 
-def test_hf_refuses_what_it_lacks() -> None:
-    from airv.engines.hf_engine import check_supported
+def test_each_backend_refuses_what_it_lacks() -> None:
+    """The one capability check (engines.config.unsupported), as a run's options, an engine's
+    start and each request ask it."""
+    from airv.engines.config import unsupported
 
-    check_supported(EngineConfig(), SamplingConfig(beam_width=2, length_penalty=2.0))
-    with pytest.raises(ConfigError, match="presence_penalty"):
-        check_supported(EngineConfig(), SamplingConfig(temperature=0.7, presence_penalty=0.1))
-    with pytest.raises(ConfigError, match="frequency_penalty"):
-        check_supported(EngineConfig(), SamplingConfig(temperature=0.7, frequency_penalty=0.1))
-    with pytest.raises(ConfigError, match="quantization"):
-        check_supported(EngineConfig(quantization="awq"), SamplingConfig())
+    hf, vl, api = Backend.HF, Backend.VLLM, Backend.OPENAI
+    beam = Decoding(beam_width=2, length_penalty=2.0)
+    assert unsupported(hf, beam, adapter=True) is None
+    assert unsupported(vl, beam) is None
+    assert "no LoRA adapters" in (unsupported(vl, beam, adapter=True) or "")
+    assert "not offered through the openai engine" in (unsupported(api, beam) or "")
+    assert "dfs" in (unsupported(api, Decoding(dfs_threshold=0.1)) or "")
+    for name in ("presence_penalty", "frequency_penalty"):
+        sampling = Decoding(temperature=0.7, **{name: 0.1})  # type: ignore[arg-type]
+        assert name in (unsupported(hf, sampling) or "")
+        assert unsupported(vl, sampling) is None and unsupported(api, sampling) is None
+    assert unsupported(hf, Decoding(temperature=0.7, repetition_penalty=1.1)) is None
+    assert "quantization" in (unsupported(hf, Decoding(), quantization="awq") or "")
+    assert "quantization" in (unsupported(api, Decoding(), quantization="awq") or "")
+    assert unsupported(vl, Decoding(), quantization="awq") is None
 
 
 def test_cli_flags_reach_the_config(tmp_path: Path, tiny_model: Path) -> None:
@@ -376,9 +386,9 @@ def test_hf_generate_kwargs_carry_length_penalty(tiny_model: Path) -> None:
     from airv.engines.hf_engine import HfEngine
 
     cfg = EngineConfig(model=tiny_model, backend=Backend.HF, dtype=Dtype.FLOAT32)
-    engine = HfEngine(cfg, SamplingConfig(beam_width=2, length_penalty=0.7))
+    engine = HfEngine(cfg, Decoding(beam_width=2, length_penalty=0.7))
     try:
-        kwargs = engine._generation_kwargs(5)
+        kwargs = engine._generation_kwargs(5, Decoding(beam_width=2, length_penalty=0.7))
         assert kwargs["length_penalty"] == 0.7 and kwargs["num_beams"] == 2
     finally:
         engine.close()

@@ -153,6 +153,7 @@ def _run_entry(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("vllm_processes")
 def test_entry_script_end_to_end_quick_then_full(tmp_path: Path, bigram_model: Path) -> None:
     root = tmp_path / "kaggle"
     challenges = _local_tree(root, bigram_model, n_tasks=7)
@@ -400,6 +401,7 @@ def test_the_kernel_leaves_a_valid_submission_whatever_fails(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("vllm_processes")
 def test_the_kernel_stopped_by_sigterm_mid_run_exits_0_with_the_runs_answers(
     tmp_path: Path, tiny_model: Path
 ) -> None:

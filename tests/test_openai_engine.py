@@ -21,9 +21,9 @@ from airv.core.augment import ViewPolicy
 from airv.core.errors import EngineError
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
-from airv.engines import GenerateRequest, ScoreRequest, make_engine
+from airv.engines import GenerateRequest, ScoreRequest
 from airv.engines.base import scores_of
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, EngineConfig
 from airv.engines.openai_engine import OpenAILane
 from airv.engines.pool import run_lane
 from airv.engines.serve import LocalServer
@@ -31,6 +31,7 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import read_predictions
+from conftest import Engines
 
 pytestmark = pytest.mark.engine
 
@@ -69,19 +70,10 @@ def _prompts(tok: object) -> list[tuple[int, ...]]:
 
 
 def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
-    servers: list[LocalServer],
+    servers: list[LocalServer], engines: Engines
 ) -> None:
-    engine = make_engine(
-        EngineConfig(
-            model=DEMO,
-            backend=Backend.VLLM,
-            dtype=Dtype.FLOAT32,
-            max_model_len=MAX_MODEL_LEN,
-            enforce_eager=True,
-        ),
-        SamplingConfig(),
-    )
-    lane = OpenAILane(servers[0].url, SamplingConfig(), name="endpoint-0")
+    engine = engines.get(DEMO, Backend.VLLM, max_model_len=MAX_MODEL_LEN)
+    lane = OpenAILane(servers[0].url, Decoding(), name="endpoint-0")
     try:
         prompts = _prompts(engine.tokenizer)
         gens = [GenerateRequest(p, 24) for p in prompts]
@@ -102,7 +94,6 @@ def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
             run_lane(lane, [too_long, gens[0]], time.monotonic() + 120)
     finally:
         lane.close()
-        engine.close()
 
 
 def _tasks(n: int) -> list[Task]:

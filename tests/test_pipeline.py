@@ -90,6 +90,7 @@ def _grid(lists: list[list[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in lists)
 
 
+@pytest.mark.usefixtures("vllm_processes")
 def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
     tmp_path: Path, bigram_model: Path
 ) -> None:

@@ -294,7 +294,7 @@ def test_workers_are_pinned_to_gpus_unless_told_otherwise(
 def test_beam_search_with_adapters_is_refused_before_any_work(files: tuple[Path, Path]) -> None:
     """vLLM's beam search takes no adapters: refused when the options are read, not after
     every adapter is trained and the engine has loaded the model."""
-    with pytest.raises(ConfigError, match="beam search takes no LoRA adapters"):
+    with pytest.raises(ConfigError, match="beam search on the vllm engine takes no LoRA adapters"):
         _build(files, "--decode", "beam", "--beam-width", "2", "--ttt", "per-task")
     assert _build(files, "--decode", "beam", "--beam-width", "2", "--engine", "hf", "--ttt",
                   "per-task").ttt.enabled  # fmt: skip

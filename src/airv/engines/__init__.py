@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from airv.core.errors import ConfigError
 from airv.engines.base import Completion, Engine, GenerateRequest, ScoreRequest
-from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, EngineConfig
 
 
-def make_engine(engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0) -> Engine:
+def make_engine(engine: EngineConfig, sampling: Decoding, *, n_gpus: int = 0) -> Engine:
     """Build the configured backend. Imports the heavy library only for the backend asked for."""
     if engine.backend is Backend.OPENAI:
         raise ConfigError(

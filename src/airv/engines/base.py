@@ -9,24 +9,14 @@ this process) can keep its queue full and take each answer as it finishes. `gene
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airv.core.errors import ConfigError, EngineError
-from airv.engines.config import Dtype, SamplingConfig
+from airv.engines.config import Decoding, Dtype
 from airv.engines.dfs import Limits
-
-
-class Decode(enum.StrEnum):
-    """How one request is decoded."""
-
-    DEFAULT = "default"  # as the engine's SamplingConfig says (greedy unless set otherwise)
-    GREEDY = "greedy"  # greedy whatever the SamplingConfig says (one completion)
-    BEAM = "beam"  # beam search with the SamplingConfig's beam_width (must be set)
-    DFS = "dfs"  # depth-first search above the SamplingConfig's dfs_threshold (must be set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +25,10 @@ class GenerateRequest:
     max_tokens: int
     # A LoRA adapter directory (peft format) to answer with; None: the base model.
     adapter: str | None = None
-    decode: Decode = Decode.DEFAULT
-    n: int | None = None  # completions wanted; None: the SamplingConfig's n
+    # How to decode this request, whole (greedy, sampling, beam, DFS, n, penalties, stop
+    # strings); None: the engine's default, which is the run's settings. So one engine serves
+    # requests decoded in different ways, as each backend's capabilities allow (CAPABILITIES).
+    decoding: Decoding | None = None
     # Also send partial results (the tokens so far, finished=False) before the final one.
     # The vLLM engine streams them; the transformers engine sends only final results.
     partial: bool = False
@@ -114,18 +106,15 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def decode_of(request: GenerateRequest, sampling: SamplingConfig) -> Decode:
-    """A request's decoding: its own, or for DEFAULT what the engine's SamplingConfig says
-    (DFS, beam, or DEFAULT itself: greedy or sampling)."""
-    if request.decode is not Decode.DEFAULT:
-        return request.decode
-    return {"dfs": Decode.DFS, "beam": Decode.BEAM}.get(sampling.decode, Decode.DEFAULT)
+def decoding_of(request: GenerateRequest, default: Decoding) -> Decoding:
+    """A request's decoding: its own, or the engine's default."""
+    return request.decoding if request.decoding is not None else default
 
 
-def dfs_limits(request: GenerateRequest, sampling: SamplingConfig) -> Limits:
-    """The search of one DFS request, starting now: the SamplingConfig's threshold and caps,
-    and the sooner of the request's deadline and its time cap."""
-    if not sampling.dfs_threshold:
+def dfs_limits(request: GenerateRequest, decoding: Decoding) -> Limits:
+    """The search of one DFS request, starting now: its decoding's threshold and caps, and the
+    sooner of the request's deadline and its time cap."""
+    if not decoding.dfs_threshold:
         raise ConfigError("dfs decoding needs dfs_threshold (--dfs-threshold)")
     ends = [
         t
@@ -136,9 +125,9 @@ def dfs_limits(request: GenerateRequest, sampling: SamplingConfig) -> Limits:
         if t is not None
     ]
     return Limits(
-        sampling.dfs_threshold,
-        sampling.dfs_max_candidates,
-        sampling.dfs_max_nodes,
+        decoding.dfs_threshold,
+        decoding.dfs_max_candidates,
+        decoding.dfs_max_nodes,
         min(ends) if ends else None,
     )
 

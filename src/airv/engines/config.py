@@ -3,7 +3,7 @@ airv.run.config).
 
 CLI flags default to None and only override these (style: never state a default twice).
 Engine options live apart from sampling options; the engines build their sampling object
-from `SamplingConfig` in one place each.
+from `Decoding` in one place each.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,10 @@ DECODE_MODES = ("greedy", "sampling", "beam", "dfs")
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """How to decode. Greedy by default: ARC answers are exact, and AIRV gets its diversity
-    from the augmentations, not from sampling."""
+class Decoding:
+    """How to decode a request. Greedy by default: ARC answers are exact, and AIRV gets its
+    diversity from the augmentations, not from sampling. The run's settings give the default;
+    a request may carry its own (GenerateRequest.decoding)."""
 
     n: int = 1  # completions per prompt; with beam search, the n best beams
     temperature: float = 0.0
@@ -185,9 +187,82 @@ class SamplingConfig:
         return "sampling" if self.temperature > 0 else "greedy"
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What one backend can do. Checked when a run's settings are read (before any adapter is
+    trained or model loaded), when an engine starts, and for each request it is given."""
+
+    refused_decodes: Mapping[str, str]  # decode mode -> why this backend does not offer it
+    beam_with_adapters: bool
+    penalties: frozenset[str]  # the Decoding penalties it applies
+    quantization: str | None  # None: it takes EngineConfig.quantization; else why it does not
+
+
+_ALL_PENALTIES = frozenset({"repetition_penalty", "presence_penalty", "frequency_penalty"})
+CAPABILITIES: Mapping[Backend, Capabilities] = {
+    # LLM.beam_search takes no LoRARequest.
+    Backend.VLLM: Capabilities({}, False, _ALL_PENALTIES, None),
+    Backend.HF: Capabilities(
+        {},
+        True,
+        frozenset({"repetition_penalty"}),
+        "quantization is a vLLM option; the hf backend loads a quantized checkpoint as its "
+        "config.json declares (leave quantization unset)",
+    ),
+    Backend.OPENAI: Capabilities(
+        {
+            "dfs": "--decode dfs runs inside the engine (vllm or hf): it is not offered through "
+            "the openai engine",
+            "beam": "beam search is not offered through the openai engine: vLLM's server "
+            "returns its beams without logprobs or token ids",
+        },
+        False,
+        _ALL_PENALTIES,
+        "quantization is the server's option (vllm serve --quantization): leave it unset",
+    ),
+}
+
+
+def unsupported(
+    backend: Backend,
+    decoding: Decoding,
+    *,
+    adapter: bool = False,
+    quantization: str | None = None,
+) -> str | None:
+    """Why `backend` cannot decode so (with a LoRA adapter, or with that quantization), or
+    None. The one check of what a backend can do: a run's options, an engine's start and each
+    request all ask it, so a difference is a clear error and never a quiet one."""
+    can = CAPABILITIES[backend]
+    if decoding.decode in can.refused_decodes:
+        return can.refused_decodes[decoding.decode]
+    if adapter and decoding.decode == "beam" and not can.beam_with_adapters:
+        return (
+            f"beam search on the {backend} engine takes no LoRA adapters (--ttt): decode greedy, "
+            "sampling or dfs, or use --engine hf"
+        )
+    defaults = Decoding()
+    for name in sorted(_ALL_PENALTIES - can.penalties):
+        if getattr(decoding, name) != getattr(defaults, name):
+            return f"{name} is not offered by the {backend} engine (leave it unset)"
+    if quantization is not None and can.quantization is not None:
+        return can.quantization
+    return None
+
+
 def replace(obj: Any, **overrides: Any) -> Any:
     """dataclasses.replace that ignores None overrides: how CLI flags (default None) apply."""
     return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
 
 
-__all__ = ["Backend", "Dtype", "EngineConfig", "SamplingConfig", "field", "replace"]
+__all__ = [
+    "CAPABILITIES",
+    "Backend",
+    "Capabilities",
+    "Decoding",
+    "Dtype",
+    "EngineConfig",
+    "field",
+    "replace",
+    "unsupported",
+]

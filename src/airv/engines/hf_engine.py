@@ -11,25 +11,23 @@ out when its search backtracks.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
-    Decode,
     GenerateRequest,
     Request,
     Result,
     ScoreRequest,
-    decode_of,
+    decoding_of,
     dfs_limits,
     generate_blocking,
     resolve_dtype,
     score_blocking,
 )
-from airv.engines.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig, unsupported
 from airv.engines.dfs import Leaf, Limits, expansions, ranked
 from airv.engines.model import gpu_capabilities, load_tokenizer, model_dtype
 
@@ -37,27 +35,13 @@ from airv.engines.model import gpu_capabilities, load_tokenizer, model_dtype
 BATCH_SIZE = 16
 
 
-def check_supported(engine: EngineConfig, sampling: SamplingConfig) -> None:
-    """Raise ConfigError for options transformers' generate() has no counterpart for, rather
-    than silently decoding differently from the vLLM backend."""
-    for name, value in (
-        ("presence_penalty", sampling.presence_penalty),
-        ("frequency_penalty", sampling.frequency_penalty),
-    ):
-        if value != 0.0:
-            raise ConfigError(f"{name} is a vLLM option; the hf backend has none (leave it 0)")
-    if engine.quantization is not None:
-        raise ConfigError(
-            "quantization is a vLLM option; the hf backend loads a quantized checkpoint as its "
-            "config.json declares (leave quantization unset)"
-        )
-
-
 class HfEngine:
-    def __init__(self, engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0):
+    def __init__(self, engine: EngineConfig, sampling: Decoding, *, n_gpus: int = 0):
         if engine.model is None:
             raise ConfigError("no model directory given")
-        check_supported(engine, sampling)
+        why = unsupported(Backend.HF, sampling, quantization=engine.quantization)
+        if why is not None:
+            raise ConfigError(why)
         try:
             import torch
             from transformers import AutoModelForCausalLM
@@ -105,15 +89,8 @@ class HfEngine:
                 mask[i, width - len(r) :] = 1
         return ids.to(self._device), mask.to(self._device)
 
-    def _generation_kwargs(
-        self, max_new_tokens: int, decode: Decode = Decode.DEFAULT, n: int | None = None
-    ) -> dict[str, Any]:
-        """The one place SamplingConfig becomes transformers' generate() arguments."""
-        s = self._sampling
-        if decode is Decode.GREEDY:
-            s = SamplingConfig(stop=s.stop)  # the model's argmax: no penalty (engines.config)
-        elif n is not None and n != s.n:
-            s = dataclasses.replace(s, n=n)
+    def _generation_kwargs(self, max_new_tokens: int, s: Decoding) -> dict[str, Any]:
+        """The one place a Decoding becomes transformers' generate() arguments."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "pad_token_id": self._tokenizer.pad_token_id,
@@ -175,14 +152,14 @@ class HfEngine:
         if not self._queue:
             return out
         head = self._queue[0]
-        key = _batch_key(head[1], self._sampling)
+        key = self._batch_key(head[1])
         batch = (
             [head]
             if head[0] in self._alone
             else [
                 item
                 for item in self._queue
-                if item[0] not in self._alone and _batch_key(item[1], self._sampling) == key
+                if item[0] not in self._alone and self._batch_key(item[1]) == key
             ][:BATCH_SIZE]
         )
         taken = {i for i, _ in batch}
@@ -202,9 +179,13 @@ class HfEngine:
         ids = [i for i, _ in batch]
         requests = [r for _, r in batch]
         first = requests[0]
-        decode = decode_of(first, self._sampling) if isinstance(first, GenerateRequest) else None
-        if decode is Decode.BEAM and not self._sampling.beam_width:
-            return [Result(i, error="beam decoding needs beam_width") for i in ids]
+        decoding = (
+            decoding_of(first, self._sampling) if isinstance(first, GenerateRequest) else None
+        )
+        if decoding is not None:
+            why = unsupported(Backend.HF, decoding)
+            if why is not None:  # these requests only
+                return [Result(i, error=why) for i in ids]
         try:
             self._use_adapter(first.adapter)
         except (OSError, ValueError) as exc:  # this adapter only: its requests fail
@@ -213,14 +194,12 @@ class HfEngine:
             scores = self._score([r for r in requests if isinstance(r, ScoreRequest)])
             return [Result(i, score=v) for i, v in zip(ids, scores, strict=True)]
         gens = [r for r in requests if isinstance(r, GenerateRequest)]
-        if decode is Decode.DFS:
-            try:
-                limits = [dfs_limits(r, self._sampling) for r in gens]
-            except ConfigError as exc:
-                return [Result(i, error=str(exc)) for i in ids]
+        if decoding is not None and decoding.decode == "dfs":
+            limits = [dfs_limits(r, decoding) for r in gens]
             found = self._dfs(gens, limits)
             return [Result(i, tuple(cs)) for i, cs in zip(ids, found, strict=True)]
-        return [Result(i, tuple(cs)) for i, cs in zip(ids, self._generate_batch(gens), strict=True)]
+        found = self._generate_batch(gens)
+        return [Result(i, tuple(cs)) for i, cs in zip(ids, found, strict=True)]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         return generate_blocking(self, requests)
@@ -250,11 +229,17 @@ class HfEngine:
         self._model.set_adapter(name)
         self._model.enable_adapters()
 
+    def _batch_key(self, r: Request) -> tuple[object, ...]:
+        """Requests that can share one forward batch (searches too: they run side by side)."""
+        if isinstance(r, ScoreRequest):
+            return ("score", r.adapter)
+        return ("generate", r.adapter, decoding_of(r, self._sampling))
+
     def _generate_batch(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
-        """One forward batch of requests that share adapter, decode mode and n."""
+        """One forward batch of requests that share adapter and decoding."""
         torch = self._torch
-        first = requests[0]
-        kwargs = self._generation_kwargs(max(r.max_tokens for r in requests), first.decode, first.n)
+        decoding = decoding_of(requests[0], self._sampling)
+        kwargs = self._generation_kwargs(max(r.max_tokens for r in requests), decoding)
         per_prompt = kwargs.get("num_return_sequences", 1)
         # Similar lengths together: less padding.
         order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
@@ -389,7 +374,7 @@ class HfEngine:
             tokens = tokens[: tokens.index(eos) + 1]
             finish = "stop"
         text = self._tokenizer.decode(tokens, skip_special_tokens=True)
-        for stop in self._sampling.stop:
+        for stop in decoding_of(req, self._sampling).stop:
             if stop in text:
                 text = text[: text.index(stop)]
                 finish = "stop"
@@ -422,10 +407,3 @@ class HfEngine:
 
     def close(self) -> None:
         self._model = None
-
-
-def _batch_key(r: Request, sampling: SamplingConfig) -> tuple[object, ...]:
-    """Requests that can share one forward batch (searches too: they run side by side)."""
-    if isinstance(r, ScoreRequest):
-        return ("score", r.adapter)
-    return ("generate", r.adapter, decode_of(r, sampling), r.n)

@@ -37,15 +37,14 @@ from typing import Any
 from airv.core.errors import ConfigError
 from airv.engines.base import (
     Completion,
-    Decode,
     GenerateRequest,
     Request,
     Result,
     ScoreRequest,
-    decode_of,
+    decoding_of,
     sum_logprobs,
 )
-from airv.engines.config import SamplingConfig
+from airv.engines.config import Backend, Decoding, unsupported
 from airv.engines.worker import WorkerDied
 
 API_KEY_ENV = "AIRV_API_KEY"
@@ -99,33 +98,21 @@ def adapter_name(path: str) -> str:
     return "airv-adapter-" + hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
-def check_remote(sampling: SamplingConfig) -> None:
-    """What the openai engine cannot do is a usage error, not a quiet difference."""
-    if sampling.decode == "dfs":
-        raise ConfigError(
-            "--decode dfs runs inside the engine (vllm or hf): it is not offered through the "
-            "openai engine"
-        )
-    if sampling.decode == "beam":
-        raise ConfigError(
-            "beam search is not offered through the openai engine: vLLM's server returns its "
-            "beams without logprobs or token ids"
-        )
-
-
 class OpenAILane:
     """One OpenAI-compatible endpoint as a lane of engines.pool.Pool."""
 
     def __init__(
         self,
         endpoint: str,
-        sampling: SamplingConfig,
+        sampling: Decoding,
         *,
         name: str,
         life: int = 0,
         allow_insecure_key: bool = False,
     ):
-        check_remote(sampling)
+        why = unsupported(Backend.OPENAI, sampling)
+        if why is not None:
+            raise ConfigError(why)
         self.endpoint = endpoint.rstrip("/")
         self.shown = redact_url(self.endpoint)  # what messages and the summary may show
         self.name = name
@@ -252,8 +239,13 @@ class OpenAILane:
     async def _one(self, rid: int, request: Request) -> None:
         import openai
 
+        why = None
+        if isinstance(request, GenerateRequest):
+            why = unsupported(Backend.OPENAI, decoding_of(request, self._sampling))
         try:
-            if isinstance(request, ScoreRequest):
+            if why is not None:  # this request only
+                result = Result(rid, error=why)
+            elif isinstance(request, ScoreRequest):
                 result = Result(rid, score=await self._score(request))
             else:
                 result = Result(rid, tuple(await self._generate(request)))
@@ -301,15 +293,15 @@ class OpenAILane:
         return name
 
     async def _generate(self, request: GenerateRequest) -> list[Completion]:
-        s = self._sampling
-        greedy = decode_of(request, s) is Decode.GREEDY or s.decode == "greedy"
+        s = decoding_of(request, self._sampling)
+        greedy = s.decode == "greedy"
         kwargs: dict[str, Any] = {
             "model": await self._model(request.adapter),
             "prompt": list(request.prompt_ids),
             "max_tokens": request.max_tokens,
             "logprobs": 0,  # the sampled tokens' own logprobs
             "temperature": 0.0 if greedy else s.temperature,
-            "n": 1 if greedy else (request.n or s.n),
+            "n": s.n,
         }
         extra: dict[str, Any] = {"return_tokens_as_token_ids": True}
         if not greedy:

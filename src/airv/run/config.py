@@ -17,7 +17,7 @@ from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
 from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset
 from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
-from airv.engines.config import Backend, EngineConfig, SamplingConfig
+from airv.engines.config import Decoding, EngineConfig, unsupported
 
 # A run directory's files; `airv report`, `airv vote` and the kernel read them by these names.
 SUBMISSION_FILE = "submission.json"
@@ -42,7 +42,7 @@ class RunConfig:
     challenges: Path
     out_dir: Path
     engine: EngineConfig = field(default_factory=EngineConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: Decoding = field(default_factory=Decoding)
     # The model's prompt format (airv.core.prompt_format.resolve_format picks it).
     prompt: PromptFormat = field(default_factory=lambda: load_preset(DEFAULT_PRESET))
     vote_mode: VoteMode = DEFAULT_VOTE_MODE
@@ -115,11 +115,14 @@ class RunConfig:
             raise ConfigError("stall_seconds and write_seconds must be > 0")
         # What the engine would refuse only once started, checked before any adapter is
         # trained or any model loaded.
-        if self.sampling.beam_width and self.ttt.enabled and self.engine.backend is Backend.VLLM:
-            raise ConfigError(
-                "vLLM's beam search takes no LoRA adapters: with --ttt, decode greedy, sampling "
-                "or dfs, or use --engine hf"
-            )
+        why = unsupported(
+            self.engine.backend,
+            self.sampling,
+            adapter=self.ttt.enabled,
+            quantization=self.engine.quantization,
+        )
+        if why is not None:
+            raise ConfigError(why)
 
     @property
     def reserve_seconds(self) -> float:

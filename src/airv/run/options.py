@@ -29,13 +29,13 @@ from airv.engines.config import (
     DECODE_MODES,
     DEFAULT_DFS_THRESHOLD,
     Backend,
+    Decoding,
     Dtype,
     EngineConfig,
-    SamplingConfig,
     replace,
 )
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
-from airv.engines.openai_engine import API_KEY_ENV, check_endpoints, check_remote
+from airv.engines.openai_engine import API_KEY_ENV, check_endpoints
 from airv.run.budget import format_duration, parse_duration
 from airv.run.config import RESERVE_CAP, RESERVE_FLOOR, RESERVE_SHARE, RunConfig
 from airv.run.recipes import apply_recipe, recipe_names
@@ -61,7 +61,7 @@ restarts (a valid submission.json is still written).
 # The defaults, for --help texts: quoted from the config dataclasses, never restated.
 _RUN = RunConfig(challenges=Path("."), out_dir=Path("."))
 _ENGINE = EngineConfig()
-_SAMPLING = SamplingConfig()
+_SAMPLING = Decoding()
 _TTT = TTTConfig()
 
 
@@ -672,7 +672,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         allow_insecure_key=args.allow_insecure_key,
     )
     sampling = replace(
-        SamplingConfig(),
+        Decoding(),
         n=args.n,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -701,13 +701,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         raise ConfigError(
             f"--decode {args.decode} needs {needs}; the flags given ask for {sampling.decode}"
         )
-    if engine.backend is Backend.HF:
-        from airv.engines.hf_engine import check_supported
-
-        # Here rather than in the worker: a bad option is a usage error, not an engine crash.
-        check_supported(engine, sampling)
     if engine.backend is Backend.OPENAI:
-        check_remote(sampling)
         check_endpoints(engine.endpoints, allow_insecure_key=engine.allow_insecure_key)
     prompt = resolve_format(
         model=args.model, preset=args.format_preset, format_file=args.format_file

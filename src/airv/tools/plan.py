@@ -93,7 +93,7 @@ class Plan:
     budget: float
     reserve: float
     workers: int
-    n_per_prompt: int  # completions per prompt (SamplingConfig.n)
+    n_per_prompt: int  # completions per prompt (Decoding.n)
     ttt_seconds: float = 0.0  # the test-time fine-tuning stage's share, before inference
 
     @property
