@@ -66,14 +66,20 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not engine"
+	$(PYTEST) -m "not engine"
 
 # The report test opens report.html in headless Chromium (Debian's package; needs root).
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; 0: in this process alone). Most of
+# its time is engine start-ups and runs that wait on a deadline, so two workers keep this
+# machine's 2 cores busy; tests/conftest.py keeps each module's shared fixtures in one worker.
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: lint typecheck browser
-	$(VENV)/bin/pytest -q
+	$(PYTEST) --durations=25
 	$(MAKE) --no-print-directory kaggle-pins
 
 # The Kaggle kernel runs transformers 4.57.1 (tokenizers 0.22, huggingface-hub 0.36), the dev
@@ -88,9 +94,9 @@ PINS_STAMP := $(PINS_DIR)/.airv-installed
 PINS_PATH = $(abspath $(PINS_DIR))$${PYTHONPATH:+:$$PYTHONPATH}
 KAGGLE_PINS_TESTS := tests/test_prompts.py tests/test_prompt_format.py tests/test_presets.py \
 	tests/test_tokenizers.py tests/test_adapt.py \
-	tests/test_engines.py::test_sampling_n_returns_n_completions \
+	tests/test_engines.py::test_sampling_n_returns_n_completions[hf] \
 	tests/test_engines.py::test_beam_search_hf \
-	tests/test_engines.py::test_hf_per_request_decode_mode_and_n \
+	tests/test_engines.py::test_each_request_is_decoded_as_it_says[hf] \
 	tests/test_dfs.py::test_a_view_whose_search_finds_nothing_is_not_asked_again \
 	tests/test_pipeline.py::test_a_run_with_per_task_ttt_serves_each_task_its_adapter \
 	tests/test_plan.py::test_plan_with_the_tiny_model \
@@ -103,7 +109,7 @@ $(PINS_STAMP): wheels/requirements-kaggle-pins.txt $(STAMP)
 
 kaggle-pins: $(PINS_STAMP)
 	PYTHONPATH=$(PINS_PATH) $(PY) wheels/check_kaggle_pins.py wheels/requirements-kaggle-pins.txt $(PINS_DIR)
-	PYTHONPATH=$(PINS_PATH) $(VENV)/bin/pytest -q $(KAGGLE_PINS_TESTS)
+	PYTHONPATH=$(PINS_PATH) $(PYTEST) $(KAGGLE_PINS_TESTS)
 
 submit-local: $(STAMP)
 	$(PY) -m airv.kaggle.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \

@@ -173,6 +173,7 @@ def test_joint_mode_trains_one_adapter_for_every_task(tmp_path: Path, tiny_model
     assert len(set(report.adapters.values())) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.engine
 def test_the_stage_deadline_ends_training_and_its_processes(
     tmp_path: Path, tiny_model: Path

@@ -158,6 +158,7 @@ def test_sigterm_mid_run_writes_everything_and_a_second_run_is_refused(
     assert _none_left(tag) == []
 
 
+@pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.usefixtures("vllm_processes")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -188,6 +189,7 @@ def test_no_process_outlives_a_run_ended_while_vllm_starts(
         assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 
+@pytest.mark.slow
 @pytest.mark.engine
 @pytest.mark.usefixtures("vllm_processes")
 def test_the_deadline_is_a_wall_while_the_engine_starts(

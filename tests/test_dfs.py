@@ -265,10 +265,11 @@ def test_both_backends_agree_and_respect_the_caps(
         assert only.finish_reason == "length"
 
 
+@pytest.mark.slow
 @pytest.mark.engine
 def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path) -> None:
     """Searches that would run for minutes (every path halves: thousands of answers above a
-    low threshold) under a 30 s budget: they stop a little before the deadline and return
+    low threshold) under a 15 s budget: they stop a little before the deadline and return
     what they found; those answers are logged and voted, the submission is valid."""
     from airv.core.augment import ViewPolicy
     from airv.core.submission import validate_submission
@@ -279,6 +280,7 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
     from airv.run.pipeline import Run
     from airv.run.predictions import read_predictions
 
+    budget = 15  # the transformers engine's start takes a few seconds; the rest is search
     halves = {"1": 0.45, "2": 0.45, "</s>": 0.1}
     model = build_tiny_model(
         tmp_path / "model", bigram={"\n": {"1": 0.5, "2": 0.5}, "1": halves, "2": halves}
@@ -301,16 +303,16 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
         max_augmentations=2,
         views=ViewPolicy(permute_colours=False),
         progress=False,
-        time_budget=30,
+        time_budget=budget,
         reserve=0,
     )
     start = time.monotonic()
-    run = Run(cfg, clock=Clock(start, 30, 0))
+    run = Run(cfg, clock=Clock(start, budget, 0))
     assert run.execute() == 0
     assert run.summary.decode == "dfs (p > 1e-06)"
     # The four searches ran side by side (one batch) until just before the deadline, and
     # what each had found came back.
-    assert 30 - 2 - 5 < time.monotonic() - start < 30 + 20
+    assert budget - 2 - 5 < time.monotonic() - start < budget + 20
     assert run.summary.prompts == 4
     records, _ = read_predictions(out / "predictions.jsonl")
     per_view = Counter((r.task_id, r.aug) for r in records)

@@ -90,14 +90,16 @@ def _grid(lists: list[list[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in lists)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("vllm_processes")
 def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
     tmp_path: Path, bigram_model: Path
 ) -> None:
-    """Through real vLLM, one run whose engine fails three times, each after 6 results: the
-    worker process dies without a word; vLLM's own engine process (VLLM::EngineCore) is killed
-    with SIGKILL, as an out-of-memory kill does (the worker cannot tell); that process is
-    stopped with SIGSTOP (a stall: alive, silent). Each is noticed within seconds (process
+    """Through real vLLM, as deployed (its engine core in processes of its own), one run whose
+    engine fails twice, each after 6 results: vLLM's own engine process (VLLM::EngineCore) is
+    killed with SIGKILL, as an out-of-memory kill does (the worker cannot tell); that process
+    is stopped with SIGSTOP (a stall: alive, silent). (A worker that dies without a word:
+    test_an_engine_that_raises_or_whose_worker_dies_is_restarted.) Each is noticed within seconds (process
     watch, stall watchdog), the process group is ended and the engine restarted; the requests
     in flight go back to the queue. Nothing logged is lost or asked twice, every task is
     answered, the submission is valid and no process is left behind."""
@@ -107,17 +109,16 @@ def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
     # A bigram model's engine step takes milliseconds and a live worker beats every second:
     # 10 s of silence is a stall.
     cfg = _config(ch, out, bigram_model, Backend.VLLM, inflight=6, stall_seconds=10)
-    lives = [Faults(exit_after=6), Faults(kill_engine_after=6), Faults(stop_engine_after=6)]
+    lives = [Faults(kill_engine_after=6), Faults(stop_engine_after=6)]
     t0 = time.monotonic()
     run = Run(cfg, faults=lives, clock=Clock(t0, 1800, 0))
     assert run.execute() == 0
     assert run.summary.stopped_by == "done"
-    assert run.summary.restarts == 3 and len(run.summary.engine_start_seconds) == 4
-    died, killed, stalled = run.summary.engine_failures
-    assert "exit code 17" in died
+    assert run.summary.restarts == 2 and len(run.summary.engine_start_seconds) == 3
+    killed, stalled = run.summary.engine_failures
     assert "vLLM's engine process" in killed  # seen dead by the parent's watch
     assert "stalled" in stalled
-    # Four engine start-ups and one stall timeout, not waits for the deadline.
+    # Three engine start-ups and one stall timeout, not waits for the deadline.
     starts = sum(run.summary.engine_start_seconds)
     assert time.monotonic() - t0 < starts + cfg.stall_seconds + 120
     assert _no_process_left(run.worker_pids)
@@ -147,7 +148,7 @@ def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
 
     summary = orjson.loads((out / "run_summary.json").read_bytes())
     assert summary["stopped_by"] == "done"
-    assert summary["completions"] == 32 and summary["restarts"] == 3
+    assert summary["completions"] == 32 and summary["restarts"] == 2
     assert summary["answered_test_inputs"] == 4
     assert summary["rejected_tasks"].keys() == {"broken01"}
     assert set(summary["per_task"]) == {t.id for t in tasks}
@@ -172,15 +173,22 @@ def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> No
     assert second.summary.completions == 8  # only the new ones ran
 
 
-def test_engine_raising_mid_run_is_restarted_once(tmp_path: Path, bigram_model: Path) -> None:
+def test_an_engine_that_raises_or_whose_worker_dies_is_restarted(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """The engine raises after 8 results (the worker reports it); in its next life the worker
+    process dies without a word after 8. Each time the engine is restarted and the requests
+    in flight go back to the queue: every view is answered once."""
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
     out = tmp_path / "out"
     run = fresh_run(
-        _config(ch, out, bigram_model, Backend.HF, inflight=4), faults=Faults(raise_after=8)
+        _config(ch, out, bigram_model, Backend.HF, inflight=4),
+        faults=[Faults(raise_after=8), Faults(exit_after=8)],
     )
     assert run.execute() == 0
-    assert run.summary.restarts == 1
-    assert "injected fault" in run.summary.engine_failures[0]
+    assert run.summary.restarts == 2
+    raised, died = run.summary.engine_failures
+    assert "injected fault" in raised and "exit code 17" in died
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 4 * 8
     assert len({(p.task_id, p.aug) for p in records}) == 4 * 8
@@ -196,8 +204,10 @@ def test_settings_the_engine_refuses_at_start_are_not_restarted(
 
     ch = _challenges(tmp_path, [_task("task0001")])
     cfg = _config(ch, tmp_path / "out", bigram_model, Backend.HF, max_restarts=3)
-    # The transformers engine has no quantization option: it refuses one when it starts.
-    cfg = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, quantization="awq"))
+    # The transformers engine has no quantization option: it refuses one when it starts. The
+    # run's own checks refuse it first (engines.config.unsupported); set past them here, as a
+    # refusal they cannot foresee would reach the engine.
+    object.__setattr__(cfg, "engine", dataclasses.replace(cfg.engine, quantization="awq"))
     run = fresh_run(cfg)
     assert run.execute() == 3
     assert run.summary.restarts == 0
@@ -230,6 +240,7 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 
+@pytest.mark.slow
 def test_a_deadline_in_the_middle_of_the_work_keeps_what_came_back(
     tmp_path: Path, bigram_model: Path
 ) -> None:
@@ -241,12 +252,13 @@ def test_a_deadline_in_the_middle_of_the_work_keeps_what_came_back(
     out = tmp_path / "out"
     cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, stall_seconds=3600)
     start = time.monotonic()
-    # 30 s: the transformers engine's start (a fresh interpreter, the tiny model) and its
+    # 15 s: the transformers engine's start (a fresh interpreter, the tiny model) and its
     # first 4 answers take a few seconds; the rest of the budget is the hang.
-    run = Run(cfg, faults=Faults(hang_after=4), clock=Clock(start, budget=30, reserve=0))
+    budget = 15
+    run = Run(cfg, faults=Faults(hang_after=4), clock=Clock(start, budget=budget, reserve=0))
     assert run.execute() == 0
     assert run.summary.stopped_by == "deadline" and run.summary.restarts == 0
-    assert time.monotonic() - start < 30 + 20  # ended at the deadline, not after the hang
+    assert time.monotonic() - start < budget + 20  # ended at the deadline, not after the hang
     assert _no_process_left(run.worker_pids)
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 4 and {p.task_id for p in records} == {"task0000"}

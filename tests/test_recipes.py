@@ -141,6 +141,7 @@ def test_the_kernel_installs_peft_for_a_recipe_that_fine_tunes(tmp_path: Path) -
     assert kernel._needs_peft({}, [], model)
 
 
+@pytest.mark.slow
 @pytest.mark.engine
 def test_the_nvarc_recipe_end_to_end_on_the_nvarc_stand_in(tmp_path: Path) -> None:
     """`--recipe nvarc-2025`, named by the model's airv.json, through vLLM on CPU on a toy

@@ -82,6 +82,7 @@ def test_the_adapted_model_solves_what_the_base_model_does_not(
     assert tuned > plain
 
 
+@pytest.mark.slow
 def test_a_server_serves_the_adapter_the_stage_trained(
     adapted: tuple[object, str], tmp_path: Path
 ) -> None:
