@@ -98,11 +98,11 @@ def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
     """Through real vLLM, as deployed (its engine core in processes of its own), one run whose
     engine fails twice, each after 6 results: vLLM's own engine process (VLLM::EngineCore) is
     killed with SIGKILL, as an out-of-memory kill does (the worker cannot tell); that process
-    is stopped with SIGSTOP (a stall: alive, silent). (A worker that dies without a word:
-    test_an_engine_that_raises_or_whose_worker_dies_is_restarted.) Each is noticed within seconds (process
+    is stopped with SIGSTOP (a stall: alive, silent). Each is noticed within seconds (process
     watch, stall watchdog), the process group is ended and the engine restarted; the requests
     in flight go back to the queue. Nothing logged is lost or asked twice, every task is
-    answered, the submission is valid and no process is left behind."""
+    answered, the submission is valid and no process is left behind. (A worker that dies
+    without a word: test_an_engine_that_raises_or_whose_worker_dies_is_restarted.)"""
     tasks = [_task("task0001"), _task("task0002", n_test=2), _task("task0003", side=3)]
     ch = _challenges(tmp_path, tasks)
     out = tmp_path / "out"
