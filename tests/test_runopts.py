@@ -298,3 +298,26 @@ def test_beam_search_with_adapters_is_refused_before_any_work(files: tuple[Path,
         _build(files, "--decode", "beam", "--beam-width", "2", "--ttt", "per-task")
     assert _build(files, "--decode", "beam", "--beam-width", "2", "--engine", "hf", "--ttt",
                   "per-task").ttt.enabled  # fmt: skip
+
+
+def test_a_signal_within_a_held_block_stops_the_run_after_it() -> None:
+    """A real SIGTERM in the middle of a held block (a log line written, the run's memory of it
+    not yet updated) raises Stopped only once the block is done; outside one, at once; once
+    disarmed, never (only recorded)."""
+    import os
+    import signal
+
+    from airv.run.budget import Stopped, stop_on_signals
+
+    steps: list[str] = []
+    with stop_on_signals() as signals:
+        with pytest.raises(Stopped, match="SIGTERM"), signals.held():
+            steps.append("logged")
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("remembered")
+        assert steps == ["logged", "remembered"] and signals.received == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)  # disarmed by the first: recorded, not raised
+    with stop_on_signals() as signals, pytest.raises(Stopped):
+        os.kill(os.getpid(), signal.SIGTERM)
+        steps.append("never")
+    assert "never" not in steps

@@ -110,16 +110,33 @@ class SignalStop:
     def __init__(self) -> None:
         self.received: str | None = None
         self.armed = True
+        self._holding = False
+        self._held: int | None = None  # a signal that came while held
 
     def handle(self, signum: int, frame: object) -> None:
         if self.received is None:
             self.received = signal.Signals(signum).name
-        if self.armed:
+        if self.armed and self._holding:
+            self._held = signum
+        elif self.armed:
             self.armed = False
             raise Stopped(signum)
 
     def disarm(self) -> None:
         self.armed = False
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A block a signal must not cut in two (a log line written and the run's memory of it
+        updated): a signal within it raises Stopped once the block is done."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self._held is not None and self.armed:
+            self.armed = False
+            raise Stopped(self._held)
 
 
 @contextlib.contextmanager

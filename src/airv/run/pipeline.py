@@ -52,7 +52,14 @@ from airv.engines.config import Backend
 from airv.engines.model import check_round_trip, load_tokenizer, weight_names
 from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision, start_lane
 from airv.engines.worker import CLOSE_SECONDS, Faults, WorkerTimeout
-from airv.run.budget import Clock, Stopped, format_duration, process_start_time, stop_on_signals
+from airv.run.budget import (
+    Clock,
+    SignalStop,
+    Stopped,
+    format_duration,
+    process_start_time,
+    stop_on_signals,
+)
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.outdir import RunLock
 from airv.run.outdir import prepare as prepare_out_dir
@@ -115,6 +122,7 @@ class Run:
     ):
         self.cfg = cfg
         self.faults = faults
+        self._signals = SignalStop()  # the one stop_on_signals installs while the run streams
         self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
         # One run per output folder, resumed only with the same fingerprint (or --fresh).
@@ -786,10 +794,11 @@ class Run:
             stats = self._rounds.setdefault(req.round, [0, now, now])
             stats[0] += 1
             stats[2] = now
-        append_predictions(self.cfg.log_path, new)
-        for p in new:
-            self.predictions[(p.task_id, p.test_index)].append(p)
-            self.summary.add_prediction(p)
+        with self._signals.held():  # the log and the run's memory of it agree
+            append_predictions(self.cfg.log_path, new)
+            for p in new:
+                self.predictions[(p.task_id, p.test_index)].append(p)
+                self.summary.add_prediction(p)
         if self._bar is not None:
             self._bar.update(len(items))
         for task_id in {req.unit[0] for req, _, _ in items}:
@@ -859,6 +868,7 @@ class Run:
             )
         self._bar = _progress(self.cfg.progress)
         with stop_on_signals() as signals:
+            self._signals = signals
             try:
                 if self.task_ids and self.clock.left() > 0:
                     _ = self.prompt_format  # loads and checks the tokenizer: a usage error now
