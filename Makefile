@@ -74,9 +74,9 @@ browser:
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist; 0: in this process alone). Most of
 # its time is engine start-ups and runs that wait on a deadline, so two workers keep this
-# machine's 2 cores busy; tests/conftest.py keeps each module's shared fixtures in one worker.
+# machine's 2 cores busy; --dist loadfile keeps each file's shared fixtures in one worker.
 TEST_WORKERS ?= 2
-PYTEST := $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck browser
 	$(PYTEST) --durations=25

@@ -63,7 +63,7 @@ from airv.core.voting import Candidate, Vote, vote
 from airv.engines.base import Completion, Engine, GenerateRequest, Result, completions_of
 from airv.engines.config import Backend, Decoding, EngineConfig
 from airv.engines.model import default_max_model_len
-from airv.engines.pool import Lane, LocalLane, await_ready, run_lane
+from airv.engines.pool import FaultyLanes, Lane, LocalLane, await_ready, run_lane, start_lane
 from airv.engines.worker import EngineWorker, Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -797,7 +797,7 @@ class TimedRun(Run):
         worker: EngineWorker | None = None,
         faults: Faults | None = None,
     ):
-        super().__init__(cfg, clock=clock, faults=faults)
+        super().__init__(cfg, clock=clock, lanes=FaultyLanes(faults) if faults else start_lane)
         self.shared = worker
         self.kept: EngineWorker | None = None
         self.first_answer_seconds: float | None = None

@@ -36,33 +36,12 @@ os.environ.setdefault(VLLM_MULTIPROCESSING, "0")
 BIGRAM_RULES = {"\n": "1", "1": "2"}
 
 
-# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup). A module's tests
-# run in one worker, where its module-scoped fixtures (servers, trained adapters) are built
-# once; those of SPREAD are independent runs, spread over both. Modules with a test marked slow
-# go first, and within SPREAD the slow tests first, so that no long test starts last.
-SPREAD = frozenset(
-    {"test_adapt", "test_boundary", "test_engines", "test_kaggle", "test_pipeline", "test_recipes"}
-)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadfile): a file's tests run
+# in one worker, where its module-scoped fixtures (servers, trained adapters) are built once.
+# Files with a test marked slow go first, so that no long file starts last.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def module(item: pytest.Item) -> str:
-        return item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
-
-    def slow(item: pytest.Item) -> bool:
-        return item.get_closest_marker("slow") is not None
-
-    for item in items:
-        if module(item) not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(module(item)))
-    slow_modules = {module(item) for item in items if slow(item)}
-    items.sort(
-        key=lambda item: (
-            module(item) not in slow_modules,
-            module(item) in SPREAD and not slow(item),
-        )
-    )
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv.core.augment import D8, Augmentation, ViewPolicy
+from airv.core.augment import D8, ViewPolicy
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.engines.config import Backend, Dtype, EngineConfig
+from airv.engines.pool import FaultyLanes
 from airv.engines.worker import Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -90,71 +91,6 @@ def _grid(lists: list[list[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in lists)
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("vllm_processes")
-def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
-    tmp_path: Path, bigram_model: Path
-) -> None:
-    """Through real vLLM, as deployed (its engine core in processes of its own), one run whose
-    engine fails twice, each after 6 results: vLLM's own engine process (VLLM::EngineCore) is
-    killed with SIGKILL, as an out-of-memory kill does (the worker cannot tell); that process
-    is stopped with SIGSTOP (a stall: alive, silent). Each is noticed within seconds (process
-    watch, stall watchdog), the process group is ended and the engine restarted; the requests
-    in flight go back to the queue. Nothing logged is lost or asked twice, every task is
-    answered, the submission is valid and no process is left behind. (A worker that dies
-    without a word: test_an_engine_that_raises_or_whose_worker_dies_is_restarted.)"""
-    tasks = [_task("task0001"), _task("task0002", n_test=2), _task("task0003", side=3)]
-    ch = _challenges(tmp_path, tasks)
-    out = tmp_path / "out"
-    # A bigram model's engine step takes milliseconds and a live worker beats every second:
-    # 10 s of silence is a stall.
-    cfg = _config(ch, out, bigram_model, Backend.VLLM, inflight=6, stall_seconds=10)
-    lives = [Faults(kill_engine_after=6), Faults(stop_engine_after=6)]
-    t0 = time.monotonic()
-    run = Run(cfg, faults=lives, clock=Clock(t0, 1800, 0))
-    assert run.execute() == 0
-    assert run.summary.stopped_by == "done"
-    assert run.summary.restarts == 2 and len(run.summary.engine_start_seconds) == 3
-    killed, stalled = run.summary.engine_failures
-    assert "vLLM's engine process" in killed  # seen dead by the parent's watch
-    assert "stalled" in stalled
-    # Three engine start-ups and one stall timeout, not waits for the deadline.
-    starts = sum(run.summary.engine_start_seconds)
-    assert time.monotonic() - t0 < starts + cfg.stall_seconds + 120
-    assert _no_process_left(run.worker_pids)
-
-    challenges = load_challenges(ch, strict=False)
-    assert validate_submission(out / "submission.json", challenges) == []
-    sub = _answers(out)
-    assert sub["broken01"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
-    for t in tasks:
-        assert len(sub[t.id]) == len(t.test)
-        for entry in sub[t.id]:
-            assert _grid(entry["attempt_1"]) in D8_IMAGES
-            assert _grid(entry["attempt_2"]) in D8_IMAGES
-            assert entry["attempt_1"] != entry["attempt_2"]
-
-    records, damaged = read_predictions(out / "predictions.jsonl")
-    assert damaged == 0
-    per_unit: dict[tuple[str, int], list[str]] = {}
-    for p in records:
-        per_unit.setdefault((p.task_id, p.test_index), []).append(p.aug)
-        # Each answer was reversed: re-applying its augmentation gives the raw `12` back.
-        assert p.grid is not None
-        assert Augmentation.from_key(p.aug).apply_grid(p.grid) == ANSWER
-    assert sorted(per_unit) == [("task0001", 0), ("task0002", 0), ("task0002", 1), ("task0003", 0)]
-    for augs in per_unit.values():
-        assert len(augs) == len(set(augs)) == 8  # nothing asked twice after the restarts
-
-    summary = orjson.loads((out / "run_summary.json").read_bytes())
-    assert summary["stopped_by"] == "done"
-    assert summary["completions"] == 32 and summary["restarts"] == 2
-    assert summary["answered_test_inputs"] == 4
-    assert summary["rejected_tasks"].keys() == {"broken01"}
-    assert set(summary["per_task"]) == {t.id for t in tasks}
-    assert summary["tokens_out"] == 32 * 3  # "1", "2", EOS
-
-
 def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> None:
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
     out = tmp_path / "out"
@@ -181,10 +117,8 @@ def test_an_engine_that_raises_or_whose_worker_dies_is_restarted(
     in flight go back to the queue: every view is answered once."""
     ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(4)])
     out = tmp_path / "out"
-    run = fresh_run(
-        _config(ch, out, bigram_model, Backend.HF, inflight=4),
-        faults=[Faults(raise_after=8), Faults(exit_after=8)],
-    )
+    lanes = FaultyLanes([Faults(raise_after=8), Faults(exit_after=8)])
+    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, inflight=4), lanes=lanes)
     assert run.execute() == 0
     assert run.summary.restarts == 2
     raised, died = run.summary.engine_failures
@@ -192,7 +126,7 @@ def test_an_engine_that_raises_or_whose_worker_dies_is_restarted(
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 4 * 8
     assert len({(p.task_id, p.aug) for p in records}) == 4 * 8
-    assert _no_process_left(run.worker_pids)
+    assert _no_process_left(lanes.pids)
 
 
 def test_settings_the_engine_refuses_at_start_are_not_restarted(
@@ -208,13 +142,14 @@ def test_settings_the_engine_refuses_at_start_are_not_restarted(
     # run's own checks refuse it first (engines.config.unsupported); set past them here, as a
     # refusal they cannot foresee would reach the engine.
     object.__setattr__(cfg, "engine", dataclasses.replace(cfg.engine, quantization="awq"))
-    run = fresh_run(cfg)
+    lanes = FaultyLanes()
+    run = fresh_run(cfg, lanes=lanes)
     assert run.execute() == 3
     assert run.summary.restarts == 0
     assert "refused its settings" in run.summary.engine_failures[0]
     assert "quantization" in run.summary.engine_failures[0]
     assert validate_submission(cfg.submission_path, load_challenges(ch, strict=False)) == []
-    assert _no_process_left(run.worker_pids)
+    assert _no_process_left(lanes.pids)
 
 
 def test_second_engine_failure_exits_nonzero_keeping_answers(
@@ -225,7 +160,7 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
     # 4 prompts in flight, one task's round 1; every worker life fails after its first 4.
     run = fresh_run(
         _config(ch, out, bigram_model, Backend.HF, inflight=4, max_restarts=1),
-        faults=Faults(raise_after=4, lives=2),
+        lanes=FaultyLanes(Faults(raise_after=4, lives=2)),
     )
     assert run.execute() == 3
     assert run.summary.stopped_by == "engine failure"
@@ -255,11 +190,12 @@ def test_a_deadline_in_the_middle_of_the_work_keeps_what_came_back(
     # 15 s: the transformers engine's start (a fresh interpreter, the tiny model) and its
     # first 4 answers take a few seconds; the rest of the budget is the hang.
     budget = 15
-    run = Run(cfg, faults=Faults(hang_after=4), clock=Clock(start, budget=budget, reserve=0))
+    lanes = FaultyLanes(Faults(hang_after=4))
+    run = Run(cfg, lanes=lanes, clock=Clock(start, budget=budget, reserve=0))
     assert run.execute() == 0
     assert run.summary.stopped_by == "deadline" and run.summary.restarts == 0
     assert time.monotonic() - start < budget + 20  # ended at the deadline, not after the hang
-    assert _no_process_left(run.worker_pids)
+    assert _no_process_left(lanes.pids)
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 4 and {p.task_id for p in records} == {"task0000"}
     sub = _answers(out)
@@ -275,12 +211,13 @@ def test_a_stalled_worker_is_restarted_by_the_watchdog(tmp_path: Path, bigram_mo
     out = tmp_path / "out"
     cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, stall_seconds=3)
     start = time.monotonic()
-    run = Run(cfg, faults=Faults(hang_after=4), clock=Clock(start, budget=600, reserve=0))
+    lanes = FaultyLanes(Faults(hang_after=4))
+    run = Run(cfg, lanes=lanes, clock=Clock(start, budget=600, reserve=0))
     assert run.execute() == 0
     assert run.summary.stopped_by == "done" and run.summary.restarts == 1
     assert "stalled" in run.summary.engine_failures[0]
     assert time.monotonic() - start < 300  # seconds of stall, not the budget
-    assert _no_process_left(run.worker_pids)
+    assert _no_process_left(lanes.pids)
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == len({(p.task_id, p.aug) for p in records}) == 3 * 8
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
@@ -405,16 +342,17 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
     ch = _challenges(tmp_path, tasks, broken=False)
     out = tmp_path / "out"
     # Few prompts in flight per worker: both keep pulling from the one queue.
-    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, workers=2, inflight=4))
+    lanes = FaultyLanes()
+    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, workers=2, inflight=4), lanes=lanes)
     assert run.execute() == 0
     assert len(run.summary.engine_start_seconds) == 1
-    assert len(set(run.worker_pids)) == 2
+    assert len(set(lanes.pids)) == 2
     assert sum(run.summary.results_per_worker) == 6 * 8
     assert min(run.summary.results_per_worker) >= 8
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 6 * 8
     assert {p.task_id for p in records} == {t.id for t in tasks}
-    assert _no_process_left(run.worker_pids)
+    assert _no_process_left(lanes.pids)
 
 
 @pytest.mark.parametrize("mode", ["rescore", "views-nll"])

@@ -196,6 +196,57 @@ def start_lane(
     )
 
 
+class LaneStarter(Protocol):
+    """How a run starts lane `index` for its `life`-th time: `start_lane`, or a starter that
+    wraps it (FaultyLanes). The run takes one, so tests and the bench inject faults through
+    it, not through the run."""
+
+    def __call__(
+        self,
+        engine: EngineConfig,
+        sampling: Decoding,
+        index: int,
+        *,
+        life: int = 0,
+        devices: Sequence[str] = (),
+        name: str | None = None,
+    ) -> Lane: ...
+
+
+@dataclass
+class FaultyLanes:
+    """A LaneStarter for tests of the supervision and the bench's fault runs: the worker lanes'
+    lives get `faults` (one Faults for its first `lives` lives, or one per life), the fallback
+    lane none; every worker's pid is kept (each leads its own process group)."""
+
+    faults: Faults | Sequence[Faults] = ()
+    pids: list[int] = field(default_factory=list)
+
+    def for_life(self, life: int) -> Faults | None:
+        f = self.faults
+        if isinstance(f, Faults):
+            return f if life < f.lives else None
+        return f[life] if life < len(f) else None
+
+    def __call__(
+        self,
+        engine: EngineConfig,
+        sampling: Decoding,
+        index: int,
+        *,
+        life: int = 0,
+        devices: Sequence[str] = (),
+        name: str | None = None,
+    ) -> Lane:
+        faults = None if name is not None else self.for_life(life)
+        lane = start_lane(
+            engine, sampling, index, life=life, devices=devices, faults=faults, name=name
+        )
+        if lane.pid is not None:
+            self.pids.append(lane.pid)
+        return lane
+
+
 def await_ready(lane: Lane, deadline: float) -> None:
     """Block until the lane's engine is up; WorkerTimeout (the lane killed) at `deadline`
     (time.monotonic()), WorkerDied if it fails to start."""

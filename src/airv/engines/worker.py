@@ -69,7 +69,7 @@ class Faults:
 
     Each fires once the worker has returned that many finished results in this life (0: at
     the first request). A run applies one Faults to its first `lives` worker lives (or a
-    sequence of them, one per life; see Run).
+    sequence of them, one per life; see engines.pool.FaultyLanes).
     """
 
     raise_after: int | None = None  # the engine raises

@@ -50,8 +50,17 @@ from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
 from airv.engines.model import check_round_trip, load_tokenizer, weight_names
-from airv.engines.pool import Done, Job, Lane, Pool, SharedQueue, Supervision, start_lane
-from airv.engines.worker import CLOSE_SECONDS, Faults, WorkerTimeout
+from airv.engines.pool import (
+    Done,
+    Job,
+    Lane,
+    LaneStarter,
+    Pool,
+    SharedQueue,
+    Supervision,
+    start_lane,
+)
+from airv.engines.worker import CLOSE_SECONDS, WorkerTimeout
 from airv.run.budget import (
     Clock,
     SignalStop,
@@ -117,11 +126,11 @@ class Run:
         self,
         cfg: RunConfig,
         *,
-        faults: Faults | Sequence[Faults] | None = None,
         clock: Clock | None = None,
+        lanes: LaneStarter = start_lane,
     ):
         self.cfg = cfg
-        self.faults = faults
+        self._start = lanes  # how engine lanes start (engines.pool.start_lane, or FaultyLanes)
         self._signals = SignalStop()  # the one stop_on_signals installs while the run streams
         self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
@@ -151,7 +160,6 @@ class Run:
         self.fallback_queue: SharedQueue[_Payload] = SharedQueue()
         self.fallback: Pool[_Payload] | None = None
         self._on_fallback: set[TaskId] = set()
-        self.worker_pids: list[int] = []  # every worker ever started (each leads its own group)
         self._round = 0  # the last round planned
         self._seq = itertools.count()  # queue order within a round
         # Work queued or in flight, per test input: augmentation key -> estimated tokens.
@@ -431,12 +439,6 @@ class Run:
 
     # -- engine --------------------------------------------------------------------------
 
-    def _faults(self, life: int) -> Faults | None:
-        f = self.faults
-        if f is None or isinstance(f, Faults):
-            return f if f is not None and life < f.lives else None
-        return f[life] if life < len(f) else None
-
     def start_lane(self, index: int, life: int) -> Lane:
         """Start engine lane `index` for its `life`-th time (0 first): a worker process of its
         own pinned to its device, or an endpoint (engines.pool.start_lane)."""
@@ -444,12 +446,7 @@ class Run:
         engine = cfg.engine
         if self.adapters:  # serve the adapters test-time fine-tuning trained
             engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
-        lane = start_lane(
-            engine, cfg.sampling, index, life=life, devices=cfg.devices, faults=self._faults(life)
-        )
-        if lane.pid is not None:
-            self.worker_pids.append(lane.pid)
-        return lane
+        return self._start(engine, cfg.sampling, index, life=life, devices=cfg.devices)
 
     def start_fallback_lane(self, index: int, life: int) -> Lane:
         """The transformers engine with LoRA, on the first worker's device (on a GPU it needs
@@ -460,7 +457,7 @@ class Run:
             backend=Backend.HF,
             max_lora_rank=max(cfg.ttt.rank, cfg.engine.max_lora_rank),
         )
-        return start_lane(
+        return self._start(
             engine, cfg.sampling, 0, life=life, devices=cfg.devices[:1], name="fallback-hf"
         )
 
@@ -993,15 +990,10 @@ def _progress(enabled: bool) -> Any:
     return tqdm(total=0, desc="prompts", unit="prompt", dynamic_ncols=True)
 
 
-def run(
-    cfg: RunConfig,
-    *,
-    faults: Faults | Sequence[Faults] | None = None,
-    clock: Clock | None = None,
-) -> int:
+def run(cfg: RunConfig, *, clock: Clock | None = None) -> int:
     """Run the pipeline; returns the process exit code. submission.json exists whatever happens
     after the challenge file has been read."""
-    r = Run(cfg, faults=faults, clock=clock)
+    r = Run(cfg, clock=clock)
     code = r.execute()
     print(r.summary.render())
     return code
