@@ -158,75 +158,7 @@ def test_sigterm_mid_run_writes_everything_and_a_second_run_is_refused(
     assert _none_left(tag) == []
 
 
-@pytest.mark.slow
 @pytest.mark.engine
-@pytest.mark.usefixtures("vllm_processes")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_no_process_outlives_a_run_ended_while_vllm_starts(
-    tmp_path: Path, tiny_model: Path, tag: str, sig: signal.Signals
-) -> None:
-    """SIGTERM while vLLM's EngineCore is starting: the run writes its files and kills the
-    engine's process groups. SIGKILL of the run itself (nothing of it runs any more): its
-    engine worker gets the parent-death signal and ends its whole group, EngineCore included.
-    Either way no process of the run is left (they once stayed as orphans holding 4 GB)."""
-    ch = _challenges(tmp_path, 3)
-    out = tmp_path / "out"
-    run = _airv_run(
-        tag, "--challenges", str(ch), "--model", str(tiny_model), "--out", str(out),
-        "--engine", "vllm", "--time-budget", "15m",
-    )  # fmt: skip
-    try:
-        _wait_for(lambda: _engine_core(tag), 180, "vLLM's EngineCore")
-        run.send_signal(sig)
-        _, err = run.communicate(timeout=60)
-    finally:
-        run.kill()
-    left = _none_left(tag)
-    assert left == [], _names(left)
-    if sig == signal.SIGTERM:
-        assert run.returncode == 0, err[-3000:]
-        assert _summary(out)["stopped_by"] == "SIGTERM"
-        assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
-
-
-@pytest.mark.slow
-@pytest.mark.engine
-@pytest.mark.usefixtures("vllm_processes")
-def test_the_deadline_is_a_wall_while_the_engine_starts(
-    tmp_path: Path, tiny_model: Path, tag: str
-) -> None:
-    """Three runs at once, each with a budget its compiled vLLM engine cannot start in: each
-    ends before process start + budget (it once overran by 20 s, closing an engine that was
-    still starting), with a valid submission and no process left."""
-    budget = 25
-    ch = _challenges(tmp_path, 120)
-    runs = []
-    for i in range(3):
-        out = tmp_path / f"out{i}"
-        started = time.monotonic()
-        proc = _airv_run(
-            tag, "--challenges", str(ch), "--model", str(tiny_model), "--out", str(out),
-            "--engine", "vllm", "--time-budget", f"{budget}s",
-        )  # fmt: skip
-        runs.append((proc, out, started))
-    try:
-        for proc, out, started in runs:
-            _, err = proc.communicate(timeout=budget + 60)
-            elapsed = time.monotonic() - started
-            assert proc.returncode == 0, err[-3000:]
-            assert elapsed < budget, f"ended {elapsed:.1f}s after its start ({budget}s budget)"
-            assert _summary(out)["stopped_by"] == "deadline"
-            challenges = load_challenges(ch, strict=False)
-            assert validate_submission(out / "submission.json", challenges) == []
-    finally:
-        for proc, _, _ in runs:
-            proc.kill()
-    left = _none_left(tag)
-    assert left == [], _names(left)
-
-
-@pytest.mark.engine
-@pytest.mark.usefixtures("vllm_processes")
 def test_a_resume_must_match_and_a_torn_line_is_cut(
     tmp_path: Path, bigram_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

