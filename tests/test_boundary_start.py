@@ -42,7 +42,7 @@ def test_no_process_outlives_a_run_ended_while_vllm_starts(
     out = tmp_path / "out"
     run = _airv_run(
         tag, "--challenges", str(ch), "--model", str(tiny_model), "--out", str(out),
-        "--engine", "vllm", "--time-budget", "15m",
+        "--engine", "vllm", "--time-budget", "15m", "--compile",
     )  # fmt: skip
     try:
         _wait_for(lambda: _engine_core(tag), 180, "vLLM's EngineCore")
@@ -75,7 +75,7 @@ def test_the_deadline_is_a_wall_while_the_engine_starts(
         started = time.monotonic()
         proc = _airv_run(
             tag, "--challenges", str(ch), "--model", str(tiny_model), "--out", str(out),
-            "--engine", "vllm", "--time-budget", f"{budget}s",
+            "--engine", "vllm", "--time-budget", f"{budget}s", "--compile",
         )  # fmt: skip
         runs.append((proc, out, started))
     try:

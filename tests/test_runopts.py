@@ -321,3 +321,19 @@ def test_a_signal_within_a_held_block_stops_the_run_after_it() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         steps.append("never")
     assert "never" not in steps
+
+
+def test_vllm_starts_eager_or_compiled_by_the_budget(files: tuple[Path, Path]) -> None:
+    """Neither flag: eager below COMPILE_MIN_BUDGET, compiled from it (the stated rule);
+    --enforce-eager and --compile force either; both at once are a usage error."""
+    from airv.run.config import COMPILE_MIN_BUDGET
+
+    short = _build(files, "--time-budget", "15m")
+    assert short.engine.enforce_eager and short.settings()["engine_start"] == "eager"
+    assert not _build(files, "--time-budget", "11h50m").engine.enforce_eager
+    edge = f"{int(COMPILE_MIN_BUDGET)}s"
+    assert not _build(files, "--time-budget", edge).engine.enforce_eager
+    assert not _build(files, "--time-budget", "15m", "--compile").engine.enforce_eager
+    assert _build(files, "--time-budget", "12h", "--enforce-eager").engine.enforce_eager
+    with pytest.raises(SystemExit):
+        _build(files, "--compile", "--enforce-eager")

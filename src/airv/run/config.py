@@ -33,6 +33,18 @@ RESERVE_FLOOR = 5.0
 # Start-up of an engine seen on CPU (vLLM, the tiny models): a budget that leaves less than
 # this after the reserve gets a warning that the engine may not even start.
 ENGINE_START_SECONDS = 60.0
+# Below this budget (seconds) vLLM starts eager unless --compile says otherwise. Compiling (torch
+# compile on CPU, CUDA-graph capture on a GPU) makes the start longer: on this machine's CPU a
+# compiled start took 54 s of a 60 s trial and the run answered nothing; an eager one was up at
+# 19 s and answered 243 prompts. From half an hour on, that cost is under 3% of the budget.
+COMPILE_MIN_BUDGET = 30 * 60.0
+
+
+def eager_by_budget(time_budget: float) -> bool:
+    """Whether vLLM starts eager when neither --enforce-eager nor --compile is given: below
+    COMPILE_MIN_BUDGET, a compiled start costs more of the budget than its faster decoding
+    gives back."""
+    return time_budget < COMPILE_MIN_BUDGET
 
 
 @dataclass(frozen=True)
@@ -151,6 +163,8 @@ class RunConfig:
             "vote": self.vote_mode.value,
             "rescore": [self.rescore_top, self.rescore_augmentations],
             "ttt": {k: str(v) for k, v in dataclasses.asdict(self.ttt).items()},
+            # How vLLM started (eager_by_budget unless forced): speed, not answers.
+            "engine_start": "eager" if self.engine.enforce_eager else "compiled",
         }
 
     @property

@@ -37,7 +37,14 @@ from airv.engines.config import (
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.engines.openai_engine import API_KEY_ENV, check_endpoints
 from airv.run.budget import format_duration, parse_duration
-from airv.run.config import RESERVE_CAP, RESERVE_FLOOR, RESERVE_SHARE, RunConfig
+from airv.run.config import (
+    COMPILE_MIN_BUDGET,
+    RESERVE_CAP,
+    RESERVE_FLOOR,
+    RESERVE_SHARE,
+    RunConfig,
+    eager_by_budget,
+)
 from airv.run.recipes import apply_recipe, recipe_names
 
 RUN_DESCRIPTION = """\
@@ -434,11 +441,21 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help=f"vLLM's share of GPU memory (default {ec.gpu_memory_utilization})",
     )
-    e.add_argument(
+    start = e.add_mutually_exclusive_group()
+    start.add_argument(
         "--enforce-eager",
         action="store_true",
         default=None,
-        help="skip vLLM graph compilation: faster start, slower decoding",
+        help="skip vLLM graph compilation: faster start, slower decoding (default: eager for a "
+        f"time budget under {format_duration(COMPILE_MIN_BUDGET)}, else compiled)",
+    )
+    start.add_argument(
+        "--compile",
+        dest="enforce_eager",
+        action="store_false",
+        default=None,
+        help="compile vLLM's graphs (torch compile on CPU, CUDA graphs on a GPU) whatever the "
+        "budget: slower start, faster decoding",
     )
     e.add_argument(
         "--ngram-speculative-tokens",
@@ -657,13 +674,18 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         raise InputError(
             f"not a Hugging Face model directory (no {MODEL_CONFIG_FILE})", path=args.model
         )
+    time_budget = (
+        RunConfig.time_budget if args.time_budget is None else parse_duration(args.time_budget)
+    )
     engine = replace(
         EngineConfig(model=args.model),
         backend=None if args.engine is None else Backend(args.engine),
         dtype=None if args.dtype is None else Dtype(args.dtype),
         max_model_len=args.max_model_len or default_max_model_len(args.model),
         gpu_memory_utilization=args.gpu_memory_utilization,
-        enforce_eager=args.enforce_eager,
+        enforce_eager=eager_by_budget(time_budget)
+        if args.enforce_eager is None
+        else args.enforce_eager,
         cpu_kv_cache_gib=args.cpu_kv_cache_gib,
         ngram_speculative_tokens=args.ngram_speculative_tokens,
         quantization=args.quantization,
@@ -748,7 +770,7 @@ def build_run_config(parsed: argparse.Namespace) -> RunConfig:
         vote_mode=None if args.vote is None else VoteMode(args.vote),
         rescore_top=args.rescore_top,
         rescore_augmentations=args.rescore_augmentations,
-        time_budget=None if args.time_budget is None else parse_duration(args.time_budget),
+        time_budget=time_budget,
         reserve=None if args.reserve is None else parse_duration(args.reserve),
         task_cap_seconds=cap_s,
         task_cap_tokens=cap_t,
