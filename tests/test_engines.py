@@ -279,3 +279,17 @@ def test_each_request_is_decoded_as_it_says(
     mixed = sampler.generate([*forced, *several])
     assert all(_same(f, g) for f, g in zip(mixed[:3], greedy, strict=True))
     assert [len(cs) for cs in mixed[3:]] == [3, 3]
+
+
+def test_a_search_wider_than_the_engine_was_started_for_fails_alone(vllm_engine: Engine) -> None:
+    """vLLM fixes its logprobs cap when it starts (20 here: started greedy). A request whose
+    own search reads more per step (p > 0.01: 100) fails alone, saying why; one at p > 0.1
+    (10) is served beside it."""
+    reqs = _requests(vllm_engine, max_tokens=4)
+    wide = dataclasses.replace(reqs[0], decoding=Decoding(dfs_threshold=0.01))
+    fits = dataclasses.replace(reqs[1], decoding=Decoding(dfs_threshold=0.1))
+    vllm_engine.add(1, wide)
+    vllm_engine.add(2, fits)
+    results = _stream(vllm_engine)
+    assert "reads more logprobs than this engine was started for" in (results[1][-1].error or "")
+    assert results[2][-1].error is None

@@ -99,6 +99,10 @@ def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
         too_long = GenerateRequest((5,) * (MAX_MODEL_LEN + 10), 4)
         with pytest.raises(EngineError, match="endpoint-0: 1 request"):
             run_lane(lane, [too_long, gens[0]], time.monotonic() + 120)
+        # A request that asks for what the server does not offer fails alone, saying why.
+        search = GenerateRequest(prompts[0], 4, decoding=Decoding(dfs_threshold=0.1))
+        with pytest.raises(EngineError, match=r"1 request.*not offered through the openai"):
+            run_lane(lane, [gens[0], search], time.monotonic() + 120)
     finally:
         lane.close()
 
