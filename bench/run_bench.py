@@ -62,8 +62,9 @@ from airv.core.types import MAX_SIDE, Grid, TaskId, Unit
 from airv.core.voting import Candidate, Vote, vote
 from airv.engines.base import Completion, Engine, GenerateRequest, Result, completions_of
 from airv.engines.config import Backend, Decoding, EngineConfig
+from airv.engines.lane import Lane
 from airv.engines.model import default_max_model_len
-from airv.engines.pool import FaultyLanes, Lane, LocalLane, await_ready, run_lane, start_lane
+from airv.engines.pool import FaultyLanes, LocalLane, await_ready, run_lane, start_lane
 from airv.engines.worker import EngineWorker, Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig

@@ -98,7 +98,7 @@ def test_an_adapters_server_name_is_fixed_by_its_path() -> None:
 def test_a_lanes_failure_message_hides_credentials() -> None:
     """An endpoint that refuses connections: the lane's failure names it without its
     credentials (the message reaches the log and run_summary.json)."""
-    from airv.engines.worker import WorkerDied
+    from airv.engines.lane import WorkerDied
 
     lane = OpenAILane("http://u:pw@127.0.0.1:9/v1", Decoding(), name="endpoint-0")
     try:

@@ -24,7 +24,8 @@ from airv.engines.base import (
     generate_blocking,
     score_blocking,
 )
-from airv.engines.pool import Done, Job, Lane, LocalLane, Pool, SharedQueue, Supervision
+from airv.engines.lane import Lane
+from airv.engines.pool import Done, Job, LocalLane, Pool, SharedQueue, Supervision
 
 LIMIT = 3.0  # seconds: a drive loop that runs longer than this has hung
 PROMPT = (7, 8)  # every job's prompt: 2 tokens
@@ -517,8 +518,8 @@ def test_run_lane_returns_results_in_request_order() -> None:
 
 def test_run_lane_stops_at_its_deadline_and_raises_on_a_failed_request() -> None:
     from airv.core.errors import EngineError
+    from airv.engines.lane import WorkerTimeout
     from airv.engines.pool import run_lane
-    from airv.engines.worker import WorkerTimeout
 
     hung = Scripted(silent_at=0)
     with pytest.raises(WorkerTimeout, match="no answer before the deadline"):

@@ -45,7 +45,7 @@ from airv.engines.base import (
     sum_logprobs,
 )
 from airv.engines.config import Backend, Decoding, unsupported
-from airv.engines.worker import WorkerDied
+from airv.engines.lane import WorkerDied
 
 API_KEY_ENV = "AIRV_API_KEY"
 REQUEST_TIMEOUT = 600.0  # seconds for one HTTP request; the stall watchdog bounds a silent server

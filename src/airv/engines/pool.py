@@ -26,14 +26,8 @@ from typing import Any, Generic, Protocol, TypeVar
 from airv.core.errors import EngineError
 from airv.engines.base import Engine, GenerateRequest, Request, Result, in_order
 from airv.engines.config import Backend, Decoding, EngineConfig
-from airv.engines.worker import (
-    EngineRefused,
-    EngineWorker,
-    Faults,
-    WorkerDied,
-    WorkerStalled,
-    WorkerTimeout,
-)
+from airv.engines.lane import EngineRefused, Lane, WorkerDied, WorkerStalled, WorkerTimeout
+from airv.engines.worker import EngineWorker, Faults
 
 log = logging.getLogger(__name__)
 
@@ -86,36 +80,6 @@ class SharedQueue(Generic[T]):
             self._heap = [e for hit, e in picked if not hit]
             heapq.heapify(self._heap)
         return gone
-
-
-class Lane(Protocol):
-    """An engine that pulls from the queue: a worker process (engines.worker.EngineWorker), or
-    an engine in this process (LocalLane)."""
-
-    name: str
-    ready: bool
-    last_heard: float  # time.monotonic() of the lane's last sign of life
-    started: float
-
-    @property
-    def pid(self) -> int | None: ...
-
-    @property
-    def waitable(self) -> Connection | None:
-        """A connection multiprocessing.connection.wait can wait on; None: poll it."""
-        ...
-
-    def send(self, items: Sequence[tuple[int, Request]]) -> None: ...
-
-    def abort(self, request_ids: Sequence[int]) -> None: ...
-
-    def receive(self) -> list[Result]:
-        """What has arrived, without waiting long; raises WorkerDied when the lane is gone."""
-        ...
-
-    def kill(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class LocalLane:

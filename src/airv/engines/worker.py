@@ -29,38 +29,17 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from airv.core.errors import ConfigError, EngineError
+from airv.core.errors import ConfigError
 from airv.engines.base import (
     Request,
     Result,
 )
 from airv.engines.config import Decoding, EngineConfig
+from airv.engines.lane import EngineRefused, WorkerDied
 
 BEAT_SECONDS = 1.0  # at most one heartbeat a second while the engine steps
 CLOSE_SECONDS = 30.0  # a clean engine shutdown's limit, then a kill
 _CHECK_SECONDS = 0.2  # how often the parent looks at the worker's processes
-
-
-class WorkerTimeout(EngineError):
-    """The worker did not answer before its deadline; it has been killed."""
-
-
-class WorkerDied(EngineError):
-    """The worker process ended, vLLM's engine process died, or the engine raised; the worker
-    has been killed. `partial`: the results it sent before, not yet taken."""
-
-    def __init__(self, message: str, *, partial: Sequence[Result] = ()):
-        super().__init__(message)
-        self.partial = list(partial)
-
-
-class EngineRefused(WorkerDied):
-    """The engine refused its settings at start-up (a ConfigError): final, as a restart would
-    be refused again."""
-
-
-class WorkerStalled(WorkerDied):
-    """The worker had work and said nothing for too long; it has been killed."""
 
 
 @dataclass(frozen=True)

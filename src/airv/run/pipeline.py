@@ -49,18 +49,18 @@ from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, vote
 from airv.engines.base import Completion, GenerateRequest
 from airv.engines.config import Backend
+from airv.engines.lane import Lane, WorkerTimeout
 from airv.engines.model import check_round_trip, load_tokenizer, weight_names
 from airv.engines.pool import (
     Done,
     Job,
-    Lane,
     LaneStarter,
     Pool,
     SharedQueue,
     Supervision,
     start_lane,
 )
-from airv.engines.worker import CLOSE_SECONDS, WorkerTimeout
+from airv.engines.worker import CLOSE_SECONDS
 from airv.run.budget import (
     Clock,
     SignalStop,
