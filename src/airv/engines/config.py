@@ -223,6 +223,9 @@ CAPABILITIES: Mapping[Backend, Capabilities] = {
 }
 
 
+_DEFAULT_DECODING = Decoding()  # what "unset" means for each option
+
+
 def unsupported(
     backend: Backend,
     decoding: Decoding,
@@ -241,9 +244,8 @@ def unsupported(
             f"beam search on the {backend} engine takes no LoRA adapters (--ttt): decode greedy, "
             "sampling or dfs, or use --engine hf"
         )
-    defaults = Decoding()
     for name in sorted(_ALL_PENALTIES - can.penalties):
-        if getattr(decoding, name) != getattr(defaults, name):
+        if getattr(decoding, name) != getattr(_DEFAULT_DECODING, name):
             return f"{name} is not offered by the {backend} engine (leave it unset)"
     if quantization is not None and can.quantization is not None:
         return can.quantization

@@ -198,7 +198,8 @@ class VllmEngine:
             params = self._score_params
         else:
             ids = list(request.prompt_ids)
-            params = self._params_for(request)
+            assert decoding is not None  # a GenerateRequest's, from the top of add
+            params = self._params_for(request, decoding)
         key = str(request_id)
         try:
             self._engine.add_request(
@@ -372,11 +373,11 @@ class VllmEngine:
             self._params[decoding] = params
         return params
 
-    def _params_for(self, request: GenerateRequest) -> Any:
+    def _params_for(self, request: GenerateRequest, decoding: Decoding) -> Any:
         """The SamplingParams of one request: its decoding's, with its own max_tokens."""
         from vllm.sampling_params import RequestOutputKind
 
-        params = self._base_params(decoding_of(request, self._sampling)).clone()
+        params = self._base_params(decoding).clone()
         params.max_tokens = request.max_tokens
         params.output_kind = (
             RequestOutputKind.CUMULATIVE if request.partial else RequestOutputKind.FINAL_ONLY
