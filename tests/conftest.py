@@ -17,7 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from airv.engines import Engine  # noqa: E402
+from airv.engines import Engine, make_engine  # noqa: E402
 from airv.engines.config import Backend, Decoding, Dtype, EngineConfig  # noqa: E402
 
 # vLLM's CPU build sizes its KV cache from this (GiB); the tiny model needs little.
@@ -92,7 +92,7 @@ class Engines:
     tears down): one vLLM engine lives at a time, and asking for another closes it first."""
 
     def __init__(self) -> None:
-        self._live: dict[tuple[object, ...], Engine] = {}
+        self._live: dict[tuple[EngineConfig, Decoding], Engine] = {}
 
     def get(
         self,
@@ -101,8 +101,6 @@ class Engines:
         decoding: Decoding | None = None,
         **engine: object,
     ) -> Engine:
-        from airv.engines import make_engine
-
         options: dict[str, object] = dict(
             dtype=Dtype.FLOAT32, max_model_len=1024, enforce_eager=True
         )
@@ -112,15 +110,13 @@ class Engines:
         if key not in self._live:
             if backend is Backend.VLLM:
                 self.close(Backend.VLLM)
-            self._live[key] = make_engine(cfg, decoding or Decoding())
+            self._live[key] = make_engine(*key)
         return self._live[key]
 
     def close(self, backend: Backend | None = None) -> None:
-        for key, engine in list(self._live.items()):
-            cfg = key[0]
-            assert isinstance(cfg, EngineConfig)
+        for (cfg, decoding), engine in list(self._live.items()):
             if backend is None or cfg.backend is backend:
-                del self._live[key]
+                del self._live[cfg, decoding]
                 engine.close()
 
 
