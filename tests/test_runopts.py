@@ -9,13 +9,13 @@ import pytest
 
 from airv.adapt.config import Loss
 from airv.cli import main
+from airv.core.durations import parse_duration
 from airv.core.errors import ConfigError, InputError
 from airv.core.formats import FormatSpec
 from airv.core.tasks import Pair, Task, dump_challenges
 from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run import options as runopts
-from airv.run.budget import parse_duration
 from airv.run.config import RunConfig
 
 

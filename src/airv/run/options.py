@@ -17,6 +17,7 @@ from typing import Any
 
 from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
 from airv.core.augment import ViewPolicy
+from airv.core.durations import format_duration, parse_duration
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
     DEFAULT_PRESET,
@@ -36,7 +37,6 @@ from airv.engines.config import (
 )
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.engines.openai_engine import API_KEY_ENV, check_endpoints
-from airv.run.budget import format_duration, parse_duration
 from airv.run.config import (
     COMPILE_MIN_BUDGET,
     RESERVE_CAP,

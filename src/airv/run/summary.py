@@ -11,9 +11,9 @@ from pathlib import Path
 
 import orjson
 
+from airv.core.durations import format_duration
 from airv.core.jsonio import write_atomic
 from airv.core.types import TaskId
-from airv.run.budget import format_duration
 from airv.run.predictions import Prediction
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from airv.core.augment import plan_views
+from airv.core.durations import format_duration
 from airv.core.errors import ConfigError
 from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
 from airv.core.tasks import Challenges, Task, load_challenges
@@ -36,7 +37,7 @@ from airv.engines import Completion, GenerateRequest
 from airv.engines.base import completions_of
 from airv.engines.model import load_tokenizer
 from airv.engines.pool import await_ready, run_lane, start_lane
-from airv.run.budget import format_duration, process_start_time
+from airv.run.budget import process_start_time
 from airv.run.config import RunConfig
 
 # Views priced per test input: identity and a quarter turn (a transposed grid has another
