@@ -198,7 +198,7 @@ def test_context_length_defaults_to_the_models_limit(files: tuple[Path, Path]) -
 def test_a_command_takes_only_the_option_groups_it_needs(files: tuple[Path, Path]) -> None:
     ch, model = files
     p = argparse.ArgumentParser()
-    groups = [g for g in runopts.RUN_GROUPS if g is not runopts.add_voting_arguments]
+    groups = [g for g in runopts.RUN_GROUPS if g is not runopts.Group.VOTING]
     runopts.add_run_arguments(p, required=False, groups=groups)
     with pytest.raises(SystemExit):  # argparse: unrecognised argument
         p.parse_args(["--vote", "rescore"])

@@ -338,7 +338,7 @@ def _add_plan(subparsers: _Subparsers) -> None:
         p,
         required=False,
         out_help="also write plan.json into this directory",
-        groups=[g for g in runopts.RUN_GROUPS if g is not runopts.add_voting_arguments],
+        groups=[g for g in runopts.RUN_GROUPS if g is not runopts.Group.VOTING],
     )
     p.set_defaults(func=_plan)
 

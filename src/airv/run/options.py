@@ -1,22 +1,30 @@
-"""The options of `airv run` (which `airv eval` and `airv plan` share), in groups, and how the
-options become a RunConfig.
+"""The options of `airv run` (which `airv eval` and `airv plan` share): one table, OPTIONS,
+from which the parser, the mapping to a RunConfig and the --help defaults are all made.
 
-Every flag defaults to None and only overrides the defaults held by the config dataclasses,
-so a default is stated once (airv.run.config, airv.engines.config) and `--help` quotes it.
+Each option is an `Option`: its flag, its --help group, the config field it sets (a path into
+RunConfig such as "engine.max_model_len") and how its text becomes that field's value. Every
+flag defaults to None and only overrides the defaults held by the config dataclasses
+(airv.run.config, airv.engines.config, airv.adapt.config), so a default is stated once and
+--help quotes it from there. A few options are set by a rule that reads other options too
+(`_derived`); the rules that check options against each other are in `validate`. The README's
+option tables and the recipes are checked against OPTIONS by tests/test_options_table.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import logging
 import math
+import operator
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
-from airv.core.augment import ViewPolicy
 from airv.core.durations import format_duration, parse_duration
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
@@ -33,7 +41,6 @@ from airv.engines.config import (
     Decoding,
     Dtype,
     EngineConfig,
-    replace,
 )
 from airv.engines.model import MODEL_CONFIG_FILE, default_max_model_len, visible_gpus
 from airv.engines.openai_engine import API_KEY_ENV, check_endpoints
@@ -71,6 +78,120 @@ _ENGINE = EngineConfig()
 _SAMPLING = Decoding()
 _TTT = TTTConfig()
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LOG_LEVEL = "INFO"  # airv's own (--log-level); vLLM's is EngineConfig.log_level
+
+
+class Group(enum.Enum):
+    """The option groups of `airv run`, in --help order; each value is its title there."""
+
+    INPUTS = "inputs and outputs"
+    BUDGET = "time budget"
+    AUGMENTATION = "augmentation rounds"
+    VOTING = "voting"
+    FORMAT = (
+        "prompt format (precedence: --format, --format-preset, the model's "
+        f"{MODEL_PROMPT_FILE}, then the {DEFAULT_PRESET!r} preset)"
+    )
+    TTT = (
+        "test-time fine-tuning (LoRA adapters trained on each task's own pairs; "
+        f"{_TTT.mode} by default)"
+    )
+    ENGINE = "engine"
+    DECODING = f"decoding (default {_SAMPLING.decode})"
+    OUTPUT = "output"
+
+
+# The groups `airv run` takes besides its inputs. `airv eval` takes them all (it can run);
+# `airv plan` takes all but voting (it prices generation only).
+RUN_GROUPS: tuple[Group, ...] = tuple(g for g in Group if g is not Group.INPUTS)
+
+
+def show(value: object) -> str:
+    """A config default as --help and the README write it."""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One `airv run` option: its flag, where it sets the config, and its --help."""
+
+    flag: str
+    group: Group
+    # The config field it sets, as a path into RunConfig ("ttt.learning_rate"); None: no
+    # field (airv's own log level).
+    path: str | None
+    help: str  # what it does; never its default, which is added from `path`'s field
+    type: Callable[[str], Any] | None = None  # argparse's: a bad value is a usage error
+    to_config: Callable[[Any], Any] | None = None  # the parsed value -> the field's; None: as is
+    choices: Sequence[str] | None = None
+    metavar: str | None = None
+    action: str | None = None  # "store_true" / "store_false" (a switch) or "append"
+    dest: str | None = None  # argparse's; from the flag unless given
+    required: bool = False  # in `airv run`; `airv eval` and `airv plan` check these themselves
+    # The default in words, where the field's own value does not say it (None, or derived).
+    default: str | None = None
+    shown: Callable[[Any], str] = show  # the field's default as --help writes it
+    # Set by a rule that reads other options too (_derived), not from this option alone.
+    derived: bool = False
+    exclusive: str | None = None  # options with the same name are mutually exclusive
+
+    @property
+    def name(self) -> str:
+        """argparse's dest: the key of the parsed Namespace, the recipes' record."""
+        return self.dest or self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def switch(self) -> bool:
+        return self.action in ("store_true", "store_false")
+
+    def config_default(self) -> Any:
+        """The value of the field this option sets when it is not given."""
+        if self.path is None:
+            return None
+        value: Any = _RUN
+        for part in self.path.split("."):
+            value = getattr(value, part)
+        return value
+
+    def shown_default(self) -> str | None:
+        """The field's default as --help shows it; None for a switch, a required option or a
+        field whose default is None (`default` then says it in words)."""
+        if self.switch or self.required or self.path is None:
+            return None
+        value = self.config_default()
+        return None if value is None else self.shown(value)
+
+    def help_text(self) -> str:
+        if self.default is not None:
+            text = f"{self.help} (default: {self.default})"
+        elif (shown := self.shown_default()) is not None:
+            text = f"{self.help} (default {shown})"
+        else:
+            text = self.help
+        return text.replace("%", "%%")  # argparse %-formats help texts
+
+    def add_to(self, group: Any, *, required: bool, help: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"help": help or self.help_text(), "dest": self.name}
+        if self.action is not None:
+            kwargs["action"] = self.action
+            if self.switch:
+                kwargs["default"] = None  # unset: the config's default holds
+        for key in ("type", "choices", "metavar"):
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.required:
+            kwargs["required"] = required
+        group.add_argument(self.flag, **kwargs)
+
 
 def parse_task_cap(text: str) -> tuple[float | None, int | None]:
     """'90s' / '2m' -> seconds; '20000tok' -> tokens."""
@@ -93,291 +214,6 @@ def parse_task_cap(text: str) -> tuple[float | None, int | None]:
     return seconds, None
 
 
-def add_inputs_arguments(
-    p: argparse.ArgumentParser, *, required: bool = True, out_help: str | None = None
-) -> None:
-    """--challenges, --model, --out, --max-tasks. `airv eval` and `airv plan` take them with
-    required=False: they check --challenges/--model/--out themselves, as they need them only
-    to run a model."""
-    io = p.add_argument_group("inputs and outputs")
-    io.add_argument(
-        "--challenges",
-        type=Path,
-        required=required,
-        metavar="FILE",
-        help="Kaggle challenge file, e.g. arc-agi_test_challenges.json",
-    )
-    io.add_argument(
-        "--model",
-        type=Path,
-        required=required,
-        metavar="DIR",
-        help="merged model in Hugging Face format (config.json, weights, tokenizer)",
-    )
-    io.add_argument(
-        "--out",
-        type=Path,
-        required=required,
-        metavar="DIR",
-        help=out_help or "output directory: submission.json, predictions.jsonl, run_summary.json",
-    )
-    io.add_argument(
-        "--max-tasks",
-        type=int,
-        metavar="N",
-        help="run inference on the first N tasks only (the rest get [[0]]); for quick trials",
-    )
-    io.add_argument(
-        "--recipe",
-        metavar="NAME",
-        help="a winner's whole method as defaults (format, views, TTT, decoding, re-scoring, "
-        "selection); every option given explicitly wins. `airv recipe` lists them; default: "
-        f"the model's airv.json 'recipe', if any. Known: {', '.join(recipe_names())}",
-    )
-    io.add_argument(
-        "--fresh",
-        action="store_true",
-        default=None,
-        help="start over in --out: delete its logs and adapters instead of resuming from them "
-        "(a resume whose model, format, views, decoding or adapters differ is refused)",
-    )
-
-
-def add_budget_arguments(p: argparse.ArgumentParser) -> None:
-    """The wall-time budget, the reserve and per-task caps."""
-    rc = _RUN
-    t = p.add_argument_group("time budget")
-    t.add_argument(
-        "--time-budget",
-        metavar="DURATION",
-        help="total wall time from process start, e.g. 11h30m, 45m, 600s "
-        f"(default {format_duration(rc.time_budget)})",
-    )
-    t.add_argument(
-        "--reserve",
-        metavar="DURATION",
-        help="kept back to stop the engines and write the final files; the run ends before "
-        f"its budget does (default: {RESERVE_SHARE:.0%}% of the budget, at least "
-        f"{format_duration(RESERVE_FLOOR)} and at most {format_duration(RESERVE_CAP)})",
-    )
-    t.add_argument(
-        "--task-cap",
-        metavar="CAP",
-        help="per-task cap on engine time (e.g. 90s) or tokens (e.g. 20000tok); a "
-        f"task past its cap gets no more rounds (default: {rc.task_cap_shares:g} fair shares "
-        "of the budget: budget after the reserve / tasks)",
-    )
-    t.add_argument(
-        "--order",
-        choices=["cheapest", "file"],
-        help="work order within a round: cheapest tasks first so most tasks answer "
-        f"early, or file order (default {'cheapest' if rc.cheapest_first else 'file'})",
-    )
-
-
-def add_augmentation_arguments(p: argparse.ArgumentParser) -> None:
-    """How many augmented views each test input gets, and which."""
-    rc = _RUN
-    a = p.add_argument_group("augmentation rounds")
-    a.add_argument(
-        "--first-round",
-        type=int,
-        metavar="K",
-        help=f"augmentations per test input in round 1 (default {rc.first_round})",
-    )
-    a.add_argument(
-        "--per-round",
-        type=int,
-        metavar="K",
-        help=f"augmentations added per later round (default {rc.per_round})",
-    )
-    a.add_argument(
-        "--max-augmentations",
-        type=int,
-        metavar="K",
-        help=f"augmentations per test input over all rounds (default {rc.max_augmentations})",
-    )
-    a.add_argument(
-        "--settle-margin",
-        type=int,
-        metavar="VOTES",
-        help="stop adding augmentations to a test input once its leader leads by "
-        f"this many votes; 0 = never (default {rc.settle_margin})",
-    )
-    a.add_argument(
-        "--permute-background",
-        action="store_true",
-        default=None,
-        help="let colour permutations move colour 0 too (default: 0 stays)",
-    )
-    a.add_argument(
-        "--no-colour-permutations",
-        action="store_true",
-        default=None,
-        help="augment with D8 transforms and train order only",
-    )
-    a.add_argument(
-        "--no-train-shuffle",
-        action="store_true",
-        default=None,
-        help="keep the train pairs in file order",
-    )
-    a.add_argument(
-        "--seed", type=int, help=f"seed of the augmentation planner (default {rc.views.seed})"
-    )
-
-
-def add_voting_arguments(p: argparse.ArgumentParser) -> None:
-    """The voting mode and re-scoring."""
-    rc = _RUN
-    v = p.add_argument_group("voting")
-    v.add_argument(
-        "--vote",
-        choices=[m.value for m in VoteMode],
-        help="grid: majority of identical grids, ties by mean logprob; cell: per-cell "
-        "majority among grids of the most-voted shape; rescore: the top candidates re-ranked "
-        "by their likelihood under other augmentations (prefill only); views-nll (NVARC's "
-        "rule): the top candidates ranked by the number of views that produced them minus "
-        "their mean NLL under those augmentations, re-scored the same way "
-        f"(default {rc.vote_mode.value})",
-    )
-    v.add_argument(
-        "--rescore-top",
-        type=int,
-        metavar="M",
-        help="rescore, views-nll: distinct candidates scored per test input "
-        f"(default {rc.rescore_top})",
-    )
-    v.add_argument(
-        "--rescore-augmentations",
-        type=int,
-        metavar="J",
-        help="rescore, views-nll: augmentations each candidate is scored under "
-        f"(default {rc.rescore_augmentations})",
-    )
-
-
-def add_format_arguments(p: argparse.ArgumentParser) -> None:
-    """The prompt format."""
-    f = p.add_argument_group(
-        "prompt format (precedence: --format, --format-preset, the model's "
-        f"{MODEL_PROMPT_FILE}, then the {DEFAULT_PRESET!r} preset)"
-    )
-    f.add_argument(
-        "--format",
-        type=Path,
-        metavar="FILE",
-        dest="format_file",
-        help=f"a format file, written like {MODEL_PROMPT_FILE} in a model directory: a preset "
-        "and/or grid, layout, template (Jinja2) fields; see the README's Prompt format",
-    )
-    f.add_argument(
-        "--format-preset",
-        metavar="NAME",
-        help=f"a format shipped with airv: {', '.join(preset_names())}",
-    )
-
-
-def add_ttt_arguments(p: argparse.ArgumentParser) -> None:
-    """Test-time fine-tuning."""
-    tc = _TTT
-    g = p.add_argument_group(
-        "test-time fine-tuning (LoRA adapters trained on each task's own pairs; off by default)"
-    )
-    g.add_argument(
-        "--ttt",
-        choices=[m.value for m in TTTMode],
-        help="per-task: one adapter per task; joint: one for the whole file "
-        f"(default {tc.mode.value})",
-    )
-    g.add_argument(
-        "--ttt-budget",
-        metavar="SHARE",
-        help="the stage's share of the budget after the reserve: a fraction (such as 0.4) or a "
-        f"duration (2h, 900s) (default {tc.budget})",
-    )
-    g.add_argument(
-        "--ttt-task-cap",
-        metavar="DURATION",
-        help=f"training time per adapter (default: {tc.task_cap_shares:g} fair shares of the "
-        "stage)",
-    )
-    g.add_argument("--ttt-steps", type=int, metavar="N", help=f"steps per adapter ({tc.steps})")
-    g.add_argument(
-        "--ttt-lr", type=float, metavar="LR", help=f"learning rate (default {tc.learning_rate})"
-    )
-    g.add_argument(
-        "--ttt-embedding-lr",
-        type=float,
-        metavar="LR",
-        help="learning rate of LoRA on embed_tokens/lm_head, when the targets name them "
-        "(default: --ttt-lr)",
-    )
-    g.add_argument(
-        "--ttt-schedule",
-        choices=[s.value for s in Schedule],
-        help=f"learning rate after the warm-up, down to zero (default {tc.schedule.value})",
-    )
-    g.add_argument(
-        "--ttt-warmup",
-        type=float,
-        metavar="SHARE",
-        help=f"share of the steps with the learning rate rising from zero (default {tc.warmup})",
-    )
-    g.add_argument(
-        "--ttt-rslora",
-        action="store_true",
-        default=None,
-        help="rank-stabilised LoRA: scale by alpha / sqrt(rank) (default: alpha / rank)",
-    )
-    g.add_argument(
-        "--ttt-batch", type=int, metavar="N", help=f"sequences per step ({tc.batch_size})"
-    )
-    g.add_argument("--ttt-rank", type=int, metavar="R", help=f"LoRA rank (default {tc.rank})")
-    g.add_argument("--ttt-alpha", type=int, metavar="A", help=f"LoRA alpha (default {tc.alpha})")
-    g.add_argument(
-        "--ttt-target-modules",
-        metavar="NAMES",
-        help="peft target modules: all-linear, or names such as q_proj,v_proj; add "
-        f"embed_tokens,lm_head for LoRA on the embeddings and the head ({tc.target_modules})",
-    )
-    g.add_argument(
-        "--scratch",
-        type=Path,
-        metavar="DIR",
-        help="where adapters are written, as DIR/adapters (default: OUT; the Kaggle kernel "
-        "uses a folder under /tmp, never /kaggle/working)",
-    )
-    g.add_argument(
-        "--no-adapter-fallback",
-        dest="adapter_fallback",
-        action="store_false",
-        default=None,
-        help="an adapter vLLM does not serve leaves its task to the base model (default: the "
-        "transformers engine answers that task if it serves the adapter)",
-    )
-    g.add_argument(
-        "--keep-adapters",
-        action="store_true",
-        default=None,
-        help="keep every adapter (default: each is deleted once its task is answered and "
-        "re-scored)",
-    )
-    g.add_argument(
-        "--ttt-augmentations",
-        type=int,
-        metavar="K",
-        help="augmented views per task; each gives one sequence per train pair "
-        f"(default {tc.augmentations})",
-    )
-    g.add_argument(
-        "--ttt-loss",
-        choices=[m.value for m in Loss],
-        help="which tokens carry loss: the held-out answer, or every output grid of the "
-        f"sequence, the train pairs' too (default {tc.loss.value})",
-    )
-
-
 def parse_share(text: str) -> float:
     """'0.4' -> a fraction; '2h', '900s' or '900' -> seconds (a plain number above 1)."""
     try:
@@ -389,237 +225,259 @@ def parse_share(text: str) -> float:
     return value
 
 
-def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """How the model is loaded and served."""
-    rc = _RUN
-    ec = _ENGINE
-    e = p.add_argument_group("engine")
-    e.add_argument(
-        "--engine",
-        choices=[b.value for b in Backend],
-        help="vllm, hf (transformers), or openai (vLLM's OpenAI-compatible servers, "
-        f"--endpoint); default {ec.backend.value}",
-    )
-    e.add_argument(
-        "--endpoint",
-        action="append",
-        metavar="URL",
-        help="with --engine openai: a server's base URL including /v1, e.g. "
-        "http://127.0.0.1:8000/v1 (repeat for several; they share one queue). The API key, "
-        f"if any, is read from ${API_KEY_ENV}, and sent only over https:// or to a loopback "
-        "address",
-    )
-    e.add_argument(
-        "--allow-insecure-key",
-        action="store_true",
-        default=None,
-        help=f"send ${API_KEY_ENV} to plain http:// endpoints on other machines too",
-    )
-    e.add_argument(
-        "--dtype",
-        choices=[x.value for x in Dtype],
-        help="auto picks float16 on GPUs without bf16 (T4), bfloat16 on newer GPUs, "
-        f"the checkpoint's dtype on CPU (default {ec.dtype.value})",
-    )
-    e.add_argument(
-        "--cpu-kv-cache-gib",
-        type=int,
-        metavar="GIB",
-        help=f"vLLM on CPU only: KV cache size (default {ec.cpu_kv_cache_gib}; "
-        "VLLM_CPU_KVCACHE_SPACE, if set, wins)",
-    )
-    e.add_argument(
-        "--max-model-len",
-        type=int,
-        metavar="TOKENS",
-        help=f"context length; train pairs are dropped (largest first) to fit "
-        f"(default {ec.max_model_len}, or the model's max_position_embeddings if smaller)",
-    )
-    e.add_argument(
-        "--gpu-memory-utilization",
-        type=float,
-        metavar="FRACTION",
-        help=f"vLLM's share of GPU memory (default {ec.gpu_memory_utilization})",
-    )
-    start = e.add_mutually_exclusive_group()
-    start.add_argument(
-        "--enforce-eager",
-        action="store_true",
-        default=None,
-        help="skip vLLM graph compilation: faster start, slower decoding (default: eager for a "
-        f"time budget under {format_duration(COMPILE_MIN_BUDGET)}, else compiled)",
-    )
-    start.add_argument(
-        "--compile",
-        dest="enforce_eager",
-        action="store_false",
-        default=None,
-        help="compile vLLM's graphs (torch compile on CPU, CUDA graphs on a GPU) whatever the "
-        "budget: slower start, faster decoding",
-    )
-    e.add_argument(
-        "--ngram-speculative-tokens",
-        type=int,
-        metavar="K",
-        help="vLLM n-gram (prompt lookup) speculative decoding with K tokens; 0 = off",
-    )
-    e.add_argument(
-        "--quantization",
-        metavar="METHOD",
-        help="vLLM quantization method of a quantized checkpoint, e.g. awq, gptq, fp8 "
-        "(default: what the checkpoint's config.json declares; vllm backend only)",
-    )
-    e.add_argument(
-        "--engine-log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help=f"vLLM's own log level (default {ec.log_level}; VLLM_LOGGING_LEVEL, if set, wins); "
-        "--log-level is airv's",
-    )
-    e.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="engine processes (one per GPU); default: one per --devices entry, else 1",
-    )
-    e.add_argument(
-        "--devices",
-        metavar="IDS",
-        help="comma-separated CUDA device ids, one worker each, e.g. 0,1,2,3 "
-        "(default: all visible GPUs, none on CPU)",
-    )
-    e.add_argument(
-        "--inflight",
-        type=int,
-        metavar="N",
-        help="prompts each engine holds in flight, refilled as they finish; only these are "
-        f"lost at the deadline or a crash (default {rc.inflight})",
-    )
-    e.add_argument(
-        "--stall-timeout",
-        metavar="DURATION",
-        help="an engine with work in flight that returns nothing this long is restarted "
-        f"(default {format_duration(rc.stall_seconds)})",
-    )
-    e.add_argument(
-        "--max-restarts",
-        type=int,
-        metavar="N",
-        help="engine restarts per run (death, vLLM's engine process killed, error or stall) "
-        f"while time remains; then the engine stays down (default {rc.max_restarts})",
-    )
+def _values(kind: type[enum.Enum]) -> list[str]:
+    return [str(m.value) for m in kind]
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """How answers are decoded."""
-    sc = _SAMPLING
-    s = p.add_argument_group("decoding (default greedy)")
-    s.add_argument(
-        "--decode",
-        choices=DECODE_MODES,
-        help="greedy (default); sampling (needs --temperature > 0); beam (needs --beam-width); "
-        "dfs: depth-first search, every answer whose probability stays above --dfs-threshold "
-        "(the ARChitects' and NVARC's decoder). Without it, the other flags decide",
-    )
-    s.add_argument(
-        "--dfs-threshold",
-        type=float,
-        metavar="P",
-        help="dfs: keep answers with probability above P, in (0, 1) "
-        f"(default {DEFAULT_DFS_THRESHOLD}; implies --decode dfs)",
-    )
-    s.add_argument(
-        "--dfs-max-candidates",
-        type=int,
-        metavar="N",
-        help="dfs: answers kept per prompt (view), the likeliest "
-        f"(default {sc.dfs_max_candidates})",
-    )
-    s.add_argument(
-        "--dfs-max-nodes",
-        type=int,
-        metavar="N",
-        help="dfs: next-token distributions computed per prompt (view) before the search stops "
-        f"with what it found (default {sc.dfs_max_nodes}); the task cap bounds a task's time",
-    )
-    s.add_argument(
-        "--n",
-        type=int,
-        help="completions per prompt; > 1 needs --temperature > 0 or --beam-width "
-        f"(default {sc.n})",
-    )
-    s.add_argument(
-        "--temperature",
-        type=float,
-        metavar="T",
-        help="0 = greedy (default); AIRV gets its diversity from the augmentations",
-    )
-    s.add_argument("--top-k", type=int, metavar="K", help="sample from the K likeliest; 0 = off")
-    s.add_argument(
-        "--top-p", type=float, metavar="P", help=f"nucleus sampling mass (default {sc.top_p})"
-    )
-    s.add_argument(
-        "--min-p",
-        type=float,
-        metavar="P",
-        help=f"drop tokens below P x the top one (default {sc.min_p:g})",
-    )
-    s.add_argument(
-        "--repetition-penalty",
-        type=float,
-        help="1.0 = off (default); other values hurt ARC, whose answers copy the input",
-    )
-    s.add_argument(
-        "--presence-penalty",
-        type=float,
-        metavar="X",
-        help=f"in [-2, 2], 0 = off (default {sc.presence_penalty}); vllm backend only. "
-        "Penalties hurt ARC: answers copy the input",
-    )
-    s.add_argument(
-        "--frequency-penalty",
-        type=float,
-        metavar="X",
-        help=f"in [-2, 2], 0 = off (default {sc.frequency_penalty}); vllm backend only. "
-        "Penalties hurt ARC: answers copy the input",
-    )
-    s.add_argument(
-        "--sampling-seed", type=int, metavar="N", help="seed for sampling (default: engine seed)"
-    )
-    s.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
-    s.add_argument(
-        "--beam-width",
-        type=int,
-        metavar="B",
-        help="beam search with B beams (vLLM LLM.beam_search); 0 = off",
-    )
-    s.add_argument(
-        "--length-penalty",
-        type=float,
-        metavar="X",
-        help="beam search ranks beams by logprob / length**X; > 1 favours longer answers "
-        f"(default {sc.length_penalty}; needs --beam-width)",
-    )
+def _cheapest_first(order: str) -> bool:
+    return order == "cheapest"
 
 
-def add_output_arguments(p: argparse.ArgumentParser) -> None:
-    """Progress and logging."""
-    o = p.add_argument_group("output")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+def _order(cheapest_first: bool) -> str:
+    return "cheapest" if cheapest_first else "file"
 
 
-# The option groups of `airv run`, in --help order. `airv eval` takes them all (it can run);
-# `airv plan` takes all but voting (it prices generation only).
-RUN_GROUPS: tuple[Callable[[argparse.ArgumentParser], None], ...] = (
-    add_budget_arguments,
-    add_augmentation_arguments,
-    add_voting_arguments,
-    add_format_arguments,
-    add_ttt_arguments,
-    add_engine_arguments,
-    add_sampling_arguments,
-    add_output_arguments,
-)
+_G = Group
+# Every option of `airv run`, by group in --help order.
+OPTIONS: tuple[Option, ...] = (
+    Option("--challenges", _G.INPUTS, "challenges", type=Path, metavar="FILE", required=True,
+           help="Kaggle challenge file, e.g. arc-agi_test_challenges.json"),
+    Option("--model", _G.INPUTS, "engine.model", type=Path, metavar="DIR", required=True,
+           help="merged model in Hugging Face format (config.json, weights, tokenizer)"),
+    Option("--out", _G.INPUTS, "out_dir", type=Path, metavar="DIR", required=True,
+           help="output directory: submission.json, predictions.jsonl, run_summary.json"),
+    Option("--max-tasks", _G.INPUTS, "max_tasks", type=int, metavar="N", default="all",
+           help="run inference on the first N tasks only (the rest get [[0]]); for quick "
+           "trials"),
+    Option("--recipe", _G.INPUTS, "recipe", metavar="NAME", derived=True,
+           default=f"the model's {MODEL_PROMPT_FILE} 'recipe', if any",
+           help="a winner's whole method as defaults (format, views, TTT, decoding, "
+           "re-scoring, selection); every option given explicitly wins. `airv recipe` lists "
+           f"them: {', '.join(recipe_names())}"),
+    Option("--fresh", _G.INPUTS, "fresh", action="store_true",
+           help="start over in --out: delete its logs and adapters instead of resuming from "
+           "them (a resume whose model, format, views, decoding or adapters differ is "
+           "refused)"),
+
+    Option("--time-budget", _G.BUDGET, "time_budget", metavar="DURATION",
+           to_config=parse_duration, shown=format_duration,
+           help="total wall time from process start, e.g. 11h30m, 45m, 600s"),
+    Option("--reserve", _G.BUDGET, "reserve", metavar="DURATION", to_config=parse_duration,
+           default=f"{RESERVE_SHARE:.0%} of the budget, at least "
+           f"{format_duration(RESERVE_FLOOR)} and at most {format_duration(RESERVE_CAP)}",
+           help="kept back to stop the engines and write the final files; the run ends "
+           "before its budget does"),
+    Option("--task-cap", _G.BUDGET, "task_cap_seconds", metavar="CAP", derived=True,
+           default=f"{_RUN.task_cap_shares:g} fair shares of the budget: budget after the "
+           "reserve / tasks",
+           help="per-task cap on engine time (e.g. 90s) or tokens (e.g. 20000tok); a task "
+           "past its cap gets no more rounds"),
+    Option("--order", _G.BUDGET, "cheapest_first", choices=("cheapest", "file"),
+           to_config=_cheapest_first, shown=_order,
+           help="work order within a round: cheapest tasks first so most tasks answer "
+           "early, or file order"),
+
+    Option("--first-round", _G.AUGMENTATION, "first_round", type=int, metavar="K",
+           help="augmentations per test input in round 1"),
+    Option("--per-round", _G.AUGMENTATION, "per_round", type=int, metavar="K",
+           help="augmentations added per later round"),
+    Option("--max-augmentations", _G.AUGMENTATION, "max_augmentations", type=int,
+           metavar="K", help="augmentations per test input over all rounds"),
+    Option("--settle-margin", _G.AUGMENTATION, "settle_margin", type=int, metavar="VOTES",
+           help="stop adding augmentations to a test input once its leader leads by this "
+           "many votes; 0 = never"),
+    Option("--permute-background", _G.AUGMENTATION, "views.keep_background",
+           action="store_true", to_config=operator.not_, default="0 stays",
+           help="let colour permutations move colour 0 too"),
+    Option("--no-colour-permutations", _G.AUGMENTATION, "views.permute_colours",
+           action="store_true", to_config=operator.not_,
+           help="augment with D8 transforms and train order only"),
+    Option("--no-train-shuffle", _G.AUGMENTATION, "views.shuffle_train",
+           action="store_true", to_config=operator.not_,
+           help="keep the train pairs in file order"),
+    Option("--seed", _G.AUGMENTATION, "views.seed", type=int,
+           help="seed of the augmentation planner"),
+
+    Option("--vote", _G.VOTING, "vote_mode", choices=_values(VoteMode), to_config=VoteMode,
+           help="grid: majority of identical grids, ties by mean logprob; cell: per-cell "
+           "majority among grids of the most-voted shape; rescore: the top candidates "
+           "re-ranked by their likelihood under other augmentations (prefill only); "
+           "views-nll (NVARC's rule): the top candidates ranked by the number of views that "
+           "produced them minus their mean NLL under those augmentations, re-scored the "
+           "same way"),
+    Option("--rescore-top", _G.VOTING, "rescore_top", type=int, metavar="M",
+           help="rescore, views-nll: distinct candidates scored per test input"),
+    Option("--rescore-augmentations", _G.VOTING, "rescore_augmentations", type=int,
+           metavar="J", help="rescore, views-nll: augmentations each candidate is scored "
+           "under"),
+
+    Option("--format", _G.FORMAT, "prompt", type=Path, metavar="FILE", dest="format_file",
+           derived=True, default="none",
+           help=f"a format file, written like {MODEL_PROMPT_FILE} in a model directory: a "
+           "preset and/or grid, layout, template (Jinja2) fields; see the README's Prompt "
+           "format"),
+    Option("--format-preset", _G.FORMAT, "prompt", metavar="NAME", derived=True,
+           default=f"the model's {MODEL_PROMPT_FILE}, else {DEFAULT_PRESET!r}",
+           help=f"a format shipped with airv: {', '.join(preset_names())}"),
+
+    Option("--ttt", _G.TTT, "ttt.mode", choices=_values(TTTMode), to_config=TTTMode,
+           help="per-task: one adapter per task; joint: one for the whole file"),
+    Option("--ttt-budget", _G.TTT, "ttt.budget", metavar="SHARE", to_config=parse_share,
+           help="the stage's share of the budget after the reserve: a fraction such as 0.4, "
+           "or a duration such as 2h or 900s"),
+    Option("--ttt-task-cap", _G.TTT, "ttt.task_cap_seconds", metavar="DURATION",
+           to_config=parse_duration,
+           default=f"{_TTT.task_cap_shares:g} fair shares of the stage",
+           help="training time per adapter"),
+    Option("--ttt-steps", _G.TTT, "ttt.steps", type=int, metavar="N",
+           help="steps per adapter"),
+    Option("--ttt-lr", _G.TTT, "ttt.learning_rate", type=float, metavar="LR",
+           help="learning rate"),
+    Option("--ttt-embedding-lr", _G.TTT, "ttt.embedding_learning_rate", type=float,
+           metavar="LR", default="--ttt-lr",
+           help="learning rate of LoRA on embed_tokens/lm_head, when the targets name them"),
+    Option("--ttt-schedule", _G.TTT, "ttt.schedule", choices=_values(Schedule),
+           to_config=Schedule, help="learning rate after the warm-up, down to zero"),
+    Option("--ttt-warmup", _G.TTT, "ttt.warmup", type=float, metavar="SHARE",
+           help="share of the steps with the learning rate rising from zero"),
+    Option("--ttt-rslora", _G.TTT, "ttt.rslora", action="store_true",
+           default="alpha / rank",
+           help="rank-stabilised LoRA: scale by alpha / sqrt(rank)"),
+    Option("--ttt-batch", _G.TTT, "ttt.batch_size", type=int, metavar="N",
+           help="sequences per step"),
+    Option("--ttt-rank", _G.TTT, "ttt.rank", type=int, metavar="R", help="LoRA rank"),
+    Option("--ttt-alpha", _G.TTT, "ttt.alpha", type=int, metavar="A", help="LoRA alpha"),
+    Option("--ttt-target-modules", _G.TTT, "ttt.target_modules", metavar="NAMES",
+           help="peft target modules: all-linear, or names such as q_proj,v_proj; add "
+           "embed_tokens,lm_head for LoRA on the embeddings and the head"),
+    Option("--scratch", _G.TTT, "scratch_dir", type=Path, metavar="DIR",
+           default="OUT; the Kaggle kernel uses a folder under /tmp, never /kaggle/working",
+           help="where adapters are written, as DIR/adapters"),
+    Option("--no-adapter-fallback", _G.TTT, "adapter_fallback", action="store_false",
+           dest="adapter_fallback",
+           default="the transformers engine answers that task if it serves the adapter",
+           help="an adapter vLLM does not serve leaves its task to the base model"),
+    Option("--keep-adapters", _G.TTT, "keep_adapters", action="store_true",
+           default="each is deleted once its task is answered and re-scored",
+           help="keep every adapter"),
+    Option("--ttt-augmentations", _G.TTT, "ttt.augmentations", type=int, metavar="K",
+           help="augmented views per task; each gives one sequence per train pair"),
+    Option("--ttt-loss", _G.TTT, "ttt.loss", choices=_values(Loss), to_config=Loss,
+           help="which tokens carry loss: the held-out answer, or every output grid of the "
+           "sequence, the train pairs' too"),
+
+    Option("--engine", _G.ENGINE, "engine.backend", choices=_values(Backend),
+           to_config=Backend,
+           help="vllm, hf (transformers), or openai: vLLM's OpenAI-compatible servers at "
+           "--endpoint"),
+    Option("--endpoint", _G.ENGINE, "engine.endpoints", action="append", metavar="URL",
+           to_config=tuple,
+           help="with --engine openai: a server's base URL including /v1, e.g. "
+           "http://127.0.0.1:8000/v1 (repeat for several; they share one queue). The API "
+           f"key, if any, is read from ${API_KEY_ENV}, and sent only over https:// or to a "
+           "loopback address"),
+    Option("--allow-insecure-key", _G.ENGINE, "engine.allow_insecure_key",
+           action="store_true",
+           help=f"send ${API_KEY_ENV} to plain http:// endpoints on other machines too"),
+    Option("--dtype", _G.ENGINE, "engine.dtype", choices=_values(Dtype), to_config=Dtype,
+           help="auto picks float16 on GPUs without bf16 (T4), bfloat16 on newer GPUs, the "
+           "checkpoint's dtype on CPU"),
+    Option("--cpu-kv-cache-gib", _G.ENGINE, "engine.cpu_kv_cache_gib", type=int,
+           metavar="GIB",
+           help="vLLM on CPU only: KV cache size; VLLM_CPU_KVCACHE_SPACE, if set, wins"),
+    Option("--max-model-len", _G.ENGINE, "engine.max_model_len", type=int,
+           metavar="TOKENS", derived=True,
+           default=f"{_ENGINE.max_model_len}, or the model's max_position_embeddings if "
+           "smaller",
+           help="context length; train pairs are dropped (largest first) to fit"),
+    Option("--gpu-memory-utilization", _G.ENGINE, "engine.gpu_memory_utilization",
+           type=float, metavar="FRACTION", help="vLLM's share of GPU memory"),
+    Option("--enforce-eager", _G.ENGINE, "engine.enforce_eager", action="store_true",
+           derived=True, exclusive="start",
+           default="eager for a time budget under "
+           f"{format_duration(COMPILE_MIN_BUDGET)}, else compiled",
+           help="skip vLLM graph compilation: faster start, slower decoding"),
+    Option("--compile", _G.ENGINE, "engine.enforce_eager", action="store_false",
+           dest="enforce_eager", derived=True, exclusive="start",
+           help="compile vLLM's graphs (torch compile on CPU, CUDA graphs on a GPU) whatever "
+           "the budget: slower start, faster decoding"),
+    Option("--ngram-speculative-tokens", _G.ENGINE, "engine.ngram_speculative_tokens",
+           type=int, metavar="K",
+           help="vLLM n-gram (prompt lookup) speculative decoding with K tokens; 0 = off"),
+    Option("--quantization", _G.ENGINE, "engine.quantization", metavar="METHOD",
+           default="what the checkpoint's config.json declares",
+           help="vLLM quantization method of a quantized checkpoint, e.g. awq, gptq, fp8; "
+           "vllm backend only"),
+    Option("--engine-log-level", _G.ENGINE, "engine.log_level", choices=LOG_LEVELS,
+           help="vLLM's own log level (VLLM_LOGGING_LEVEL, if set, wins); --log-level is "
+           "airv's"),
+    Option("--workers", _G.ENGINE, "workers", type=int, metavar="N", derived=True,
+           default="one per --devices entry or visible GPU, else 1",
+           help="engine processes, one per GPU"),
+    Option("--devices", _G.ENGINE, "devices", metavar="IDS", derived=True,
+           default="all visible GPUs, none on CPU",
+           help="comma-separated CUDA device ids, one worker each, e.g. 0,1,2,3"),
+    Option("--inflight", _G.ENGINE, "inflight", type=int, metavar="N",
+           help="prompts each engine holds in flight, refilled as they finish; only these "
+           "are lost at the deadline or a crash"),
+    Option("--stall-timeout", _G.ENGINE, "stall_seconds", metavar="DURATION",
+           to_config=parse_duration, shown=format_duration,
+           help="an engine with work in flight that returns nothing this long is restarted"),
+    Option("--max-restarts", _G.ENGINE, "max_restarts", type=int, metavar="N",
+           help="engine restarts per run (death, vLLM's engine process killed, error or "
+           "stall) while time remains; then the engine stays down"),
+
+    # A property of Decoding, not a field: the flags below decide it, and --decode is
+    # checked against them (validate).
+    Option("--decode", _G.DECODING, "sampling.decode", choices=DECODE_MODES, derived=True,
+           help="greedy; sampling (needs --temperature > 0); beam (needs --beam-width); dfs: "
+           "depth-first search, every answer whose probability stays above --dfs-threshold "
+           "(the ARChitects' and NVARC's decoder). Without it, the other flags decide"),
+    Option("--dfs-threshold", _G.DECODING, "sampling.dfs_threshold", type=float,
+           metavar="P", derived=True, default=f"off; {DEFAULT_DFS_THRESHOLD} with --decode dfs",
+           help="dfs: keep answers with probability above P, in (0, 1); implies --decode dfs"),
+    Option("--dfs-max-candidates", _G.DECODING, "sampling.dfs_max_candidates", type=int,
+           metavar="N", help="dfs: answers kept per prompt (view), the likeliest"),
+    Option("--dfs-max-nodes", _G.DECODING, "sampling.dfs_max_nodes", type=int, metavar="N",
+           help="dfs: next-token distributions computed per prompt (view) before the search "
+           "stops with what it found; the task cap bounds a task's time"),
+    Option("--n", _G.DECODING, "sampling.n", type=int,
+           help="completions per prompt; > 1 needs --temperature > 0 or --beam-width"),
+    Option("--temperature", _G.DECODING, "sampling.temperature", type=float, metavar="T",
+           help="0 = greedy; AIRV gets its diversity from the augmentations"),
+    Option("--top-k", _G.DECODING, "sampling.top_k", type=int, metavar="K",
+           help="sample from the K likeliest; 0 = off"),
+    Option("--top-p", _G.DECODING, "sampling.top_p", type=float, metavar="P",
+           help="nucleus sampling mass"),
+    Option("--min-p", _G.DECODING, "sampling.min_p", type=float, metavar="P",
+           help="drop tokens below P x the top one"),
+    Option("--repetition-penalty", _G.DECODING, "sampling.repetition_penalty", type=float,
+           metavar="X",
+           help="1 = off; other values hurt ARC, whose answers copy the input"),
+    Option("--presence-penalty", _G.DECODING, "sampling.presence_penalty", type=float,
+           metavar="X",
+           help="in [-2, 2], 0 = off; vllm backend only. Penalties hurt ARC: answers copy "
+           "the input"),
+    Option("--frequency-penalty", _G.DECODING, "sampling.frequency_penalty", type=float,
+           metavar="X",
+           help="in [-2, 2], 0 = off; vllm backend only. Penalties hurt ARC: answers copy "
+           "the input"),
+    Option("--sampling-seed", _G.DECODING, "sampling.seed", type=int, metavar="N",
+           default="the engine's seed", help="seed for sampling"),
+    Option("--stop", _G.DECODING, "sampling.stop", action="append", metavar="TEXT",
+           to_config=tuple, help="a stop string; repeat for several"),
+    Option("--beam-width", _G.DECODING, "sampling.beam_width", type=int, metavar="B",
+           help="beam search with B beams (vLLM LLM.beam_search); 0 = off"),
+    Option("--length-penalty", _G.DECODING, "sampling.length_penalty", type=float,
+           metavar="X",
+           help="beam search ranks beams by logprob / length**X; > 1 favours longer "
+           "answers; needs --beam-width"),
+
+    Option("--no-progress", _G.OUTPUT, "progress", action="store_true",
+           to_config=operator.not_, help="no progress bar"),
+    Option("--log-level", _G.OUTPUT, None, choices=LOG_LEVELS, default=DEFAULT_LOG_LEVEL,
+           help="airv's own log level; --engine-log-level is vLLM's"),
+)  # fmt: skip
 
 
 def add_run_arguments(
@@ -627,12 +485,32 @@ def add_run_arguments(
     *,
     required: bool = True,
     out_help: str | None = None,
-    groups: Sequence[Callable[[argparse.ArgumentParser], None]] = RUN_GROUPS,
+    groups: Sequence[Group] = RUN_GROUPS,
 ) -> None:
-    """The options of `airv run`: the inputs, then each of `groups`."""
-    add_inputs_arguments(p, required=required, out_help=out_help)
-    for add in groups:
-        add(p)
+    """The options of `airv run`: the inputs, then each of `groups`. `airv eval` and
+    `airv plan` take the inputs with required=False (they check them themselves, as they
+    need them only to run a model) and --out with help of their own."""
+    for group in (Group.INPUTS, *groups):
+        arguments = p.add_argument_group(group.value)
+        exclusive: dict[str, Any] = {}
+        for option in OPTIONS:
+            if option.group is not group:
+                continue
+            into = arguments
+            if option.exclusive is not None:
+                if option.exclusive not in exclusive:
+                    exclusive[option.exclusive] = arguments.add_mutually_exclusive_group()
+                into = exclusive[option.exclusive]
+            help = out_help if option.flag == "--out" else None
+            option.add_to(into, required=required, help=help)
+
+
+def run_option_parser() -> argparse.ArgumentParser:
+    """`airv run`'s options alone (no input required): how a recipe's options, and the
+    Kaggle kernel's, are read. Their keys are whole flag names: no abbreviations."""
+    p = argparse.ArgumentParser(prog="airv run", add_help=False, allow_abbrev=False)
+    add_run_arguments(p, required=False)
+    return p
 
 
 def pin_workers(workers: int | None, n_gpus: int) -> tuple[str, ...]:
@@ -655,154 +533,101 @@ class _Given:
         return getattr(self._args, name, None)
 
 
-def run_option_parser() -> argparse.ArgumentParser:
-    """`airv run`'s options alone (no input required): how a recipe's options, and the
-    Kaggle kernel's, are read."""
-    p = argparse.ArgumentParser(prog="airv run", add_help=False)
-    add_run_arguments(p, required=False)
-    return p
-
-
 def build_run_config(parsed: argparse.Namespace) -> RunConfig:
     """The RunConfig the options describe: each given option overrides its default, then the
     recipe's (airv.run.recipes), then the config classes'."""
     recipe, supplied = apply_recipe(parsed, run_option_parser())
-    args = _Given(parsed)
-    if not args.challenges.exists():
-        raise InputError("challenge file not found", path=args.challenges)
-    if not (args.model / MODEL_CONFIG_FILE).exists():
+    given = _Given(parsed)
+    if not given.challenges.exists():
+        raise InputError("challenge file not found", path=given.challenges)
+    if not (given.model / MODEL_CONFIG_FILE).exists():
         raise InputError(
-            f"not a Hugging Face model directory (no {MODEL_CONFIG_FILE})", path=args.model
+            f"not a Hugging Face model directory (no {MODEL_CONFIG_FILE})", path=given.model
         )
-    time_budget = (
-        RunConfig.time_budget if args.time_budget is None else parse_duration(args.time_budget)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(given, option.name)
+        if value is None or option.path is None or option.derived:
+            continue
+        values[option.path] = value if option.to_config is None else option.to_config(value)
+    values.update(_derived(given, values))
+    values["recipe"] = None if recipe is None else recipe.name
+    values["recipe_options"] = tuple(sorted((k, str(v)) for k, v in supplied.items()))
+    cfg: RunConfig = _overridden(_RUN, values)
+    validate(cfg, given)
+    return cfg
+
+
+def _derived(given: _Given, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields set by rules that read more than their own option (OPTIONS' `derived`)."""
+    out: dict[str, Any] = {}
+    time_budget = values.get("time_budget", _RUN.time_budget)
+    out["engine.enforce_eager"] = (
+        eager_by_budget(time_budget) if given.enforce_eager is None else given.enforce_eager
     )
-    engine = replace(
-        EngineConfig(model=args.model),
-        backend=None if args.engine is None else Backend(args.engine),
-        dtype=None if args.dtype is None else Dtype(args.dtype),
-        max_model_len=args.max_model_len or default_max_model_len(args.model),
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        enforce_eager=eager_by_budget(time_budget)
-        if args.enforce_eager is None
-        else args.enforce_eager,
-        cpu_kv_cache_gib=args.cpu_kv_cache_gib,
-        ngram_speculative_tokens=args.ngram_speculative_tokens,
-        quantization=args.quantization,
-        log_level=args.engine_log_level,
-        endpoints=None if args.endpoint is None else tuple(args.endpoint),
-        allow_insecure_key=args.allow_insecure_key,
+    max_model_len = given.max_model_len or default_max_model_len(given.model)
+    if max_model_len is not None:  # None: the model does not say; EngineConfig's holds
+        out["engine.max_model_len"] = max_model_len
+    if given.dfs_threshold is not None:
+        out["sampling.dfs_threshold"] = given.dfs_threshold
+    elif given.decode == "dfs":
+        out["sampling.dfs_threshold"] = DEFAULT_DFS_THRESHOLD
+    if given.task_cap is not None:
+        out["task_cap_seconds"], out["task_cap_tokens"] = parse_task_cap(given.task_cap)
+    out["prompt"] = resolve_format(
+        model=given.model, preset=given.format_preset, format_file=given.format_file
     )
-    sampling = replace(
-        Decoding(),
-        n=args.n,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=args.sampling_seed,
-        stop=None if args.stop is None else tuple(args.stop),
-        beam_width=args.beam_width,
-        presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty,
-        length_penalty=args.length_penalty,
-        dfs_threshold=args.dfs_threshold
-        if args.dfs_threshold is not None or args.decode != "dfs"
-        else DEFAULT_DFS_THRESHOLD,
-        dfs_max_candidates=args.dfs_max_candidates,
-        dfs_max_nodes=args.dfs_max_nodes,
-    )
-    if args.decode is not None and sampling.decode != args.decode:
+    if values.get("engine.backend") is Backend.OPENAI:  # one lane per server
+        out["workers"], out["devices"] = len(values.get("engine.endpoints", ())), ()
+        return out
+    if given.devices is not None:
+        devices = tuple(x.strip() for x in given.devices.split(",") if x.strip())
+    else:
+        devices = pin_workers(given.workers, visible_gpus())
+    if given.workers is not None or devices:
+        out["workers"] = len(devices) if given.workers is None else given.workers
+    if devices:
+        out["devices"] = devices
+    return out
+
+
+def _overridden(base: Any, values: Mapping[str, Any]) -> Any:
+    """`base` (a config dataclass) with the fields `values` names by path replaced; nested
+    configs ("engine.dtype") are rebuilt first, so each checks its own values."""
+    own: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in values.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            own[head] = value
+    for head, inner in nested.items():
+        own[head] = _overridden(getattr(base, head), inner)
+    return dataclasses.replace(base, **own)
+
+
+def validate(cfg: RunConfig, given: _Given) -> None:
+    """The rules that hold options against each other, beyond each config's own checks."""
+    if given.decode is not None and cfg.sampling.decode != given.decode:
         needs = {
             "greedy": "no --temperature, --beam-width or --dfs-threshold",
             "sampling": "--temperature > 0",
             "beam": "--beam-width B (B >= 2)",
             "dfs": "no --temperature or --beam-width",
-        }[args.decode]
+        }[given.decode]
         raise ConfigError(
-            f"--decode {args.decode} needs {needs}; the flags given ask for {sampling.decode}"
+            f"--decode {given.decode} needs {needs}; the flags given ask for {cfg.sampling.decode}"
         )
-    if engine.backend is Backend.OPENAI:
-        check_endpoints(engine.endpoints, allow_insecure_key=engine.allow_insecure_key)
-    prompt = resolve_format(
-        model=args.model, preset=args.format_preset, format_file=args.format_file
-    )
-    devices: tuple[str, ...] | None = None
-    if args.devices is not None:
-        devices = tuple(x.strip() for x in args.devices.split(",") if x.strip())
-    else:
-        devices = pin_workers(args.workers, visible_gpus())
-    workers = args.workers if args.workers is not None else (len(devices) if devices else None)
-    if engine.backend is Backend.OPENAI:  # one lane per server
-        if args.workers is not None and args.workers != len(engine.endpoints):
+    if cfg.engine.backend is Backend.OPENAI:
+        check_endpoints(cfg.engine.endpoints, allow_insecure_key=cfg.engine.allow_insecure_key)
+        if given.workers is not None and given.workers != len(cfg.engine.endpoints):
             raise ConfigError("with --engine openai, the workers are the endpoints: drop --workers")
-        workers, devices = len(engine.endpoints), ()
-    cap_s, cap_t = (None, None) if args.task_cap is None else parse_task_cap(args.task_cap)
-    cfg: RunConfig = replace(
-        RunConfig(challenges=args.challenges, out_dir=args.out),
-        engine=engine,
-        sampling=sampling,
-        prompt=prompt,
-        ttt=replace(
-            TTTConfig(),
-            mode=None if args.ttt is None else TTTMode(args.ttt),
-            budget=None if args.ttt_budget is None else parse_share(args.ttt_budget),
-            task_cap_seconds=None
-            if args.ttt_task_cap is None
-            else parse_duration(args.ttt_task_cap),
-            steps=args.ttt_steps,
-            learning_rate=args.ttt_lr,
-            embedding_learning_rate=args.ttt_embedding_lr,
-            schedule=None if args.ttt_schedule is None else Schedule(args.ttt_schedule),
-            warmup=args.ttt_warmup,
-            rslora=args.ttt_rslora,
-            batch_size=args.ttt_batch,
-            rank=args.ttt_rank,
-            alpha=args.ttt_alpha,
-            target_modules=args.ttt_target_modules,
-            augmentations=args.ttt_augmentations,
-            loss=None if args.ttt_loss is None else Loss(args.ttt_loss),
-        ),
-        scratch_dir=args.scratch,
-        keep_adapters=args.keep_adapters,
-        adapter_fallback=args.adapter_fallback,
-        vote_mode=None if args.vote is None else VoteMode(args.vote),
-        rescore_top=args.rescore_top,
-        rescore_augmentations=args.rescore_augmentations,
-        time_budget=time_budget,
-        reserve=None if args.reserve is None else parse_duration(args.reserve),
-        task_cap_seconds=cap_s,
-        task_cap_tokens=cap_t,
-        cheapest_first=None if args.order is None else args.order == "cheapest",
-        first_round=args.first_round,
-        per_round=args.per_round,
-        max_augmentations=args.max_augmentations,
-        settle_margin=args.settle_margin,
-        views=replace(
-            ViewPolicy(),
-            keep_background=None if args.permute_background is None else False,
-            permute_colours=None if args.no_colour_permutations is None else False,
-            shuffle_train=None if args.no_train_shuffle is None else False,
-            seed=args.seed,
-        ),
-        workers=workers,
-        devices=devices or None,
-        inflight=args.inflight,
-        stall_seconds=None if args.stall_timeout is None else parse_duration(args.stall_timeout),
-        max_restarts=args.max_restarts,
-        max_tasks=args.max_tasks,
-        fresh=args.fresh,
-        recipe=None if recipe is None else recipe.name,
-        recipe_options=tuple(sorted((k, str(v)) for k, v in supplied.items())),
-        progress=False if args.no_progress else None,
-    )
-    return cfg
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str | None) -> None:
     logging.basicConfig(
-        level=getattr(logging, level),
+        level=getattr(logging, level or DEFAULT_LOG_LEVEL),
         format="%(asctime)s airv %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
