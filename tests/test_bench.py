@@ -1,33 +1,22 @@
-"""Tests of the bench scripts without their workloads: bench/run_bench.py's token counts, its
+"""Tests of the bench scripts without their workloads: bench.run_bench's token counts, its
 section registry and every section's renderer (fed a real run's bench/results.json), its context
-length; bench/vote_modes.py's accuracy and a small smoke run. No timings are checked here."""
+length; bench.vote_modes's accuracy and a small smoke run. No timings are checked here."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from airv.core.formats import FormatSpec
 from airv.core.types import Grid
+from bench import harness, speculative, tokens, vote_modes
+from bench.run_bench import SECTIONS, main
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "run_bench.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("airv_run_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +29,8 @@ def char_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
 GRIDS: list[Grid] = [((0,),), ((1, 2, 3), (4, 5, 6)), tuple((7,) * 30 for _ in range(30))]
 
 
-def test_tokens_per_grid_structure_and_counts(bench: ModuleType, char_tokenizer: object) -> None:
-    out = bench.tokens_per_grid(GRIDS, char_tokenizer)
+def test_tokens_per_grid_structure_and_counts(char_tokenizer: object) -> None:
+    out = tokens.tokens_per_grid(GRIDS, char_tokenizer)
     assert out["grids"] == 3
     # One token per character: a grid's text plus its newline is one token per cell and row.
     assert out["tokens"] == {"min": 2, "median": 8, "max": 930}
@@ -50,16 +39,16 @@ def test_tokens_per_grid_structure_and_counts(bench: ModuleType, char_tokenizer:
     assert out["worst_case_30x30"] == {"tokens": 930, "baseline": 930}
 
 
-def test_tokens_per_grid_follows_the_format(bench: ModuleType, char_tokenizer: object) -> None:
-    spaced = bench.tokens_per_grid(GRIDS[1:2], char_tokenizer, FormatSpec(cell_sep=" "))
+def test_tokens_per_grid_follows_the_format(char_tokenizer: object) -> None:
+    spaced = tokens.tokens_per_grid(GRIDS[1:2], char_tokenizer, FormatSpec(cell_sep=" "))
     # "1 2 3\n4 5 6\n": 12 characters against a baseline of 6 cells + 2 newlines.
     assert spaced["tokens"]["max"] == 12
     assert spaced["baseline"]["max"] == 8
     with pytest.raises(ValueError):
-        bench.tokens_per_grid([], char_tokenizer)
+        tokens.tokens_per_grid([], char_tokenizer)
 
 
-RESULTS = BENCH.with_name("results.json")  # a real full run's results, as main() wrote them
+RESULTS = ROOT / "bench" / "results.json"  # a real full run's results, as main() wrote them
 # Where each section's results hold a count its report prints as is: a sentinel put there must
 # come out in the markdown, so a renderer that ignores its data fails.
 SENTINEL = 98765
@@ -92,34 +81,32 @@ def _with_sentinel(data: Any, path: tuple[str | int, ...]) -> Any:
     return data
 
 
-def test_every_section_is_declared_once_with_its_renderer(bench: ModuleType) -> None:
-    names = [s.name for s in bench.SECTIONS]
+def test_every_section_is_declared_once_with_its_renderer() -> None:
+    names = [s.name for s in SECTIONS]
     assert len(names) == len(set(names)) == len(FIGURES)
     assert set(names) == set(FIGURES)  # a new section needs its line in FIGURES too
-    for s in bench.SECTIONS:
+    for s in SECTIONS:
         assert callable(s.measure) and callable(s.render) and s.about, s.name
     # The CLI's names are SECTIONS' names: each is accepted, and nothing else is.
     with pytest.raises(SystemExit) as exit_:
-        bench.main(["--sections", "tokens", "bogus"])
+        main(["--sections", "tokens", "bogus"])
     assert exit_.value.code == 2
 
 
-def test_help_lists_every_section(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_every_section(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        bench.main(["--help"])
+        main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for s in bench.SECTIONS:
+    for s in SECTIONS:
         assert f"  {s.name} " in out
 
 
 @pytest.mark.parametrize("name", list(FIGURES))
-def test_each_section_renders_its_data(
-    bench: ModuleType, real_results: dict[str, Any], name: str
-) -> None:
+def test_each_section_renders_its_data(real_results: dict[str, Any], name: str) -> None:
     """Each renderer, fed a real run's results for its section: its numbered heading, its
     table, and a figure from the data in the markdown."""
-    number, section = next((i, s) for i, s in enumerate(bench.SECTIONS, 1) if s.name == name)
+    number, section = next((i, s) for i, s in enumerate(SECTIONS, 1) if s.name == name)
     data = _with_sentinel(real_results["sections"][name], FIGURES[name])
     md = "\n".join(section.render(data))
     assert md.startswith(f"## {number}. ")
@@ -128,22 +115,21 @@ def test_each_section_renders_its_data(
     assert str(SENTINEL) not in "\n".join(section.render(real_results["sections"][name]))
 
 
-def test_the_report_puts_the_sections_in_order(
-    bench: ModuleType, real_results: dict[str, Any]
-) -> None:
-    assert set(real_results["sections"]) == {s.name for s in bench.SECTIONS}
-    report = bench.render_markdown(real_results)
+def test_the_report_puts_the_sections_in_order(real_results: dict[str, Any]) -> None:
+    assert set(real_results["sections"]) == {s.name for s in SECTIONS}
+    report = harness.render_markdown(real_results, SECTIONS)
     headings = [line for line in report.splitlines() if line.startswith("## ")]
     assert [h.split(".")[0] for h in headings] == [f"## {i}" for i in range(1, 9)]
     assert f"{real_results['machine']['cores']} cores" in report
     # A section missing from the results is left out, not rendered empty.
     partial = {**real_results, "sections": {"tokens": real_results["sections"]["tokens"]}}
-    headings = [line for line in bench.render_markdown(partial).splitlines() if "## " in line]
+    report = harness.render_markdown(partial, SECTIONS)
+    headings = [line for line in report.splitlines() if "## " in line]
     assert [h.split(".")[0] for h in headings] == ["## 3"]
 
 
-def test_a_failed_speculative_model_is_a_row_that_says_why(bench: ModuleType) -> None:
-    md = bench.render_speculative(
+def test_a_failed_speculative_model_is_a_row_that_says_why() -> None:
+    md = speculative.render(
         {
             "num_speculative_tokens": 3,
             "models": {"zeros": {"error": "RuntimeError: no spec decode on CPU\ntraceback"}},
@@ -151,19 +137,6 @@ def test_a_failed_speculative_model_is_a_row_that_says_why(bench: ModuleType) ->
     )
     assert "`--ngram-speculative-tokens 3`" in md[0]
     assert "| zeros | failed |  |  | RuntimeError: no spec decode on CPU |" in md
-
-
-VOTE_MODES = BENCH.with_name("vote_modes.py")
-
-
-@pytest.fixture(scope="module")
-def vote_modes() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("airv_vote_modes", VOTE_MODES)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _prediction(grid: Grid, round_no: int) -> object:
@@ -185,7 +158,7 @@ def _prediction(grid: Grid, round_no: int) -> object:
     )
 
 
-def test_vote_modes_accuracy_reads_only_the_first_rounds(vote_modes: ModuleType) -> None:
+def test_vote_modes_accuracy_reads_only_the_first_rounds() -> None:
     from airv.core.voting import VoteMode
 
     right, b, c = ((1,),), ((2,),), ((3,),)
@@ -199,9 +172,7 @@ def test_vote_modes_accuracy_reads_only_the_first_rounds(vote_modes: ModuleType)
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_vote_modes_writes_its_table(
-    vote_modes: ModuleType, bigram_model: Path, tmp_path: Path
-) -> None:
+def test_vote_modes_writes_its_table(bigram_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "vote-modes.md"
     args = ["--model", str(bigram_model), "--engine", "hf", "--synthetic", "2", "--easy", "0"]
     assert vote_modes.main([*args, "--arc", "0", "--max-model-len", "2048", "--out", str(out)]) == 0
@@ -212,14 +183,14 @@ def test_vote_modes_writes_its_table(
     assert all(r.split("|")[3].strip() == "0.000" for r in rows)  # the bigram model answers "12"
 
 
-def test_the_bench_uses_the_models_own_context_length(bench: ModuleType, tmp_path: Path) -> None:
+def test_the_bench_uses_the_models_own_context_length(tmp_path: Path) -> None:
     """`--model models/airv-demo` once failed at engine start: the bench asked for 8192
     tokens of a model that allows 4096."""
     from airv.engines.config import EngineConfig
 
-    demo = BENCH.parents[1] / "models" / "airv-demo"
-    b = bench.Bench(bench.QUICK, tmp_path, model=demo, seed=0)
-    assert b.max_model_len(bench.ModelKind.RANDOM) == 4096
-    assert b.engine_config(bench.ModelKind.RANDOM).max_model_len == 4096
+    demo = ROOT / "models" / "airv-demo"
+    b = harness.Bench(harness.QUICK, tmp_path, model=demo, seed=0)
+    assert b.max_model_len(harness.ModelKind.RANDOM) == 4096
+    assert b.engine_config(harness.ModelKind.RANDOM).max_model_len == 4096
     b.user_model = None  # the tiny model built on the spot has no such limit
-    assert b.max_model_len(bench.ModelKind.RANDOM) == EngineConfig().max_model_len
+    assert b.max_model_len(harness.ModelKind.RANDOM) == EngineConfig().max_model_len

@@ -1,26 +1,24 @@
-"""bench/ttt_gpu.py without a GPU: its smoke run at toy shapes on the CPU with vLLM made
+"""bench.ttt_gpu without a GPU: its smoke run at toy shapes on the CPU with vLLM made
 unimportable, its refusal of the GPU shapes, and the report section it rewrites in place.
 No timing is checked beyond being positive."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import orjson
-import pytest
+
+from bench import common, ttt_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "bench" / "ttt_gpu.py"
-# Runs the bench as `python bench/ttt_gpu.py ARGS` would, with vLLM unimportable: a test of
-# the promise that it needs torch, transformers and peft only.
+# Runs the bench as `python -m bench.ttt_gpu ARGS` would from the repository root, with vLLM
+# unimportable: a test of the promise that it needs torch, transformers and peft only.
 NO_VLLM = (
-    "import runpy, sys; sys.modules['vllm'] = None; sys.argv = sys.argv[1:]; "
-    "runpy.run_path(sys.argv[0], run_name='__main__')"
+    "import runpy, sys; sys.modules['vllm'] = None; "
+    "runpy.run_module('bench.ttt_gpu', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -35,23 +33,13 @@ def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
         "OMP_NUM_THREADS": "1",
     }
     return subprocess.run(
-        [sys.executable, "-c", NO_VLLM, str(BENCH), *args],
+        [sys.executable, "-c", NO_VLLM, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("airv_ttt_gpu", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_tiny_shapes_train_one_adapter_on_the_cpu_without_vllm(tmp_path: Path) -> None:
@@ -72,13 +60,13 @@ def test_the_gpu_shapes_are_refused_without_a_gpu() -> None:
     assert "no CUDA GPU" in done.stderr and "--shapes tiny" in done.stderr
 
 
-def test_the_section_is_replaced_or_appended_and_the_rest_kept(bench: ModuleType) -> None:
+def test_the_section_is_replaced_or_appended_and_the_rest_kept() -> None:
     head = "# TTT\n\ntext\n\n| a |\n| --- |\n"
     tail = "## Later\n\nmore\n"
-    old = f"{bench.SECTION}\n\nold figures\n\n"
-    new = f"{bench.SECTION}\n\nnew figures\n"
-    assert bench.replace_section(head + old + tail, new) == head + new + "\n" + tail
-    assert bench.replace_section(head + old, new) == head + new
-    assert bench.replace_section(head, new) == head + "\n" + new
-    assert bench.replace_section(head + "\n", new) == head + "\n" + new
-    assert bench.replace_section(head.rstrip("\n"), new) == head + "\n" + new
+    old = f"{ttt_gpu.SECTION}\n\nold figures\n\n"
+    new = f"{ttt_gpu.SECTION}\n\nnew figures\n"
+    assert common.replace_section(head + old + tail, new) == head + new + "\n" + tail
+    assert common.replace_section(head + old, new) == head + new
+    assert common.replace_section(head, new) == head + "\n" + new
+    assert common.replace_section(head + "\n", new) == head + "\n" + new
+    assert common.replace_section(head.rstrip("\n"), new) == head + "\n" + new
