@@ -123,7 +123,7 @@ def overhead_pipeline(
     )
     t0 = time.perf_counter()
     r = SyntheticRun(cfg, solutions=solutions, seed=b.seed)
-    check_done(r, r.execute())
+    check_done(r.run, r.execute())
     wall = time.perf_counter() - t0
     fake = r.timers.seconds["synthetic engine"]
     overhead = wall - fake

@@ -2,8 +2,8 @@
 this process that answers instantly from the solutions (section 2), and `TimedRun`, which notes
 when answers arrive and can share a live engine worker (sections 4, 5, 7 and 8).
 
-Both subclass airv.run.pipeline.Run, overriding some of its steps; they are to become observers
-of a run once Run offers hooks, so they sit here apart from the sections that use them.
+Both run airv.run.pipeline.Run as it is, watched through its Observer hooks, with lanes of
+their own making (a LaneStarter): neither reaches into the run.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from airv.core.formats import FormatSpec, encode_grid
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote
 from airv.engines.base import Completion, Engine, GenerateRequest, Result
+from airv.engines.config import Decoding, EngineConfig
 from airv.engines.lane import Lane
-from airv.engines.pool import FaultyLanes, LocalLane, start_lane
+from airv.engines.pool import FaultyLanes, LaneStarter, LocalLane, start_lane
 from airv.engines.worker import EngineWorker, Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
-from airv.run.pipeline import Run
-from bench.common import Timers as _Timers  # the name SyntheticRun's body knows it by
+from airv.run.pipeline import Observer, Run
+from airv.run.rounds import View
+from airv.run.summary import RunSummary
+from bench.common import Timers
 
 
 def synthetic_answer(
@@ -69,7 +72,7 @@ class SyntheticEngine:
         t0 = time.perf_counter()
         out = []
         for request_id, request in self._queue:
-            r = run.asked[request]
+            r = run.view(request)
             text = synthetic_answer(
                 run.solutions[r.unit[0]][r.unit[1]], r.aug, run.cfg.prompt.grid, run.rng
             )
@@ -88,7 +91,75 @@ class SyntheticEngine:
         self._queue = []
 
 
-class SyntheticRun(Run):
+class _Timed(Observer):
+    """A run's steps as the bench times them: each planned request, in order; when each
+    result arrives and each engine failure is noticed; when submission.json first holds an
+    answer; and seconds per step (plan, record, write)."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.timers = Timers()
+        self.views: list[View] = []  # every view planned, in order
+        self.arrivals: list[float] = []  # time.monotonic() of each finished result taken
+        self.failure_times: list[float] = []  # when each engine failure was noticed
+        self.first_answer_seconds: float | None = None
+
+    def planned(self, views: Sequence[View], seconds: float) -> None:
+        self.views.extend(views)
+        self.timers.seconds["plan (augment, encode, tokenize)"] += seconds
+
+    def taken(self, results: int, seconds: float) -> None:
+        self.arrivals.extend([time.monotonic()] * results)
+        self.timers.seconds["record (parse, reverse, log)"] += seconds
+
+    def wrote(self, votes: Mapping[Unit, Vote], seconds: float) -> None:
+        if votes and self.first_answer_seconds is None:
+            self.first_answer_seconds = self.clock.elapsed()
+        self.timers.seconds["write (vote, submission.json)"] += seconds
+
+    def engine_failed(self, why: str) -> None:
+        self.failure_times.append(time.monotonic())
+
+
+class _Watched:
+    """A run (airv.run.pipeline.Run) and what `_Timed` saw of it."""
+
+    def __init__(self, cfg: RunConfig, clock: Clock, lanes: LaneStarter):
+        self.timed = _Timed(clock)
+        self.run = Run(cfg, clock=clock, lanes=lanes, observer=self.timed)
+        self.cfg = cfg
+        self.clock = clock
+
+    def execute(self) -> int:
+        return self.run.execute()
+
+    @property
+    def summary(self) -> RunSummary:
+        return self.run.summary
+
+    @property
+    def asked(self) -> list[GenerateRequest]:
+        """Every generation request planned, in order."""
+        return [v.request for v in self.timed.views]
+
+    @property
+    def arrivals(self) -> list[float]:
+        return self.timed.arrivals
+
+    @property
+    def failure_times(self) -> list[float]:
+        return self.timed.failure_times
+
+    @property
+    def first_answer_seconds(self) -> float | None:
+        return self.timed.first_answer_seconds
+
+    @property
+    def timers(self) -> Timers:
+        return self.timed.timers
+
+
+class SyntheticRun(_Watched):
     """The real pipeline (plan, fit prompts, the shared queue, parse, reverse, log, vote, write
     on its cadence) with an engine in this process that answers instantly from the
     solutions."""
@@ -96,39 +167,61 @@ class SyntheticRun(Run):
     def __init__(
         self, cfg: RunConfig, *, solutions: Mapping[TaskId, Sequence[Grid]], seed: int
     ) -> None:
-        super().__init__(cfg, clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds))
+        clock = Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds)
+        super().__init__(cfg, clock, self._lane)
         self.solutions = solutions
         self.rng = np.random.default_rng(seed)
-        self.timers = _Timers()
-        # Each engine request (a value: prompt ids, max_tokens) -> the pipeline's record of it.
-        self.asked: dict[GenerateRequest, Any] = {}
+        self._views: dict[GenerateRequest, View] = {}
 
-    def start_lane(self, index: int, life: int) -> Lane:
+    def _lane(self, engine: EngineConfig, sampling: Decoding, index: int, **_: Any) -> Lane:
         return LocalLane(cast(Engine, SyntheticEngine(self)), name=f"synthetic-{index}")
 
-    def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[Any]:
-        t0 = time.perf_counter()
-        out = super().plan(round_no, votes)
-        self.asked.update((r.request, r) for r in out)
-        self.timers.add("plan (augment, encode, tokenize)", t0)
-        return out
-
-    def write(self) -> dict[Unit, Vote]:
-        t0 = time.perf_counter()
-        out = super().write()
-        self.timers.add("write (vote, submission.json)", t0)
-        return out
-
-    def _record(self, items: Sequence[Any]) -> None:
-        t0 = time.perf_counter()
-        super()._record(items)
-        self.timers.add("record (parse, reverse, log)", t0)
+    def view(self, request: GenerateRequest) -> View:
+        """The view an engine request asks for (requests are values: prompt ids, tokens)."""
+        if len(self._views) < len(self.timed.views):
+            self._views.update((v.request, v) for v in self.timed.views[len(self._views) :])
+        return self._views[request]
 
 
-class TimedRun(Run):
+class _Lent:
+    """A LaneStarter whose lane 0 is, in its first life, a live engine worker lent by the
+    caller: the run's closing leaves it up. A kill (a failure, or a stop with work in flight)
+    ends it as any lane's."""
+
+    def __init__(self, worker: EngineWorker, then: LaneStarter):
+        self.worker = worker
+        self.then = then
+        self.killed = False
+
+    def __call__(
+        self, engine: EngineConfig, sampling: Decoding, index: int, *, life: int = 0, **kw: Any
+    ) -> Lane:
+        if index == 0 and life == 0:
+            return cast(Lane, _LentLane(self))
+        return self.then(engine, sampling, index, life=life, **kw)
+
+
+class _LentLane:
+    """The lent worker as the pool sees it: everything but close passes through."""
+
+    def __init__(self, lent: _Lent):
+        self._lent = lent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lent.worker, name)
+
+    def kill(self) -> None:
+        self._lent.killed = True
+        self._lent.worker.kill()
+
+    def close(self) -> None:
+        pass  # the caller's to close
+
+
+class TimedRun(_Watched):
     """The real pipeline, noting when submission.json first holds an answer and when each
-    completion arrives. With `worker`, it uses that live engine worker instead of starting
-    one; it never closes its worker, which the caller takes over (`kept`)."""
+    completion arrives. With `worker`, its first lane is that live engine worker, which it
+    never closes: the caller takes it back (`kept`) unless the run had to kill it."""
 
     def __init__(
         self,
@@ -138,42 +231,11 @@ class TimedRun(Run):
         worker: EngineWorker | None = None,
         faults: Faults | None = None,
     ):
-        super().__init__(cfg, clock=clock, lanes=FaultyLanes(faults) if faults else start_lane)
-        self.shared = worker
-        self.kept: EngineWorker | None = None
-        self.first_answer_seconds: float | None = None
-        self.asked: list[GenerateRequest] = []  # every generation request queued, in order
-        self.arrivals: list[float] = []  # time.monotonic() of each finished result taken
-        self.failure_times: list[float] = []  # when each engine failure was noticed
+        lanes: LaneStarter = FaultyLanes(faults) if faults else start_lane
+        self._lent = _Lent(worker, lanes) if worker is not None else None
+        super().__init__(cfg, clock, self._lent or lanes)
 
-    def start_lane(self, index: int, life: int) -> Lane:
-        if self.shared is not None and life == 0:
-            return self.shared
-        return super().start_lane(index, life)
-
-    def stop_workers(self) -> None:
-        if self.pool is not None:
-            self.failure_times = list(self.pool.failure_times)
-        if self.shared is None or self.pool is None:
-            super().stop_workers()
-            return
-        self._sync_pool()
-        lanes = self.pool.lanes
-        self.kept = lanes[0] if lanes and lanes[0] is self.shared else None
-        self.pool = None  # the shared worker stays up for the caller
-
-    def plan(self, round_no: int, votes: dict[Unit, Vote]) -> list[Any]:
-        out = super().plan(round_no, votes)
-        self.asked.extend(r.request for r in out)
-        return out
-
-    def _take(self, done: Sequence[Any]) -> int:
-        n = super()._take(done)
-        self.arrivals.extend([time.monotonic()] * n)
-        return n
-
-    def write(self) -> dict[Unit, Vote]:
-        votes = super().write()
-        if votes and self.first_answer_seconds is None:
-            self.first_answer_seconds = self.clock.elapsed()
-        return votes
+    @property
+    def kept(self) -> EngineWorker | None:
+        lent = self._lent
+        return lent.worker if lent is not None and not lent.killed else None

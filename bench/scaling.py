@@ -41,8 +41,8 @@ def measure(b: Bench) -> dict[str, object]:
         cfg = pipeline_config(b, d / "challenges.json", d / "run", augs, prefix_caching=False)
         t0 = time.monotonic()
         r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=w)
-        check_done(r, r.execute())
-        results.append({"augmentations": augs, **run_result(r, time.monotonic() - t0)})
+        check_done(r.run, r.execute())
+        results.append({"augmentations": augs, **run_result(r.run, time.monotonic() - t0)})
         print(f"  scaling {n} tasks x {augs}: {results[-1]['wall_seconds']:.1f}s", flush=True)
     return {"model": "tiny Qwen2 bigram (answers '12')", "points": results}
 

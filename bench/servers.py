@@ -92,7 +92,7 @@ def measure(b: Bench) -> dict[str, object]:
                 worker=None if endpoints else w,
             )
             t1 = time.perf_counter()
-            check_done(r, r.execute())
+            check_done(r.run, r.execute())
             wall = time.perf_counter() - t1
             sm = r.summary
             runs[name] = {

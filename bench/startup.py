@@ -28,7 +28,7 @@ def measure(b: Bench) -> dict[str, object]:
     cfg = pipeline_config(b, challenges, d / "run", s.startup_augs, prefix_caching=False)
     t0 = time.monotonic()
     r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds))
-    check_done(r, r.execute())
+    check_done(r.run, r.execute())
     wall = time.monotonic() - t0
     if r.kept is not None:  # section 5 reuses this engine
         b.adopt_worker(ModelKind.BIGRAM, r.kept, prefix_caching=False)
@@ -45,7 +45,7 @@ def measure(b: Bench) -> dict[str, object]:
         "engine_start_seconds": r.summary.engine_start_seconds,
         "first_submission_seconds": r.summary.first_write_seconds,
         "first_answer_seconds": r.first_answer_seconds,
-        "run": run_result(r, wall),
+        "run": run_result(r.run, wall),
         "other_engine_starts": dict(b.worker_start_seconds),
     }
 

