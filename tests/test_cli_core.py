@@ -1,4 +1,5 @@
-"""The command line frame and the validate/score subcommands, driven through main([...])."""
+"""The command line frame, the shape every subcommand shares, and the validate/score
+subcommands, driven through main([...])."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv.cli import main
+from airv.cli import COMMANDS, main
 
 CHALLENGES = {
     "a": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]},
@@ -176,6 +177,60 @@ def test_every_command_has_a_help_that_renders(capsys: pytest.CaptureFixture[str
     for flag in ("--decode", "--dfs-threshold", "--endpoint", "--inflight", "--stall-timeout"):
         assert flag in out
     assert "5% of the budget" in out
+
+
+def _unwrapped(text: str) -> str:
+    # argparse rewraps descriptions, breaking lines at spaces and after hyphens.
+    return "".join(text.split())
+
+
+@pytest.mark.parametrize("name", [name for name, _ in COMMANDS])
+def test_every_command_is_a_module_of_one_shape(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each subcommand is a module with HELP, DESCRIPTION, add_arguments and main, registered
+    the same way: its HELP in `airv --help`, its DESCRIPTION in `airv NAME --help`, its main
+    as the handler."""
+    import argparse
+
+    from airv.cli import build_parser
+
+    command = dict(COMMANDS)[name]
+    assert callable(command.add_arguments) and callable(command.main)
+    assert command.HELP and "\n" not in command.HELP
+    assert command.DESCRIPTION
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(sub.choices) == [n for n, _ in COMMANDS]
+    assert sub.choices[name].get_default("func") is command.main
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    assert _unwrapped(command.HELP) in _unwrapped(capsys.readouterr().out)
+    with pytest.raises(SystemExit) as info:
+        main([name, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: airv {name}")
+    assert _unwrapped(command.DESCRIPTION) in _unwrapped(out)
+
+
+def test_the_command_line_starts_without_the_engines() -> None:
+    """`airv --help` builds every subcommand's parser; none may import torch, vLLM or
+    transformers to do it (the pipeline and the engines load when a command runs)."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = (
+        "import sys; from airv.cli import build_parser; build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'vllm', 'transformers'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_python_dash_m_airv_runs(files: dict[str, Path]) -> None:

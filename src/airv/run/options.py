@@ -54,24 +54,6 @@ from airv.run.config import (
 )
 from airv.run.recipes import apply_recipe, recipe_names
 
-RUN_DESCRIPTION = """\
-Turn a Kaggle challenge file into submission.json with a fine-tuned causal LM.
-
-For every test input airv builds augmented prompts (the 8 rotations/flips, colour
-permutations, train-pair order), streams them through the engines from one shared queue,
-reverses each augmentation on the answers, votes, and rewrites OUT/submission.json as
-answers arrive. OUT/predictions.jsonl logs every completion: rerunning with the same --out
-resumes from it (only with the same model, format, views, decoding and adapters; --fresh
-starts over). One run at a time per --out. OUT/run_summary.json holds the figures for tuning
-the budget.
-
-The clock starts at process start (model loading counts). At the deadline, or on SIGTERM or
-Ctrl-C, the engines are stopped and the last submission.json stands; the process ends before
-its --time-budget does. Exit codes: 0 done, deadline reached or stopped by a signal, 2 bad
-input or options (or --out in use by another run), 3 the engine kept failing after its
-restarts (a valid submission.json is still written).
-"""
-
 # The defaults, for --help texts: quoted from the config dataclasses, never restated.
 _RUN = RunConfig(challenges=Path("."), out_dir=Path("."))
 _ENGINE = EngineConfig()
@@ -632,10 +614,3 @@ def configure_logging(level: str | None) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-
-
-def run_command(args: argparse.Namespace) -> int:
-    from airv.run.pipeline import run
-
-    configure_logging(args.log_level)
-    return run(build_run_config(args))

@@ -21,6 +21,7 @@ same candidates without running the model again.
 
 from __future__ import annotations
 
+import argparse
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,10 +29,11 @@ from pathlib import Path
 
 import orjson
 
-from airv.core.errors import InputError
+from airv.core.errors import ConfigError, InputError
 from airv.core.tasks import load_challenges, load_solutions
 from airv.core.types import Grid, TaskId, Unit, shape
 from airv.core.voting import DEFAULT_VOTE_MODE, SELECTORS, Candidate, VoteMode, vote
+from airv.run import options as runopts
 from airv.run.predictions import read_logged_candidates
 
 EVAL_FILE = "eval.json"
@@ -359,17 +361,98 @@ def render(report: EvalReport, *, per_task: bool = False) -> str:
     return "\n".join(lines)
 
 
+HELP = "score a run against known solutions: accuracy, pixels, size, pool oracle"
+DESCRIPTION = (
+    "Evaluate against a solution file (e.g. the public evaluation set) before spending a Kaggle "
+    "submission. Per test output: accuracy (exact match), correct_pixels (share of cells right "
+    "when the shape is right), correct_size (shape right) and unanswered (no valid grid "
+    "produced); averaged over all test outputs and per task, for attempt_1, the better of the "
+    "two attempts, and the pool oracle (a correct answer anywhere among the candidates: the gap "
+    "to best-of-2 is what voting loses). Every voting mode is run over the same candidates for "
+    "comparison.\n\n"
+    "Either evaluate an existing log:  airv eval --predictions LOG --solutions FILE\n"
+    "or run the pipeline first:        airv eval --challenges FILE --solutions FILE "
+    "--model DIR --out DIR [run options]\n"
+    "Writes eval.json beside the log (or --out FILE with --predictions)."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # the description's own line breaks
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument(
+        "--solutions",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the solution file, {task_id: [grid, ...]}",
+    )
+    ev.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="LOG",
+        help="evaluate this predictions.jsonl without running a model (then --challenges, if "
+        "given, limits the scoring to its tasks; --vote picks the headline mode)",
+    )
+    ev.add_argument(
+        "--per-task",
+        action="store_true",
+        help="also print one line per task (eval.json always has them)",
+    )
+    runopts.add_run_arguments(
+        p,
+        required=False,
+        out_help="with --model: the run's output directory (eval.json goes there); with "
+        "--predictions: the JSON file to write (default: eval.json beside the log)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        if args.predictions is not None:
+            raise ConfigError("give --model (run, then evaluate) or --predictions, not both")
+        if args.challenges is None or args.out is None:
+            raise ConfigError("--model needs --challenges FILE and --out DIR (the run directory)")
+        from airv.run.pipeline import run  # on demand: it would slow every `airv --help`
+
+        runopts.configure_logging(args.log_level)
+        cfg = runopts.build_run_config(args)
+        code = run(cfg)
+        log_path, out, mode, challenges = (
+            cfg.log_path,
+            cfg.out_dir / EVAL_FILE,
+            cfg.vote_mode,
+            cfg.challenges,
+        )
+    elif args.predictions is not None:
+        code = 0
+        log_path, challenges = args.predictions, args.challenges
+        out = args.out if args.out is not None else log_path.parent / EVAL_FILE
+        mode = DEFAULT_VOTE_MODE if args.vote is None else VoteMode(args.vote)
+    else:
+        raise ConfigError("give --predictions LOG (evaluate a run) or --model DIR (run, evaluate)")
+    report = evaluate_log(log_path, args.solutions, challenges=challenges, mode=mode)
+    report.write(out)
+    print(render(report, per_task=args.per_task))
+    print(f"written: {out}")
+    return code
+
+
 __all__ = [
+    "DESCRIPTION",
     "EVAL_FILE",
+    "HELP",
     "EvalReport",
     "Evaluation",
     "Match",
     "Metrics",
     "OutputResult",
     "Source",
+    "add_arguments",
     "compare_modes",
     "evaluate_candidates",
     "evaluate_log",
+    "main",
     "match",
     "pool_match",
     "render",

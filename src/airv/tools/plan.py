@@ -19,17 +19,20 @@ with about as many prompts as the run batches (`--calibration-tasks` x 2 x augme
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import orjson
 
 from airv.core.augment import plan_views
 from airv.core.durations import format_duration
-from airv.core.errors import ConfigError
+from airv.core.errors import ConfigError, InputError
 from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
@@ -37,6 +40,7 @@ from airv.engines import Completion, GenerateRequest
 from airv.engines.base import completions_of
 from airv.engines.model import load_tokenizer
 from airv.engines.pool import await_ready, run_lane, start_lane
+from airv.run import options as runopts
 from airv.run.budget import process_start_time
 from airv.run.config import RunConfig
 
@@ -321,16 +325,83 @@ def make_plan(
     )
 
 
+HELP = "measure the engine, predict how many augmentations fit in the time budget"
+DESCRIPTION = (
+    "Size a run before spending it. Starts the engine of --model (with the same engine, "
+    "sampling and format options as `airv run`), measures prompt (prefill) and answer (decode) "
+    "tokens/s on a few calibration tasks, prices every test input of --challenges, and prints "
+    "how many augmentations per test input fit in --time-budget after the reserve and the "
+    "measured start-up, and which tasks cannot fit --max-model-len at all. Run it in an "
+    "interactive session on the machine of the real run (e.g. a Kaggle GPU notebook), then "
+    "pass --max-augmentations to `airv run`."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("calibration")
+    c.add_argument(
+        "--calibration-tasks",
+        type=int,
+        default=CALIBRATION_TASKS,
+        metavar="N",
+        help="tasks to measure on, spread over short and long prompts "
+        f"(default {CALIBRATION_TASKS})",
+    )
+    c.add_argument(
+        "--calibration-augmentations",
+        type=int,
+        default=CALIBRATION_AUGMENTATIONS,
+        metavar="K",
+        help="views per test input in each of the two timed calls; more prompts = a batch "
+        f"closer to the run's (default {CALIBRATION_AUGMENTATIONS})",
+    )
+    runopts.add_run_arguments(
+        p,
+        required=False,
+        out_help="also write plan.json into this directory",
+        groups=[g for g in runopts.RUN_GROUPS if g is not runopts.Group.VOTING],
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.challenges is None or args.model is None:
+        raise ConfigError("airv plan needs --challenges FILE and --model DIR")
+    runopts.configure_logging(args.log_level)
+    # The run's own config, so that the plan prices the prompts the run will send.
+    cfg = runopts.build_run_config(
+        argparse.Namespace(**{**vars(args), "out": args.out or Path(".")})
+    )
+    plan = make_plan(
+        cfg,
+        calibration_tasks=args.calibration_tasks,
+        augmentations=args.calibration_augmentations,
+    )
+    print(plan.render())
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "plan.json"
+        try:
+            path.write_bytes(orjson.dumps(plan.to_json(), option=orjson.OPT_INDENT_2))
+        except OSError as e:
+            raise InputError(f"cannot write the plan: {e.strerror or e}", path=path) from e
+        print(f"written: {path}")
+    return 0
+
+
 __all__ = [
     "CALIBRATION_AUGMENTATIONS",
     "CALIBRATION_TASKS",
+    "DESCRIPTION",
+    "HELP",
     "Costs",
     "Plan",
     "Throughput",
     "TooLong",
     "UnitCost",
+    "add_arguments",
     "calibration_units",
     "estimate_costs",
+    "main",
     "make_plan",
     "measure",
 ]

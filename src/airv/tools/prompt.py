@@ -37,8 +37,12 @@ from airv.core.types import Grid
 from airv.engines.config import EngineConfig
 from airv.engines.model import check_round_trip, default_max_model_len, load_tokenizer
 
+HELP = "print the exact prompt (or answer) text airv sends a model for one task"
+DESCRIPTION = __doc__
 
-def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # the description's own line breaks
     p.add_argument("--challenges", type=Path, required=True, metavar="FILE", help="challenge file")
     p.add_argument("--task", required=True, metavar="ID", help="the task id")
     p.add_argument(
@@ -89,7 +93,7 @@ def _answer_grid(spec: str, challenges: Path, task_id: str, test_index: int) -> 
         raise ConfigError(str(exc)) from None
 
 
-def prompt_command(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if args.model is None and args.format_preset is None and args.format_file is None:
         raise ConfigError("give --format-preset NAME, --format FILE or --model DIR")
     challenges = load_challenges(args.challenges, strict=False)

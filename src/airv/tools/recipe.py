@@ -8,12 +8,15 @@ import shlex
 
 from airv.run.recipes import load_recipe, recipe_names
 
+HELP = "list the winners' recipes, or print one as `airv run` options"
+DESCRIPTION = __doc__
 
-def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", nargs="?", help="a recipe to print (default: list)")
 
 
-def recipe_command(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     if args.name is None:
         for name in recipe_names():
             print(f"{name:16} {load_recipe(name).about}")

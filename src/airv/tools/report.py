@@ -13,6 +13,7 @@ cards at a time, so that 400 tasks stay light. No network, no external libraries
 
 from __future__ import annotations
 
+import argparse
 import enum
 import html
 import math
@@ -395,3 +396,58 @@ def write_report(
     except OSError as e:
         raise InputError(f"cannot write the report: {e.strerror or e}", path=path) from e
     return Written(path, len(inputs.challenges.task_ids), inputs.solutions_note, data)
+
+
+HELP = "write a self-contained HTML report of a run"
+DESCRIPTION = (
+    "Write one static HTML file (no network needed to view it) about the run in OUT_DIR: per "
+    "task the train pairs, test inputs, both attempts and the top candidates with their votes "
+    "and logprobs, the truth and whether it was solved where solutions are known; filters and "
+    "sorting; charts of time and tokens per task, rejected outputs by reason and accuracy per "
+    "round. Reads OUT_DIR/submission.json, predictions.jsonl and run_summary.json."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="the output directory of a run")
+    p.add_argument(
+        "--challenges",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="the challenge file (default: the one run_summary.json records)",
+    )
+    p.add_argument(
+        "--solutions",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="the solution file (default: *_solutions.json beside *_challenges.json, if there)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in VoteMode],
+        default=None,
+        help="voting mode for the candidates shown and accuracy per round "
+        f"(default {DEFAULT_VOTE_MODE.value})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="where to write the page (default OUT_DIR/report.html)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    mode = DEFAULT_VOTE_MODE if args.mode is None else VoteMode(args.mode)
+    written = write_report(
+        args.out_dir,
+        out=args.out,
+        challenges=args.challenges,
+        solutions=args.solutions,
+        mode=mode,
+    )
+    print(f"{written.path}: {written.tasks} tasks; {written.solutions_note}")
+    return 0

@@ -1,4 +1,5 @@
-"""`airv vote`: vote again over a run's predictions log, offline, in any voting mode."""
+"""Recompute the votes from a predictions log (predictions.jsonl of a run) with another voting
+mode, and write a new submission.json. No model is needed."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from airv.core.tasks import load_challenges
 from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode, vote
 from airv.run.predictions import read_logged_candidates
 
+HELP = "redo the voting offline from a predictions log"
+DESCRIPTION = __doc__
 
-def add_vote_arguments(p: argparse.ArgumentParser) -> None:
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--predictions",
         type=Path,
@@ -42,7 +46,7 @@ def add_vote_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def vote_command(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     challenges = load_challenges(args.challenges, strict=False)
     logged = read_logged_candidates(args.predictions)
     mode = DEFAULT_VOTE_MODE if args.mode is None else VoteMode(args.mode)
