@@ -23,8 +23,8 @@ from airv.core.types import Grid, TaskId
 from airv.demo.synthetic import (
     EASY_SPEC,
     SyntheticSpec,
-    _consistent_colour_map,
     as_files,
+    consistent_colour_map,
     make_tasks,
 )
 
@@ -136,7 +136,7 @@ def in_family(task: Task, outputs: tuple[Grid, ...]) -> str | None:
     explains every train pair and test output of a real task, else None."""
     pairs = [*task.train, *(Pair(i, o) for i, o in zip(task.test, outputs, strict=True))]
     for d8 in D8:
-        lut = _consistent_colour_map(pairs, d8)
+        lut = consistent_colour_map(pairs, d8)
         if lut is not None:
             moved = any(int(lut[c]) != c for c in range(10))
             if d8 is D8.IDENTITY and not moved:

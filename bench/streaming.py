@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airv.core.tasks import dump_challenges
 from airv.engines.base import GenerateRequest
@@ -28,23 +28,16 @@ from bench.harness import (
 )
 from bench.runs import TimedRun
 
+if TYPE_CHECKING:
+    from airv.engines.vllm_engine import VllmEngine
 
-def _raw_generate(engine: Any, requests: Sequence[GenerateRequest]) -> tuple[float, int]:
+
+def _raw_generate(engine: VllmEngine, requests: Sequence[GenerateRequest]) -> tuple[float, int]:
     """One vLLM `LLM.generate` of the requests (each with its own max_tokens), timed: what a
-    notebook would do. Returns seconds and output tokens."""
-    from vllm.inputs import TokensPrompt
-
-    # VllmEngine offers no public handle on its vLLM `LLM` nor on the SamplingParams it builds
-    # from a Decoding, so this baseline reads both privately (`_sampling_params`, `_llm`).
-    base = engine._sampling_params(Decoding(), max_tokens=16)
-    params = []
-    for r in requests:
-        p = base.clone()
-        p.max_tokens = r.max_tokens
-        params.append(p)
-    prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+    notebook would do (building each request's SamplingParams included, as a notebook would).
+    Returns seconds and output tokens."""
     t0 = time.perf_counter()
-    outs = engine._llm.generate(prompts, params, use_tqdm=False)
+    outs = engine.raw_generate(requests)
     secs = time.perf_counter() - t0
     return secs, sum(len(o.token_ids) for out in outs for o in out.outputs)
 

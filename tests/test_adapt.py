@@ -6,8 +6,14 @@ tests/test_ttt_engine.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import shutil
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,12 +22,14 @@ from hypothesis import strategies as st
 
 from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
 from airv.adapt.data import IGNORE, batches, leave_one_out, task_examples
-from airv.adapt.stage import JOINT, StageJob, read_results, run_stage
+from airv.adapt.lora import ADAPTER_CONFIG_FILE
+from airv.adapt.stage import JOINT, StageJob, adapter_dir, read_results, run_stage
 from airv.core.augment import ViewPolicy
 from airv.core.errors import ConfigError
 from airv.core.prompt_format import DEFAULT_PRESET, load_preset
 from airv.core.prompts import answer_token_ids, fit_prompt
 from airv.core.tasks import Pair, Task
+from airv.engines.worker import descendants
 
 TASK = Task(
     "ttt00001",
@@ -135,13 +143,19 @@ def _job(model: Path, tmp_path: Path, **kw: object) -> StageJob:
 def test_stage_trains_per_task_keeps_going_past_a_failure_and_resumes(
     tmp_path: Path, tiny_model: Path
 ) -> None:
+    """A task whose training raises (its adapter cannot be written: a file holds the name of
+    its folder) keeps the base model; the task after it trains from the base model, as it
+    does after a success; a resumed run trains only what has no adapter yet."""
     tasks = [TASK, Task("ttt00002", TASK.train, TASK.test), Task("ttt00003", TASK.train, TASK.test)]
-    job = _job(tiny_model, tmp_path, fail_tasks=("ttt00002",))
+    job = _job(tiny_model, tmp_path)
+    blocked = job.out_dir / adapter_dir("ttt00002")
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")
     log = tmp_path / "ttt.jsonl"
     report = run_stage(tasks, job, deadline=time.monotonic() + 300, log_path=log)
     assert set(report.adapters) == {"ttt00001", "ttt00003"}  # the failure keeps the base model
     failed = {r.name: r.error for r in report.results if r.error}
-    assert "injected fault" in str(failed["ttt00002"])
+    assert list(failed) == ["ttt00002"] and "FileExistsError" in str(failed["ttt00002"])
     from airv.adapt.lora import check_adapter
 
     for name in ("ttt00001", "ttt00003"):
@@ -149,12 +163,18 @@ def test_stage_trains_per_task_keeps_going_past_a_failure_and_resumes(
     assert "rank 4" in str(check_adapter(Path(report.adapters["ttt00001"]), max_rank=2))
     ok = read_results(log)["ttt00001"]
     assert ok.steps == 3 and ok.final_loss is not None and ok.examples == 2 * 3
-    # A resumed run trains only what has no adapter yet.
-    again = run_stage(
-        tasks, _job(tiny_model, tmp_path), deadline=time.monotonic() + 300, log_path=log
-    )
-    assert [r.name for r in again.results] == ["ttt00002"]
+    after_failure = read_results(log)["ttt00003"]
+    # A resumed run trains only what has no adapter yet: ttt00002, its folder free now, and
+    # ttt00003, its adapter removed, which now trains after a success instead of a failure.
+    blocked.unlink()
+    shutil.rmtree(report.adapters["ttt00003"])
+    again = run_stage(tasks, job, deadline=time.monotonic() + 300, log_path=log)
+    assert [r.name for r in again.results] == ["ttt00002", "ttt00003"]
     assert set(again.adapters) == {t.id for t in tasks}
+    after_success = again.results[1]
+    assert (after_success.final_loss, after_success.adapted_logprob) == pytest.approx(
+        (after_failure.final_loss, after_failure.adapted_logprob)
+    )
 
 
 @pytest.mark.engine
@@ -192,13 +212,62 @@ def test_the_stage_deadline_ends_training_and_its_processes(
     assert result.steps > 0 and result.path is not None
 
 
+def _kill_when_saving(adapter: Path) -> Callable[[], None]:
+    """SIGKILL the training process, from outside as the kernel's out-of-memory killer does,
+    once it is saving `adapter`: deep in that task's training, its "start" long sent. A FIFO
+    stands for the adapter's config file, its buffer filled by this process, so the trainer's
+    write of the config blocks: it is caught there, never early or late. Returns what stops
+    the watch and closes the FIFO."""
+    adapter.mkdir(parents=True)
+    fifo = adapter / ADAPTER_CONFIG_FILE
+    os.mkfifo(fifo)
+    # Read and write: opens without waiting for a writer, and holds the reading end open.
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    for size in (4096, 1):
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(fd, b"\0" * size)
+    stop = threading.Event()
+
+    def holds_fifo(pid: int) -> bool:
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{entry}") == str(fifo):
+                        return True
+        return False
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            for pid in descendants(os.getpid()):
+                if holds_fifo(pid):
+                    os.kill(pid, signal.SIGKILL)
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+
+    def close() -> None:
+        stop.set()
+        watcher.join()
+        os.close(fd)
+
+    return close
+
+
 @pytest.mark.engine
 def test_a_killed_training_process_costs_its_task_only(tmp_path: Path, tiny_model: Path) -> None:
     """The training process killed mid-task, as an out-of-memory kill does: that task keeps
     the base model, a fresh process trains the rest."""
     tasks = [TASK, Task("ttt00002", TASK.train, TASK.test), Task("ttt00003", TASK.train, TASK.test)]
-    job = _job(tiny_model, tmp_path, kill_tasks=("ttt00002",))
-    report = run_stage(tasks, job, deadline=time.monotonic() + 300, log_path=tmp_path / "t.jsonl")
+    job = _job(tiny_model, tmp_path)
+    stop_watch = _kill_when_saving(job.out_dir / adapter_dir("ttt00002"))
+    try:
+        report = run_stage(
+            tasks, job, deadline=time.monotonic() + 300, log_path=tmp_path / "t.jsonl"
+        )
+    finally:
+        stop_watch()
     assert set(report.adapters) == {"ttt00001", "ttt00003"}
     assert report.restarts == 1
     failed = {r.name: r.error for r in report.results if r.error}
@@ -242,7 +311,7 @@ def test_training_processes_die_with_their_parent(tmp_path: Path, tiny_model: Pa
     import subprocess
     import sys
 
-    from airv.engines.worker import descendants, process_alive
+    from airv.engines.worker import process_alive
 
     script = f"""
 import time

@@ -12,6 +12,7 @@ from airv.core.errors import ConfigError, EngineError
 from airv.engines import Engine, GenerateRequest, ScoreRequest
 from airv.engines.base import Completion, Result, resolve_dtype
 from airv.engines.config import Backend, Decoding, Dtype
+from airv.engines.vllm_engine import VllmEngine
 from conftest import Engines
 
 pytestmark = pytest.mark.engine
@@ -176,6 +177,22 @@ def _same(a: Sequence[Completion], b: Sequence[Completion]) -> bool:
         and x.logprob == pytest.approx(y.logprob, abs=1e-3)
         for x, y in zip(a, b, strict=True)
     )
+
+
+def test_raw_generate_is_one_llm_generate_of_the_same_requests(vllm_engine: Engine) -> None:
+    """The bench's baseline (VllmEngine.raw_generate, one blocking LLM.generate) decodes the
+    requests as airv's own path does, each to its own max_tokens; a beam request, which
+    LLM.generate cannot decode, is refused before anything runs."""
+    assert isinstance(vllm_engine, VllmEngine)
+    reqs = [
+        dataclasses.replace(r, max_tokens=3 + 2 * i) for i, r in enumerate(_requests(vllm_engine))
+    ]
+    raw = vllm_engine.raw_generate(reqs)
+    ours = vllm_engine.generate(reqs)
+    assert [tuple(out.outputs[0].token_ids) for out in raw] == [cs[0].token_ids for cs in ours]
+    with pytest.raises(ConfigError, match="beam"):
+        vllm_engine.raw_generate(_requests(vllm_engine, 6, BEAM_3_2)[:1])
+    assert vllm_engine.unfinished() == 0
 
 
 def _stream(engine: Engine, until_idle: int = 10_000) -> dict[int, list[Result]]:

@@ -19,8 +19,8 @@ from airv.demo.synthetic import (
     RECOLOUR_SPEC,
     Rule,
     SyntheticSpec,
-    _consistent_colour_map,
     as_files,
+    consistent_colour_map,
     make_task,
     make_tasks,
     n_colours,
@@ -62,7 +62,7 @@ def test_train_pairs_determine_the_test_answer(seed: int) -> None:
     train_colours = {c for p in t.task.train for row in p.input for c in row}
     assert {c for g in t.task.test for row in g for c in row} <= train_colours
     for d8 in D8:
-        lut = _consistent_colour_map(t.task.train, d8)
+        lut = consistent_colour_map(t.task.train, d8)
         if lut is None:
             continue
         # Any rule of the family that explains the train pairs gives the same answer.
@@ -147,8 +147,8 @@ def test_files_round_trip_through_the_loaders(tmp_path: Path) -> None:
 
 def test_consistent_colour_map_rejects_a_non_function() -> None:
     pairs = [Pair(((1, 1),), ((2, 3),))]
-    assert _consistent_colour_map(pairs, D8.IDENTITY) is None
-    lut = _consistent_colour_map([Pair(((1, 2),), ((2, 1),))], D8.IDENTITY)
+    assert consistent_colour_map(pairs, D8.IDENTITY) is None
+    lut = consistent_colour_map([Pair(((1, 2),), ((2, 1),))], D8.IDENTITY)
     assert lut is not None and (int(lut[1]), int(lut[2])) == (2, 1)
 
 

@@ -49,6 +49,12 @@ API: tuple[Check, ...] = (
     Check(
         "vllm/entrypoints/llm.py",
         "LLM",
+        ("prompts", "sampling_params", "use_tqdm", "lora_request"),
+        params_of="generate",
+    ),
+    Check(
+        "vllm/entrypoints/llm.py",
+        "LLM",
         (
             "model",
             "dtype",

@@ -92,7 +92,9 @@ def train_adapter(
     deadline: float,
 ) -> tuple[Any, TrainResult]:
     """Train one adapter on `examples` until cfg.steps or `deadline` (time.monotonic()),
-    save it to `out_dir`, and return the base model (adapter removed) and the result."""
+    save it to `out_dir`, and return the base model (adapter removed) and the result. If it
+    raises (the adapter cannot be written, memory runs out), `model` is the base model again
+    all the same."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -111,54 +113,60 @@ def train_adapter(
     torch.manual_seed(cfg.seed)
     dtype = next(model.parameters()).dtype  # the model's: what the adapter is saved in
     peft_model = get_peft_model(model, lora)
-    peft_model.train()
-    trained = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-    params = [p for _, p in trained]
-    embedding = [p for n, p in trained if _EMBEDDING.search(n)]
-    groups: list[dict[str, Any]] = [{"params": params}]
-    if embedding and cfg.embedding_learning_rate is not None:
-        ids = {id(p) for p in embedding}
-        groups = [
-            {"params": [p for p in params if id(p) not in ids]},
-            {"params": embedding, "lr": cfg.embedding_learning_rate},
-        ]
-    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
-    # Warm-up, then down to zero over the planned steps: the last steps settle the adapter.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(peft_model.parameters()).device
-    losses: list[float] = []
-    steps = 0
-    for batch in batches(examples, cfg.batch_size, cfg.steps, cfg.seed):
-        if time.monotonic() >= deadline:
-            break
-        loss = peft_model(**_collate(batch, pad, device)).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        steps += 1
-    path: str | None = None
-    error = None
-    tail = losses[-max(1, min(10, len(losses))) :]
-    final = sum(tail) / len(tail) if losses else None
-    probe: dict[str, Any] = {}
-    if steps and final is not None and math.isfinite(final):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        saved = _in_dtype(peft_model, dtype)
-        # LoRA factors only, never whole embedding matrices (peft's default with embeddings
-        # among the targets): vLLM serves no modules_to_save, and they would weigh gigabytes.
-        peft_model.save_pretrained(str(out_dir), state_dict=saved, save_embedding_layers=False)
-        path = str(out_dir)
-        # The weights as saved (rounded to the model's dtype) score the probe, as an engine
-        # that loads the file will.
-        peft_model.load_state_dict(saved, strict=False)
-        probe = probe_logprobs(peft_model, examples[0])
-    else:
-        error = "no step before the deadline" if not steps else f"loss is {final}"
-    base = peft_model.unload()
+    try:
+        peft_model.train()
+        trained = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+        params = [p for _, p in trained]
+        embedding = [p for n, p in trained if _EMBEDDING.search(n)]
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if embedding and cfg.embedding_learning_rate is not None:
+            ids = {id(p) for p in embedding}
+            groups = [
+                {"params": [p for p in params if id(p) not in ids]},
+                {"params": embedding, "lr": cfg.embedding_learning_rate},
+            ]
+        opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=0.0)
+        # Warm-up, then down to zero over the planned steps: the last steps settle the adapter.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        device = next(peft_model.parameters()).device
+        losses: list[float] = []
+        steps = 0
+        for batch in batches(examples, cfg.batch_size, cfg.steps, cfg.seed):
+            if time.monotonic() >= deadline:
+                break
+            loss = peft_model(**_collate(batch, pad, device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            steps += 1
+        path: str | None = None
+        error = None
+        tail = losses[-max(1, min(10, len(losses))) :]
+        final = sum(tail) / len(tail) if losses else None
+        probe: dict[str, Any] = {}
+        if steps and final is not None and math.isfinite(final):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            saved = _in_dtype(peft_model, dtype)
+            # LoRA factors only, never whole embedding matrices (peft's default with embeddings
+            # among the targets): vLLM serves no modules_to_save, and they would weigh gigabytes.
+            peft_model.save_pretrained(str(out_dir), state_dict=saved, save_embedding_layers=False)
+            path = str(out_dir)
+            # The weights as saved (rounded to the model's dtype) score the probe, as an engine
+            # that loads the file will.
+            peft_model.load_state_dict(saved, strict=False)
+            probe = probe_logprobs(peft_model, examples[0])
+        else:
+            error = "no step before the deadline" if not steps else f"loss is {final}"
+    finally:
+        # The LoRA layers sit in `model` itself: taken out again whether training ended or
+        # raised, so the caller holds the base model and the next adapter starts from it.
+        base = peft_model.unload()
     result = TrainResult(
         name,
         path,

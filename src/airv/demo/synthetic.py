@@ -186,7 +186,7 @@ def _is_determined(task: Task, solutions: tuple[Grid, ...]) -> bool:
     if any(c not in seen for g in task.test for row in g for c in row):
         return False
     for d8 in D8:
-        lut = _consistent_colour_map(task.train, d8)
+        lut = consistent_colour_map(task.train, d8)
         if lut is None:
             continue
         for test, want in zip(task.test, solutions, strict=True):
@@ -196,9 +196,13 @@ def _is_determined(task: Task, solutions: tuple[Grid, ...]) -> bool:
     return True
 
 
-def _consistent_colour_map(train: Sequence[Pair], d8: D8) -> _Array | None:
-    """The colour map (as a lookup table) that, after `d8`, sends every train input to its
-    output, or None if none does. Colours absent from the inputs map to themselves."""
+def consistent_colour_map(train: Sequence[Pair], d8: D8) -> _Array | None:
+    """The colour map that, after `d8`, sends every pair's input to its output, or None if
+    none does: a lookup table of N_COLOURS entries (`lut[c]` is colour c's image), colours
+    absent from the inputs mapped to themselves. Any map of colours to colours counts, not only
+    the family's permutations; pairs whose shapes differ after `d8` have none. Besides this
+    module's check that a task's rule is determined, benchmarks use it to ask whether a real
+    task lies in the family (bench.common.in_family)."""
     lut: _Array = np.arange(N_COLOURS, dtype=np.intp)
     fixed: dict[int, int] = {}
     for pair in train:

@@ -355,6 +355,35 @@ class VllmEngine:
     def score(self, requests: Sequence[ScoreRequest]) -> list[float]:
         return score_blocking(self, requests)
 
+    def raw_generate(self, requests: Sequence[GenerateRequest]) -> list[Any]:
+        """One blocking vLLM `LLM.generate` of the requests, as a notebook would call it: vLLM
+        batches them itself and returns when every one is done. The baseline that airv's
+        streaming path (`add`/`step`) is timed against (bench.streaming), not a path of airv's
+        own: it returns vLLM's RequestOutputs as they are, in the requests' order, with no
+        Completions decoded, so a timing of it is vLLM's alone. Each request keeps what `add`
+        would give it: its decoding (or the engine's), its max_tokens and its adapter. Greedy
+        and sampling only (beam search and DFS are not `LLM.generate`); a request this engine
+        cannot decode raises ConfigError before anything runs."""
+        from vllm.inputs import TokensPrompt
+
+        if self.unfinished():
+            # LLM.generate steps the same engine until it is idle: it would take the streamed
+            # requests' outputs as well.
+            raise EngineError("raw_generate while streamed requests are in flight")
+        params = []
+        for request in requests:
+            decoding = decoding_of(request, self._sampling)
+            why = self._refuses(request.adapter) or self._cannot(request, decoding)
+            if why is None and (decoding.beam_width or decoding.dfs_threshold):
+                why = f"{decoding.decode} decoding is not LLM.generate"
+            if why is not None:
+                raise ConfigError(why)
+            # A clone per request (vLLM sets each one's output_kind): the cached ones stay.
+            params.append(self._params_for(request, decoding))
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        adapters = [self._lora(r.adapter) for r in requests]
+        return list(self._llm.generate(prompts, params, use_tqdm=False, lora_request=adapters))
+
     def _cannot(self, request: GenerateRequest, decoding: Decoding) -> str | None:
         """Why this engine cannot decode the request so, or None."""
         why = unsupported(Backend.VLLM, decoding, adapter=request.adapter is not None)
