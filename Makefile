@@ -74,9 +74,11 @@ browser:
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist; 0: in this process alone). Most of
 # its time is engine start-ups and runs that wait on a deadline, so two workers keep this
-# machine's 2 cores busy; --dist loadfile keeps each file's shared fixtures in one worker.
+# machine's 2 cores busy; --dist loadfile keeps each file's shared fixtures in one worker, and
+# --no-loadscope-reorder hands the files out in the suite's own order, longest first
+# (tests/conftest.py), not xdist's (most tests first).
 TEST_WORKERS ?= 2
-PYTEST := $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint typecheck browser
 	$(PYTEST) --durations=25

@@ -42,18 +42,22 @@ BIGRAM_RULES = {"\n": "1", "1": "2"}
 # last while the other worker idles: their seconds within `make test` on this 2-core machine
 # (2026-12-06), for the order only; a file not listed goes after them.
 FILE_SECONDS = {
-    "test_ttt_engine": 150,
-    "test_pipeline": 120,
-    "test_openai_engine": 90,
+    "test_openai_engine": 128,
+    "test_pipeline": 114,
     "test_vllm_faults": 85,
+    "test_ttt_engine": 67,
     "test_boundary_start": 56,
-    "test_kaggle": 55,
-    "test_adapt": 50,
-    "test_recipes": 35,
-    "test_bench": 30,
-    "test_dfs": 25,
-    "test_engines": 25,
-    "test_boundary": 24,
+    "test_adapt": 51,
+    "test_kaggle": 48,
+    "test_boundary": 34,
+    "test_recipes": 30,
+    "test_dfs": 24,
+    "test_engines": 20,
+    "test_demo_model": 20,
+    "test_bench": 16,
+    "test_report": 11,
+    "test_evaluate": 11,
+    "test_ttt_gpu": 9,
 }
 
 
