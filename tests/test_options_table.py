@@ -16,9 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from airv.cli import build_parser
-from airv.core.durations import format_duration, parse_duration
 from airv.core.errors import ConfigError
 from airv.core.tasks import Pair, Task, dump_challenges
+from airv.core.units import format_duration, parse_duration
 from airv.run import options as runopts
 from airv.run.options import OPTIONS, Group, Option, parse_share, parse_task_cap
 from airv.run.recipes import load_recipe, recipe_names, run_flags

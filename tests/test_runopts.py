@@ -9,10 +9,10 @@ import pytest
 
 from airv.adapt.config import Loss
 from airv.cli import main
-from airv.core.durations import parse_duration
 from airv.core.errors import ConfigError, InputError
 from airv.core.formats import FormatSpec
 from airv.core.tasks import Pair, Task, dump_challenges
+from airv.core.units import parse_duration
 from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run import options as runopts

@@ -9,6 +9,10 @@
 3. Each is deleted once its tasks are over (--keep-adapters keeps them): the scratch disk holds
    only what is still to be served.
 
+Under a scratch limit this runs in waves (adapt.waves): a wave's tasks are trained, checked,
+answered and their adapters deleted before the next wave trains; a task waits (nothing is
+planned for it) until its wave's adapter is in, and is closed once its wave is over.
+
 The run owns the engines: it is told where to queue each probe (`check`) and when tasks are
 released to be planned (`released`).
 """
@@ -27,9 +31,9 @@ from airv.adapt.config import TTTConfig, TTTMode
 from airv.adapt.lora import TrainResult, check_adapter
 from airv.adapt.served import probe_request, verdict, vllm_refuses
 from airv.adapt.stage import TTT_LOG, StageJob, append_result, dir_bytes, run_stage
-from airv.core.durations import format_duration
 from airv.core.tasks import Task
 from airv.core.types import TaskId
+from airv.core.units import format_duration
 from airv.engines.base import ScoreRequest
 from airv.engines.model import weight_names
 
@@ -72,15 +76,23 @@ class Adapters:
         self.deleted = 0
         self.unchecked: set[TaskId] = set()  # adapters not yet proven served: held back
         self.on_fallback: set[TaskId] = set()  # served by the transformers engine
+        self.waiting: set[TaskId] = set()  # their wave has not trained yet
+        self.closed: set[TaskId] = set()  # their wave is over
         self._trained: dict[str, TrainResult] = {}  # adapter folder -> its training
+        self._probed: set[str] = set()  # adapter folders whose check has been queued
         self._over: set[TaskId] = set()  # tasks whose adapter may go
 
     def adapter(self, task_id: TaskId) -> str | None:
         return self.by_task.get(task_id)
 
     def held(self, task_id: TaskId) -> bool:
-        """Whether a task waits for its adapter's verdict (nothing is planned for it)."""
-        return task_id in self.unchecked
+        """Whether nothing is to be planned for a task: it waits for its wave or for its
+        adapter's verdict, or its wave is over."""
+        return task_id in self.unchecked or task_id in self.waiting or task_id in self.closed
+
+    def measured(self) -> int:
+        """The largest adapter on disk now, in bytes (0 for none)."""
+        return max((dir_bytes(Path(p)) for p in set(self.by_task.values())), default=0)
 
     # -- 1. training ---------------------------------------------------------------------
 
@@ -115,7 +127,7 @@ class Adapters:
                 "error": r.error,
             }
         self.scratch_peak = max(self.scratch_peak, dir_bytes(job.out_dir))
-        self._trained = dict(report.ready)
+        self._trained.update(report.ready)
         bad: dict[str, str] = {}
         weights = weight_names(job.model_dir) if report.adapters else set()
         for task_id, path in report.adapters.items():
@@ -130,11 +142,12 @@ class Adapters:
 
     # -- 2. the served check -------------------------------------------------------------
 
-    def check_all(self) -> None:
-        """Each adapter's probe, queued through `check`; its tasks wait for the verdict. One
-        vLLM would refuse outright goes to the transformers engine (or its tasks to the base
-        model) without asking vLLM."""
-        for path in sorted(set(self.by_task.values())):
+    def check_new(self) -> None:
+        """Each new adapter's probe, queued through `check`; its tasks wait for the verdict.
+        One vLLM would refuse outright goes to the transformers engine (or its tasks to the
+        base model) without asking vLLM."""
+        for path in sorted(set(self.by_task.values()) - self._probed):
+            self._probed.add(path)
             trained = self._trained.get(path)
             request = None if trained is None else probe_request(trained)
             if trained is None or request is None:
@@ -205,6 +218,11 @@ class Adapters:
         self._released()
 
     # -- 3. deletion ---------------------------------------------------------------------
+
+    def end_wave(self, tasks: Sequence[TaskId]) -> None:
+        """A wave is over: its tasks are closed and their adapters deleted."""
+        self.closed |= set(tasks)
+        self.delete(lambda t: t in self.closed)
 
     def delete(self, over: Callable[[TaskId], bool], *, final: bool = False) -> None:
         """Delete the adapters of tasks that are `over` (all of them with `final`), unless

@@ -73,15 +73,22 @@ def gpu_capabilities(n_gpus: int) -> list[tuple[int, int]]:
     return [torch.cuda.get_device_capability(i) for i in range(n_gpus)]
 
 
-def weight_names(model_dir: Path) -> set[str]:
-    """The names of a checkpoint's weights (its safetensors headers only: no tensor is read)."""
+def weight_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """A checkpoint's weights by name, with their shapes (its safetensors headers only: no
+    tensor is read)."""
     from safetensors import safe_open
 
-    names: set[str] = set()
+    shapes: dict[str, tuple[int, ...]] = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), framework="numpy") as weights:
-            names.update(weights.keys())
-    return names
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                shapes[name] = tuple(weights.get_slice(name).get_shape())
+    return shapes
+
+
+def weight_names(model_dir: Path) -> set[str]:
+    """The names of a checkpoint's weights."""
+    return set(weight_shapes(model_dir))
 
 
 def load_tokenizer(model_dir: Path | None) -> Any:

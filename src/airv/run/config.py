@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def eager_by_budget(time_budget: float) -> bool:
     COMPILE_MIN_BUDGET, a compiled start costs more of the budget than its faster decoding
     gives back."""
     return time_budget < COMPILE_MIN_BUDGET
+
+
+# The share of the scratch disk's free space kept free when --scratch-limit is not given: the
+# logs, vLLM's and the trainer's own files and the disk's other users need room too.
+SCRATCH_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,10 @@ class RunConfig:
     # puts them under /tmp: /kaggle/working holds about 20 GB and is the submission's disk.
     scratch_dir: Path | None = None
     keep_adapters: bool = False  # else each is deleted once its task is answered and re-scored
+    # Bytes the adapters may hold on the scratch disk at once (adapt.waves): training and
+    # answering alternate in waves that fit. None: the disk's free space at the start, less
+    # SCRATCH_MARGIN of it.
+    scratch_limit: int | None = None
     # An adapter vLLM does not serve (the served check): its task is answered by the
     # transformers engine if that serves it; else, or with False, by the base model.
     adapter_fallback: bool = True
@@ -106,6 +116,8 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.scratch_limit is not None and self.scratch_limit <= 0:
+            raise ConfigError(f"the scratch limit must be positive, got {self.scratch_limit}")
         if self.first_round < 1 or self.per_round < 1:
             raise ConfigError("first_round and per_round must be >= 1")
         if self.max_augmentations < self.first_round:
@@ -170,6 +182,16 @@ class RunConfig:
     @property
     def adapters_dir(self) -> Path:
         return (self.scratch_dir or self.out_dir) / ADAPTERS_DIR
+
+    def scratch_bytes(self) -> int:
+        """What the adapters may hold at once: --scratch-limit, else the scratch disk's free
+        space now, less SCRATCH_MARGIN of it."""
+        if self.scratch_limit is not None:
+            return self.scratch_limit
+        folder = self.adapters_dir
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return int(shutil.disk_usage(folder).free * (1 - SCRATCH_MARGIN))
 
     @property
     def log_path(self) -> Path:

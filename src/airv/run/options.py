@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
-from airv.core.durations import format_duration, parse_duration
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
     DEFAULT_PRESET,
@@ -33,6 +32,7 @@ from airv.core.prompt_format import (
     preset_names,
     resolve_format,
 )
+from airv.core.units import format_duration, parse_duration, parse_size
 from airv.core.voting import VoteMode
 from airv.engines.config import (
     DECODE_MODES,
@@ -49,6 +49,7 @@ from airv.run.config import (
     RESERVE_CAP,
     RESERVE_FLOOR,
     RESERVE_SHARE,
+    SCRATCH_MARGIN,
     RunConfig,
     eager_by_budget,
 )
@@ -339,6 +340,10 @@ OPTIONS: tuple[Option, ...] = (
            dest="adapter_fallback",
            default="the transformers engine answers that task if it serves the adapter",
            help="an adapter vLLM does not serve leaves its task to the base model"),
+    Option("--scratch-limit", _G.TTT, "scratch_limit", metavar="SIZE", to_config=parse_size,
+           default=f"the scratch disk's free space at the start, less {SCRATCH_MARGIN:.0%}",
+           help="bytes the adapters may hold at once (e.g. 20G): training and answering "
+           "alternate in waves whose adapters fit, each wave's deleted once answered"),
     Option("--keep-adapters", _G.TTT, "keep_adapters", action="store_true",
            default="each is deleted once its task is answered and re-scored",
            help="keep every adapter"),

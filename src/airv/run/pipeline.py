@@ -27,7 +27,7 @@ from typing import Any
 from airv.adapt.adapters import Adapters, stage_log
 from airv.adapt.lora import TrainResult
 from airv.adapt.stage import StageJob
-from airv.core.durations import format_duration
+from airv.adapt.waves import adapter_bytes, wave_size
 from airv.core.errors import EngineError
 from airv.core.prompt_format import PromptFormat, parse_answer
 from airv.core.prompts import (
@@ -40,11 +40,12 @@ from airv.core.prompts import (
 )
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import Grid, TaskId, Unit
+from airv.core.units import format_duration, format_size
 from airv.core.voting import Vote
 from airv.engines.base import Completion, GenerateRequest, ScoreRequest
 from airv.engines.config import Backend
 from airv.engines.lane import Lane, WorkerTimeout
-from airv.engines.model import check_round_trip, load_tokenizer
+from airv.engines.model import check_round_trip, load_tokenizer, weight_shapes
 from airv.engines.pool import (
     Done,
     Job,
@@ -312,24 +313,69 @@ class Run:
 
     # -- test-time fine-tuning ------------------------------------------------------------
 
-    def finetune(self) -> None:
-        """Train the adapters within the stage's share of the budget (processes of their own,
-        ended before the engine starts); a task whose adapter is not ready keeps the base."""
+    def _adapt_and_answer(self, votes: dict[Unit, Vote]) -> dict[Unit, Vote]:
+        """Test-time fine-tuning, then the engines, in waves whose adapters fit the scratch
+        limit (adapt.waves; one wave when they all fit). Each wave's share of the time left is
+        its share of the tasks left, and of it the stage's share goes to training. Between
+        waves the engines are stopped (on one device the trainer needs the memory the engine
+        holds) and started again: each wave after the first costs an engine start-up."""
         cfg, ttt = self.cfg, self.cfg.ttt
-        if cfg.engine.model is None:
-            return
-        available = cfg.time_budget - cfg.reserve_seconds
-        stage_end = min(self.clock.deadline, self.clock.start + ttt.budget_seconds(available))
+        todo = [t for t in self.task_ids if t not in self.failed]
+        if cfg.engine.model is None or not todo:
+            return votes
+        shapes = weight_shapes(cfg.engine.model)
+        per_adapter = adapter_bytes(shapes, ttt, dtype_bytes=2 if cfg.devices else 4)
+        limit = cfg.scratch_bytes()
+        stage_seconds = ttt.budget_seconds(cfg.time_budget - cfg.reserve_seconds)
+        self.adapters.waiting |= set(todo)
+        n_tasks, start = len(todo), self.clock.start
+        while todo and self.clock.left() > 0:
+            size = wave_size(max(per_adapter, self.adapters.measured()), limit, ttt)
+            wave, todo = (todo, []) if size is None else (todo[:size], todo[size:])
+            if todo or self.summary.waves:
+                log.info(
+                    "wave %d: %d task(s), %d after it (adapters of about %s each, %s at once)",
+                    len(self.summary.waves) + 1, len(wave), len(todo),
+                    format_size(per_adapter), format_size(limit),
+                )  # fmt: skip
+            self.summary.waves.append(len(wave))
+            # Each task's training gets its share of the stage's seconds (the first wave's
+            # counted from the clock's start, as a run without waves counts its stage).
+            stage_end = min(self.clock.deadline, start + stage_seconds * len(wave) / n_tasks)
+            self.finetune(wave, stage_end)
+            self.adapters.waiting -= set(wave)
+            if self.clock.left() <= 0:
+                break
+            # The wave answers in its tasks' share of the time left, less the training the
+            # later waves are owed; the last wave answers until the deadline.
+            wave_end = None
+            if todo:
+                owed = stage_seconds * len(todo) / n_tasks
+                share = len(wave) / (len(wave) + len(todo))
+                wave_end = time.monotonic() + max(0.0, self.clock.left() - owed) * share
+            self.start_workers()
+            votes = self._stream(votes, until=wave_end)
+            if todo:
+                self.stop_workers()
+                self.adapters.end_wave(wave)
+            start = time.monotonic()
+        return votes
+
+    def finetune(self, task_ids: Sequence[TaskId], stage_end: float) -> None:
+        """Train these tasks' adapters by `stage_end` (processes of their own, ended before
+        the engine starts); a task whose adapter is not ready keeps the base model."""
+        cfg = self.cfg
+        assert cfg.engine.model is not None
         job = StageJob(
             model_dir=cfg.engine.model,
             fmt=cfg.prompt,
-            cfg=ttt,
+            cfg=cfg.ttt,
             policy=cfg.views,
             max_len=cfg.engine.max_model_len,
             out_dir=cfg.adapters_dir,
             task_cap=0.0,  # set by the stage's fair share
         )
-        tasks = [self.challenges.tasks[t] for t in self.task_ids if t not in self.failed]
+        tasks = [self.challenges.tasks[t] for t in task_ids]
         self.adapters.train(
             tasks, job, deadline=stage_end, devices=cfg.devices or (None,), progress=cfg.progress
         )
@@ -416,7 +462,7 @@ class Run:
         """Start the engines and wait until they are up (failures restarted by the policy)."""
         t0 = time.monotonic()
         self.pool = self._pool(self.start_lane, self.cfg.workers, self.queue)
-        self.adapters.check_all()
+        self.adapters.check_new()
         try:
             self._take(self.pool.wait_ready())
         finally:
@@ -434,16 +480,19 @@ class Run:
         self.pool = self.fallback = None
 
     def _sync_pool(self) -> None:
-        """The pool's restarts and start-ups into the summary."""
+        """The pool's restarts and start-ups into the summary (added up over the waves)."""
         pool = self.pool
         if pool is None:
             return
         s = self.summary
-        s.restarts = pool.restarts
-        s.engine_failures = list(pool.failures)
-        s.results_per_worker = pool.finished()
+        s.restarts += pool.restarts
+        s.engine_failures += pool.failures
+        done = pool.finished()
+        s.results_per_worker = [
+            a + b for a, b in itertools.zip_longest(s.results_per_worker, done, fillvalue=0)
+        ]
         s.engine_start_seconds.extend(pool.start_seconds[self._starts_seen :])
-        self._starts_seen = len(pool.start_seconds)
+        self._starts_seen = 0
 
     # -- the shared queue ---------------------------------------------------------------
 
@@ -497,10 +546,10 @@ class Run:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def _stream(self, votes: dict[Unit, Vote]) -> dict[Unit, Vote]:
-        """Keep the engines fed until the work is done or time is up; record each result as
-        it comes; vote and rewrite submission.json on a cadence (cfg.write_seconds, or
-        cfg.write_every new results)."""
+    def _stream(self, votes: dict[Unit, Vote], until: float | None = None) -> dict[Unit, Vote]:
+        """Keep the engines fed until the work is done or time is up (the deadline, or
+        `until`: a wave's end); record each result as it comes; vote and rewrite
+        submission.json on a cadence (cfg.write_seconds, or cfg.write_every new results)."""
         pool = self.pool
         assert pool is not None
         cfg = self.cfg
@@ -512,6 +561,11 @@ class Run:
                     self._take(p.drain())
                 self.summary.stopped_by = "deadline"
                 log.warning("deadline reached: stopping the engine; the last submission stands")
+                break
+            if until is not None and time.monotonic() >= until:
+                for p in self._pools():
+                    self._take(p.drain())
+                log.info("the wave's time is up: its work in flight is dropped")
                 break
             self._refill(votes)
             pools = self._pools()
@@ -615,8 +669,8 @@ class Run:
                 if self.task_ids and self.clock.left() > 0:
                     _ = self.prompt_format  # loads and checks the tokenizer: a usage error now
                 if self.cfg.ttt.enabled:
-                    self.finetune()
-                if self.clock.left() > 0:
+                    votes = self._adapt_and_answer(votes)
+                elif self.clock.left() > 0:
                     self.start_workers()
                     votes = self._stream(votes)
             except WorkerTimeout:

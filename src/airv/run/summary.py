@@ -11,9 +11,9 @@ from pathlib import Path
 
 import orjson
 
-from airv.core.durations import format_duration
 from airv.core.jsonio import write_atomic
 from airv.core.types import TaskId
+from airv.core.units import format_duration, format_size
 from airv.run.predictions import Prediction
 
 
@@ -73,6 +73,8 @@ class RunSummary:
     # The adapters' folder (--scratch): its largest size seen, and adapters deleted after use.
     scratch_peak_bytes: int = 0
     adapters_deleted: int = 0
+    # Tasks per wave of training and answering (adapt.waves; one wave when all fit at once).
+    waves: list[int] = field(default_factory=list)
     settings: dict[str, object] = field(default_factory=dict)  # RunConfig.settings()
 
     def add_prompt(self, task_id: TaskId, prompt_tokens: int, seconds: float) -> None:
@@ -157,8 +159,13 @@ class RunSummary:
                 + (f", median {steps[len(steps) // 2]} steps" if steps else "")
             )
             lines.append(
-                f"adapters on disk: peak {self.scratch_peak_bytes / 2**20:,.1f} MiB, "
+                f"adapters on disk: peak {format_size(self.scratch_peak_bytes)}, "
                 f"{self.adapters_deleted} deleted after use"
+                + (
+                    f", in {len(self.waves)} waves of {self.waves} tasks"
+                    if len(self.waves) > 1
+                    else ""
+                )
             )
             verified = [
                 r["served"]

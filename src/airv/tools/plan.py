@@ -31,11 +31,11 @@ import numpy as np
 import orjson
 
 from airv.core.augment import plan_views
-from airv.core.durations import format_duration
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
+from airv.core.units import format_duration
 from airv.engines import Completion, GenerateRequest
 from airv.engines.base import completions_of
 from airv.engines.model import load_tokenizer
