@@ -43,7 +43,7 @@ WHEEL_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 # make kernel / make push: kaggle-config.json (copy kaggle-config.example.json) -> build/kernel
 KAGGLE_CONFIG ?= kaggle-config.json
 
-.PHONY: venv test lint typecheck unit submit-local wheels kernel push bench clean browser vllm-api-check \
+.PHONY: venv test quick lint typecheck unit submit-local wheels kernel push bench clean browser vllm-api-check \
 	kaggle-pins
 
 venv: $(STAMP)
@@ -84,6 +84,10 @@ test: lint typecheck browser
 	$(PYTEST) --durations=25
 	$(MAKE) --no-print-directory kaggle-pins
 
+# A faster local loop: lint, types and the suite without the tests marked slow (CI runs all).
+quick: lint typecheck
+	$(PYTEST) -m "not slow"
+
 # The Kaggle kernel runs transformers 4.57.1 (tokenizers 0.22, huggingface-hub 0.36), the dev
 # venv transformers 5. kaggle-pins installs wheels/requirements-kaggle-pins.txt (--no-deps) into
 # PINS_DIR and reruns, with that folder first on PYTHONPATH, the tests where airv meets
@@ -109,9 +113,14 @@ $(PINS_STAMP): wheels/requirements-kaggle-pins.txt $(STAMP)
 	$(PIP) install -q --no-deps --target $(PINS_DIR) -r wheels/requirements-kaggle-pins.txt
 	touch $(PINS_STAMP)
 
+# The stage's process supervision (deadline, kills, start failures, orphans) is airv's own code
+# whatever transformers release runs inside: the full suite covers it, the pins skip it.
+KAGGLE_PINS_SKIP := deadline_ends_training or killed_training_process or cannot_start or \
+	die_with_their_parent
+
 kaggle-pins: $(PINS_STAMP)
 	PYTHONPATH=$(PINS_PATH) $(PY) wheels/check_kaggle_pins.py wheels/requirements-kaggle-pins.txt $(PINS_DIR)
-	PYTHONPATH=$(PINS_PATH) $(PYTEST) $(KAGGLE_PINS_TESTS)
+	PYTHONPATH=$(PINS_PATH) $(PYTEST) $(KAGGLE_PINS_TESTS) -k "not ($(KAGGLE_PINS_SKIP))"
 
 submit-local: $(STAMP)
 	$(PY) -m airv.kaggle.local --root $(LOCAL_ROOT) --tasks $(TASKS) --model $(MODEL) \
