@@ -136,3 +136,19 @@ def test_a_run_over_its_scratch_limit_trains_and_answers_in_waves(
         assert s.ttt[name]["error"] is None and str(s.ttt[name]["served"]).startswith("verified")
     sub = _answers(out)
     assert all(_grid(sub[t][0]["attempt_1"]) in D8_IMAGES for t in ids)
+
+
+def test_the_scratch_limit_is_the_given_size_else_the_disks_free_space_less_a_margin(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from airv.run.config import SCRATCH_MARGIN, RunConfig
+
+    deep = tmp_path / "not" / "yet" / "made"  # measured on the folder that exists above it
+    cfg = RunConfig(challenges=Path("c"), out_dir=deep)
+    free = shutil.disk_usage(tmp_path).free
+    assert abs(cfg.scratch_bytes() - free * (1 - SCRATCH_MARGIN)) <= 0.01 * free
+    assert RunConfig(challenges=Path("c"), out_dir=deep, scratch_limit=123).scratch_bytes() == 123
+    with pytest.raises(ConfigError, match="scratch limit"):
+        RunConfig(challenges=Path("c"), out_dir=deep, scratch_limit=0)

@@ -73,6 +73,7 @@ class Adapters:
         self.entries: dict[str, dict[str, object]] = {}
         self.seconds = 0.0  # the stage's
         self.scratch_peak = 0  # bytes of the adapters' folder, at its largest seen
+        self.largest = 0  # bytes of the largest adapter trained
         self.deleted = 0
         self.unchecked: set[TaskId] = set()  # adapters not yet proven served: held back
         self.on_fallback: set[TaskId] = set()  # served by the transformers engine
@@ -90,9 +91,6 @@ class Adapters:
         adapter's verdict, or its wave is over."""
         return task_id in self.unchecked or task_id in self.waiting or task_id in self.closed
 
-    def measured(self) -> int:
-        """The largest adapter on disk now, in bytes (0 for none)."""
-        return max((dir_bytes(Path(p)) for p in set(self.by_task.values())), default=0)
 
     # -- 1. training ---------------------------------------------------------------------
 
@@ -127,6 +125,8 @@ class Adapters:
                 "error": r.error,
             }
         self.scratch_peak = max(self.scratch_peak, dir_bytes(job.out_dir))
+        sizes = (dir_bytes(Path(p)) for p in set(report.adapters.values()))
+        self.largest = max(self.largest, *sizes, 0)
         self._trained.update(report.ready)
         bad: dict[str, str] = {}
         weights = weight_names(job.model_dir) if report.adapters else set()

@@ -321,8 +321,9 @@ class Run:
         holds) and started again: each wave after the first costs an engine start-up."""
         cfg, ttt = self.cfg, self.cfg.ttt
         todo = [t for t in self.task_ids if t not in self.failed]
-        if cfg.engine.model is None or not todo:
-            return votes
+        if cfg.engine.model is None or not todo:  # nothing to train: the engines alone
+            self.start_workers()
+            return self._stream(votes)
         shapes = weight_shapes(cfg.engine.model)
         per_adapter = adapter_bytes(shapes, ttt, dtype_bytes=2 if cfg.devices else 4)
         limit = cfg.scratch_bytes()
@@ -330,7 +331,7 @@ class Run:
         self.adapters.waiting |= set(todo)
         n_tasks, start = len(todo), self.clock.start
         while todo and self.clock.left() > 0:
-            size = wave_size(max(per_adapter, self.adapters.measured()), limit, ttt)
+            size = wave_size(max(per_adapter, self.adapters.largest), limit, ttt)
             wave, todo = (todo, []) if size is None else (todo[:size], todo[size:])
             if todo or self.summary.waves:
                 log.info(
@@ -668,7 +669,7 @@ class Run:
             try:
                 if self.task_ids and self.clock.left() > 0:
                     _ = self.prompt_format  # loads and checks the tokenizer: a usage error now
-                if self.cfg.ttt.enabled:
+                if self.cfg.ttt.enabled and self.clock.left() > 0:
                     votes = self._adapt_and_answer(votes)
                 elif self.clock.left() > 0:
                     self.start_workers()
