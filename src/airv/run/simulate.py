@@ -170,7 +170,7 @@ class Simulation:
     rescore_seconds: float = 0.0  # GPU seconds of scoring requests
     views: dict[Unit, int] = field(default_factory=dict)  # views answered per test input
     capped: list[TaskId] = field(default_factory=list)  # stopped at their task cap
-    cut: list[TaskId] = field(default_factory=list)  # short of the target at the deadline
+    cut: list[TaskId] = field(default_factory=list)  # short of the target: time ran out
     unscored: int = 0  # test inputs whose candidates were never re-scored
     too_long: tuple[TooLong, ...] = ()
     end: float = 0.0  # when the last request ended
@@ -184,8 +184,9 @@ class Simulation:
 
     @property
     def slack_seconds(self) -> float:
-        """Time left at the deadline once all the work is done; 0 when time ran out."""
-        return 0.0 if self.stopped_by == "deadline" else max(0.0, self.deadline - self.end)
+        """Time left unused at the deadline (some may be left where a wave's share of the
+        time ran out before its work was done: `cut`)."""
+        return max(0.0, self.deadline - self.end)
 
     @property
     def scratch_bytes(self) -> int:
@@ -283,14 +284,14 @@ class Simulation:
         if self.capped:
             lines.append(_listed("capped by their task cap", self.capped))
         if self.cut:
-            lines.append(_listed("cut by the deadline (short of the target)", self.cut))
+            lines.append(_listed("cut by time (their wave's share or the deadline)", self.cut))
         if self.unscored:
             lines.append(f"test inputs never re-scored: {self.unscored}")
         if self.too_long:
             lines.append(f"test inputs too long for the context (fallback): {len(self.too_long)}")
         lines.append(
             f"last request ends at {d(self.end)}; slack at the deadline {d(self.slack_seconds)}"
-            + (" (time ran out)" if self.stopped_by == "deadline" else "")
+            + (" (time ran out for some tasks)" if self.stopped_by == "deadline" else "")
         )
         if self.adapter_bytes is not None:
             limit = "no limit" if self.scratch_limit is None else format_size(self.scratch_limit)
@@ -561,8 +562,10 @@ class _Simulator:
     def _close(self) -> None:
         sim = self.sim
         target = sim.target_views
-        short = {u[0] for u, n in sim.views.items() if n < target and u[0] not in self.ledger.cut}
-        sim.cut = [t for t in self.task_ids if t in short]
+        short = {u[0] for u, n in sim.views.items() if n < target}
+        # A task that reached its cap with every view answered lost nothing: not listed.
+        sim.capped = [t for t in sim.capped if t in short]
+        sim.cut = [t for t in self.task_ids if t in short and t not in self.ledger.cut]
         if sim.cut and sim.stopped_by == "done":
             sim.stopped_by = "deadline"
         if self.cfg.vote_mode.needs_scores:
