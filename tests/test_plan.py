@@ -105,3 +105,28 @@ def test_plan_with_the_tiny_model(
     assert data["augmentations"] >= 1
     assert [x["task_id"] for x in data["too_long"]] == ["huge"]
     assert data["too_long"][0]["needed"] > 512
+
+
+@pytest.mark.engine
+def test_simulate_with_measured_rates(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --rates, --simulate measures the engine as `airv plan` does and plays the run
+    on those rates; plan.json holds both."""
+    tasks = [
+        Task(f"t{i}", (Pair(((i % 10, 1),), ((1, i % 10),)),) * 2, (((2, i % 10),),))
+        for i in range(3)
+    ]
+    challenges = tmp_path / "challenges.json"
+    dump_challenges(tasks, challenges)
+    out = tmp_path / "plan"
+    args = ["plan", "--simulate", "--challenges", str(challenges), "--model", str(tiny_model),
+            "--engine", "hf", "--dtype", "float32", "--max-model-len", "512",
+            "--time-budget", "1h", "--calibration-tasks", "2",
+            "--calibration-augmentations", "2", "--out", str(out), "--json"]  # fmt: skip
+    assert main(args) == 0
+    sim = orjson.loads(capsys.readouterr().out)
+    assert sim["predicted_prompts"] == 3 * 32  # nothing settles, the budget is ample
+    data = orjson.loads((out / "plan.json").read_bytes())
+    assert data["prefill_tokens_per_s"] > 0 and data["simulation"] == sim
+    assert data["rates"]["source"] == "measured"

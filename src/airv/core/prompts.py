@@ -132,6 +132,28 @@ def adds_special_tokens(fmt: PromptFormat, tokenizer: Tokenizer) -> bool:
     return not uses_chat_template(fmt, tokenizer)
 
 
+def answer_shape(task: Task, test_index: int) -> tuple[int, int]:
+    """The answer's expected shape: the largest train output's height and width, each scaled
+    by how much the test input outgrows every train input, at most 30 (30x30 without train
+    pairs)."""
+    if not task.train:
+        return MAX_SIDE, MAX_SIDE
+    out_rows = max(len(p.output) for p in task.train)
+    out_cols = max(len(p.output[0]) for p in task.train)
+    in_rows = max(len(p.input) for p in task.train)
+    in_cols = max(len(p.input[0]) for p in task.train)
+    test_rows, test_cols = shape(query_input(task, test_index))
+    rows = min(MAX_SIDE, math.ceil(out_rows * max(1.0, test_rows / in_rows)))
+    cols = min(MAX_SIDE, math.ceil(out_cols * max(1.0, test_cols / in_cols)))
+    return rows, cols
+
+
+def drop_order(task: Task) -> list[int]:
+    """The order train pairs are dropped in to fit a context: largest first (cells of input +
+    output; ties: the later pair first)."""
+    return sorted(range(len(task.train)), key=lambda i: (-_cells(task.train[i]), -i))
+
+
 def estimate_answer_tokens(
     task: Task, test_index: int, fmt: PromptFormat, tokenizer: Tokenizer
 ) -> int:
@@ -144,17 +166,10 @@ def estimate_answer_tokens(
     (tokenisers may merge digits differently in other grids). It never exceeds the tokens of
     a 30x30 worst-case answer + EOS, which is also the answer when there are no train pairs.
     """
-    test = query_input(task, test_index)
     cap = worst_case_answer_tokens(fmt, tokenizer)
     if not task.train:
         return cap
-    out_rows = max(len(p.output) for p in task.train)
-    out_cols = max(len(p.output[0]) for p in task.train)
-    in_rows = max(len(p.input) for p in task.train)
-    in_cols = max(len(p.input[0]) for p in task.train)
-    test_rows, test_cols = shape(test)
-    rows = min(MAX_SIDE, math.ceil(out_rows * max(1.0, test_rows / in_rows)))
-    cols = min(MAX_SIDE, math.ceil(out_cols * max(1.0, test_cols / in_cols)))
+    rows, cols = answer_shape(task, test_index)
     longest = max(_answer_tokens(p.output, fmt, tokenizer) for p in task.train)
     probe = max(_answer_tokens(g, fmt, tokenizer) for g in _probe_grids(rows, cols))
     estimate = max(longest, probe) + 1  # + EOS
@@ -190,7 +205,7 @@ def fit_prompt(
     if max_model_len < 1:
         raise ValueError(f"max_model_len must be positive, got {max_model_len}")
     max_answer = estimate_answer_tokens(task, test_index, fmt, tokenizer)
-    drop_order = sorted(range(len(task.train)), key=lambda i: (-_cells(task.train[i]), -i))
+    order = drop_order(task)
     dropped: list[int] = []
     while True:
         keep = sorted(set(range(len(task.train))).difference(dropped))
@@ -212,7 +227,7 @@ def fit_prompt(
                 needed=len(ids) + max_answer,
                 max_model_len=max_model_len,
             )
-        dropped.append(drop_order[len(dropped)])
+        dropped.append(order[len(dropped)])
 
 
 def output_token_spans(

@@ -85,8 +85,8 @@ class Group(enum.Enum):
     OUTPUT = "output"
 
 
-# The groups `airv run` takes besides its inputs. `airv eval` takes them all (it can run);
-# `airv plan` takes all but voting (it prices generation only).
+# The groups `airv run` takes besides its inputs; `airv eval` and `airv plan` take them all
+# (`airv plan --simulate` prices the re-scoring the vote asks for).
 RUN_GROUPS: tuple[Group, ...] = tuple(g for g in Group if g is not Group.INPUTS)
 
 
@@ -520,14 +520,17 @@ class _Given:
         return getattr(self._args, name, None)
 
 
-def build_run_config(parsed: argparse.Namespace) -> RunConfig:
+def build_run_config(parsed: argparse.Namespace, *, on_paper: bool = False) -> RunConfig:
     """The RunConfig the options describe: each given option overrides its default, then the
-    recipe's (airv.run.recipes), then the config classes'."""
+    recipe's (airv.run.recipes), then the config classes'. `on_paper` (a run simulated by
+    `airv plan --simulate`): the challenge file and the model are checked only if given."""
     recipe, supplied = apply_recipe(parsed, run_option_parser())
     given = _Given(parsed)
-    if not given.challenges.exists():
+    if given.challenges is None and on_paper:
+        parsed.challenges = Path("-")  # synthetic tasks: no file is read
+    elif not given.challenges.exists():
         raise InputError("challenge file not found", path=given.challenges)
-    if not (given.model / MODEL_CONFIG_FILE).exists():
+    if (given.model is not None or not on_paper) and not (given.model / MODEL_CONFIG_FILE).exists():
         raise InputError(
             f"not a Hugging Face model directory (no {MODEL_CONFIG_FILE})", path=given.model
         )
@@ -552,7 +555,9 @@ def _derived(given: _Given, values: Mapping[str, Any]) -> dict[str, Any]:
     out["engine.enforce_eager"] = (
         eager_by_budget(time_budget) if given.enforce_eager is None else given.enforce_eager
     )
-    max_model_len = given.max_model_len or default_max_model_len(given.model)
+    max_model_len = given.max_model_len or (
+        None if given.model is None else default_max_model_len(given.model)
+    )
     if max_model_len is not None:  # None: the model does not say; EngineConfig's holds
         out["engine.max_model_len"] = max_model_len
     if given.dfs_threshold is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from airv.adapt.config import TTTMode
+from airv.adapt.waves import adapter_bytes
 from airv.core.augment import plan_views
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
@@ -38,11 +41,21 @@ from airv.core.types import TaskId
 from airv.core.units import format_duration
 from airv.engines import Completion, GenerateRequest
 from airv.engines.base import completions_of
-from airv.engines.model import load_tokenizer
+from airv.engines.model import load_tokenizer, weight_shapes
 from airv.engines.pool import await_ready, run_lane, start_lane
 from airv.run import options as runopts
 from airv.run.budget import process_start_time
 from airv.run.config import RunConfig
+from airv.run.rates import Rates, load_rates, rates_names
+from airv.run.simulate import (
+    Costs,
+    Simulation,
+    TooLong,
+    UnitCost,
+    price_by_cells,
+    simulate,
+    synthetic_tasks,
+)
 
 # Views priced per test input: identity and a quarter turn (a transposed grid has another
 # number of line breaks, so the two bracket the D8 views).
@@ -64,31 +77,6 @@ class Throughput:
     prompt_tokens: int
     answer_tokens: int
     stop_seconds: float = 0.0  # ending the engine: paid inside the run's reserve
-
-
-@dataclass(frozen=True, slots=True)
-class UnitCost:
-    """One test input: mean tokens of one augmentation's prompt, and its answer allowance."""
-
-    task_id: TaskId
-    test_index: int
-    prompt_tokens: float
-    answer_tokens: float
-
-
-@dataclass(frozen=True, slots=True)
-class TooLong:
-    task_id: TaskId
-    test_index: int
-    needed: int  # tokens with one train pair kept, answer included
-    max_model_len: int
-
-
-@dataclass(frozen=True, slots=True)
-class Costs:
-    units: tuple[UnitCost, ...]
-    too_long: tuple[TooLong, ...]
-    skipped: tuple[TaskId, ...]  # tasks the challenge file gets wrong (fallback anyway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +313,7 @@ def make_plan(
     )
 
 
-HELP = "measure the engine, predict how many augmentations fit in the time budget"
+HELP = "measure the engine, or simulate a whole run on paper, and predict what fits the budget"
 DESCRIPTION = (
     "Size a run before spending it. Starts the engine of --model (with the same engine, "
     "sampling and format options as `airv run`), measures prompt (prefill) and answer (decode) "
@@ -333,7 +321,10 @@ DESCRIPTION = (
     "how many augmentations per test input fit in --time-budget after the reserve and the "
     "measured start-up, and which tasks cannot fit --max-model-len at all. Run it in an "
     "interactive session on the machine of the real run (e.g. a Kaggle GPU notebook), then "
-    "pass --max-augmentations to `airv run`."
+    "pass --max-augmentations to `airv run`. With --simulate it plays the whole run on a "
+    "virtual clock (fine-tuning waves, engine restarts, rounds, task caps, re-scoring, the "
+    "workers) priced by a rates file (--rates), with no model; or, without --rates, by the "
+    "rates it measures."
 )
 
 
@@ -355,15 +346,142 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="views per test input in each of the two timed calls; more prompts = a batch "
         f"closer to the run's (default {CALIBRATION_AUGMENTATIONS})",
     )
+    s = p.add_argument_group("simulation (a whole run on paper)")
+    s.add_argument(
+        "--simulate",
+        action="store_true",
+        help="play the run on a virtual clock: waves of fine-tuning and answering, engine "
+        "restarts, rounds, task caps, re-scoring, --workers GPUs; nothing settles early",
+    )
+    s.add_argument(
+        "--rates",
+        metavar="NAME|FILE",
+        help="what the work costs per GPU (README › Sizing a run): a rates file, or a shipped "
+        f"one by name ({', '.join(rates_names())}); no model needed. Without it, --simulate "
+        "measures the engine of --model",
+    )
+    s.add_argument(
+        "--tasks",
+        type=int,
+        metavar="N",
+        help="without --challenges: N synthetic tasks of ARC-AGI-2 evaluation sizes",
+    )
+    s.add_argument(
+        "--json", action="store_true", help="print the simulation as one JSON object alone"
+    )
     runopts.add_run_arguments(
-        p,
-        required=False,
-        out_help="also write plan.json into this directory",
-        groups=[g for g in runopts.RUN_GROUPS if g is not runopts.Group.VOTING],
+        p, required=False, out_help="also write plan.json into this directory"
     )
 
 
+def _write_plan(out: Path | None, data: dict[str, object], *, quiet: bool) -> None:
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "plan.json"
+    try:
+        path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    except OSError as e:
+        raise InputError(f"cannot write the plan: {e.strerror or e}", path=path) from e
+    print(f"written: {path}", file=sys.stderr if quiet else sys.stdout)
+
+
+def measured_rates(t: Throughput) -> Rates:
+    """The rates `airv plan` measures: prefill, decode, the engine's start-up as this run
+    starts it (eager or compiled) and its stop. Not measured: fine-tuning, the search's and
+    scoring's cost over plain decoding and prefill (1 each)."""
+    return Rates(
+        prefill_tokens_per_second=t.prefill_tokens_per_s,
+        decode_tokens_per_second=t.decode_tokens_per_s,
+        engine_start_eager_seconds=t.start_seconds,
+        engine_start_compiled_seconds=t.start_seconds,
+        engine_stop_seconds=t.stop_seconds,
+        name="measured",
+        about=f"measured by airv plan on {t.prompts} calibration prompts",
+    )
+
+
+def simulate_main(args: argparse.Namespace) -> int:
+    """`airv plan --simulate`: the run priced by a rates file, or by rates measured here."""
+    if args.challenges is None and args.tasks is None:
+        raise ConfigError("airv plan --simulate needs --challenges FILE or --tasks N")
+    if args.tasks is not None and (args.challenges is not None or args.tasks < 1):
+        raise ConfigError("--tasks N (N >= 1) stands for --challenges: give one of them")
+    if args.rates is None and (args.model is None or args.challenges is None):
+        raise ConfigError(
+            "airv plan --simulate needs --rates NAME|FILE, or --model DIR and --challenges "
+            "FILE to measure the rates"
+        )
+    cfg = runopts.build_run_config(
+        argparse.Namespace(**{**vars(args), "out": args.out or Path(".")}), on_paper=True
+    )
+    if args.tasks is not None:
+        tasks = synthetic_tasks(args.tasks, seed=cfg.views.seed)
+        skipped: tuple[TaskId, ...] = ()
+    else:
+        challenges = load_challenges(cfg.challenges, strict=False)
+        tasks = [challenges.tasks[t] for t in challenges.task_ids if t in challenges.tasks]
+        skipped = tuple(sorted(challenges.rejected))
+    tasks = tasks[: cfg.max_tasks] if cfg.max_tasks is not None else tasks
+    measured: Plan | None = None
+    if args.rates is None:
+        measured = make_plan(
+            cfg,
+            calibration_tasks=args.calibration_tasks,
+            augmentations=args.calibration_augmentations,
+        )
+        rates, source = measured_rates(measured.throughput), "measured"
+        costs = measured.costs
+    else:
+        rates, source = load_rates(args.rates), str(args.rates)
+        if cfg.engine.model is not None and args.challenges is not None:
+            costs = estimate_costs(cfg, challenges, load_tokenizer(cfg.engine.model))
+        else:
+            costs = price_by_cells(tasks, rates, cfg.engine.max_model_len)
+        costs = dataclasses.replace(costs, skipped=skipped)
+    wanted = {t.id for t in tasks}
+    costs = dataclasses.replace(costs, units=tuple(u for u in costs.units if u.task_id in wanted))
+    sim = simulate(cfg, costs, rates, adapter_bytes=_adapter_bytes(cfg, rates, source))
+    if args.json:
+        print(orjson.dumps(sim.to_json()).decode())
+    else:
+        print(f"rates: {rates.name or source} ({rates.about})" if rates.about else source)
+        print(sim.render())
+    data: dict[str, object] = measured.to_json() if measured is not None else {}
+    data.update({"rates": {"source": source, **rates.to_json()}, "simulation": sim.to_json()})
+    _write_plan(args.out, data, quiet=args.json)
+    return 0
+
+
+def _adapter_bytes(cfg: RunConfig, rates: Rates, source: str) -> int | None:
+    """One adapter's size: from the model's weight shapes when a model is given (as the run
+    estimates it), else the rates file's, scaled to the run's rank."""
+    ttt = cfg.ttt
+    if not ttt.enabled:
+        return None
+    if rates.ttt_seconds(ttt.steps) is None:
+        raise ConfigError(
+            f"{source}: rates file: fine-tuning is on but the file gives neither "
+            "ttt_seconds_per_step nor ttt_seconds_per_task"
+        )
+    if cfg.engine.model is not None:
+        shapes = weight_shapes(cfg.engine.model)
+        return adapter_bytes(shapes, ttt, dtype_bytes=2 if cfg.devices else 4)
+    size = rates.adapter_size(ttt.rank)
+    if size is None and cfg.scratch_limit is not None and ttt.mode is not TTTMode.JOINT:
+        raise ConfigError(
+            f"{source}: rates file: --scratch-limit needs the adapters' size: give "
+            "adapter_bytes and adapter_rank, or --model DIR"
+        )
+    return size
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.simulate:
+        runopts.configure_logging(args.log_level)
+        return simulate_main(args)
+    if args.rates is not None or args.tasks is not None or args.json:
+        raise ConfigError("--rates, --tasks and --json go with --simulate")
     if args.challenges is None or args.model is None:
         raise ConfigError("airv plan needs --challenges FILE and --model DIR")
     runopts.configure_logging(args.log_level)
@@ -377,14 +495,7 @@ def main(args: argparse.Namespace) -> int:
         augmentations=args.calibration_augmentations,
     )
     print(plan.render())
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "plan.json"
-        try:
-            path.write_bytes(orjson.dumps(plan.to_json(), option=orjson.OPT_INDENT_2))
-        except OSError as e:
-            raise InputError(f"cannot write the plan: {e.strerror or e}", path=path) from e
-        print(f"written: {path}")
+    _write_plan(args.out, plan.to_json(), quiet=False)
     return 0
 
 
@@ -395,6 +506,7 @@ __all__ = [
     "HELP",
     "Costs",
     "Plan",
+    "Simulation",
     "Throughput",
     "TooLong",
     "UnitCost",
@@ -404,4 +516,6 @@ __all__ = [
     "main",
     "make_plan",
     "measure",
+    "measured_rates",
+    "simulate_main",
 ]

