@@ -493,3 +493,13 @@ def test_rslora_with_lora_on_the_embeddings_and_their_own_learning_rate(tmp_path
     assert max(float(v.abs().max()) for v in emb_a + head_b) < 1e-12
     # LoRA factors only: not the whole embedding matrix (vLLM serves no modules_to_save).
     assert not any("base_layer" in k or k.endswith("embed_tokens.weight") for k in weights)
+
+
+def test_an_adapters_cap_is_its_fair_share_per_training_process() -> None:
+    """Four GPUs training 240 adapters side by side in 1,000 s: each process trains 60, so an
+    adapter's fair share is 1,000 / 60 s (not 1,000 / 240), and the cap 3 of those."""
+    per_task = TTTConfig(mode=TTTMode.PER_TASK)
+    assert per_task.adapter_cap(1000.0, 240, 4) == pytest.approx(3 * 1000 / 60)
+    assert per_task.adapter_cap(1000.0, 2, 4) == pytest.approx(3 * 1000)  # a process each
+    assert TTTConfig(mode=TTTMode.JOINT).adapter_cap(1000.0, 1, 4) == pytest.approx(3000.0)
+    assert TTTConfig(task_cap_seconds=30.0).adapter_cap(1000.0, 240, 4) == 30.0

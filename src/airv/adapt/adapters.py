@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.config import TTTConfig
 from airv.adapt.lora import TrainResult, check_adapter
 from airv.adapt.served import probe_request, verdict, vllm_refuses
 from airv.adapt.stage import TTT_LOG, StageJob, append_result, dir_bytes, run_stage
@@ -91,7 +91,6 @@ class Adapters:
         adapter's verdict, or its wave is over."""
         return task_id in self.unchecked or task_id in self.waiting or task_id in self.closed
 
-
     # -- 1. training ---------------------------------------------------------------------
 
     def train(
@@ -104,12 +103,12 @@ class Adapters:
         progress: bool,
     ) -> None:
         """Train within the stage's time (`deadline`, time.monotonic()); `job.task_cap` is
-        set here from the fair share of what is left."""
+        set here from the fair share of what is left, per training process."""
         left = deadline - time.monotonic()
         if not tasks or left <= 0:
             return
-        fair = left / (1 if self.ttt.mode is TTTMode.JOINT else len(tasks))
-        job = dataclasses.replace(job, task_cap=self.ttt.task_cap(fair))
+        cap = self.ttt.adapter_cap(left, len(tasks), len(devices))
+        job = dataclasses.replace(job, task_cap=cap)
         log.info("test-time fine-tuning %d task(s), %s", len(tasks), self.ttt.mode.value)
         with _StageProgress(progress, deadline) as bar:
             report = run_stage(

@@ -89,6 +89,15 @@ class TTTConfig:
         """Training seconds one adapter may take, given the stage's fair share per adapter."""
         return self.task_cap_seconds or self.task_cap_shares * fair_share
 
+    def adapter_cap(self, stage_seconds: float, adapters: int, processes: int) -> float:
+        """Training seconds one adapter may take when `processes` train `adapters` side by
+        side in `stage_seconds`: its fair share is the stage's time over the adapters each
+        process trains (the whole stage at most; a joint adapter: the whole stage)."""
+        if self.mode is TTTMode.JOINT:
+            return self.task_cap(stage_seconds)
+        per_process = max(1, adapters) / max(1, processes)  # adapters each process trains
+        return self.task_cap(stage_seconds / max(1.0, per_process))
+
     def budget_seconds(self, available: float) -> float:
         """The stage's seconds out of `available` (the run's budget minus its reserve)."""
         return self.budget * available if self.budget <= 1 else min(self.budget, available)

@@ -498,7 +498,7 @@ class _Simulator:
         left = stage_end - start
         if left <= 0:
             return start, 0, 0, n
-        cap = ttt.task_cap(left / n)
+        cap = ttt.adapter_cap(left, n, workers)
         lanes = [start] * (1 if ttt.mode is TTTMode.JOINT else workers)
         full = partial = none = 0
         for _ in range(n):
