@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from airv.adapt.config import Loss
 from airv.cli import main
@@ -337,3 +339,65 @@ def test_vllm_starts_eager_or_compiled_by_the_budget(files: tuple[Path, Path]) -
     assert _build(files, "--time-budget", "12h", "--enforce-eager").engine.enforce_eager
     with pytest.raises(SystemExit):
         _build(files, "--compile", "--enforce-eager")
+
+
+def test_vllm_starts_the_way_airv_plan_measured_to_fit_more(
+    files: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--plan PLAN.json with both starts measured: compiled (90 s to start, 10 s a sweep)
+    beats eager (20 s, 15 s a sweep) once the budget is long enough to pay its start back
+    (from 3m50s on, here); the flags still force either; a plan of one start leaves the
+    budget rule; a plan that is not one is an input error naming the file."""
+    import orjson
+
+    from airv.core.errors import InputError
+
+    plan = tmp_path / "plan.json"
+    starts = {
+        "eager": {"start_seconds": 20.0, "sweep_seconds": 15.0},
+        "compiled": {"start_seconds": 90.0, "sweep_seconds": 10.0},
+    }
+    plan.write_bytes(orjson.dumps({"augmentations": 3, "starts": starts}))
+    by_plan = ("--plan", str(plan), "--reserve", "0")
+    assert _build(files, "--time-budget", "2m", *by_plan).engine.enforce_eager
+    assert not _build(files, "--time-budget", "25m", *by_plan).engine.enforce_eager
+    assert _build(files, "--time-budget", "25m", "--enforce-eager", *by_plan).engine.enforce_eager
+    # The fine-tuning stage's share is not the engine's: half of 8 minutes leaves 4, where
+    # compiled fits 15 sweeps against eager's 14.
+    with_ttt = ("--ttt", "per-task", "--ttt-budget", "0.5")
+    assert not _build(files, "--time-budget", "8m", *with_ttt, *by_plan).engine.enforce_eager
+    assert _build(files, "--time-budget", "7m", *with_ttt, *by_plan).engine.enforce_eager
+    plan.write_bytes(orjson.dumps({"augmentations": 3, "starts": {}}))
+    caplog.set_level("WARNING", logger="airv")
+    assert _build(files, "--time-budget", "15m", *by_plan).engine.enforce_eager  # the rule
+    assert "one way of starting only" in caplog.text
+    plan.write_bytes(orjson.dumps({"starts": {"eager": {"start_seconds": 1.0}}}))
+    with pytest.raises(InputError, match="sweep_seconds") as err:
+        _build(files, *by_plan)
+    assert str(plan) in str(err.value)
+    plan.write_text("{not json")
+    with pytest.raises(InputError, match="not JSON"):
+        _build(files, *by_plan)
+
+
+@given(
+    st.floats(0, 1e4),
+    st.floats(0.1, 1e3),
+    st.floats(0, 1e4),
+    st.floats(0.1, 1e3),
+    st.floats(0, 1e5),
+)
+def test_the_start_chosen_by_a_plan_fits_at_least_as_many_sweeps(
+    start_e: float, sweep_e: float, start_c: float, sweep_c: float, available: float
+) -> None:
+    from airv.run.config import eager_by_plan
+
+    starts = {
+        "eager": {"start_seconds": start_e, "sweep_seconds": sweep_e},
+        "compiled": {"start_seconds": start_c, "sweep_seconds": sweep_c},
+    }
+    fits = {
+        m: max(0.0, available - s["start_seconds"]) / s["sweep_seconds"] for m, s in starts.items()
+    }
+    chosen = "eager" if eager_by_plan(starts, available) else "compiled"
+    assert fits[chosen] >= max(fits.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,24 @@ ENGINE_START_SECONDS = 60.0
 # compiled start took 54 s of a 60 s trial and the run answered nothing; an eager one was up at
 # 19 s and answered 243 prompts. From half an hour on, that cost is under 3% of the budget.
 COMPILE_MIN_BUDGET = 30 * 60.0
+
+
+def start_mode(eager: bool) -> str:
+    """How vLLM starts, as run_summary.json and plan.json name it."""
+    return "eager" if eager else "compiled"
+
+
+def eager_by_plan(starts: Mapping[str, Mapping[str, float]], available: float) -> bool:
+    """Whether vLLM starts eager by `airv plan`'s measurement of both starts (plan.json's
+    `starts`: each way's start-up and sweep seconds, one view of every test input): the way
+    that leaves time for more sweeps in `available` seconds (the budget less the reserve and
+    the fine-tuning stage), eager on a tie."""
+
+    def sweeps(mode: str) -> float:
+        m = starts[mode]
+        return max(0.0, available - m["start_seconds"]) / max(m["sweep_seconds"], 1e-9)
+
+    return sweeps("eager") >= sweeps("compiled")
 
 
 def eager_by_budget(time_budget: float) -> bool:
@@ -176,8 +195,15 @@ class RunConfig:
             "rescore": [self.rescore_top, self.rescore_augmentations],
             "ttt": {k: str(v) for k, v in dataclasses.asdict(self.ttt).items()},
             # How vLLM started (eager_by_budget unless forced): speed, not answers.
-            "engine_start": "eager" if self.engine.enforce_eager else "compiled",
+            "engine_start": start_mode(self.engine.enforce_eager),
         }
+
+    @property
+    def stage_seconds(self) -> float:
+        """The fine-tuning stage's share of the budget (0 without it): trained before the
+        engines answer."""
+        available = self.time_budget - self.reserve_seconds
+        return self.ttt.budget_seconds(available) if self.ttt.enabled else 0.0
 
     @property
     def adapters_dir(self) -> Path:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from airv.adapt.config import Loss, Schedule, TTTConfig, TTTMode
 from airv.core.errors import ConfigError, InputError
 from airv.core.prompt_format import (
@@ -52,8 +54,12 @@ from airv.run.config import (
     SCRATCH_MARGIN,
     RunConfig,
     eager_by_budget,
+    eager_by_plan,
+    start_mode,
 )
 from airv.run.recipes import apply_recipe, recipe_names
+
+log = logging.getLogger(__name__)
 
 # The defaults, for --help texts: quoted from the config dataclasses, never restated.
 _RUN = RunConfig(challenges=Path("."), out_dir=Path("."))
@@ -388,6 +394,11 @@ OPTIONS: tuple[Option, ...] = (
            dest="enforce_eager", derived=True, exclusive="start",
            help="compile vLLM's graphs (torch compile on CPU, CUDA graphs on a GPU) whatever "
            "the budget: slower start, faster decoding"),
+    Option("--plan", _G.ENGINE, None, type=Path, metavar="PLAN_JSON",
+           default="the budget rule of --enforce-eager",
+           help="`airv plan`'s plan.json with vLLM measured both ways: start the way that "
+           "leaves time for more views in this run's budget (--enforce-eager or --compile "
+           "still decide)"),
     Option("--ngram-speculative-tokens", _G.ENGINE, "engine.ngram_speculative_tokens",
            type=int, metavar="K",
            help="vLLM n-gram (prompt lookup) speculative decoding with K tokens; 0 = off"),
@@ -544,8 +555,39 @@ def build_run_config(parsed: argparse.Namespace, *, on_paper: bool = False) -> R
     values["recipe"] = None if recipe is None else recipe.name
     values["recipe_options"] = tuple(sorted((k, str(v)) for k, v in supplied.items()))
     cfg: RunConfig = _overridden(_RUN, values)
+    if given.plan is not None and given.enforce_eager is None:
+        cfg = _start_by_plan(cfg, given.plan)
     validate(cfg, given)
     return cfg
+
+
+def _start_by_plan(cfg: RunConfig, path: Path) -> RunConfig:
+    """vLLM's start (eager or compiled) by `airv plan`'s measurement of both ways (--plan):
+    the way that leaves time for more sweeps in this run's budget, less its reserve and the
+    fine-tuning stage. A plan with one way measured leaves the budget rule."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"cannot read the plan: {exc.strerror or exc}", path=path) from exc
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not JSON: {exc}", path=path) from exc
+    starts = data.get("starts") if isinstance(data, dict) else None
+    if not isinstance(starts, dict) or not starts:
+        log.warning("%s measured one way of starting only: the budget rule decides", path)
+        return cfg
+    for mode in ("eager", "compiled"):
+        m = starts.get(mode)
+        figures = (
+            [m.get(k) for k in ("start_seconds", "sweep_seconds")] if isinstance(m, dict) else []
+        )
+        if len(figures) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in figures):
+            raise InputError(
+                f"starts.{mode} needs start_seconds and sweep_seconds (numbers >= 0)", path=path
+            )
+    available = cfg.time_budget - cfg.reserve_seconds - cfg.stage_seconds
+    eager = eager_by_plan(starts, available)
+    log.info("vLLM starts %s: by %s's measurement of both starts", start_mode(eager), path)
+    return dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, enforce_eager=eager))
 
 
 def _derived(given: _Given, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -327,7 +327,7 @@ class Run:
         shapes = weight_shapes(cfg.engine.model)
         per_adapter = adapter_bytes(shapes, ttt, dtype_bytes=2 if cfg.devices else 4)
         limit = cfg.scratch_bytes()
-        stage_seconds = ttt.budget_seconds(cfg.time_budget - cfg.reserve_seconds)
+        stage_seconds = cfg.stage_seconds
         self.adapters.waiting |= set(todo)
         n_tasks, start = len(todo), self.clock.start
         while todo and self.clock.left() > 0:

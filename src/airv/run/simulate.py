@@ -532,7 +532,7 @@ class _Simulator:
         size = wave_size(sim.adapter_bytes or 0, cfg.scratch_limit, ttt)
         todo = list(self.task_ids)
         n_tasks = len(todo)
-        stage_seconds = ttt.budget_seconds(cfg.time_budget - cfg.reserve_seconds)
+        stage_seconds = cfg.stage_seconds
         now = start = 0.0
         for wave in waves(todo, size):
             if now >= sim.deadline:

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,13 @@ from airv.core.types import TaskId
 from airv.core.units import format_duration
 from airv.engines import Completion, GenerateRequest
 from airv.engines.base import completions_of
+from airv.engines.config import Backend
+from airv.engines.lane import Lane
 from airv.engines.model import load_tokenizer, weight_shapes
 from airv.engines.pool import await_ready, run_lane, start_lane
 from airv.run import options as runopts
 from airv.run.budget import process_start_time
-from airv.run.config import RunConfig
+from airv.run.config import RunConfig, start_mode
 from airv.run.rates import Rates, load_rates, rates_names
 from airv.run.simulate import (
     Costs,
@@ -88,6 +91,13 @@ class Plan:
     workers: int
     n_per_prompt: int  # completions per prompt (Decoding.n)
     ttt_seconds: float = 0.0  # the test-time fine-tuning stage's share, before inference
+    # vLLM measured both ways ("eager", "compiled"), the run's own start among them: what
+    # `airv run --plan` chooses from. Empty: one way only (transformers does not compile).
+    starts: Mapping[str, Throughput] = dataclasses.field(default_factory=dict)
+
+    def started(self, mode: str) -> Plan:
+        """This plan as if the engine started `mode`'s way."""
+        return dataclasses.replace(self, throughput=self.starts[mode])
 
     @property
     def available(self) -> float:
@@ -135,6 +145,16 @@ class Plan:
             "available": self.available,
             "workers": self.workers,
             "augmentations": self.augmentations,
+            "starts": {
+                mode: {
+                    "start_seconds": t.start_seconds,
+                    "prefill_tokens_per_s": t.prefill_tokens_per_s,
+                    "decode_tokens_per_s": t.decode_tokens_per_s,
+                    "sweep_seconds": self.started(mode).sweep_seconds,
+                    "augmentations": self.started(mode).augmentations,
+                }
+                for mode, t in self.starts.items()
+            },
             "too_long": [
                 {"task_id": x.task_id, "test_index": x.test_index, "needed": x.needed}
                 for x in self.costs.too_long
@@ -160,6 +180,18 @@ class Plan:
             f"(e.g. --max-augmentations {max(self.augmentations, 1)}; predicted run time "
             f"{format_duration(self.predicted_seconds(self.augmentations))})",
         ]
+        if len(self.starts) > 1:
+            both = {mode: self.started(mode) for mode in self.starts}
+            lines.append(
+                "vLLM started both ways: "
+                + "; ".join(
+                    f"{mode} up in {format_duration(p.throughput.start_seconds)}, decode "
+                    f"{p.throughput.decode_tokens_per_s:,.0f} tok/s, {p.augmentations} "
+                    "augmentations"
+                    for mode, p in both.items()
+                )
+                + " (airv run --plan PLAN.json starts the way that fits more)"
+            )
         if c.too_long:
             lines.append(f"{len(c.too_long)} test input(s) cannot fit max_model_len (fallback):")
             lines += [
@@ -220,6 +252,12 @@ def calibration_units(costs: Costs, n_tasks: int) -> list[UnitCost]:
     return [u for t in chosen for u in by_task[t]]
 
 
+def _generate(
+    lane: Lane, deadline: float, requests: list[GenerateRequest]
+) -> list[list[Completion]]:
+    return completions_of(run_lane(lane, requests, deadline))
+
+
 def measure(
     generate: Callable[[list[GenerateRequest]], list[list[Completion]]],
     prefill_set: Sequence[FittedPrompt],
@@ -263,10 +301,11 @@ def make_plan(
     calibration_tasks: int = CALIBRATION_TASKS,
     augmentations: int = CALIBRATION_AUGMENTATIONS,
     started: float | None = None,
+    both_starts: bool = True,
 ) -> Plan:
     """Start the engine of `cfg` in a worker process, calibrate it on `calibration_tasks` tasks
     with `augmentations` views per test input in each of the two calls, and plan the whole
-    challenge file."""
+    challenge file; vLLM is measured eager and compiled unless `both_starts` is off."""
     if calibration_tasks < 1 or augmentations < 1:
         raise ConfigError("--calibration-tasks and --calibration-augmentations must be >= 1")
     started = process_start_time() if started is None else started
@@ -282,21 +321,33 @@ def make_plan(
             if isinstance(f, FittedPrompt):
                 sets[j % 2].append(f)
     # The engine in a worker process, as the run starts it: its start-up (a fresh
-    # interpreter importing torch/vLLM) and its shutdown are part of the price.
+    # interpreter importing torch/vLLM) and its shutdown are part of the price. vLLM is
+    # started both ways (eager, compiled), the run's own way first; each start is counted
+    # from its lane's launch plus what this process spent before the first.
     deadline = time.monotonic() + cfg.time_budget
-    lane = start_lane(cfg.engine, cfg.sampling, 0, devices=cfg.devices)
-    try:
-        await_ready(lane, deadline)
-        throughput = measure(
-            lambda reqs: completions_of(run_lane(lane, reqs, deadline)),
-            sets[0],
-            sets[1],
-            started=started,
-        )
-    finally:
-        t0 = time.monotonic()
-        lane.close()
-    throughput = dataclasses.replace(throughput, stop_seconds=time.monotonic() - t0)
+    before = time.monotonic() - started
+    ways = [cfg.engine.enforce_eager]
+    if both_starts and cfg.engine.backend is Backend.VLLM:
+        ways.append(not cfg.engine.enforce_eager)
+    starts: dict[str, Throughput] = {}
+    for eager in ways:
+        engine = dataclasses.replace(cfg.engine, enforce_eager=eager)
+        launched = time.monotonic()
+        lane = start_lane(engine, cfg.sampling, 0, devices=cfg.devices)
+        try:
+            await_ready(lane, deadline)
+            measured = measure(
+                functools.partial(_generate, lane, deadline),
+                sets[0],
+                sets[1],
+                started=launched - before,
+            )
+        finally:
+            t0 = time.monotonic()
+            lane.close()
+        mode = start_mode(eager)
+        starts[mode] = dataclasses.replace(measured, stop_seconds=time.monotonic() - t0)
+    throughput = starts[start_mode(cfg.engine.enforce_eager)]
     return Plan(
         throughput=throughput,
         costs=costs,
@@ -305,11 +356,8 @@ def make_plan(
         workers=cfg.workers,
         n_per_prompt=cfg.sampling.n,
         # The stage takes its share of the budget (the run ends it there), then inference.
-        ttt_seconds=(
-            cfg.ttt.budget_seconds(cfg.time_budget - cfg.reserve_seconds)
-            if cfg.ttt.enabled
-            else 0.0
-        ),
+        ttt_seconds=cfg.stage_seconds,
+        starts=starts if len(starts) > 1 else {},
     )
 
 
@@ -345,6 +393,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="views per test input in each of the two timed calls; more prompts = a batch "
         f"closer to the run's (default {CALIBRATION_AUGMENTATIONS})",
+    )
+    c.add_argument(
+        "--one-start",
+        action="store_true",
+        help="measure vLLM only the way the run would start it (by default it is started "
+        "both ways, eager and compiled, and plan.json keeps both for `airv run --plan`)",
     )
     s = p.add_argument_group("simulation (a whole run on paper)")
     s.add_argument(
@@ -386,15 +440,18 @@ def _write_plan(out: Path | None, data: dict[str, object], *, quiet: bool) -> No
     print(f"written: {path}", file=sys.stderr if quiet else sys.stdout)
 
 
-def measured_rates(t: Throughput) -> Rates:
-    """The rates `airv plan` measures: prefill, decode, the engine's start-up as this run
-    starts it (eager or compiled) and its stop. Not measured: fine-tuning, the search's and
-    scoring's cost over plain decoding and prefill (1 each)."""
+def measured_rates(plan: Plan) -> Rates:
+    """The rates `airv plan` measures: prefill, decode (as this run starts the engine), the
+    engine's start-up both ways where vLLM was measured both ways (else as this run starts
+    it) and its stop. Not measured: fine-tuning, the search's and scoring's cost over plain
+    decoding and prefill (1 each)."""
+    t = plan.throughput
+    eager, compiled = (plan.starts.get(m, t) for m in ("eager", "compiled"))
     return Rates(
         prefill_tokens_per_second=t.prefill_tokens_per_s,
         decode_tokens_per_second=t.decode_tokens_per_s,
-        engine_start_eager_seconds=t.start_seconds,
-        engine_start_compiled_seconds=t.start_seconds,
+        engine_start_eager_seconds=eager.start_seconds,
+        engine_start_compiled_seconds=compiled.start_seconds,
         engine_stop_seconds=t.stop_seconds,
         name="measured",
         about=f"measured by airv plan on {t.prompts} calibration prompts",
@@ -429,8 +486,9 @@ def simulate_main(args: argparse.Namespace) -> int:
             cfg,
             calibration_tasks=args.calibration_tasks,
             augmentations=args.calibration_augmentations,
+            both_starts=not args.one_start,
         )
-        rates, source = measured_rates(measured.throughput), "measured"
+        rates, source = measured_rates(measured), "measured"
         costs = measured.costs
     else:
         rates, source = load_rates(args.rates), str(args.rates)
@@ -493,6 +551,7 @@ def main(args: argparse.Namespace) -> int:
         cfg,
         calibration_tasks=args.calibration_tasks,
         augmentations=args.calibration_augmentations,
+        both_starts=not args.one_start,
     )
     print(plan.render())
     _write_plan(args.out, plan.to_json(), quiet=False)
