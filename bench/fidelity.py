@@ -1,0 +1,96 @@
+"""Fidelity of `airv plan --simulate`: the simulation of a run from rates `airv plan` measures on
+this machine, against the real run, cut short by its deadline. Part of `make bench` (never a
+timed test).
+
+    python -m bench.fidelity [--tasks 20] [--time-budget 2m] [--out bench/fidelity.md]
+
+The demo model on vLLM (eager) answers the 20 smallest ARC-AGI-1 evaluation tasks with up to
+64 views per test input, more than the budget allows, and no early settling (the simulation
+cannot know the votes, so both sides run every view they reach). Compared: completed prompts,
+engine seconds and views per test input; the targets are within 20%, 20% and 25%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+
+from bench.common import machine_info, table, utc_now, write_markdown
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
+# What must come within how much of the real run (the ratio simulated / real).
+TARGETS = {"prompts": 0.20, "engine seconds": 0.20, "views per test input": 0.25}
+
+
+def _ratio_row(name: str, simulated: float, real: float) -> tuple[object, ...]:
+    ratio = simulated / real if real else float("nan")
+    ok = abs(ratio - 1) <= TARGETS[name]
+    return (name, simulated, real, ratio, f"within {TARGETS[name]:.0%}: {'yes' if ok else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", type=int, default=20)
+    p.add_argument("--time-budget", default="2m")
+    p.add_argument("--views", type=int, default=64, help="views asked per test input")
+    p.add_argument("--out", type=Path, default=Path("bench/fidelity.md"))
+    args = p.parse_args(argv)
+    airv = [sys.executable, "-m", "airv"]
+    with tempfile.TemporaryDirectory() as tmp:
+        from airv.core.tasks import dump_challenges
+        from airv.kaggle.local import default_tasks
+
+        tasks, _ = default_tasks(args.tasks)
+        challenges = Path(tmp) / "challenges.json"
+        dump_challenges(tasks, challenges)
+        run_opts = [
+            *("--challenges", str(challenges), "--model", str(DEMO)),
+            *("--time-budget", args.time_budget, "--enforce-eager", "--settle-margin", "0"),
+            *("--first-round", "8", "--per-round", "8", "--max-augmentations", str(args.views)),
+        ]
+        plan_out, run_out = Path(tmp) / "plan", Path(tmp) / "run"
+        # The simulation from rates measured here (the run's own start only), then the run.
+        subprocess.run(
+            [*airv, "plan", "--simulate", "--one-start", *run_opts, "--out", str(plan_out)],
+            check=True,
+        )
+        sim = orjson.loads((plan_out / "plan.json").read_bytes())["simulation"]
+        subprocess.run(
+            [*airv, "run", *run_opts, "--out", str(run_out), "--no-progress"], check=True
+        )
+        real = orjson.loads((run_out / "run_summary.json").read_bytes())
+    test_inputs = real["test_inputs"]
+    rows = [
+        _ratio_row("prompts", float(sim["predicted_prompts"]), float(real["prompts"])),
+        _ratio_row(
+            "engine seconds", float(sim["predicted_engine_seconds"]), real["engine_seconds"]
+        ),
+        _ratio_row(
+            "views per test input",
+            float(sim["views_per_test_input"]["mean"]),
+            real["prompts"] / max(1, test_inputs),
+        ),
+    ]
+    m = machine_info()
+    lines = [
+        "# `airv plan --simulate` against a real run",
+        "",
+        f"Measured {utc_now()} on {m['cpu']} ({m['cores']} cores), vLLM on CPU, the demo model, "
+        f"{args.tasks} smallest ARC-AGI-1 evaluation tasks ({test_inputs} test inputs), "
+        f"budget {args.time_budget}, up to {args.views} views per test input, no early "
+        f"settling. The real run stopped by: {real['stopped_by']}.",
+        "",
+        *table(["", "simulated", "real", "simulated / real", "target"], rows),
+        "Written by `python -m bench.fidelity` (part of `make bench`).",
+    ]
+    write_markdown(args.out, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
