@@ -131,3 +131,33 @@ def test_simulate_with_measured_rates(
     data = orjson.loads((out / "plan.json").read_bytes())
     assert data["prefill_tokens_per_s"] > 0 and data["simulation"] == sim
     assert data["rates"]["source"] == "measured"
+
+
+@pytest.mark.engine
+def test_plan_times_fine_tuning_and_the_simulation_trains_on_that_rate(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --ttt, `airv plan` trains one calibration task's adapter a few steps to time a
+    step; --simulate on measured rates then prices the stage with it."""
+    tasks = [
+        Task(f"t{i}", (Pair(((i % 10, 1),), ((1, i % 10),)),) * 2, (((2, i % 10),),))
+        for i in range(2)
+    ]
+    challenges = tmp_path / "challenges.json"
+    dump_challenges(tasks, challenges)
+    out = tmp_path / "plan"
+    args = ["plan", "--simulate", "--challenges", str(challenges), "--model", str(tiny_model),
+            "--engine", "hf", "--dtype", "float32", "--max-model-len", "512",
+            "--time-budget", "1h", "--calibration-tasks", "1",
+            "--calibration-augmentations", "1", "--out", str(out), "--json",
+            "--ttt", "per-task", "--ttt-steps", "3", "--ttt-batch", "2",
+            "--ttt-augmentations", "2", "--ttt-rank", "4"]  # fmt: skip
+    assert main(args) == 0
+    sim = orjson.loads(capsys.readouterr().out)
+    data = orjson.loads((out / "plan.json").read_bytes())
+    step = data["ttt_step_seconds"]
+    assert step is not None and step > 0
+    assert data["rates"]["ttt_seconds_per_step"] == step
+    # Two adapters of 3 steps each on one process, at the measured rate.
+    assert sim["ttt_seconds"] == pytest.approx(2 * 3 * step, rel=1e-6)
+    assert sim["predicted_prompts"] == 2 * 32

@@ -43,21 +43,18 @@ from airv.core.types import Grid, TaskId, Unit
 from airv.core.units import format_duration, format_size
 from airv.core.voting import Vote
 from airv.engines.base import Completion, GenerateRequest, ScoreRequest
-from airv.engines.config import Backend
-from airv.engines.lane import Lane, WorkerTimeout
+from airv.engines.lane import WorkerTimeout
 from airv.engines.model import check_round_trip, load_tokenizer, weight_shapes
 from airv.engines.pool import (
     Done,
     Job,
     LaneStarter,
-    Pool,
     SharedQueue,
-    Supervision,
     start_lane,
 )
-from airv.engines.worker import CLOSE_SECONDS
 from airv.run.budget import Clock, Stopped, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
+from airv.run.engines import Engines
 from airv.run.ledger import Ledger
 from airv.run.outdir import RunLock
 from airv.run.outdir import prepare as prepare_out_dir
@@ -117,7 +114,6 @@ class Run:
         observer: Observer | None = None,
     ):
         self.cfg = cfg
-        self._start = lanes  # how engine lanes start (engines.pool.start_lane, or FaultyLanes)
         self.observer = observer or Observer()
         self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
@@ -157,17 +153,17 @@ class Run:
             released=self._catch_up,
         )
         self.summary.ttt = self.adapters.entries
-        # The engines: one shared queue of work owed, and the supervised workers pulling from
-        # it; and the transformers engine, for the tasks whose adapters vLLM does not serve
-        # (started when the first one is found), with its own queue and lane.
-        self.queue: SharedQueue[_Payload] = SharedQueue()
-        self.pool: Pool[_Payload] | None = None
-        self.fallback_queue: SharedQueue[_Payload] = SharedQueue()
-        self.fallback: Pool[_Payload] | None = None
+        self.engines: Engines[_Payload] = Engines(
+            cfg,
+            self.clock,
+            lanes,
+            self.summary,
+            on_failure=self.observer.engine_failed,
+            serves_adapters=lambda: bool(self.adapters.by_task),
+        )
         self._seq = itertools.count()  # queue order within a round
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
         self._bar: Any = None  # the progress bar, while the run executes
-        self._starts_seen = 0  # engine start-ups already in the summary
         self.recorder.resume(self.units, stage_log(cfg.out_dir))
 
     @property
@@ -279,10 +275,11 @@ class Run:
         """Plan rounds ahead while the queue holds less than the engines take in flight; with
         `final` (nothing queued or in flight), look once more at the last round (a vote that
         came unsettled) and at owed scores. Returns the requests queued."""
-        assert self.pool is not None
+        pool = self.engines.pool
+        assert pool is not None
         rounds = self.rounds
         pushed = 0
-        while len(self.queue) < self.pool.capacity and rounds.planned < rounds.last:
+        while len(self.engines.queue) < pool.capacity and rounds.planned < rounds.last:
             rounds.planned += 1
             pushed += self._push(self.plan(rounds.planned, votes))
         if final:
@@ -387,11 +384,11 @@ class Run:
         """An adapter's probe, first in its engine's queue: vLLM's, or (`vllm_failed`) the
         transformers engine's, started if it is not running."""
         if vllm_failed is None:
-            self.queue.push(probe, _Check(trained), (0, -2, next(self._seq)))
+            self.engines.queue.push(probe, _Check(trained), (0, -2, next(self._seq)))
             return
-        if self.fallback is None:
-            self.fallback = self._pool(self.start_fallback_lane, 1, self.fallback_queue)
-        self.fallback_queue.push(probe, _Check(trained, vllm_failed), (0, -2, next(self._seq)))
+        self.engines.open_fallback()
+        check = _Check(trained, vllm_failed)
+        self.engines.fallback_queue.push(probe, check, (0, -2, next(self._seq)))
 
     def _catch_up(self) -> None:
         """Plan the tasks just released (their adapter's verdict in) round by round up to the
@@ -405,7 +402,7 @@ class Run:
     def _fallback_lost(self) -> None:
         """The transformers engine is gone for good (every restart spent): its tasks and the
         adapters still waiting for it keep the base model, on vLLM."""
-        fallback = self.fallback
+        fallback = self.engines.fallback
         if fallback is None or fallback.lanes:
             return
         why = fallback.failures[-1] if fallback.failures else "it stopped"
@@ -414,88 +411,25 @@ class Run:
             self._unowe(job)
             if isinstance(job.payload, _Check):
                 pending.append(job.payload.result)
-        self.fallback = None
+        self.engines.fallback = None
         self.adapters.fallback_lost(why, pending)
 
-    # -- engine --------------------------------------------------------------------------
-
-    def start_lane(self, index: int, life: int) -> Lane:
-        """Start engine lane `index` for its `life`-th time (0 first): a worker process of its
-        own pinned to its device, or an endpoint (engines.pool.start_lane)."""
-        cfg = self.cfg
-        engine = cfg.engine
-        if self.adapters.by_task:  # serve the adapters test-time fine-tuning trained
-            engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
-        return self._start(engine, cfg.sampling, index, life=life, devices=cfg.devices)
-
-    def start_fallback_lane(self, index: int, life: int) -> Lane:
-        """The transformers engine with LoRA, on the first worker's device (on a GPU it needs
-        the memory vLLM leaves: --gpu-memory-utilization)."""
-        cfg = self.cfg
-        engine = dataclasses.replace(
-            cfg.engine,
-            backend=Backend.HF,
-            max_lora_rank=max(cfg.ttt.rank, cfg.engine.max_lora_rank),
-        )
-        return self._start(
-            engine, cfg.sampling, 0, life=life, devices=cfg.devices[:1], name="fallback-hf"
-        )
-
-    def _pool(self, start: Any, lanes: int, queue: SharedQueue[_Payload]) -> Pool[_Payload]:
-        cfg = self.cfg
-        return Pool(
-            start,
-            lanes,
-            queue,
-            depth=cfg.inflight,
-            policy=Supervision(cfg.max_restarts, cfg.stall_seconds),
-            deadline=self.clock.deadline,
-            on_failure=self.observer.engine_failed,
-        )
-
-    def _pools(self) -> list[Pool[_Payload]]:
-        return [p for p in (self.pool, self.fallback) if p is not None]
-
-    def _queue_for(self, task_id: TaskId) -> SharedQueue[_Payload]:
-        return self.fallback_queue if task_id in self.adapters.on_fallback else self.queue
+    # -- engines -------------------------------------------------------------------------
 
     def start_workers(self) -> None:
-        """Start the engines and wait until they are up (failures restarted by the policy)."""
-        t0 = time.monotonic()
-        self.pool = self._pool(self.start_lane, self.cfg.workers, self.queue)
+        """Start the engines, queue the new adapters' checks first, and wait until they are
+        up (failures restarted by the policy)."""
+        self.engines.open()
         self.adapters.check_new()
-        try:
-            self._take(self.pool.wait_ready())
-        finally:
-            self.summary.engine_start_seconds.append(time.monotonic() - t0)
-            self._starts_seen = len(self.pool.start_seconds)
+        self._take(self.engines.wait_ready())
 
     def stop_workers(self) -> None:
-        """End the engines: a clean shutdown when the run is done with time to spare for one,
-        else a kill of their process groups, whose time is bounded (the deadline is a wall:
-        an engine still starting would not even hear a request to close)."""
-        self._sync_pool()
-        stopping = self.summary.stopped_by is not None
-        for pool in self._pools():
-            pool.close(kill=stopping or self.clock.left() < CLOSE_SECONDS)
-        self.pool = self.fallback = None
-
-    def _sync_pool(self) -> None:
-        """The pool's restarts and start-ups into the summary (added up over the waves)."""
-        pool = self.pool
-        if pool is None:
-            return
-        s = self.summary
-        s.restarts += pool.restarts
-        s.engine_failures += pool.failures
-        done = pool.finished()
-        s.results_per_worker = [
-            a + b for a, b in itertools.zip_longest(s.results_per_worker, done, fillvalue=0)
-        ]
-        s.engine_start_seconds.extend(pool.start_seconds[self._starts_seen :])
-        self._starts_seen = 0
+        self.engines.close()
 
     # -- the shared queue ---------------------------------------------------------------
+
+    def _queue_for(self, task_id: TaskId) -> SharedQueue[_Payload]:
+        return self.engines.queue_for(task_id in self.adapters.on_fallback)
 
     def _push(self, views: Sequence[View]) -> int:
         for v in views:
@@ -551,27 +485,26 @@ class Run:
         """Keep the engines fed until the work is done or time is up (the deadline, or
         `until`: a wave's end); record each result as it comes; vote and rewrite
         submission.json on a cadence (cfg.write_seconds, or cfg.write_every new results)."""
-        pool = self.pool
+        pool = self.engines.pool
         assert pool is not None
         cfg = self.cfg
         last_write, unwritten = time.monotonic(), 0
         while True:
             if self.clock.left() <= 0:
                 # What the engines already returned is kept; only requests in flight are lost.
-                for p in self._pools():
+                for p in self.engines.pools():
                     self._take(p.drain())
                 self.summary.stopped_by = "deadline"
                 log.warning("deadline reached: stopping the engine; the last submission stands")
                 break
             if until is not None and time.monotonic() >= until:
-                for p in self._pools():
+                for p in self.engines.pools():
                     self._take(p.drain())
                 log.info("the wave's time is up: its work in flight is dropped")
                 break
             self._refill(votes)
-            pools = self._pools()
-            queued = len(self.queue) + len(self.fallback_queue)
-            if not queued and all(p.idle() for p in pools):
+            pools = self.engines.pools()
+            if not self.engines.queued() and all(p.idle() for p in pools):
                 votes = self.votes()
                 if not self._refill(votes, final=True):
                     break
@@ -631,7 +564,7 @@ class Run:
         self.ledger.cut.add(task_id)
         gone = [
             job
-            for pool in self._pools()
+            for pool in self.engines.pools()
             for job in pool.abort(
                 lambda j: isinstance(j.payload, View) and j.payload.unit[0] == task_id
             )

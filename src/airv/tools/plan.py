@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import numpy as np
 import orjson
 
 from airv.adapt.config import TTTMode
+from airv.adapt.stage import StageJob, run_stage
 from airv.adapt.waves import adapter_bytes
 from airv.core.augment import plan_views
 from airv.core.errors import ConfigError, InputError
@@ -69,6 +71,8 @@ MIN_DECODE_SHARE = 0.1
 # `airv plan` defaults: 4 tasks x 2 calls x 4 views = 32+ calibration prompts.
 CALIBRATION_TASKS = 4
 CALIBRATION_AUGMENTATIONS = 4
+# Optimiser steps of the one adapter `airv plan` trains to time fine-tuning.
+TTT_CALIBRATION_STEPS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,9 @@ class Plan:
     # vLLM measured both ways ("eager", "compiled"), the run's own start among them: what
     # `airv run --plan` chooses from. Empty: one way only (transformers does not compile).
     starts: Mapping[str, Throughput] = dataclasses.field(default_factory=dict)
+    # With --ttt: seconds per optimiser step, measured by training one calibration task's
+    # adapter (TTT_CALIBRATION_STEPS steps) as the stage trains it.
+    ttt_step_seconds: float | None = None
 
     def started(self, mode: str) -> Plan:
         """This plan as if the engine started `mode`'s way."""
@@ -145,6 +152,7 @@ class Plan:
             "available": self.available,
             "workers": self.workers,
             "augmentations": self.augmentations,
+            "ttt_step_seconds": self.ttt_step_seconds,
             "starts": {
                 mode: {
                     "start_seconds": t.start_seconds,
@@ -180,6 +188,11 @@ class Plan:
             f"(e.g. --max-augmentations {max(self.augmentations, 1)}; predicted run time "
             f"{format_duration(self.predicted_seconds(self.augmentations))})",
         ]
+        if self.ttt_step_seconds is not None:
+            lines.append(
+                f"fine-tuning: {self.ttt_step_seconds:.2f} s per step, measured on one "
+                "calibration task's adapter"
+            )
         if len(self.starts) > 1:
             both = {mode: self.started(mode) for mode in self.starts}
             lines.append(
@@ -348,6 +361,9 @@ def make_plan(
         mode = start_mode(eager)
         starts[mode] = dataclasses.replace(measured, stop_seconds=time.monotonic() - t0)
     throughput = starts[start_mode(cfg.engine.enforce_eager)]
+    ttt_step = (
+        measure_ttt(cfg, challenges, calibration_units(costs, 1)) if cfg.ttt.enabled else None
+    )
     return Plan(
         throughput=throughput,
         costs=costs,
@@ -358,7 +374,37 @@ def make_plan(
         # The stage takes its share of the budget (the run ends it there), then inference.
         ttt_seconds=cfg.stage_seconds,
         starts=starts if len(starts) > 1 else {},
+        ttt_step_seconds=ttt_step,
     )
+
+
+def measure_ttt(cfg: RunConfig, challenges: Challenges, units: Sequence[UnitCost]) -> float | None:
+    """Seconds per optimiser step of the run's fine-tuning, training one task's adapter for
+    TTT_CALIBRATION_STEPS steps in the stage's own process (model loading excluded, saving
+    included), in a folder deleted afterwards. None if it did not train."""
+    if not units or cfg.engine.model is None:
+        return None
+    task = challenges.tasks[units[len(units) // 2].task_id]
+    ttt = dataclasses.replace(cfg.ttt, steps=min(cfg.ttt.steps, TTT_CALIBRATION_STEPS))
+    with tempfile.TemporaryDirectory() as tmp:
+        job = StageJob(
+            model_dir=cfg.engine.model,
+            fmt=cfg.prompt,
+            cfg=ttt,
+            policy=cfg.views,
+            max_len=cfg.engine.max_model_len,
+            out_dir=Path(tmp) / "adapters",
+            task_cap=cfg.time_budget,
+        )
+        report = run_stage(
+            [task],
+            job,
+            deadline=time.monotonic() + cfg.time_budget,
+            log_path=Path(tmp) / "ttt.jsonl",
+            devices=cfg.devices[:1] or (None,),
+        )
+    done = [r for r in report.results if r.steps > 0]
+    return done[0].seconds / done[0].steps if done else None
 
 
 HELP = "measure the engine, or simulate a whole run on paper, and predict what fits the budget"
@@ -443,8 +489,8 @@ def _write_plan(out: Path | None, data: dict[str, object], *, quiet: bool) -> No
 def measured_rates(plan: Plan) -> Rates:
     """The rates `airv plan` measures: prefill, decode (as this run starts the engine), the
     engine's start-up both ways where vLLM was measured both ways (else as this run starts
-    it) and its stop. Not measured: fine-tuning, the search's and scoring's cost over plain
-    decoding and prefill (1 each)."""
+    it) and its stop, and with --ttt the seconds per training step. Not measured: the
+    search's and scoring's cost over plain decoding and prefill (1 each)."""
     t = plan.throughput
     eager, compiled = (plan.starts.get(m, t) for m in ("eager", "compiled"))
     return Rates(
@@ -453,6 +499,7 @@ def measured_rates(plan: Plan) -> Rates:
         engine_start_eager_seconds=eager.start_seconds,
         engine_start_compiled_seconds=compiled.start_seconds,
         engine_stop_seconds=t.stop_seconds,
+        ttt_seconds_per_step=plan.ttt_step_seconds,
         name="measured",
         about=f"measured by airv plan on {t.prompts} calibration prompts",
     )
