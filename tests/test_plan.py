@@ -137,8 +137,9 @@ def test_simulate_with_measured_rates(
 def test_plan_times_fine_tuning_and_the_simulation_trains_on_that_rate(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With --ttt, `airv plan` trains one calibration task's adapter a few steps to time a
-    step; --simulate on measured rates then prices the stage with it."""
+    """With --ttt, `airv plan` trains one calibration task's adapter twice (1 and 3 steps) to
+    time a step and an adapter's fixed seconds, and serves it to time LoRA; --simulate on
+    measured rates then prices the stage and the adapters' requests with them."""
     tasks = [
         Task(f"t{i}", (Pair(((i % 10, 1),), ((1, i % 10),)),) * 2, (((2, i % 10),),))
         for i in range(2)
@@ -155,9 +156,12 @@ def test_plan_times_fine_tuning_and_the_simulation_trains_on_that_rate(
     assert main(args) == 0
     sim = orjson.loads(capsys.readouterr().out)
     data = orjson.loads((out / "plan.json").read_bytes())
-    step = data["ttt_step_seconds"]
-    assert step is not None and step > 0
+    step, fixed = data["ttt_step_seconds"], data["ttt_adapter_seconds"]
+    assert step > 0 and fixed >= 0
     assert data["rates"]["ttt_seconds_per_step"] == step
     # Two adapters of 3 steps each on one process, at the measured rate.
-    assert sim["ttt_seconds"] == pytest.approx(2 * 3 * step, rel=1e-6)
+    assert sim["ttt_seconds"] == pytest.approx(2 * (3 * step + fixed), rel=1e-6)
     assert sim["predicted_prompts"] == 2 * 32
+    # Serving the adapter it trained was timed too; the answers' share of their allowance.
+    assert data["lora_cost"] > 0 and data["rates"]["lora_cost"] == data["lora_cost"]
+    assert 0 < data["answer_fill"] <= 1

@@ -10,7 +10,14 @@ and submission.json (atomic rewrite) follow on a cadence, by time and by count. 
 improving submission exists from the first minute, and a deadline, crash or hang costs only
 the requests in flight.
 
+With test-time fine-tuning the adapters are trained first, in waves that fit the scratch
+disk (adapt.adapters, adapt.waves), each wave answered before the next trains.
+
+`Run` composes the parts, each in a module of its own: the round planner (run.rounds), the
+ledger of what each task spent and is owed (run.ledger), the recorder of results, votes and
+submission.json (run.recorder), the adapters (adapt.adapters) and the engines (run.engines).
 This process owns the clock; the pool supervises the engines (deaths, stalls, restarts).
+Whoever watches a run (the bench, a test) does so through `Observer` and the lane factory.
 """
 
 from __future__ import annotations

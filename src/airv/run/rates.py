@@ -37,6 +37,9 @@ class Rates:
     # lengths (follows --ttt-steps), else seconds per task (the whole adapter).
     ttt_seconds_per_step: float | None = None
     ttt_seconds_per_task: float | None = None
+    # With seconds per step: each adapter's fixed seconds beside its steps (building its
+    # sequences, saving it).
+    ttt_seconds_per_adapter: float | None = None
     # One adapter on disk, at `adapter_rank` (scaled linearly to the run's rank); a model
     # folder gives it exactly instead (airv.adapt.waves.adapter_bytes).
     adapter_bytes: int | None = None
@@ -54,6 +57,12 @@ class Rates:
     # A scoring request (prefill only, the candidate's log-probabilities) per token, over a
     # prompt token's prefill.
     score_cost: float = 1.0
+    # The share of an answer's token allowance the model's answers use: 1 prices each at its
+    # allowance, an upper bound (a trained model stops at EOS sooner).
+    answer_fill: float = 1.0
+    # A request with a test-time fine-tuned adapter: its seconds over the base model's (the
+    # engine serving LoRA).
+    lora_cost: float = 1.0
     name: str = ""
     about: str = ""
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -68,7 +77,7 @@ class Rates:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{f.name} must be a finite number >= 0, got {value}")
         for name in ("prefill_tokens_per_second", "decode_tokens_per_second", "dfs_cost",
-                     "score_cost", "tokens_per_cell"):  # fmt: skip
+                     "score_cost", "tokens_per_cell", "answer_fill", "lora_cost"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if (self.adapter_bytes is None) != (self.adapter_rank is None):
@@ -85,7 +94,7 @@ class Rates:
     def ttt_seconds(self, steps: int) -> float | None:
         """Training seconds of one adapter of `steps` steps; None: the file does not say."""
         if self.ttt_seconds_per_step is not None:
-            return self.ttt_seconds_per_step * steps
+            return self.ttt_seconds_per_step * steps + (self.ttt_seconds_per_adapter or 0.0)
         return self.ttt_seconds_per_task
 
     def adapter_size(self, rank: int) -> int | None:

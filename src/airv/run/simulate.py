@@ -350,12 +350,22 @@ class _Simulator:
     def _view_seconds(self, u: UnitCost) -> float:
         r, sampling = self.rates, self.cfg.sampling
         search = r.dfs_cost if sampling.decode == "dfs" else 1.0
-        answer = sampling.n * u.answer_tokens * search
-        return u.prompt_tokens / r.prefill_tokens_per_second + answer / r.decode_tokens_per_second
+        answer = sampling.n * u.answer_tokens * r.answer_fill * search
+        seconds = (
+            u.prompt_tokens / r.prefill_tokens_per_second + answer / r.decode_tokens_per_second
+        )
+        return seconds * self._lora
 
     def _score_seconds(self, u: UnitCost) -> float:
         r = self.rates
-        return (u.prompt_tokens + u.answer_tokens) * r.score_cost / r.prefill_tokens_per_second
+        tokens = u.prompt_tokens + u.answer_tokens * r.answer_fill
+        return tokens * r.score_cost / r.prefill_tokens_per_second * self._lora
+
+    @property
+    def _lora(self) -> float:
+        """What serving adapters costs: with test-time fine-tuning every task is priced as
+        served with one (a task whose adapter failed is served by the base model, cheaper)."""
+        return self.rates.lora_cost if self.cfg.ttt.enabled else 1.0
 
     def _seconds_per_token(self) -> float:
         spent = [self.ledger.spent(t) for t in self.task_ids]

@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from airv.adapt.config import TTTMode
+from airv.adapt.lora import TrainResult
 from airv.adapt.stage import StageJob, run_stage
 from airv.adapt.waves import adapter_bytes
 from airv.core.augment import plan_views
@@ -71,8 +72,8 @@ MIN_DECODE_SHARE = 0.1
 # `airv plan` defaults: 4 tasks x 2 calls x 4 views = 32+ calibration prompts.
 CALIBRATION_TASKS = 4
 CALIBRATION_AUGMENTATIONS = 4
-# Optimiser steps of the one adapter `airv plan` trains to time fine-tuning.
-TTT_CALIBRATION_STEPS = 8
+# Optimiser steps of the longer of the two adapters `airv plan` trains to time fine-tuning.
+TTT_CALIBRATION_STEPS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,13 @@ class Throughput:
     prompt_tokens: int
     answer_tokens: int
     stop_seconds: float = 0.0  # ending the engine: paid inside the run's reserve
+    answer_allowance: int = 0  # the decode call's answer-token allowance (max_answer_tokens)
+    lora_cost: float = 1.0  # the decode call served with an adapter, over the base model's time
+
+    @property
+    def answer_fill(self) -> float:
+        """The share of their allowance the calibration answers used (1 if unknown)."""
+        return self.answer_tokens / self.answer_allowance if self.answer_allowance else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +106,7 @@ class Plan:
     # vLLM measured both ways ("eager", "compiled"), the run's own start among them: what
     # `airv run --plan` chooses from. Empty: one way only (transformers does not compile).
     starts: Mapping[str, Throughput] = dataclasses.field(default_factory=dict)
-    # With --ttt: seconds per optimiser step, measured by training one calibration task's
-    # adapter (TTT_CALIBRATION_STEPS steps) as the stage trains it.
-    ttt_step_seconds: float | None = None
+    tuning: FineTuning | None = None  # with --ttt: fine-tuning as measured
 
     def started(self, mode: str) -> Plan:
         """This plan as if the engine started `mode`'s way."""
@@ -152,7 +158,10 @@ class Plan:
             "available": self.available,
             "workers": self.workers,
             "augmentations": self.augmentations,
-            "ttt_step_seconds": self.ttt_step_seconds,
+            "ttt_step_seconds": None if self.tuning is None else self.tuning.step_seconds,
+            "ttt_adapter_seconds": None if self.tuning is None else self.tuning.adapter_seconds,
+            "answer_fill": self.throughput.answer_fill,
+            "lora_cost": self.throughput.lora_cost,
             "starts": {
                 mode: {
                     "start_seconds": t.start_seconds,
@@ -188,10 +197,11 @@ class Plan:
             f"(e.g. --max-augmentations {max(self.augmentations, 1)}; predicted run time "
             f"{format_duration(self.predicted_seconds(self.augmentations))})",
         ]
-        if self.ttt_step_seconds is not None:
+        if self.tuning is not None:
             lines.append(
-                f"fine-tuning: {self.ttt_step_seconds:.2f} s per step, measured on one "
-                "calibration task's adapter"
+                f"fine-tuning: {self.tuning.step_seconds:.3f} s per step and "
+                f"{self.tuning.adapter_seconds:.1f} s per adapter beside its steps; serving "
+                f"its adapter costs {t.lora_cost:.2f}x the base model's time"
             )
         if len(self.starts) > 1:
             both = {mode: self.started(mode) for mode in self.starts}
@@ -277,9 +287,12 @@ def measure(
     decode_set: Sequence[FittedPrompt],
     *,
     started: float,
+    adapter: str | None = None,
 ) -> Throughput:
     """Time the two calibration calls (see the module docstring). `started` is the
-    time.monotonic() the start-up is counted from."""
+    time.monotonic() the start-up is counted from. With `adapter`, the decode call is timed
+    once more served with it: LoRA's cost over the base model (vLLM keys its prefix cache by
+    adapter, so the second call pays its prefill again, as the first did)."""
     if not prefill_set or not decode_set:
         raise ConfigError("no calibration prompts: every calibration task was too long")
     warm = decode_set[0]
@@ -298,6 +311,13 @@ def measure(
     decode_prompt_tokens = sum(len(p.token_ids) for p in decode_set)
     answer_tokens = sum(len(c.token_ids) for cs in out for c in cs)
     decode_time = max(gen_time - decode_prompt_tokens / prefill_rate, MIN_DECODE_SHARE * gen_time)
+    lora_cost = 1.0
+    if adapter is not None:
+        t0 = time.monotonic()
+        generate(
+            [GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, adapter) for p in decode_set]
+        )
+        lora_cost = (time.monotonic() - t0) / gen_time
     return Throughput(
         prefill_tokens_per_s=prefill_rate,
         decode_tokens_per_s=max(answer_tokens, 1) / decode_time,
@@ -305,6 +325,8 @@ def measure(
         prompts=len(prefill_set) + len(decode_set),
         prompt_tokens=prefill_tokens + decode_prompt_tokens,
         answer_tokens=answer_tokens,
+        answer_allowance=sum(p.max_answer_tokens for p in decode_set),
+        lora_cost=lora_cost,
     )
 
 
@@ -343,27 +365,32 @@ def make_plan(
     if both_starts and cfg.engine.backend is Backend.VLLM:
         ways.append(not cfg.engine.enforce_eager)
     starts: dict[str, Throughput] = {}
-    for eager in ways:
-        engine = dataclasses.replace(cfg.engine, enforce_eager=eager)
-        launched = time.monotonic()
-        lane = start_lane(engine, cfg.sampling, 0, devices=cfg.devices)
-        try:
-            await_ready(lane, deadline)
-            measured = measure(
-                functools.partial(_generate, lane, deadline),
-                sets[0],
-                sets[1],
-                started=launched - before,
-            )
-        finally:
-            t0 = time.monotonic()
-            lane.close()
-        mode = start_mode(eager)
-        starts[mode] = dataclasses.replace(measured, stop_seconds=time.monotonic() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Fine-tuning first: its adapter is then served beside the base model, to price LoRA.
+        tuning = None
+        if cfg.ttt.enabled:
+            tuning = measure_ttt(cfg, challenges, calibration_units(costs, 1), Path(tmp))
+        for eager in ways:
+            engine = dataclasses.replace(cfg.engine, enforce_eager=eager)
+            if tuning is not None:
+                engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
+            launched = time.monotonic()
+            lane = start_lane(engine, cfg.sampling, 0, devices=cfg.devices)
+            try:
+                await_ready(lane, deadline)
+                measured = measure(
+                    functools.partial(_generate, lane, deadline),
+                    sets[0],
+                    sets[1],
+                    started=launched - before,
+                    adapter=None if tuning is None else tuning.adapter,
+                )
+            finally:
+                t0 = time.monotonic()
+                lane.close()
+            mode = start_mode(eager)
+            starts[mode] = dataclasses.replace(measured, stop_seconds=time.monotonic() - t0)
     throughput = starts[start_mode(cfg.engine.enforce_eager)]
-    ttt_step = (
-        measure_ttt(cfg, challenges, calibration_units(costs, 1)) if cfg.ttt.enabled else None
-    )
     return Plan(
         throughput=throughput,
         costs=costs,
@@ -374,37 +401,61 @@ def make_plan(
         # The stage takes its share of the budget (the run ends it there), then inference.
         ttt_seconds=cfg.stage_seconds,
         starts=starts if len(starts) > 1 else {},
-        ttt_step_seconds=ttt_step,
+        tuning=tuning,
     )
 
 
-def measure_ttt(cfg: RunConfig, challenges: Challenges, units: Sequence[UnitCost]) -> float | None:
-    """Seconds per optimiser step of the run's fine-tuning, training one task's adapter for
-    TTT_CALIBRATION_STEPS steps in the stage's own process (model loading excluded, saving
-    included), in a folder deleted afterwards. None if it did not train."""
+@dataclass(frozen=True, slots=True)
+class FineTuning:
+    """Fine-tuning as `airv plan` times it: seconds per optimiser step and each adapter's
+    fixed seconds beside its steps (building its sequences, saving it), from two adapters of
+    one calibration task; and the longer one's folder, which the engine then serves."""
+
+    step_seconds: float
+    adapter_seconds: float
+    adapter: str
+
+
+def measure_ttt(
+    cfg: RunConfig, challenges: Challenges, units: Sequence[UnitCost], folder: Path
+) -> FineTuning | None:
+    """Train one calibration task's adapter twice, for TTT_CALIBRATION_STEPS steps and for a
+    quarter of them, in the stage's own process (model loading excluded), into `folder`:
+    the difference gives the seconds per step, the rest each adapter's fixed seconds. None if
+    it did not train."""
     if not units or cfg.engine.model is None:
         return None
     task = challenges.tasks[units[len(units) // 2].task_id]
-    ttt = dataclasses.replace(cfg.ttt, steps=min(cfg.ttt.steps, TTT_CALIBRATION_STEPS))
-    with tempfile.TemporaryDirectory() as tmp:
+    long = min(cfg.ttt.steps, TTT_CALIBRATION_STEPS)
+    timed: list[TrainResult] = []
+    for steps in sorted({max(1, long // 4), long}):
         job = StageJob(
             model_dir=cfg.engine.model,
             fmt=cfg.prompt,
-            cfg=ttt,
+            cfg=dataclasses.replace(cfg.ttt, steps=steps),
             policy=cfg.views,
             max_len=cfg.engine.max_model_len,
-            out_dir=Path(tmp) / "adapters",
+            out_dir=folder / f"adapters-{steps}",
             task_cap=cfg.time_budget,
         )
         report = run_stage(
             [task],
             job,
             deadline=time.monotonic() + cfg.time_budget,
-            log_path=Path(tmp) / "ttt.jsonl",
+            log_path=folder / f"ttt-{steps}.jsonl",
             devices=cfg.devices[:1] or (None,),
         )
-    done = [r for r in report.results if r.steps > 0]
-    return done[0].seconds / done[0].steps if done else None
+        timed += [r for r in report.results if r.steps > 0 and r.path is not None]
+    if not timed:
+        return None
+    short, full = timed[0], timed[-1]
+    step = 0.0
+    if full.steps > short.steps:
+        step = (full.seconds - short.seconds) / (full.steps - short.steps)
+    if step <= 0:  # one adapter, or steps too quick to tell apart: all of it per step
+        step = full.seconds / full.steps
+    assert full.path is not None
+    return FineTuning(step, max(0.0, full.seconds - step * full.steps), full.path)
 
 
 HELP = "measure the engine, or simulate a whole run on paper, and predict what fits the budget"
@@ -499,7 +550,10 @@ def measured_rates(plan: Plan) -> Rates:
         engine_start_eager_seconds=eager.start_seconds,
         engine_start_compiled_seconds=compiled.start_seconds,
         engine_stop_seconds=t.stop_seconds,
-        ttt_seconds_per_step=plan.ttt_step_seconds,
+        ttt_seconds_per_step=None if plan.tuning is None else plan.tuning.step_seconds,
+        ttt_seconds_per_adapter=None if plan.tuning is None else plan.tuning.adapter_seconds,
+        answer_fill=max(t.answer_fill, 1e-3),
+        lora_cost=t.lora_cost,
         name="measured",
         about=f"measured by airv plan on {t.prompts} calibration prompts",
     )
