@@ -74,6 +74,9 @@ CALIBRATION_TASKS = 4
 CALIBRATION_AUGMENTATIONS = 4
 # Optimiser steps of the longer of the two adapters `airv plan` trains to time fine-tuning.
 TTT_CALIBRATION_STEPS = 16
+# Each engine start's measurement ends by --time-budget, but never sooner than this: a plan
+# for a short run still gets to measure.
+MEASURE_SECONDS = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +362,6 @@ def make_plan(
     # interpreter importing torch/vLLM) and its shutdown are part of the price. vLLM is
     # started both ways (eager, compiled), the run's own way first; each start is counted
     # from its lane's launch plus what this process spent before the first.
-    deadline = time.monotonic() + cfg.time_budget
     before = time.monotonic() - started
     ways = [cfg.engine.enforce_eager]
     if both_starts and cfg.engine.backend is Backend.VLLM:
@@ -375,6 +377,7 @@ def make_plan(
             if tuning is not None:
                 engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
             launched = time.monotonic()
+            deadline = launched + max(cfg.time_budget, MEASURE_SECONDS)
             lane = start_lane(engine, cfg.sampling, 0, devices=cfg.devices)
             try:
                 await_ready(lane, deadline)
