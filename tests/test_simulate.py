@@ -157,6 +157,23 @@ def test_ttt_in_two_waves_under_the_scratch_limit() -> None:
     assert "wave 2: 2 task(s)" in sim.render() and "1 restart(s)" in sim.render()
 
 
+def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
+    """lora_cost prices only the requests of tasks that got an adapter; each adapter's fixed
+    seconds add to its steps'; answer_fill prices answers at their measured share."""
+    import dataclasses
+
+    rates = dataclasses.replace(RATES, lora_cost=3.0, ttt_seconds_per_adapter=5.0)
+    ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=30.0)
+    sim = simulate(_cfg(ttt=ttt), _costs(), rates)
+    # 30 s of stage for 4 adapters of 15 s each (10 steps + 5): two trained, two not (nor
+    # partly: the stage ends as the third would start); the engine starts at 30 s, 10 s.
+    assert sim.ttt_seconds == pytest.approx(30.0)
+    # 2 adapted tasks x 4 views x 6 s + 2 base tasks x 4 views x 2 s.
+    assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(48.0 + 16.0)
+    half = simulate(_cfg(), _costs(), dataclasses.replace(RATES, answer_fill=0.5))
+    assert half.decode_seconds == pytest.approx(16 * (1.0 + 0.5))  # 1 s prefill + 0.5 s decode
+
+
 def test_deadline_too_short_cuts_tasks() -> None:
     sim = simulate(_cfg(time_budget=31.0), _costs(), RATES)
     # 10 s start, round 1 (8 views) by 26 s, then t0's two round-2 views by 30 s; t1's next

@@ -343,6 +343,7 @@ class _Simulator:
         self.queue: list[_Job] = []
         self.generation_queued = 0
         self.scored: set[Unit] = set()
+        self.adapted: set[TaskId] = set()  # tasks with an adapter (trained in full or part)
         self.seq = itertools.count()
 
     # -- costs --------------------------------------------------------------------------
@@ -354,18 +355,16 @@ class _Simulator:
         seconds = (
             u.prompt_tokens / r.prefill_tokens_per_second + answer / r.decode_tokens_per_second
         )
-        return seconds * self._lora
+        return seconds * self._lora(u)
 
     def _score_seconds(self, u: UnitCost) -> float:
         r = self.rates
         tokens = u.prompt_tokens + u.answer_tokens * r.answer_fill
-        return tokens * r.score_cost / r.prefill_tokens_per_second * self._lora
+        return tokens * r.score_cost / r.prefill_tokens_per_second * self._lora(u)
 
-    @property
-    def _lora(self) -> float:
-        """What serving adapters costs: with test-time fine-tuning every task is priced as
-        served with one (a task whose adapter failed is served by the base model, cheaper)."""
-        return self.rates.lora_cost if self.cfg.ttt.enabled else 1.0
+    def _lora(self, u: UnitCost) -> float:
+        """What serving its task's adapter costs (1: the task has none, the base model)."""
+        return self.rates.lora_cost if u.task_id in self.adapted else 1.0
 
     def _seconds_per_token(self) -> float:
         spent = [self.ledger.spent(t) for t in self.task_ids]
@@ -511,7 +510,7 @@ class _Simulator:
         cap = ttt.adapter_cap(left, n, workers)
         lanes = [start] * (1 if ttt.mode is TTTMode.JOINT else workers)
         full = partial = none = 0
-        for _ in range(n):
+        for i in range(n):
             k = lanes.index(min(lanes))
             t = lanes[k]
             if t >= stage_end:
@@ -520,6 +519,7 @@ class _Simulator:
             seconds = min(per_task, cap, stage_end - t)
             full += seconds >= per_task
             partial += seconds < per_task
+            self.adapted |= set(tasks) if ttt.mode is TTTMode.JOINT else {tasks[i]}
             self.sim.ttt_seconds += seconds
             lanes[k] = t + seconds
         return max(lanes), full, partial, none

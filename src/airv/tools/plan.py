@@ -74,8 +74,8 @@ CALIBRATION_TASKS = 4
 CALIBRATION_AUGMENTATIONS = 4
 # Optimiser steps of the longer of the two adapters `airv plan` trains to time fine-tuning.
 TTT_CALIBRATION_STEPS = 16
-# Each engine start's measurement ends by --time-budget, but never sooner than this: a plan
-# for a short run still gets to measure.
+# Each measurement (an engine start's, the fine-tuning's) ends by --time-budget, but never
+# sooner than this: a plan for a short run still gets to measure.
 MEASURE_SECONDS = 600.0
 
 
@@ -439,12 +439,12 @@ def measure_ttt(
             policy=cfg.views,
             max_len=cfg.engine.max_model_len,
             out_dir=folder / f"adapters-{steps}",
-            task_cap=cfg.time_budget,
+            task_cap=max(cfg.time_budget, MEASURE_SECONDS),
         )
         report = run_stage(
             [task],
             job,
-            deadline=time.monotonic() + cfg.time_budget,
+            deadline=time.monotonic() + max(cfg.time_budget, MEASURE_SECONDS),
             log_path=folder / f"ttt-{steps}.jsonl",
             devices=cfg.devices[:1] or (None,),
         )
