@@ -82,6 +82,7 @@ class Adapters:
         self._trained: dict[str, TrainResult] = {}  # adapter folder -> its training
         self._probed: set[str] = set()  # adapter folders whose check has been queued
         self._over: set[TaskId] = set()  # tasks whose adapter may go
+        self._weights: set[str] | None = None  # the model's weight names (headers)
 
     def adapter(self, task_id: TaskId) -> str | None:
         return self.by_task.get(task_id)
@@ -128,7 +129,9 @@ class Adapters:
         self.largest = max(self.largest, *sizes, 0)
         self._trained.update(report.ready)
         bad: dict[str, str] = {}
-        weights = weight_names(job.model_dir) if report.adapters else set()
+        if report.adapters and self._weights is None:  # read once, not once per wave
+            self._weights = weight_names(job.model_dir)
+        weights = self._weights or set()
         for task_id, path in report.adapters.items():
             why = bad.get(path) or check_adapter(Path(path), self.ttt.rank, weights)
             if why is None:
