@@ -12,6 +12,7 @@ from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.pipeline import Run
+from airv.run.schedule import ViewSchedule
 
 
 def engine_config(model: Path, backend: Backend = Backend.HF, **kw: Any) -> EngineConfig:
@@ -29,8 +30,9 @@ def workload(
     per_round: int | None = None,
     **kw: Any,
 ) -> RunConfig:
-    """A run with a fixed workload: `n_views` views per test input, in rounds of `per_round`
-    (default: all in round 1), with no settle rule, so every view runs. D8 views only (colours
+    """A run with a fixed workload: `n_views` views per test input, in uniform rounds of
+    `per_round` (default: all in round 1), with no settle rule, so every view runs, in the
+    rounds' order (the gain schedule's tests ask for it). D8 views only (colours
     kept: reversed answers stay D8 images of the model's), no progress bar, no reserve, and a
     budget long enough never to cut it (fresh_run counts it from the run's creation)."""
     first = per_round or n_views
@@ -39,6 +41,7 @@ def workload(
         per_round=first,
         max_augmentations=n_views,
         settle_margin=0,
+        schedule=ViewSchedule.UNIFORM,
         views=ViewPolicy(permute_colours=False),
         progress=False,
         time_budget=3600,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -481,3 +482,61 @@ def test_task_cap_in_tokens_stops_a_task_after_its_round(
     assert per_task == {"small001": 8, "bigger01": 4}
     spent = sum(p.prompt_tokens + p.tokens for p in records if p.task_id == "bigger01")
     assert spent >= 400
+
+
+def test_the_gain_schedule_spends_on_the_open_test_input(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    """The uniform test above under --schedule gain: the settled test input gets nothing and
+    its stop is journalled; the open one gets views up to its limit, whatever the room."""
+    from airv.run.predictions import Prediction
+    from airv.run.schedule import ViewSchedule, read_journal
+
+    ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.HF, settle_margin=3, schedule=ViewSchedule.GAIN)
+    run = fresh_run(cfg)
+
+    def pred(task_id: str, aug: str, grid: tuple[tuple[int, ...], ...] | None) -> Prediction:
+        return Prediction(task_id, 0, aug, "", grid, None, -1.0, 3, 10, "stop", 1, 0.0)
+
+    for i, aug in enumerate(["id", "r1", "r2", "r3"]):
+        run.predictions[("task0001", 0)].append(pred("task0001", aug, ANSWER))
+        other = ANSWER if i % 2 else ((2, 1),)
+        run.predictions[("task0002", 0)].append(pred("task0002", aug, other))
+    assert run.evidence(("task0002", 0)).votes == (2, 2)
+    pushed = run.rounds.refill(10, run.votes())
+    assert pushed == 4  # the open test input's limit: 8 views, 4 answered
+    queued = [j.payload for j in run.engines.queue.take(100, lambda j: True)[0]]
+    assert {v.unit for v in queued} == {("task0002", 0)}
+    assert {v.round for v in queued} == {2}  # views 5-8: the uniform schedule's round 2
+    assert run.rounds.skipped == 4  # the settled one's views it will not need
+    run.release()
+    journal = read_journal(out / "schedule.jsonl")
+    assert journal["task0001"][0].stop == "settled" and journal["task0001"][0].views == 0
+    assert journal["task0002"][0].views == 4 and journal["task0002"][0].stop is None
+    # Gains fall as views go on their way: 4 picks, each below the one before.
+    assert journal["task0002"][0].first_gain > journal["task0002"][0].last_gain  # type: ignore[operator]
+
+
+def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
+    tmp_path: Path, bigram_model: Path
+) -> None:
+    from airv.run.schedule import ViewSchedule, read_journal
+
+    tasks = [_task("task0001", n_test=2), _task("task0002"), _task("task0003", side=3)]
+    ch = _challenges(tmp_path, tasks, broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, schedule=ViewSchedule.GAIN)
+    run = fresh_run(cfg)
+    assert run.execute() == 0
+    assert run.summary.stopped_by == "done"
+    records, _ = read_predictions(out / "predictions.jsonl")
+    per_unit = Counter((p.task_id, p.test_index) for p in records)
+    assert per_unit == {u: 8 for u in run.units}  # no settle rule: every view, as uniform
+    journal = read_journal(out / "schedule.jsonl")
+    stops = {(t, i): u.stop for t, tests in journal.items() for i, u in tests.items()}
+    assert stops == {u: "views" for u in run.units}
+    assert all(u.views == 8 for tests in journal.values() for u in tests.values())
+    # Breadth first: the first four answers are four different test inputs' first views.
+    assert len({(p.task_id, p.test_index) for p in records[:4]}) == 4

@@ -20,12 +20,14 @@ from airv.core.errors import ConfigError
 from airv.core.prompt_format import DEFAULT_PRESET, PromptFormat, load_preset
 from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
 from airv.engines.config import Decoding, EngineConfig, unsupported
+from airv.run.schedule import DEFAULT_SCHEDULE, ViewSchedule
 
 # A run directory's files; `airv report`, `airv vote` and the kernel read them by these names.
 SUBMISSION_FILE = "submission.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "run_summary.json"
 SCORES_FILE = "scores.jsonl"
+SCHEDULE_FILE = "schedule.jsonl"  # the gain schedule's decisions and stops (airv.run.schedule)
 FINGERPRINT_FILE = "fingerprint.json"  # what decided the answers (airv.run.outdir)
 RESERVE_CAP = 120.0  # seconds: the default reserve's ceiling ...
 RESERVE_SHARE = 0.05  # ... its share of the budget below that ...
@@ -93,6 +95,7 @@ class RunConfig:
     per_round: int = 8  # augmentations added per test input in each later round
     max_augmentations: int = 32  # per test input, over all rounds
     settle_margin: int = 4  # leader's lead in votes that stops more work on a test input; 0 = off
+    schedule: ViewSchedule = DEFAULT_SCHEDULE  # who gets the next view (airv.run.schedule)
     # Per task, engine time (its share of batch time); None: task_cap_shares fair shares of the
     # budget (budget after the reserve / tasks), so one task cannot eat the run.
     task_cap_seconds: float | None = None
@@ -190,6 +193,7 @@ class RunConfig:
             "format": self.prompt.name,
             "views": dataclasses.asdict(self.views),
             "augmentations": [self.first_round, self.per_round, self.max_augmentations],
+            "schedule": self.schedule.value,
             "decoding": dataclasses.asdict(self.sampling),
             "vote": self.vote_mode.value,
             "rescore": [self.rescore_top, self.rescore_augmentations],
@@ -234,3 +238,7 @@ class RunConfig:
     @property
     def scores_path(self) -> Path:
         return self.out_dir / SCORES_FILE
+
+    @property
+    def schedule_path(self) -> Path:
+        return self.out_dir / SCHEDULE_FILE

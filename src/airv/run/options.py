@@ -58,6 +58,7 @@ from airv.run.config import (
     start_mode,
 )
 from airv.run.recipes import apply_recipe, recipe_names
+from airv.run.schedule import ViewSchedule
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--settle-margin", _G.AUGMENTATION, "settle_margin", type=int, metavar="VOTES",
            help="stop adding augmentations to a test input once its leader leads by this "
            "many votes; 0 = never"),
+    Option("--schedule", _G.AUGMENTATION, "schedule", choices=_values(ViewSchedule),
+           to_config=ViewSchedule,
+           help="gain: each next view to the test input where it is expected to change the "
+           "top 2 most per second (its parse rate, how close its second and third answers "
+           "are, how much its answers agree, the task's measured seconds per view); uniform: "
+           "rounds of the same number of new views per unsettled test input"),
     Option("--permute-background", _G.AUGMENTATION, "views.keep_background",
            action="store_true", to_config=operator.not_, default="0 stays",
            help="let colour permutations move colour 0 too"),

@@ -1,19 +1,20 @@
 """The anytime pipeline: challenge file + model directory -> submission.json, under a deadline.
 
-Work is planned in rounds. Round 1 gives every test input a few augmentations; later rounds add
-more where the vote is not settled and the task is under its cap. Rounds are priorities, not
-barriers: their prompts go into one shared queue (engines.pool), best first, and the next round
-is planned while the previous one is still running, so the queue never empties while work is
-owed. The engines, in worker processes, are kept a fixed number of requests ahead and return
-each completion as it finishes; each is appended to the predictions log at once, and the votes
-and submission.json (atomic rewrite) follow on a cadence, by time and by count. So a valid,
-improving submission exists from the first minute, and a deadline, crash or hang costs only
-the requests in flight.
+Work is planned by the gain schedule (run.gain: each view to the test input where it is
+expected to change the top 2 most per second) or in uniform rounds (run.rounds: round 1 gives
+every test input a few augmentations; later rounds add more where the vote is not settled and
+the task is under its cap). Either way the prompts go into one shared queue (engines.pool),
+best first, and more is planned while earlier work is still running, so the queue never
+empties while work is owed. The engines, in worker processes, are kept a fixed number of
+requests ahead and return each completion as it finishes; each is appended to the predictions
+log at once, and the votes and submission.json (atomic rewrite) follow on a cadence, by time
+and by count. So a valid, improving submission exists from the first minute, and a deadline,
+crash or hang costs only the requests in flight.
 
 With test-time fine-tuning the adapters are trained first, in waves that fit the scratch
 disk (adapt.adapters, adapt.waves), each wave answered before the next trains.
 
-`Run` composes the parts, each in a module of its own: the round planner (run.rounds), the
+`Run` composes the parts, each in a module of its own: the planner (run.gain, run.rounds), the
 ledger of what each task spent and is owed (run.ledger), the recorder of results, votes and
 submission.json (run.recorder), the adapters (adapt.adapters) and the engines (run.engines).
 This process owns the clock; the pool supervises the engines (deaths, stalls, restarts).
@@ -27,6 +28,7 @@ import functools
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,13 +64,15 @@ from airv.engines.pool import (
 from airv.run.budget import Clock, Stopped, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.engines import Engines
+from airv.run.gain import Gain, Ledgers
 from airv.run.ledger import Ledger
 from airv.run.outdir import RunLock
 from airv.run.outdir import prepare as prepare_out_dir
 from airv.run.predictions import Prediction
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
-from airv.run.rounds import Rounds, View
+from airv.run.rounds import Board, Rounds, View
+from airv.run.schedule import Evidence, Journal, Stop, ViewSchedule
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -145,7 +149,27 @@ class Run:
         self._tokenizer: Any = None
         self._format: PromptFormat | None = None
         self.ledger = Ledger(self.task_cap_s, cfg.task_cap_tokens)
-        self.rounds = Rounds(cfg, self.challenges.tasks, self.fit)
+        board = Board(
+            self.units,
+            closed=self._closed,
+            have=self._have,
+            adapter=lambda t: self.adapters.adapter(t),
+            fail=self._fail,
+            push=self._push,
+        )
+        self.journal = Journal(cfg.schedule_path)
+        self.rounds: Rounds = (
+            Gain(
+                cfg,
+                self.challenges.tasks,
+                self.fit,
+                board,
+                Ledgers(self.evidence, self.price, self._stopped, lambda: self.clock.elapsed()),
+                self.journal,
+            )
+            if cfg.schedule is ViewSchedule.GAIN
+            else Rounds(cfg, self.challenges.tasks, self.fit, board)
+        )
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self.recorder = Recorder(
             cfg, self.challenges, self.summary, self.ledger, self.rescorer, self.clock
@@ -169,6 +193,7 @@ class Run:
             serves_adapters=lambda: bool(self.adapters.by_task),
         )
         self._seq = itertools.count()  # queue order within a round
+        self._pushed: list[View] = []  # views queued since the observer was last told
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
         self._bar: Any = None  # the progress bar, while the run executes
         self.recorder.resume(self.units, stage_log(cfg.out_dir))
@@ -238,21 +263,43 @@ class Run:
     def _have(self, unit: Unit) -> set[str]:
         return self.recorder.asked(unit) | self.ledger.owed(unit)
 
+    def _stopped(self, task_id: TaskId) -> Stop | None:
+        if task_id in self.failed:
+            return Stop.FAILED
+        if task_id in self.ledger.cut or self.ledger.capped(task_id, self._seconds_per_token()):
+            return Stop.CAP
+        return None
+
+    def evidence(self, unit: Unit) -> Evidence:
+        """What the run knows of a test input, for the gain schedule."""
+        preds = self.recorder.predictions.get(unit, [])
+        grids = Counter(p.grid for p in preds if p.grid is not None)
+        return Evidence(
+            answered=len(preds),
+            failed=len(preds) - grids.total(),
+            votes=tuple(sorted(grids.values(), reverse=True)),
+            owed=len(self.ledger.owed(unit)),
+        )
+
+    def price(self, task_id: TaskId, tokens: int) -> float:
+        """Seconds of one view of a task: the measured mean of its earlier views, else its
+        tokens at the run's measured seconds per token (at 1 s per token before anything is
+        measured, which orders the views by their tokens alone)."""
+        seconds, _ = self.ledger.spent(task_id)
+        n = sum(len(self.recorder.predictions.get((task_id, i), [])) for i in self._tests(task_id))
+        if seconds > 0 and n:
+            return seconds / n
+        spt = self._seconds_per_token()
+        return tokens * (spt if spt > 0 else 1.0)
+
+    def _tests(self, task_id: TaskId) -> range:
+        return range(len(self.challenges.tasks[task_id].test))
+
     def plan(self, round_no: int, votes: Mapping[Unit, Vote]) -> list[View]:
         """The views still owed to reach this round's target per test input (work queued or
-        in flight counts as done)."""
-        t0 = time.perf_counter()
-        views = self.rounds.plan(
-            round_no,
-            self.units,
-            votes,
-            closed=self._closed,
-            have=self._have,
-            adapter=self.adapters.adapter,
-            fail=self._fail,
-        )
+        in flight counts as done), as the uniform rounds plan them."""
+        views = self.rounds.plan_round(round_no, votes)
         self.summary.settled_skips = self.rounds.skipped
-        self.observer.planned(views, time.perf_counter() - t0)
         return views
 
     def _fail(self, task_id: TaskId, reason: str) -> None:
@@ -279,20 +326,26 @@ class Run:
         return True
 
     def _refill(self, votes: Mapping[Unit, Vote], *, final: bool = False) -> int:
-        """Plan rounds ahead while the queue holds less than the engines take in flight; with
-        `final` (nothing queued or in flight), look once more at the last round (a vote that
+        """Plan ahead while the queue holds less than the engines take in flight; with
+        `final` (nothing queued or in flight), look once more at every test input (a vote that
         came unsettled) and at owed scores. Returns the requests queued."""
         pool = self.engines.pool
         assert pool is not None
-        rounds = self.rounds
+        room = pool.capacity - len(self.engines.queue)
         pushed = 0
-        while len(self.engines.queue) < pool.capacity and rounds.planned < rounds.last:
-            rounds.planned += 1
-            pushed += self._push(self.plan(rounds.planned, votes))
+        if room > 0 or final:
+            t0 = time.perf_counter()
+            pushed = self.rounds.refill(max(room, 0), votes, final=final)
+            self._planned(time.perf_counter() - t0)
         if final:
-            pushed += self._push(self.plan(max(1, rounds.planned), votes))
             pushed += self._push_scores(votes)
         return pushed
+
+    def _planned(self, seconds: float) -> None:
+        self.summary.settled_skips = self.rounds.skipped
+        if self._pushed:
+            self.observer.planned(self._pushed, seconds)
+            self._pushed = []
 
     def _task_over(self, task_id: TaskId, votes: Mapping[Unit, Vote]) -> bool:
         """Whether a task will send the engine nothing more: failed or cut at its cap with
@@ -303,13 +356,9 @@ class Run:
             return False
         if task_id in self.failed or task_id in self.ledger.cut:
             return True
-        rounds = self.rounds
-        if rounds.planned < rounds.last:
-            return False
-        target = rounds.target(rounds.last)
         for u in units:
             v = votes.get(u)
-            if len(self.recorder.asked(u)) < target and not rounds.settled(v):
+            if not self.rounds.over(u, v, len(self.recorder.asked(u))):
                 return False
             if self.cfg.vote_mode.needs_scores and v is not None and self.rescorer.pending({u: v}):
                 return False
@@ -398,13 +447,10 @@ class Run:
         self.engines.fallback_queue.push(probe, check, (0, -2, next(self._seq)))
 
     def _catch_up(self) -> None:
-        """Plan the tasks just released (their adapter's verdict in) round by round up to the
-        run's, so that their first views are round 1's as everyone else's were (the rounds
-        label the views: which come first in the queue, what `airv report` and the benches
-        read as AIRV-8); for the other tasks the earlier rounds owe nothing."""
-        votes = self.recorder.last_votes()
-        for round_no in range(1, max(1, self.rounds.planned) + 1):
-            self._push(self.plan(round_no, votes))
+        """Plan the tasks just released (their adapter's verdict in), as the planner does."""
+        t0 = time.perf_counter()
+        self.rounds.catch_up(self.recorder.last_votes())
+        self._planned(time.perf_counter() - t0)
 
     def _fallback_lost(self) -> None:
         """The transformers engine is gone for good (every restart spent): its tasks and the
@@ -445,6 +491,7 @@ class Run:
             )
             self.ledger.owe(v.unit, v.aug.key, v.cost)
             self.recorder.round_planned(v.round)
+        self._pushed.extend(views)
         if views and self._bar is not None:
             self._bar.total += len(views)
         return len(views)
@@ -645,7 +692,9 @@ class Run:
         return exit_code
 
     def release(self) -> None:
-        """Unlock the output folder (execute does at its end)."""
+        """Close the schedule's journal and unlock the output folder (execute does at its
+        end)."""
+        self.journal.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None

@@ -25,6 +25,18 @@ from airv.run.config import RunConfig
 FitPrompt = Callable[[Task, int], FittedPrompt | PromptTooLong]
 
 
+@dataclass(frozen=True)
+class Board:
+    """What a planner reads of the run, and how it hands the run its views."""
+
+    units: Sequence[Unit]  # every test input, in the run's order
+    closed: Callable[[TaskId], bool]  # failed, capped, or waiting for its adapter
+    have: Callable[[Unit], set[str]]  # augmentations answered or on their way
+    adapter: Callable[[TaskId], str | None]  # the task's served adapter, if any
+    fail: Callable[[TaskId, str], None]  # the task's prompts cannot be built: it fails
+    push: Callable[[Sequence[View]], int]  # queue views (they count in `have` at once)
+
+
 @dataclass
 class View:
     """One planned prompt: a test input under one augmentation, in its round."""
@@ -47,12 +59,60 @@ class View:
 
 
 class Rounds:
-    def __init__(self, cfg: RunConfig, tasks: Mapping[TaskId, Task], fit: FitPrompt):
+    """The uniform schedule (`--schedule uniform`); airv.run.schedule.Gain plans by gain."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tasks: Mapping[TaskId, Task],
+        fit: FitPrompt,
+        board: Board | None = None,  # None: targets only (the simulation)
+    ):
         self.cfg = cfg
         self.tasks = tasks
         self.fit = fit
+        self.board = board
         self.planned = 0  # the last round planned
         self._skips: dict[Unit, int] = {}  # views not planned because the vote was settled
+
+    def refill(self, room: int, votes: Mapping[Unit, Vote], *, final: bool = False) -> int:
+        """Plan rounds ahead until `room` views are queued or the last round is planned; with
+        `final` (nothing queued or in flight), look once more at the last round (a vote that
+        came unsettled). Returns the views queued."""
+        b = self._board
+        pushed = 0
+        while pushed < room and self.planned < self.last:
+            self.planned += 1
+            pushed += b.push(self.plan_round(self.planned, votes))
+        if final:
+            pushed += b.push(self.plan_round(max(1, self.planned), votes))
+        return pushed
+
+    def catch_up(self, votes: Mapping[Unit, Vote]) -> int:
+        """Plan the tasks just released (their adapter's verdict in) round by round up to the
+        run's, so that their first views are round 1's as everyone else's were (the rounds
+        label the views: which come first in the queue, what `airv report` and the benches
+        read as AIRV-8); for the other tasks the earlier rounds owe nothing."""
+        return sum(
+            self._board.push(self.plan_round(r, votes)) for r in range(1, max(1, self.planned) + 1)
+        )
+
+    def over(self, unit: Unit, vote: Vote | None, asked: int) -> bool:
+        """Whether a test input (`asked`: its views answered) will be planned nothing more."""
+        if self.planned < self.last:
+            return False
+        return asked >= self.target(self.last) or self.settled(vote)
+
+    def plan_round(self, round_no: int, votes: Mapping[Unit, Vote]) -> list[View]:
+        b = self._board
+        return self.plan(
+            round_no, b.units, votes, closed=b.closed, have=b.have, adapter=b.adapter, fail=b.fail
+        )
+
+    @property
+    def _board(self) -> Board:
+        assert self.board is not None, "a planner without a board plans no views"
+        return self.board
 
     def target(self, round_no: int) -> int:
         """Views per test input once `round_no` is done."""

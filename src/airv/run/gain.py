@@ -1,0 +1,136 @@
+"""The gain planner (`--schedule gain`): the round planner's views, each given to the test
+input where it gains most per second (airv.run.schedule has the rule and the journal).
+
+It keeps the rounds' labels, so that the summary, the report and the benches read the same
+rounds: a view is in the round in which the uniform schedule would have planned the test
+input's view of that number (views 1 to --first-round are round 1, and so on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from airv.core.prompts import PromptTooLong
+from airv.core.tasks import Task
+from airv.core.types import TaskId, Unit
+from airv.core.voting import Vote
+from airv.run.config import RunConfig
+from airv.run.rounds import Board, FitPrompt, Rounds, View
+from airv.run.schedule import Evidence, Journal, Open, Stop, best
+
+
+@dataclass(frozen=True)
+class Ledgers:
+    """What the gain planner reads of the run beyond the board."""
+
+    evidence: Callable[[Unit], Evidence]  # what the run knows of a test input
+    price: Callable[[TaskId, int], float]  # seconds of one view of this task, this many tokens
+    stopped: Callable[[TaskId], Stop | None]  # the task failed or reached its cap
+    elapsed: Callable[[], float]  # seconds since the run's start, for the journal
+
+
+class Gain(Rounds):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tasks: Mapping[TaskId, Task],
+        fit: FitPrompt,
+        board: Board,
+        ledgers: Ledgers,
+        journal: Journal,
+    ):
+        super().__init__(cfg, tasks, fit, board)
+        self.ledgers = ledgers
+        self.journal = journal
+        self._tokens: dict[Unit, int] = {}  # tokens of one view, from the first one built
+        self._next: dict[Unit, View] = {}  # a test input's next view, built to price it
+
+    def round_of(self, nth: int) -> int:
+        """The round label of a test input's `nth` view (counted from 0)."""
+        cfg = self.cfg
+        if nth < cfg.first_round:
+            return 1
+        return 2 + (nth - cfg.first_round) // cfg.per_round
+
+    def stop(self, unit: Unit, vote: Vote | None, asked: int) -> Stop | None:
+        why = self.ledgers.stopped(unit[0])
+        if why is not None:
+            return why
+        if self.settled(vote):
+            return Stop.SETTLED
+        if asked >= self.cfg.max_augmentations:
+            return Stop.VIEWS
+        return None
+
+    def refill(self, room: int, votes: Mapping[Unit, Vote], *, final: bool = False) -> int:
+        """Up to `room` views, best gain per second first (`final` changes nothing: each
+        refill looks at every test input)."""
+        b, led = self._board, self.ledgers
+        candidates: dict[Unit, Open] = {}
+        for unit in b.units:
+            have = b.have(unit)
+            ev = led.evidence(unit)
+            why = self.stop(unit, votes.get(unit), ev.answered)
+            if why is not None:
+                if self.journal.stop_of(unit) is None:
+                    self.journal.stopped(led.elapsed(), unit, why, ev.answered)
+                    if why is Stop.SETTLED:
+                        self._skips[unit] = self.cfg.max_augmentations - ev.answered
+                continue
+            if b.closed(unit[0]):
+                continue
+            tokens = self._tokens.get(unit)
+            if tokens is None:
+                first = self._peek(unit, have)
+                if first is None:
+                    continue
+                tokens = self._tokens[unit] = first.cost
+            limit = self.cfg.max_augmentations - len(have)
+            candidates[unit] = Open(ev, led.price(unit[0], tokens), limit)
+        pushed = 0
+        for pick in best(candidates, room):
+            unit = pick.unit
+            if led.stopped(unit[0]) is Stop.FAILED:
+                continue
+            have = b.have(unit)
+            view = self._peek(unit, have)
+            if view is None:
+                continue
+            del self._next[unit]
+            pushed += b.push([view])
+            owed = len(have) - candidates[unit].evidence.answered
+            self.journal.picked(led.elapsed(), pick, len(have), owed)
+        self.journal.flush()
+        return pushed
+
+    def catch_up(self, votes: Mapping[Unit, Vote]) -> int:
+        """Nothing: a task just released is planned by the next refill, first views first."""
+        return 0
+
+    def over(self, unit: Unit, vote: Vote | None, asked: int) -> bool:
+        return self.stop(unit, vote, asked) is not None
+
+    def late(self, view: View, vote: Vote | None, have: int) -> bool:
+        """Whether a view is for a test input settled since it was planned."""
+        return self.settled(vote)
+
+    def _peek(self, unit: Unit, have: set[str]) -> View | None:
+        """The test input's next view (seeded, excluding what it has, labelled with its
+        round); None when its task fails here (reported to the board)."""
+        ready = self._next.get(unit)
+        if ready is not None and ready.aug.key not in have:
+            return ready
+        b = self._board
+        try:
+            views = self._views(unit, 1, have, self.round_of(len(have)), b.adapter)
+        except Exception as exc:  # one task's bug must not cost the others their answers
+            b.fail(unit[0], f"{type(exc).__name__}: {exc}")
+            return None
+        if isinstance(views, PromptTooLong):
+            b.fail(unit[0], f"prompt too long: {views}")
+            return None
+        if not views:
+            return None
+        self._next[unit] = views[0]
+        return views[0]

@@ -1,0 +1,224 @@
+"""The gain schedule: each next view goes to the test input where it is expected to change the
+final top-2 most, per second of its price.
+
+What the run knows of a test input (`Evidence`): the views answered, how many failed to parse,
+the votes of its distinct answers, the views on their way, and what a view of its task costs.
+
+- **answer**: the chance that the next view parses, (valid + 1) / (answered + 2): a test input
+  whose views keep failing is worth less.
+- A test input with no answer that parsed keeps the fallback, which is wrong: its gain is
+  that chance alone (0.5 before any view).
+- Else the gain is answer x open x stake x repeat:
+  - **open**: that the boundary of the top 2 is not yet decided. Kaggle counts either attempt,
+    so only the race between the second answer and the third (or the next new answer) can
+    change the score: a normal approximation of the chance that the third is truly ahead,
+    Phi(-(c2 - c3) / sqrt(c2 + c3 + 1)). A tie is 0.5; (3, 3, 0) is 0.07;
+  - **stake**: the share of the answers that race is about, (c2 + c3 + 1) / (valid + 2);
+  - **repeat**: that the next answer repeats one already seen, 1 - N1 / (valid + 1) with N1
+    the answers seen once (Good-Turing): a test input whose views never agree is worth less
+    than one that is close to settling.
+
+Views already queued or in flight answer first: the gain is divided by 1 + their number. An
+answered test input's gain is below 0.5, so at equal prices every test input gets a first view
+before an answered one gets more. The price of a view is the measured engine seconds
+per view of its task's earlier views, else its tokens at the run's measured seconds per token;
+the next view goes to the best gain per second.
+
+A test input stops when its vote is settled (`--settle-margin`, as the uniform rounds stop),
+at `--max-augmentations` views, or when its task reaches its cap; the deadline stops what is
+left. Each decision and each stop is a line of schedule.jsonl in the run folder
+(`Journal`), which `airv report` reads.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import orjson
+
+from airv.core.types import TaskId, Unit
+
+
+class ViewSchedule(enum.StrEnum):
+    GAIN = "gain"  # each view to the test input where it gains most per second
+    UNIFORM = "uniform"  # rounds: the same number of new views per unsettled test input
+
+
+DEFAULT_SCHEDULE = ViewSchedule.GAIN
+
+
+class Stop(enum.StrEnum):
+    """Why a test input gets no more views."""
+
+    SETTLED = "settled"  # its leader is --settle-margin votes ahead
+    VIEWS = "views"  # it has --max-augmentations views
+    CAP = "cap"  # its task reached its cap
+    FAILED = "failed"  # its task failed (its prompts could not be built, the engine refused)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the run knows of one test input."""
+
+    answered: int  # views answered, parsed or not
+    failed: int  # of those, answers that did not parse
+    votes: tuple[int, ...]  # votes of each distinct answer (they sum to the parsed ones)
+    owed: int = 0  # views queued or in flight
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.failed <= self.answered or self.owed < 0:
+            raise ValueError(f"inconsistent evidence: {self}")
+        if sum(self.votes) != self.answered - self.failed:
+            raise ValueError(f"votes do not count the parsed answers: {self}")
+
+
+def gain(e: Evidence) -> float:
+    """The expected change in a test input's top 2 from one more view (see the module's
+    docstring), divided by 1 + the views on their way."""
+    valid = e.answered - e.failed
+    answer = (valid + 1) / (e.answered + 2)
+    if not e.votes:
+        return answer / (1 + e.owed)
+    votes = sorted(e.votes, reverse=True)
+    c2 = votes[1] if len(votes) > 1 else 0
+    c3 = votes[2] if len(votes) > 2 else 0
+    open_ = 0.5 * math.erfc((c2 - c3) / math.sqrt(2.0 * (c2 + c3 + 1)))
+    stake = (c2 + c3 + 1) / (valid + 2)
+    singles = sum(1 for v in votes if v == 1)
+    repeat = 1.0 - singles / (valid + 1)
+    return answer * open_ * stake * repeat / (1 + e.owed)
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """One scheduling decision: a view for `unit`, at this gain and price."""
+
+    unit: Unit
+    gain: float
+    price: float  # seconds
+
+    @property
+    def rate(self) -> float:
+        return self.gain / self.price if self.price > 0 else math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """A test input that may get more views: its evidence, the price of one view (seconds)
+    and how many more views it may get."""
+
+    evidence: Evidence
+    price: float
+    limit: int
+
+
+def best(candidates: Mapping[Unit, Open], room: int) -> list[Pick]:
+    """Up to `room` views, best gain per second first. Each pick counts as one more view on
+    its way for the next pick of the same test input, up to its limit. Ties go to the
+    cheaper view, then the unit."""
+    heap = [
+        (-_rate(gain(o.evidence), o.price), o.price, unit, o.evidence, o.limit)
+        for unit, o in candidates.items()
+        if o.limit > 0
+    ]
+    heapq.heapify(heap)
+    picks: list[Pick] = []
+    while heap and len(picks) < room:
+        _, price, unit, ev, limit = heapq.heappop(heap)
+        picks.append(Pick(unit, gain(ev), price))
+        if limit > 1:
+            nxt = Evidence(ev.answered, ev.failed, ev.votes, ev.owed + 1)
+            heapq.heappush(heap, (-_rate(gain(nxt), price), price, unit, nxt, limit - 1))
+    return picks
+
+
+def _rate(g: float, price: float) -> float:
+    return g / price if price > 0 else math.inf
+
+
+class Journal:
+    """schedule.jsonl: one line per decision ({"t", "task", "test", "gain", "price", "views",
+    "owed"}) and one per stop ({"t", "task", "test", "stop", "views"}); `t` is seconds since the
+    run's start. Appended, and flushed after each batch of decisions."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f: IO[bytes] | None = None
+        self._stopped: dict[Unit, Stop] = {}
+
+    def picked(self, t: float, pick: Pick, views: int, owed: int) -> None:
+        self._line(
+            {
+                "t": round(t, 3),
+                "task": pick.unit[0],
+                "test": pick.unit[1],
+                "gain": round(pick.gain, 6),
+                "price": round(pick.price, 6),
+                "views": views,
+                "owed": owed,
+            }
+        )
+
+    def stopped(self, t: float, unit: Unit, why: Stop, views: int) -> None:
+        """A test input's stop, once (the first reason found)."""
+        if unit in self._stopped:
+            return
+        self._stopped[unit] = why
+        self._line(
+            {"t": round(t, 3), "task": unit[0], "test": unit[1], "stop": why.value, "views": views}
+        )
+
+    def stop_of(self, unit: Unit) -> Stop | None:
+        return self._stopped.get(unit)
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def _line(self, obj: dict[str, object]) -> None:
+        if self._f is None:
+            self._f = self.path.open("ab")
+        self._f.write(orjson.dumps(obj) + b"\n")
+
+
+@dataclass
+class UnitSchedule:
+    """One test input's schedule as schedule.jsonl tells it."""
+
+    views: int = 0  # views planned
+    first_gain: float | None = None
+    last_gain: float | None = None
+    stop: str | None = None  # why it stopped; None: the run ended first
+
+
+def read_journal(path: Path) -> dict[TaskId, dict[int, UnitSchedule]]:
+    """schedule.jsonl read back per task and test input; a torn or foreign line is skipped."""
+    out: dict[TaskId, dict[int, UnitSchedule]] = {}
+    if not path.is_file():
+        return out
+    for raw in path.read_bytes().splitlines():
+        try:
+            line = orjson.loads(raw)
+            task, test = str(line["task"]), int(line["test"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        u = out.setdefault(task, {}).setdefault(test, UnitSchedule())
+        if "stop" in line:
+            u.stop = str(line["stop"])
+        elif isinstance(line.get("gain"), (int, float)):
+            u.views += 1
+            g = float(line["gain"])
+            u.first_gain = g if u.first_gain is None else u.first_gain
+            u.last_gain = g
+    return out
