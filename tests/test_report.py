@@ -26,7 +26,9 @@ from airv.core.tasks import (
 )
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Candidate, vote
+from airv.run.config import SCHEDULE_FILE
 from airv.run.predictions import Prediction, append_predictions
+from airv.run.schedule import Journal, Pick, Stop
 from airv.run.summary import RunSummary
 from airv.tools.report import REPORT_FILE
 
@@ -271,6 +273,76 @@ def test_report_errors_name_the_problem(run_dir: Path, capsys: pytest.CaptureFix
     assert "run directory not found" in capsys.readouterr().err
 
 
+def write_schedule(out: Path) -> None:
+    """schedule.jsonl as the gain schedule writes it, for some of TASKS' test inputs."""
+    journal = Journal(out / SCHEDULE_FILE)
+    t = 0.0
+
+    def picks(unit: Unit, *gains: float) -> None:
+        nonlocal t
+        for n, g in enumerate(gains):
+            t += 0.5
+            journal.picked(t, Pick(unit, g, 0.25), views=n, owed=0)
+
+    picks(("t_solved", 0), 0.5, 0.25, 0.031)
+    journal.stopped(t, ("t_solved", 0), Stop.SETTLED, 3)
+    picks(("t_two", 0), 0.5)
+    journal.stopped(t, ("t_two", 0), Stop.VIEWS, 1)
+    picks(("t_two", 1), 0.5, 0.3)  # no stop: the run ended first
+    journal.stopped(t, ("t_wrong", 0), Stop.FAILED, 0)  # failed before any pick
+    picks(("t_wrong", 5), 0.5)  # a test index the challenge file does not have
+    journal.close()
+
+
+def test_report_shows_why_each_test_input_stopped(run_dir: Path) -> None:
+    write_schedule(run_dir)
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / REPORT_FILE).read_text(encoding="utf-8")
+    data = embedded(html)
+    assert data["has_schedule"] is True
+    tasks = {t["id"]: t for t in data["tasks"]}
+    assert tasks["t_solved"]["tests"][0]["schedule"] == {
+        "views": 3,
+        "first_gain": 0.5,
+        "last_gain": 0.031,
+        "stop": "settled",
+    }
+    assert [t["schedule"] for t in tasks["t_two"]["tests"]] == [
+        {"views": 1, "first_gain": 0.5, "last_gain": 0.5, "stop": "views"},
+        {"views": 2, "first_gain": 0.5, "last_gain": 0.3, "stop": None},
+    ]
+    assert tasks["t_wrong"]["tests"][0]["schedule"] == {
+        "views": 0,
+        "first_gain": None,
+        "last_gain": None,
+        "stop": "failed",
+    }
+    assert len(tasks["t_wrong"]["tests"]) == 1  # test 5 of the journal is not shown
+    assert {k: t["stopped"] for k, t in tasks.items()} == {
+        "t_solved": "settled",
+        "t_wrong": "failed",
+        "t_two": "views, deadline",
+        "t_second": None,
+        "t_none": None,
+        "t_nosol": None,
+    }
+    assert tasks["t_none"]["tests"][0]["schedule"] is None
+    # The page draws the line from those fields.
+    assert "stopped: " in html and "function scheduleText" in html
+    # Engine seconds stay per task.
+    assert tasks["t_solved"]["seconds"] == pytest.approx(4 * 0.25)
+
+
+def test_report_without_schedule(run_dir: Path) -> None:
+    assert not (run_dir / SCHEDULE_FILE).exists()  # older runs, uniform runs
+    assert main(["report", str(run_dir)]) == 0
+    data = embedded((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    assert data["has_schedule"] is False
+    for task in data["tasks"]:
+        assert task["stopped"] is None
+        assert all(t["schedule"] is None for t in task["tests"])
+
+
 def test_solutions_beside(tmp_path: Path) -> None:
     ch = tmp_path / "arc-agi_evaluation_challenges.json"
     assert solutions_beside(ch) is None
@@ -346,6 +418,20 @@ def test_page_renders_and_filters_in_chromium(run_dir: Path, tmp_path: Path) -> 
     shot.unlink(missing_ok=True)
     chromium(page, "", profile, f"--screenshot={shot}", "--window-size=1400,2000")
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_page_shows_stops_and_filters_by_them_in_chromium(run_dir: Path, tmp_path: Path) -> None:
+    write_schedule(run_dir)
+    assert main(["report", str(run_dir)]) == 0
+    page = run_dir / REPORT_FILE
+    dom = chromium(page, "stop=deadline", tmp_path / "profile", "--dump-dom")
+    _, _, _, ids = shown(dom)
+    assert ids == ["t_two"]
+    assert "stopped: views · gain 0.500 over 1 view" in dom
+    assert "stopped: deadline (the run ended first) · gain 0.500 → 0.300 over 2 views" in dom
+    assert "stopped: views, deadline" in dom  # the card's facts
 
 
 def _random_grid(rng: np.random.Generator) -> Grid:

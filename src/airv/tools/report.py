@@ -1,10 +1,14 @@
 """`airv report`: one self-contained static HTML page about a run, for deciding what to change.
 
-Reads a run's output directory (submission.json, predictions.jsonl, run_summary.json), the
-challenge file and, where known, the solutions; recomputes the votes from the predictions
-log; and writes report.html: per task the train pairs, test inputs, both attempts, the top
-candidates with their votes and logprobs, the truth and whether it was solved; filters and
-sorting; summary charts (time and tokens per task, rejections by reason, accuracy per round).
+Reads a run's output directory (submission.json, predictions.jsonl, run_summary.json and,
+where the gain schedule wrote it, schedule.jsonl), the challenge file and, where known, the
+solutions; recomputes the votes from the predictions log; and writes report.html: per task
+the train pairs, test inputs, both attempts, the top candidates with their votes and
+logprobs, the truth and whether it was solved, its engine seconds and tokens, and from
+schedule.jsonl why each test input stopped (settled, views, cap, failed, or deadline: the run
+ended first) and the gain estimates of its picks (first and last, and how many views were
+planned); filters and sorting; summary charts (time and tokens per task, rejections by
+reason, accuracy per round).
 
 The page is the template data/report.html with the data embedded as JSON; its inline
 JavaScript draws grids on canvases and charts as SVG, and renders only one page of task
@@ -39,11 +43,19 @@ from airv.core.tasks import (
 )
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import DEFAULT_VOTE_MODE, Vote, VoteMode, vote
-from airv.run.config import PREDICTIONS_FILE, SCORES_FILE, SUBMISSION_FILE, SUMMARY_FILE
+from airv.run.config import (
+    PREDICTIONS_FILE,
+    SCHEDULE_FILE,
+    SCORES_FILE,
+    SUBMISSION_FILE,
+    SUMMARY_FILE,
+)
 from airv.run.predictions import Prediction, group_candidates, read_predictions
+from airv.run.schedule import UnitSchedule, read_journal
 from airv.run.scores import Scores, read_scores
 
 REPORT_FILE = "report.html"
+DEADLINE = "deadline"  # a test input the journal knows with no stop: the run ended first
 TOP_TALLIES = 5  # candidates shown per test input
 _TEMPLATE = "report.html"  # in airv/data
 _DATA_MARK = "/*AIRV_DATA*/"
@@ -75,6 +87,8 @@ class ReportInputs:
     has_scores: bool  # scores.jsonl exists
     submission: Mapping[str, object] | None  # None when the run wrote none (yet)
     summary: Mapping[str, object] | None  # run_summary.json, None when absent
+    # schedule.jsonl per task and test input; empty when absent (older or uniform runs)
+    schedule: Mapping[TaskId, Mapping[int, UnitSchedule]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +156,7 @@ def load_inputs(
         has_scores=scores_path.exists(),
         submission=submission,
         summary=summary,
+        schedule=read_journal(out_dir / SCHEDULE_FILE),
     )
 
 
@@ -168,8 +183,27 @@ def _submitted(submission: Mapping[str, object] | None, task_id: TaskId, i: int)
     return out
 
 
+def _schedule_data(u: UnitSchedule | None) -> Json | None:
+    """One test input's schedule: views planned, the gain of its first and last pick, and
+    why it stopped (None: the run ended first)."""
+    if u is None:
+        return None
+    return {"views": u.views, "first_gain": u.first_gain, "last_gain": u.last_gain, "stop": u.stop}
+
+
+def _stopped(schedule: Mapping[int, UnitSchedule]) -> str | None:
+    """The distinct stop reasons of a task's test inputs, in test order, "deadline" for one
+    the run ended first; None when the journal knows none of them."""
+    reasons = [schedule[i].stop or DEADLINE for i in sorted(schedule)]
+    return ", ".join(dict.fromkeys(reasons)) if reasons else None
+
+
 def _test_data(
-    test_input: Grid | None, attempts: list[Grid], truth: Grid | None, v: Vote | None
+    test_input: Grid | None,
+    attempts: list[Grid],
+    truth: Grid | None,
+    v: Vote | None,
+    schedule: UnitSchedule | None = None,
 ) -> Json:
     vote_attempts = [] if v is None else [v.attempt_1, v.attempt_2]
     top = [] if v is None else list(v.tallies[:TOP_TALLIES])
@@ -190,6 +224,7 @@ def _test_data(
             }
             for t in top
         ],
+        "schedule": _schedule_data(schedule),
     }
     # The recomputed vote (another --mode, or a log newer than submission.json) may differ.
     if vote_attempts and vote_attempts[: len(attempts)] != attempts:
@@ -270,6 +305,10 @@ def _task_data(
     tests: list[Json] = []
     n_correct = 0
     margins: list[int] = []
+    # Only the test inputs of the challenge file: a foreign test index says nothing here.
+    schedule = {
+        i: u for i, u in inputs.schedule.get(task_id, {}).items() if 0 <= i < ch.n_tests[task_id]
+    }
     for i in range(ch.n_tests[task_id]):
         attempts = _submitted(inputs.submission, task_id, i)
         v = votes.get((task_id, i))
@@ -279,7 +318,9 @@ def _task_data(
         n_correct += truth is not None and truth in attempts
         if v is not None:
             margins.append(v.margin)
-        tests.append(_test_data(task.test[i] if task else None, attempts, truth, v))
+        tests.append(
+            _test_data(task.test[i] if task else None, attempts, truth, v, schedule.get(i))
+        )
     if truths is None:
         status = Status.UNKNOWN
     else:
@@ -300,6 +341,7 @@ def _task_data(
         "tokens": tokens_in + tokens_out,
         "completions": len(preds),
         "rejects": dict(rejects.most_common()),
+        "stopped": _stopped(schedule),
         "invalid": ch.rejected.get(task_id),
         "failed": failed.get(task_id) if isinstance(failed, dict) else None,
         "train": [] if task is None else [[_rows(p.input), _rows(p.output)] for p in task.train],
@@ -352,6 +394,7 @@ def report_data(inputs: ReportInputs, mode: VoteMode = DEFAULT_VOTE_MODE) -> Jso
         "solutions_note": inputs.solutions_note,
         "has_solutions": inputs.solutions is not None,
         "has_submission": inputs.submission is not None,
+        "has_schedule": bool(inputs.schedule),
         "mode": mode.value,
         "n_predictions": len(inputs.predictions),
         "damaged_lines": inputs.damaged_lines,
@@ -404,7 +447,8 @@ DESCRIPTION = (
     "task the train pairs, test inputs, both attempts and the top candidates with their votes "
     "and logprobs, the truth and whether it was solved where solutions are known; filters and "
     "sorting; charts of time and tokens per task, rejected outputs by reason and accuracy per "
-    "round. Reads OUT_DIR/submission.json, predictions.jsonl and run_summary.json."
+    "round; from schedule.jsonl, why each test input stopped and its gain estimates. Reads "
+    "OUT_DIR/submission.json, predictions.jsonl, run_summary.json and schedule.jsonl."
 )
 
 
