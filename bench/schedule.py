@@ -1,0 +1,268 @@
+"""The gain schedule against uniform rounds at a tight, equal budget, with the demo model. Part
+of `make bench` (never a timed test).
+
+    python -m bench.schedule [--share 0.5] [--seeds 0 1 2] [--out bench/schedule.md]
+
+The set mixes the easy synthetic tasks the demo model solves (its easy corner, held out), the
+20 smallest ARC-AGI-1 evaluation tasks (it solves none) and the ARC-AGI-1 training tasks in its
+family (one D8 transform and a colour map: it solves some). One vLLM engine (eager, on CPU) is
+lent to every run, so no run pays a start-up; each run's clock starts at its creation.
+
+1. Calibration: a uniform run with no deadline (seed 0) measures the whole work's seconds.
+2. For each seed of the augmentation planner, a uniform run and a gain run, one after the other,
+   each with the budget `--share` of that. Both keep the defaults (8 views in round 1, rounds of
+   8, 32 at most, settle margin 4, greedy, grid vote) but hold 64 prompts in flight, not 512:
+   with 512 this set's whole first round is planned before any answer is known, and neither
+   schedule could choose.
+3. Scores: the Kaggle rule on the final submission.json; and the gain run's predictions log
+   replayed in completion order (each prediction at the time its result was taken) for the
+   first time its score reaches the uniform run's final score, as a share of the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airv.core.augment import ViewPolicy
+from airv.core.submission import build_submission, score_submission
+from airv.core.tasks import Challenges, Task, dump_challenges, load_challenges
+from airv.core.types import Grid, TaskId
+from airv.core.voting import VoteMode, vote
+from airv.engines.config import Decoding, EngineConfig
+from airv.engines.pool import await_ready
+from airv.engines.worker import EngineWorker
+from airv.kaggle.local import default_tasks
+from airv.run.budget import Clock
+from airv.run.config import RunConfig
+from airv.run.predictions import Prediction, group_candidates, read_predictions
+from airv.run.schedule import ViewSchedule
+from bench.common import (
+    Solutions,
+    easy_corner,
+    in_family_training,
+    machine_info,
+    table,
+    utc_now,
+    write_markdown,
+)
+from bench.harness import DEMO_MODEL, NO_DEADLINE
+from bench.runs import TimedRun
+
+EASY_TASKS = 10
+ARC_TASKS = 20
+INFLIGHT = 64
+REACH_TARGET = 0.7  # the gain run reaches uniform's final score by this share of the budget
+
+
+@dataclass(frozen=True)
+class Outcome:
+    schedule: str
+    seed: int
+    budget: float
+    score: float  # Kaggle score of the final submission
+    n_correct: int  # test outputs right (either attempt)
+    prompts: int
+    stopped_by: str
+    # (seconds since the run's start, Kaggle score) after each result, in completion order
+    curve: tuple[tuple[float, float], ...]
+
+    def reached(self, score: float) -> float | None:
+        """When the replayed score first reached `score` (seconds), None if never."""
+        return next((t for t, s in self.curve if s >= score - 1e-12), None)
+
+
+def task_set() -> tuple[list[Task], Solutions]:
+    easy, easy_sol = easy_corner(EASY_TASKS)
+    arc, arc_sol = default_tasks(ARC_TASKS)
+    fam, fam_sol = in_family_training()
+    return [*easy, *arc, *fam], {**easy_sol, **arc_sol, **fam_sol}
+
+
+def engine_config() -> EngineConfig:
+    return EngineConfig(model=DEMO_MODEL, enforce_eager=True, max_model_len=4096)
+
+
+def start_worker(cfg: EngineConfig) -> EngineWorker:
+    w = EngineWorker(cfg, Decoding())
+    await_ready(w, time.monotonic() + NO_DEADLINE)
+    return w
+
+
+def _score(
+    challenges: Challenges, preds: Sequence[Prediction], solutions: Mapping[TaskId, Sequence[Grid]]
+) -> tuple[float, int]:
+    answers = {}
+    for unit, cands in group_candidates(preds).items():
+        v = vote(cands, VoteMode.GRID)
+        if v is not None:
+            answers[unit] = (v.attempt_1, v.attempt_2)
+    s = score_submission(build_submission(challenges, answers), solutions)
+    return s.kaggle, s.n_correct
+
+
+def run_once(
+    challenges: Path,
+    out: Path,
+    worker: EngineWorker,
+    solutions: Solutions,
+    *,
+    engine: EngineConfig,
+    schedule: ViewSchedule,
+    seed: int,
+    budget: float,
+) -> tuple[Outcome, EngineWorker | None]:
+    cfg = RunConfig(
+        challenges=challenges,
+        out_dir=out,
+        engine=engine,
+        schedule=schedule,
+        views=ViewPolicy(seed=seed),
+        inflight=INFLIGHT,
+        time_budget=budget,
+        reserve=1.0,
+        progress=False,
+    )
+    t0 = time.monotonic()
+    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=worker)
+    r.execute()
+    preds, _ = read_predictions(cfg.log_path)
+    ch = load_challenges(challenges, strict=True)
+    # Replay: each prediction at its result's arrival (greedy: one prediction per result).
+    times = [t - t0 for t in r.arrivals][: len(preds)]
+    curve = []
+    checkpoints = sorted(set(range(0, len(times), max(1, len(times) // 60))) | {len(times) - 1})
+    for k in checkpoints if times else []:
+        curve.append((times[k], _score(ch, preds[: k + 1], solutions)[0]))
+    score, n_correct = _score(ch, preds, solutions)
+    outcome = Outcome(
+        schedule.value,
+        seed,
+        budget,
+        score,
+        n_correct,
+        r.summary.prompts,
+        r.summary.stopped_by or "?",
+        tuple(curve),
+    )
+    return outcome, r.kept
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--share", type=float, default=0.5, help="budget / the whole work's seconds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", type=Path, default=Path("bench/schedule.md"))
+    args = p.parse_args(argv)
+    tasks, solutions = task_set()
+    outcomes: list[Outcome] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        challenges = tmp / "challenges.json"
+        dump_challenges(tasks, challenges)
+        ecfg = engine_config()
+        worker: EngineWorker | None = start_worker(ecfg)
+
+        def lend() -> EngineWorker:
+            nonlocal worker
+            if worker is None:  # a run stopped with work in flight kills its engine
+                worker = start_worker(ecfg)
+            w, worker = worker, None
+            return w
+
+        full, worker = run_once(
+            challenges, tmp / "full", lend(), solutions, engine=ecfg,
+            schedule=ViewSchedule.UNIFORM, seed=0, budget=NO_DEADLINE,
+        )  # fmt: skip
+        whole = full.curve[-1][0] if full.curve else 0.0
+        budget = args.share * whole
+        print(f"whole work: {whole:.0f}s, score {full.score:.3f}; budget {budget:.0f}s", flush=True)
+        for seed in args.seeds:
+            for schedule in (ViewSchedule.UNIFORM, ViewSchedule.GAIN):
+                o, worker = run_once(
+                    challenges, tmp / f"{schedule.value}-{seed}", lend(), solutions,
+                    engine=ecfg, schedule=schedule, seed=seed, budget=budget,
+                )  # fmt: skip
+                outcomes.append(o)
+                print(
+                    f"seed {seed} {schedule.value}: score {o.score:.3f} ({o.n_correct} right), "
+                    f"{o.prompts} prompts, stopped by {o.stopped_by}",
+                    flush=True,
+                )
+        if worker is not None:
+            worker.close()
+    write_markdown(args.out, render(tasks, full, budget, outcomes, args.share))
+    return 0
+
+
+def render(
+    tasks: Sequence[Task], full: Outcome, budget: float, outcomes: Sequence[Outcome], share: float
+) -> list[str]:
+    by = {(o.schedule, o.seed): o for o in outcomes}
+    seeds = sorted({o.seed for o in outcomes})
+    rows = []
+    reach_shares: list[float | None] = []
+    worst = 0
+    for seed in seeds:
+        u, g = by[("uniform", seed)], by[("gain", seed)]
+        t = g.reached(u.score)
+        reach = None if t is None else t / budget
+        reach_shares.append(reach)
+        worst = min(worst, g.n_correct - u.n_correct)
+        rows.append(
+            (
+                seed,
+                u.score,
+                g.score,
+                g.n_correct - u.n_correct,
+                u.prompts,
+                g.prompts,
+                "never" if reach is None else f"{reach:.0%}",
+            )
+        )
+    mean_u = statistics.fmean(by[("uniform", s)].score for s in seeds)
+    mean_g = statistics.fmean(by[("gain", s)].score for s in seeds)
+    spread_u = statistics.pstdev(by[("uniform", s)].score for s in seeds)
+    spread_g = statistics.pstdev(by[("gain", s)].score for s in seeds)
+    reached = all(r is not None and r <= REACH_TARGET for r in reach_shares)
+    m = machine_info()
+    n_tests = sum(len(t.test) for t in tasks)
+    return [
+        "# The gain schedule against uniform rounds",
+        "",
+        f"Measured {utc_now()} on {m['cpu']} ({m['cores']} cores), vLLM on CPU (eager), the demo "
+        f"model, {len(tasks)} tasks ({n_tests} test inputs): {EASY_TASKS} easy synthetic, the "
+        f"{ARC_TASKS} smallest ARC-AGI-1 evaluation tasks, the ARC-AGI-1 training tasks in the "
+        f"model's family. The whole work (uniform, no deadline, seed 0) took "
+        f"{full.curve[-1][0] if full.curve else 0:.0f} s for a score of {full.score:.3f}; each "
+        f"run below had {share:.0%} of it, {budget:.0f} s, with {INFLIGHT} prompts in flight.",
+        "",
+        *table(
+            [
+                "seed",
+                "uniform score",
+                "gain score",
+                "gain - uniform (test outputs)",
+                "uniform prompts",
+                "gain prompts",
+                "gain reaches uniform's score at",
+            ],
+            rows,
+        ),
+        f"Mean score: uniform {mean_u:.3f} (spread {spread_u:.3f}), gain {mean_g:.3f} (spread "
+        f"{spread_g:.3f}). Done-when: gain's mean at least uniform's: "
+        f"{'yes' if mean_g >= mean_u - 1e-12 else 'no'}; no seed more than one test output "
+        f"worse: {'yes' if worst >= -1 else 'no'}; uniform's final score reached by "
+        f"{REACH_TARGET:.0%} of the budget in every seed: {'yes' if reached else 'no'}.",
+        "",
+        "Written by `python -m bench.schedule` (part of `make bench`).",
+    ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
