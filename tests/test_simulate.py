@@ -3,6 +3,7 @@ worked out by hand (no model, no engine)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from airv.core.voting import VoteMode
 from airv.engines.config import EngineConfig
 from airv.run.config import RunConfig
 from airv.run.rates import Rates, load_rates, rates_names
+from airv.run.schedule import ViewSchedule
 from airv.run.simulate import Costs, UnitCost, price_by_cells, simulate, synthetic_tasks
 
 # One view: 1000 prompt tokens / 1000 + 100 answer tokens / 100 = 2 s; start-up 10 s.
@@ -160,8 +162,6 @@ def test_ttt_in_two_waves_under_the_scratch_limit() -> None:
 def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
     """lora_cost prices only the requests of tasks that got an adapter; each adapter's fixed
     seconds add to its steps'; answer_fill prices answers at their measured share."""
-    import dataclasses
-
     rates = dataclasses.replace(RATES, lora_cost=3.0, ttt_seconds_per_adapter=5.0)
     ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=30.0)
     sim = simulate(_cfg(ttt=ttt), _costs(), rates)
@@ -175,16 +175,31 @@ def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
 
 
 def test_deadline_too_short_cuts_tasks() -> None:
-    sim = simulate(_cfg(time_budget=31.0), _costs(), RATES)
+    sim = simulate(_cfg(time_budget=31.0, schedule=ViewSchedule.UNIFORM), _costs(), RATES)
     # 10 s start, round 1 (8 views) by 26 s, then t0's two round-2 views by 30 s; t1's next
     # would end at 32 s, past the deadline at 31: lost in flight.
     assert sim.prompts == 10 and sim.lost == 1
     assert sim.cut == ["t1", "t2", "t3"] and sim.slack_seconds == 0.0
     assert sim.views_stats() == (2.5, 2)
+    # The gain schedule does the same work in another order: a view to each test input in
+    # turn (at equal prices), so the deadline cuts every task, each by one or two views.
+    gain = simulate(_cfg(time_budget=31.0, schedule=ViewSchedule.GAIN), _costs(), RATES)
+    assert gain.prompts == 10 and gain.lost == 1
+    assert [gain.views[(f"t{i}", 0)] for i in range(4)] == [3, 3, 2, 2]
+    assert gain.cut == ["t0", "t1", "t2", "t3"] and gain.views_stats() == (2.5, 2)
 
 
-def test_task_cap_stops_tasks() -> None:
-    sim = simulate(_cfg(task_cap_seconds=5.0), _costs(), RATES)
+def test_the_schedule_is_reported() -> None:
+    for schedule in ViewSchedule:
+        sim = simulate(_cfg(schedule=schedule), _costs(), RATES)
+        assert sim.to_json()["schedule"] == schedule.value
+        assert f"schedule: {schedule.value} (" in sim.render()
+    assert simulate(_cfg(), _costs(), RATES).to_json()["schedule"] == "gain"  # the default
+
+
+@pytest.mark.parametrize("schedule", list(ViewSchedule))
+def test_task_cap_stops_tasks(schedule: ViewSchedule) -> None:
+    sim = simulate(_cfg(task_cap_seconds=5.0, schedule=schedule), _costs(), RATES)
     # A task's third view takes it to 6 s >= 5: capped, its fourth dropped.
     assert sim.capped == ["t0", "t1", "t2", "t3"] and sim.prompts == 12 and not sim.cut
 
@@ -235,6 +250,86 @@ def test_prompts_bounded_and_monotone_in_the_budget(
     assert run(budget) <= run(budget + more)
 
 
+def _priced(prompts: list[int], tests: int) -> Costs:
+    """One task per entry, its test inputs' prompts of that many tokens (answers 100)."""
+    units = tuple(UnitCost(f"t{i}", j, float(p), 100.0)
+                  for i, p in enumerate(prompts) for j in range(tests))  # fmt: skip
+    return Costs(units, (), ())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prompts=st.lists(st.integers(100, 4000), min_size=1, max_size=5),
+    tests=st.integers(1, 2),
+    workers=st.integers(1, 3),
+    inflight=st.sampled_from([1, 3, 512]),
+    ttt=st.booleans(),
+    rescore=st.booleans(),
+)
+def test_gain_and_uniform_agree_when_everything_fits(
+    prompts: list[int], tests: int, workers: int, inflight: int, ttt: bool, rescore: bool
+) -> None:
+    """With time for everything (and no task cap), the gain schedule only reorders the work:
+    the same prompts, views per test input and scores as the rounds, none cut."""
+
+    def run(schedule: ViewSchedule) -> dict[str, object]:
+        cfg = _cfg(
+            schedule=schedule,
+            time_budget=1e6,
+            workers=workers,
+            inflight=inflight,
+            ttt=TTTConfig(mode=TTTMode.PER_TASK if ttt else TTTMode.OFF, steps=3),
+            scratch_limit=200,
+            vote_mode=VoteMode.RESCORE if rescore else VoteMode.GRID,
+        )
+        sim = simulate(cfg, _priced(prompts, tests), RATES, adapter_bytes=100)
+        assert not sim.cut and not sim.lost and sim.schedule is schedule
+        return {
+            "prompts": sim.prompts,
+            "scores": sim.scores,
+            "views": sim.views,
+            "decode": pytest.approx(sim.decode_seconds),
+            "waves": len(sim.waves),
+        }
+
+    assert run(ViewSchedule.GAIN) == run(ViewSchedule.UNIFORM)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prompts=st.lists(st.integers(1000, 1900), min_size=2, max_size=5),
+    tests=st.integers(1, 2),
+    inflight=st.sampled_from([1, 2, 512]),
+    budget=st.floats(11.0, 80.0),
+)
+def test_gain_gives_every_test_input_a_first_view_before_any_a_second(
+    prompts: list[int], tests: int, inflight: int, budget: float
+) -> None:
+    """Under a deadline that cuts, at prices within a factor of 2 (2 to 2.9 s a view), on one
+    worker (views end in the order planned): no test input has a second view while another
+    has none, and the test inputs with a view are the cheapest."""
+    cfg = _cfg(time_budget=budget, inflight=inflight, max_augmentations=8)
+    costs = _priced(prompts, tests)
+    sim = simulate(cfg, costs, RATES)
+    views = sim.views
+    if max(views.values()) >= 2:
+        assert min(views.values()) >= 1
+    price = {(u.task_id, u.test_index): u.prompt_tokens for u in costs.units}
+    seen = [price[u] for u, n in views.items() if n]
+    unseen = [price[u] for u, n in views.items() if not n]
+    assert not seen or not unseen or max(seen) <= min(unseen)
+
+
+def test_uniform_rounds_give_second_views_first() -> None:
+    """What the gain schedule changes: the rounds give the cheapest task its first round's
+    views (2) before the other tasks get any."""
+    cfg = _cfg(time_budget=15.0)  # 10 s start-up, then 2 views of 2 s
+    uniform = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.UNIFORM), _costs(), RATES)
+    gain = simulate(cfg, _costs(), RATES)
+    assert list(uniform.views.values()) == [2, 0, 0, 0]
+    assert list(gain.views.values()) == [1, 1, 0, 0]
+
+
 # -- the command ---------------------------------------------------------------------------
 
 KAGGLE = ["--simulate", "--rates", "nvarc-4b-l4", "--tasks", "240", "--recipe", "nvarc-2025",
@@ -251,7 +346,7 @@ def test_nvarc_at_kaggle_scale_in_seconds(
     sim = orjson.loads(out)  # stdout holds the JSON object alone
     assert len(sim["waves"]) == 12 and sim["engine_starts"] == 12
     assert sim["scratch_bytes"] <= 20 * 2**30
-    assert sim["views_per_test_input"]["target"] == 16
+    assert sim["views_per_test_input"]["target"] == 16 and sim["schedule"] == "gain"
     for key in ("predicted_prompts", "predicted_engine_seconds", "ttt_seconds",
                 "decode_seconds", "rescore_seconds", "capped_tasks", "slack_seconds"):  # fmt: skip
         assert key in sim

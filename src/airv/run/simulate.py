@@ -5,17 +5,23 @@ The clock starts at process start, as the run's does, and ends at the budget les
 It walks the run's own structure with its own parts: the waves whose adapters fit the scratch
 limit (airv.adapt.waves), each training for its tasks' share of the stage and answering for
 its share of the time left after the later waves' training (the split of
-airv.run.pipeline.Run._adapt_and_answer), an engine start-up per wave; the round planner's
-targets (airv.run.rounds.Rounds); the ledger's per-task caps (airv.run.ledger.Ledger); and
-`workers` lanes, one per GPU, pulling from one queue, best first: re-scoring ahead of
-generation, then by round, cheapest task first. A request's seconds are its prompt tokens at
-the prefill rate plus its answer tokens at the decode rate (times the search's cost for DFS);
-a scoring request's, its tokens at the prefill rate times the scoring cost. A request that
-would end past its wave's end or the deadline is lost, as a request in flight is.
+airv.run.pipeline.Run._adapt_and_answer), an engine start-up per wave; the run's view
+schedule (`--schedule`): the round planner's targets (airv.run.rounds.Rounds), or the gain
+planner's picks (airv.run.schedule.best, `inflight` x `workers` views planned ahead); the
+ledger's per-task caps (airv.run.ledger.Ledger); and `workers` lanes, one per GPU, pulling
+from one queue, best first: re-scoring ahead of generation, then by round, cheapest task
+first (gain: in pick order). A request's seconds are its prompt tokens at the prefill rate plus
+its answer tokens at the decode rate (times the search's cost for DFS); a scoring request's,
+its tokens at the prefill rate times the scoring cost. A request that would end past its
+wave's end or the deadline is lost, as a request in flight is.
 
 Without a model the votes are unknown, so no test input settles early and every distinct
 candidate the vote re-scores is assumed found: the prediction is the no-early-settle bound,
-the most work the run can be asked to do.
+the most work the run can be asked to do. The gain schedule orders that same work by gain per
+second (each test input's evidence: its views so far, every answer distinct), so its totals
+match uniform's unless the deadline (or a task cap) cuts; then it differs in which views are
+cut: a test input gets a second view before another's first only if that one's views cost at
+least twice as much.
 
 Prompt and answer lengths come from a tokenizer when a model is at hand (`airv plan`'s
 `estimate_costs`), else from the tasks' grid sizes and the rates' tokens per cell, row and
@@ -44,6 +50,7 @@ from airv.run.config import RunConfig
 from airv.run.ledger import Ledger
 from airv.run.rates import Rates
 from airv.run.rounds import Rounds
+from airv.run.schedule import DEFAULT_SCHEDULE, Evidence, Open, ViewSchedule, best
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +184,7 @@ class Simulation:
     adapter_bytes: int | None = None
     scratch_limit: int | None = None
     stopped_by: str = "done"
+    schedule: ViewSchedule = DEFAULT_SCHEDULE  # how the views were planned (`--schedule`)
 
     @property
     def deadline(self) -> float:
@@ -207,6 +215,7 @@ class Simulation:
             "predicted_scores": self.scores,
             "predicted_engine_seconds": self.decode_seconds + self.rescore_seconds,
             "views_per_test_input": {"mean": mean, "min": low, "target": self.target_views},
+            "schedule": self.schedule.value,
             "test_inputs": self.test_inputs,
             "waves": [
                 {
@@ -280,6 +289,12 @@ class Simulation:
             f"requests: {self.prompts:,} prompts, {self.scores:,} scoring requests"
             + (f", {self.lost} lost in flight" if self.lost else ""),
             f"views per test input: mean {mean:.1f}, min {low} (target {self.target_views})",
+            "schedule: "
+            + (
+                "gain (each view to the test input with the best gain per second)"
+                if self.schedule is ViewSchedule.GAIN
+                else "uniform (rounds of the same number of views per test input)"
+            ),
         ]
         if self.capped:
             lines.append(_listed("capped by their task cap", self.capped))
@@ -338,10 +353,12 @@ class _Simulator:
             too_long=costs.too_long,
             adapter_bytes=adapter_bytes if cfg.ttt.enabled else None,
             scratch_limit=cfg.scratch_limit,
+            schedule=cfg.schedule,
         )
         self.sim.views = dict.fromkeys(self.units, 0)
         self.queue: list[_Job] = []
         self.generation_queued = 0
+        self.dry = False  # gain: nothing to plan (until a view ends or is lost)
         self.scored: set[Unit] = set()
         self.adapted: set[TaskId] = set()  # tasks with an adapter (trained in full or part)
         self.seq = itertools.count()
@@ -400,6 +417,31 @@ class _Simulator:
             self.ledger.owe(unit, job.key, tokens)
             self.generation_queued += 1
 
+    def _plan_gain(self, tasks: Sequence[TaskId]) -> int:
+        """Up to `inflight` x `workers` views (what the run keeps planned ahead), best gain per
+        second first (airv.run.schedule.best), queued in pick order. Votes are unknown on
+        paper: a test input's evidence is its views so far, every answer distinct (none
+        settles). Returns the views queued."""
+        target, spt = self.sim.target_views, self._seconds_per_token()
+        candidates: dict[Unit, Open] = {}
+        for task_id in tasks:
+            if task_id in self.ledger.cut or self.ledger.capped(task_id, spt):
+                continue
+            for unit in self.by_task[task_id]:
+                n, k = self.sim.views[unit], len(self.ledger.owed(unit))
+                ev = Evidence(answered=n, failed=0, votes=(1,) * n, owed=k)
+                candidates[unit] = Open(ev, self._view_seconds(self.units[unit]), target - n - k)
+        picks = best(candidates, self.cfg.inflight * self.cfg.workers)
+        for pick in picks:
+            u = self.units[pick.unit]
+            tokens = math.ceil(u.prompt_tokens + self.cfg.sampling.n * u.answer_tokens)
+            seq = next(self.seq)
+            job = _Job((1, 0.0, seq), pick.unit, f"v{seq}", pick.price, tokens, score=False)
+            heapq.heappush(self.queue, job)
+            self.ledger.owe(pick.unit, job.key, tokens)
+            self.generation_queued += 1
+        return len(picks)
+
     def _push_scores(self, unit: Unit) -> None:
         """A test input's candidates, scored once its generation is over: the vote's top M,
         each under J augmentations (M: at most the distinct answers its views can give)."""
@@ -418,9 +460,14 @@ class _Simulator:
 
     def _next(self, tasks: Sequence[TaskId]) -> _Job | None:
         """The best job still wanted (a capped task's views are dropped, as the run's
-        dispatch check drops them); the next round is planned when generation runs dry."""
+        dispatch check drops them); the next round (gain: the next picks) is planned when
+        generation runs dry."""
         while True:
-            if not self.generation_queued and self.rounds.planned < self.rounds.last:
+            if self.cfg.schedule is ViewSchedule.GAIN:
+                if not self.generation_queued and not self.dry:
+                    self.dry = not self._plan_gain(tasks)
+                    continue
+            elif not self.generation_queued and self.rounds.planned < self.rounds.last:
                 self.rounds.planned += 1
                 self._plan(self.rounds.planned, tasks)
                 continue
@@ -444,6 +491,7 @@ class _Simulator:
             return
         self.ledger.settle(job.unit, job.key)
         self.ledger.charge(job.unit[0], job.seconds, job.tokens)
+        self.dry = False  # gain: a task the cap's projection held back may be planned again
         sim.prompts += 1
         sim.decode_seconds += job.seconds
         sim.views[job.unit] += 1
@@ -465,6 +513,7 @@ class _Simulator:
         returns when the last request ended."""
         self.rounds.planned = 0
         self.generation_queued = 0
+        self.dry = False
         self.queue = []
         ready = start + self.sim.engine_start_seconds
         lanes = [(ready, i) for i in range(self.cfg.workers)]
@@ -488,6 +537,7 @@ class _Simulator:
                 self.sim.lost += 1
                 if not job.score:
                     self.ledger.settle(job.unit, job.key)
+                    self.dry = False  # gain: its view may be planned again
                 end = until
                 continue
             running[i] = job
