@@ -179,6 +179,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run_bench --out bench/results.md
 	$(PY) -m bench.plan_check --out bench/plan-check.md
 	$(PY) -m bench.fidelity --out bench/fidelity.md
+	$(PY) -m bench.schedule --out bench/schedule.md
 
 clean:
 	rm -rf $(VENV) $(PINS_DIR) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from airv.core.formats import FormatSpec
+from airv.core.tasks import Task
 from airv.core.types import Grid
 from bench import harness, speculative, tokens, vote_modes
 from bench.run_bench import SECTIONS, main
@@ -194,3 +195,30 @@ def test_the_bench_uses_the_models_own_context_length(tmp_path: Path) -> None:
     assert b.engine_config(harness.ModelKind.RANDOM).max_model_len == 4096
     b.user_model = None  # the tiny model built on the spot has no such limit
     assert b.max_model_len(harness.ModelKind.RANDOM) == EngineConfig().max_model_len
+
+
+def test_the_schedule_bench_reads_its_replays() -> None:
+    """bench.schedule's verdicts from its outcomes: when the gain run's replayed score first
+    reaches uniform's, and the Done-when lines, for a budget where gain wins and one where it
+    loses by two test outputs."""
+    from bench.schedule import Outcome, render
+
+    def outcome(schedule: str, seed: int, budget: float, score: float, n: int) -> Outcome:
+        curve = ((budget * 0.2, score / 2), (budget * 0.6, score), (budget * 0.9, score))
+        return Outcome(schedule, seed, budget, score, n, 100, "deadline", curve)
+
+    gain = outcome("gain", 0, 10.0, 0.5, 5)
+    assert gain.reached(0.5) == 6.0 and gain.reached(0.25) == 2.0 and gain.reached(0.6) is None
+    outcomes = [
+        outcome("uniform", 0, 10.0, 0.4, 4),
+        gain,
+        outcome("uniform", 0, 20.0, 0.6, 6),
+        outcome("gain", 0, 20.0, 0.4, 4),
+    ]
+    tasks = [Task("t", train=(), test=(((0,),),))]
+    text = "\n".join(render(tasks, outcomes[0], 40.0, outcomes))
+    assert "| 25% (10.0 s) | 0 | 0.4 | 0.5 | 1 | 100 | 100 | 60% |" in text
+    assert "| 50% (20.0 s) | 0 | 0.6 | 0.4 | -2 | 100 | 100 | never |" in text
+    first, second = [line for line in text.splitlines() if line.startswith("- ")]
+    assert "at least uniform's: yes" in first and "70% of the budget in every seed: yes" in first
+    assert "at least uniform's: no" in second and "one test output worse: no" in second

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from airv.core.augment import Augmentation, plan_views
 from airv.core.prompts import PromptTooLong
 from airv.core.tasks import Task
 from airv.core.types import TaskId, Unit
@@ -27,6 +28,7 @@ class Ledgers:
     evidence: Callable[[Unit], Evidence]  # what the run knows of a test input
     price: Callable[[TaskId, int], float]  # seconds of one view of this task, this many tokens
     stopped: Callable[[TaskId], Stop | None]  # the task failed or reached its cap
+    held: Callable[[TaskId], bool]  # the task waits for its adapter's verdict
     elapsed: Callable[[], float]  # seconds since the run's start, for the journal
 
 
@@ -45,6 +47,7 @@ class Gain(Rounds):
         self.journal = journal
         self._tokens: dict[Unit, int] = {}  # tokens of one view, from the first one built
         self._next: dict[Unit, View] = {}  # a test input's next view, built to price it
+        self._augs: dict[Unit, list[Augmentation]] = {}  # its next augmentations, planned
 
     def round_of(self, nth: int) -> int:
         """The round label of a test input's `nth` view (counted from 0)."""
@@ -64,8 +67,11 @@ class Gain(Rounds):
         return None
 
     def refill(self, room: int, votes: Mapping[Unit, Vote], *, final: bool = False) -> int:
-        """Up to `room` views, best gain per second first (`final` changes nothing: each
-        refill looks at every test input)."""
+        """Up to `room` views, best gain per second first. Each refill weighs every test
+        input, so it waits until half an engine's prompts in flight can be planned at once
+        (`final`: nothing queued or in flight, it plans what it can)."""
+        if room < max(1, self.cfg.inflight // 2) and not final:
+            return 0
         b, led = self._board, self.ledgers
         candidates: dict[Unit, Open] = {}
         for unit in b.units:
@@ -78,7 +84,7 @@ class Gain(Rounds):
                     if why is Stop.SETTLED:
                         self._skips[unit] = self.cfg.max_augmentations - ev.answered
                 continue
-            if b.closed(unit[0]):
+            if led.held(unit[0]):
                 continue
             tokens = self._tokens.get(unit)
             if tokens is None:
@@ -117,20 +123,28 @@ class Gain(Rounds):
 
     def _peek(self, unit: Unit, have: set[str]) -> View | None:
         """The test input's next view (seeded, excluding what it has, labelled with its
-        round); None when its task fails here (reported to the board)."""
+        round); None when its task fails here (reported to the board). Augmentations are
+        planned a round's worth at a time (planning one costs about what planning eight
+        does) and each is fitted when it is needed."""
         ready = self._next.get(unit)
         if ready is not None and ready.aug.key not in have:
             return ready
         b = self._board
         try:
-            views = self._views(unit, 1, have, self.round_of(len(have)), b.adapter)
+            augs = [a for a in self._augs.get(unit, []) if a.key not in have]
+            if not augs:
+                augs = plan_views(
+                    self.tasks[unit[0]], unit[1], self.cfg.per_round, self.cfg.views, exclude=have
+                )
+            if not augs:
+                return None
+            aug, self._augs[unit] = augs[0], augs[1:]
+            view = self._view(unit, aug, self.round_of(len(have)), b.adapter)
         except Exception as exc:  # one task's bug must not cost the others their answers
             b.fail(unit[0], f"{type(exc).__name__}: {exc}")
             return None
-        if isinstance(views, PromptTooLong):
-            b.fail(unit[0], f"prompt too long: {views}")
+        if isinstance(view, PromptTooLong):
+            b.fail(unit[0], f"prompt too long: {view}")
             return None
-        if not views:
-            return None
-        self._next[unit] = views[0]
-        return views[0]
+        self._next[unit] = view
+        return view

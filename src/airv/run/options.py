@@ -264,8 +264,9 @@ OPTIONS: tuple[Option, ...] = (
            "past its cap gets no more rounds"),
     Option("--order", _G.BUDGET, "cheapest_first", choices=("cheapest", "file"),
            to_config=_cheapest_first, shown=_order,
-           help="work order within a round: cheapest tasks first so most tasks answer "
-           "early, or file order"),
+           help="with --schedule uniform, the work order within a round: cheapest tasks first "
+           "so most tasks answer early, or file order (the gain schedule weighs each view's "
+           "price itself)"),
 
     Option("--first-round", _G.AUGMENTATION, "first_round", type=int, metavar="K",
            help="augmentations per test input in round 1"),

@@ -164,7 +164,13 @@ class Run:
                 self.challenges.tasks,
                 self.fit,
                 board,
-                Ledgers(self.evidence, self.price, self._stopped, lambda: self.clock.elapsed()),
+                Ledgers(
+                    self.evidence,
+                    self.price,
+                    self._stopped,
+                    held=lambda t: self.adapters.held(t),
+                    elapsed=lambda: self.clock.elapsed(),
+                ),
                 self.journal,
             )
             if cfg.schedule is ViewSchedule.GAIN
@@ -194,6 +200,7 @@ class Run:
         )
         self._seq = itertools.count()  # queue order within a round
         self._pushed: list[View] = []  # views queued since the observer was last told
+        self._evidence: dict[Unit, Evidence] = {}  # counted when its predictions last changed
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
         self._bar: Any = None  # the progress bar, while the run executes
         self.recorder.resume(self.units, stage_log(cfg.out_dir))
@@ -264,22 +271,26 @@ class Run:
         return self.recorder.asked(unit) | self.ledger.owed(unit)
 
     def _stopped(self, task_id: TaskId) -> Stop | None:
+        """Why the gain planner gives a task nothing more. Its cap counts what the task spent,
+        not its work on the way (as the dispatch check does): the planner weighs every test
+        input at each refill, and counting the views in flight at a tight budget's tiny caps
+        starved the engine (79 prompts where uniform's round 1, planned before anything was
+        measured, ran 413)."""
         if task_id in self.failed:
             return Stop.FAILED
-        if task_id in self.ledger.cut or self.ledger.capped(task_id, self._seconds_per_token()):
+        if task_id in self.ledger.cut or self.ledger.capped(task_id):
             return Stop.CAP
         return None
 
     def evidence(self, unit: Unit) -> Evidence:
         """What the run knows of a test input, for the gain schedule."""
         preds = self.recorder.predictions.get(unit, [])
-        grids = Counter(p.grid for p in preds if p.grid is not None)
-        return Evidence(
-            answered=len(preds),
-            failed=len(preds) - grids.total(),
-            votes=tuple(sorted(grids.values(), reverse=True)),
-            owed=len(self.ledger.owed(unit)),
-        )
+        counted = self._evidence.get(unit)
+        if counted is None or counted.answered != len(preds):
+            grids = Counter(p.grid for p in preds if p.grid is not None)
+            votes = tuple(sorted(grids.values(), reverse=True))
+            counted = self._evidence[unit] = Evidence(len(preds), len(preds) - grids.total(), votes)
+        return dataclasses.replace(counted, owed=len(self.ledger.owed(unit)))
 
     def price(self, task_id: TaskId, tokens: int) -> float:
         """Seconds of one view of a task: the measured mean of its earlier views, else its

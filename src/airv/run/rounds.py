@@ -184,17 +184,29 @@ class Rounds:
         round_no: int,
         adapter: Callable[[TaskId], str | None],
     ) -> list[View] | PromptTooLong:
-        task_id, test_index = unit
-        task = self.tasks[task_id]
+        task = self.tasks[unit[0]]
         # Seeded per test input and excluding what is done: a resumed run plans the same views.
-        augs = plan_views(task, test_index, k, self.cfg.views, exclude=done)
         out = []
-        for aug in augs:
-            fitted = self.fit(aug.apply_task(task), test_index)
-            if not isinstance(fitted, FittedPrompt):
-                return fitted
-            out.append(View(unit, aug, fitted, round_no, adapter(task_id)))
+        for aug in plan_views(task, unit[1], k, self.cfg.views, exclude=done):
+            view = self._view(unit, aug, round_no, adapter)
+            if not isinstance(view, View):
+                return view
+            out.append(view)
         return out
+
+    def _view(
+        self,
+        unit: Unit,
+        aug: Augmentation,
+        round_no: int,
+        adapter: Callable[[TaskId], str | None],
+    ) -> View | PromptTooLong:
+        """One view: the test input's prompt under `aug`, fitted to the context."""
+        task_id, test_index = unit
+        fitted = self.fit(aug.apply_task(self.tasks[task_id]), test_index)
+        if not isinstance(fitted, FittedPrompt):
+            return fitted
+        return View(unit, aug, fitted, round_no, adapter(task_id))
 
     def late(self, view: View, vote: Vote | None, have: int) -> bool:
         """Whether a later round's view is for a test input settled since it was planned

@@ -422,10 +422,11 @@ class _Simulator:
         second first (airv.run.schedule.best), queued in pick order. Votes are unknown on
         paper: a test input's evidence is its views so far, every answer distinct (none
         settles). Returns the views queued."""
-        target, spt = self.sim.target_views, self._seconds_per_token()
+        target = self.sim.target_views
         candidates: dict[Unit, Open] = {}
         for task_id in tasks:
-            if task_id in self.ledger.cut or self.ledger.capped(task_id, spt):
+            # The cap on what was spent (the run's gain planner, as its dispatch check).
+            if task_id in self.ledger.cut or self.ledger.capped(task_id):
                 continue
             for unit in self.by_task[task_id]:
                 n, k = self.sim.views[unit], len(self.ledger.owed(unit))
