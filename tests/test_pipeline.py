@@ -494,7 +494,9 @@ def test_the_gain_schedule_spends_on_the_open_test_input(
 
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
     out = tmp_path / "out"
-    cfg = _config(ch, out, bigram_model, Backend.HF, settle_margin=3, schedule=ViewSchedule.GAIN)
+    cfg = _config(
+        ch, out, bigram_model, Backend.HF, settle_margin=3, inflight=8, schedule=ViewSchedule.GAIN
+    )
     run = fresh_run(cfg)
 
     def pred(task_id: str, aug: str, grid: tuple[tuple[int, ...], ...] | None) -> Prediction:

@@ -74,15 +74,17 @@ class Gain(Rounds):
             return 0
         b, led = self._board, self.ledgers
         candidates: dict[Unit, Open] = {}
+        asked: dict[Unit, int] = {}  # views answered (a view may give several answers, or none)
         for unit in b.units:
             have = b.have(unit)
             ev = led.evidence(unit)
-            why = self.stop(unit, votes.get(unit), ev.answered)
+            views = asked[unit] = len(have) - ev.owed
+            why = self.stop(unit, votes.get(unit), views)
             if why is not None:
                 if self.journal.stop_of(unit) is None:
-                    self.journal.stopped(led.elapsed(), unit, why, ev.answered)
+                    self.journal.stopped(led.elapsed(), unit, why, views)
                     if why is Stop.SETTLED:
-                        self._skips[unit] = self.cfg.max_augmentations - ev.answered
+                        self._skips[unit] = self.cfg.max_augmentations - views
                 continue
             if led.held(unit[0]):
                 continue
@@ -105,8 +107,7 @@ class Gain(Rounds):
                 continue
             del self._next[unit]
             pushed += b.push([view])
-            owed = len(have) - candidates[unit].evidence.answered
-            self.journal.picked(led.elapsed(), pick, len(have), owed)
+            self.journal.picked(led.elapsed(), pick, asked[unit], len(have) - asked[unit])
         self.journal.flush()
         return pushed
 

@@ -297,7 +297,7 @@ class Run:
         tokens at the run's measured seconds per token (at 1 s per token before anything is
         measured, which orders the views by their tokens alone)."""
         seconds, _ = self.ledger.spent(task_id)
-        n = sum(len(self.recorder.predictions.get((task_id, i), [])) for i in self._tests(task_id))
+        n = sum(len(self.recorder.asked((task_id, i))) for i in self._tests(task_id))
         if seconds > 0 and n:
             return seconds / n
         spt = self._seconds_per_token()
