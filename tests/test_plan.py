@@ -90,6 +90,8 @@ def test_plan_with_the_tiny_model(
             "2",
             "--calibration-augmentations",
             "2",
+            "--vote",
+            "rescore",
             "--out",
             str(out),
         ]
@@ -97,6 +99,7 @@ def test_plan_with_the_tiny_model(
     assert code == 0
     text = capsys.readouterr().out
     assert "huge test 0" in text and "augmentations per test input fit" in text
+    assert "re-scoring: a scoring request costs" in text
     data = orjson.loads((out / "plan.json").read_bytes())
     assert data["prefill_tokens_per_s"] > 0 and data["decode_tokens_per_s"] > 0
     assert data["start_seconds"] > 0 and data["sweep_seconds"] > 0
@@ -106,6 +109,8 @@ def test_plan_with_the_tiny_model(
     assert [x["task_id"] for x in data["too_long"]] == ["huge"]
     assert data["too_long"][0]["needed"] > 512
     assert data["starts"] == {}  # transformers starts one way only: nothing to choose from
+    # --vote rescore: the decode call's answers scored under views neither call saw.
+    assert data["score_cost"] > 0 and data["score_cost"] != 1.0
 
 
 @pytest.mark.engine

@@ -44,7 +44,7 @@ from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
 from airv.core.units import format_duration
 from airv.engines import Completion, GenerateRequest
-from airv.engines.base import completions_of
+from airv.engines.base import ScoreRequest, completions_of
 from airv.engines.config import Backend
 from airv.engines.lane import Lane
 from airv.engines.model import load_tokenizer, weight_shapes
@@ -90,6 +90,9 @@ class Throughput:
     stop_seconds: float = 0.0  # ending the engine: paid inside the run's reserve
     answer_allowance: int = 0  # the decode call's answer-token allowance (max_answer_tokens)
     lora_cost: float = 1.0  # the decode call served with an adapter, over the base model's time
+    # A scoring request's seconds per token over prefill's (with --vote rescore or views-nll:
+    # the decode call's answers scored under their prompts), else 1.
+    score_cost: float = 1.0
 
     @property
     def answer_fill(self) -> float:
@@ -165,6 +168,7 @@ class Plan:
             "ttt_adapter_seconds": None if self.tuning is None else self.tuning.adapter_seconds,
             "answer_fill": self.throughput.answer_fill,
             "lora_cost": self.throughput.lora_cost,
+            "score_cost": self.throughput.score_cost,
             "starts": {
                 mode: {
                     "start_seconds": t.start_seconds,
@@ -205,6 +209,10 @@ class Plan:
                 f"fine-tuning: {self.tuning.step_seconds:.3f} s per step and "
                 f"{self.tuning.adapter_seconds:.1f} s per adapter beside its steps; serving "
                 f"its adapter costs {t.lora_cost:.2f}x the base model's time"
+            )
+        if t.score_cost != 1.0:
+            lines.append(
+                f"re-scoring: a scoring request costs {t.score_cost:.2f}x prefill's time per token"
             )
         if len(self.starts) > 1:
             both = {mode: self.started(mode) for mode in self.starts}
@@ -284,6 +292,10 @@ def _generate(
     return completions_of(run_lane(lane, requests, deadline))
 
 
+def _run(lane: Lane, deadline: float, requests: list[ScoreRequest]) -> object:
+    return run_lane(lane, requests, deadline)
+
+
 def measure(
     generate: Callable[[list[GenerateRequest]], list[list[Completion]]],
     prefill_set: Sequence[FittedPrompt],
@@ -291,11 +303,16 @@ def measure(
     *,
     started: float,
     adapter: str | None = None,
+    score: Callable[[list[ScoreRequest]], object] | None = None,
+    score_set: Sequence[FittedPrompt] = (),
 ) -> Throughput:
     """Time the two calibration calls (see the module docstring). `started` is the
     time.monotonic() the start-up is counted from. With `adapter`, the decode call is timed
     once more served with it: LoRA's cost over the base model (vLLM keys its prefix cache by
-    adapter, so the second call pays its prefill again, as the first did)."""
+    adapter, so the second call pays its prefill again, as the first did). With `score`, the
+    decode call's answers are scored under the prompts of `score_set` (views neither call
+    saw, as re-scoring's views are new to the engine): a scoring request's seconds per token
+    over prefill's."""
     if not prefill_set or not decode_set:
         raise ConfigError("no calibration prompts: every calibration task was too long")
     warm = decode_set[0]
@@ -321,6 +338,17 @@ def measure(
             [GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, adapter) for p in decode_set]
         )
         lora_cost = (time.monotonic() - t0) / gen_time
+    score_cost = 1.0
+    answers = [cs[0].token_ids for cs in out if cs and cs[0].token_ids]
+    scored = [
+        ScoreRequest(tuple(p.token_ids), answers[i % len(answers)])
+        for i, p in enumerate(score_set if answers else ())
+    ]
+    if score is not None and scored:
+        t0 = time.monotonic()
+        score(scored)
+        tokens = sum(len(r.prompt_ids) + len(r.continuation_ids) for r in scored)
+        score_cost = (time.monotonic() - t0) * prefill_rate / tokens
     return Throughput(
         prefill_tokens_per_s=prefill_rate,
         decode_tokens_per_s=max(answer_tokens, 1) / decode_time,
@@ -330,6 +358,7 @@ def measure(
         answer_tokens=answer_tokens,
         answer_allowance=sum(p.max_answer_tokens for p in decode_set),
         lora_cost=lora_cost,
+        score_cost=score_cost,
     )
 
 
@@ -351,13 +380,15 @@ def make_plan(
     tokenizer = load_tokenizer(cfg.engine.model)  # as the pipeline loads it
     costs = estimate_costs(cfg, challenges, tokenizer)
     fmt = for_tokenizer(cfg.prompt, tokenizer)
-    sets: tuple[list[FittedPrompt], list[FittedPrompt]] = ([], [])
+    # Prefill, decode and (re-scoring) scoring sets, on disjoint views.
+    n_sets = 3 if cfg.vote_mode.needs_scores else 2
+    sets: tuple[list[FittedPrompt], ...] = tuple([] for _ in range(n_sets))
     for u in calibration_units(costs, calibration_tasks):
         task = challenges.tasks[u.task_id]
-        for j, view in enumerate(_views(task, u.test_index, 2 * augmentations, cfg)):
+        for j, view in enumerate(_views(task, u.test_index, n_sets * augmentations, cfg)):
             f = fit_prompt(view, u.test_index, fmt, tokenizer, cfg.engine.max_model_len)
             if isinstance(f, FittedPrompt):
-                sets[j % 2].append(f)
+                sets[j % n_sets].append(f)
     # The engine in a worker process, as the run starts it: its start-up (a fresh
     # interpreter importing torch/vLLM) and its shutdown are part of the price. vLLM is
     # started both ways (eager, compiled), the run's own way first; each start is counted
@@ -387,6 +418,8 @@ def make_plan(
                     sets[1],
                     started=launched - before,
                     adapter=None if tuning is None else tuning.adapter,
+                    score=functools.partial(_run, lane, deadline) if n_sets == 3 else None,
+                    score_set=sets[2] if n_sets == 3 else (),
                 )
             finally:
                 t0 = time.monotonic()
@@ -543,8 +576,9 @@ def _write_plan(out: Path | None, data: dict[str, object], *, quiet: bool) -> No
 def measured_rates(plan: Plan) -> Rates:
     """The rates `airv plan` measures: prefill, decode (as this run starts the engine), the
     engine's start-up both ways where vLLM was measured both ways (else as this run starts
-    it) and its stop, and with --ttt the seconds per training step. Not measured: the
-    search's and scoring's cost over plain decoding and prefill (1 each)."""
+    it) and its stop, with --ttt the seconds per training step and the adapter's serving
+    cost, and with --vote rescore or views-nll the scoring cost. With --decode dfs the decode
+    call runs the run's own search, so the decode rate is the search's: `dfs_cost` stays 1."""
     t = plan.throughput
     eager, compiled = (plan.starts.get(m, t) for m in ("eager", "compiled"))
     return Rates(
@@ -557,6 +591,7 @@ def measured_rates(plan: Plan) -> Rates:
         ttt_seconds_per_adapter=None if plan.tuning is None else plan.tuning.adapter_seconds,
         answer_fill=max(t.answer_fill, 1e-3),
         lora_cost=t.lora_cost,
+        score_cost=t.score_cost,
         name="measured",
         about=f"measured by airv plan on {t.prompts} calibration prompts",
     )
