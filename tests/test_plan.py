@@ -170,3 +170,19 @@ def test_plan_times_fine_tuning_and_the_simulation_trains_on_that_rate(
     # Serving the adapter it trained was timed too; the answers' share of their allowance.
     assert data["lora_cost"] > 0 and data["rates"]["lora_cost"] == data["lora_cost"]
     assert 0 < data["answer_fill"] <= 1
+
+
+def test_each_task_is_served_its_own_adapter_path(tmp_path: Path) -> None:
+    """LoRA is priced as the run serves it: per task, one adapter path per task (links to the
+    calibration adapter, which vLLM takes for distinct adapters); jointly, the one adapter."""
+    from airv.adapt.config import TTTMode
+    from airv.tools.plan import adapter_per_task
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    tasks = ["a", "a", "b", "c", "b"]
+    served = adapter_per_task(str(adapter), tasks, TTTMode.PER_TASK, tmp_path)
+    assert len(set(served)) == 3 and served[0] == served[1] and served[2] == served[4]
+    assert all((Path(p) / "adapter_config.json").read_text() == "{}" for p in served)
+    assert adapter_per_task(str(adapter), tasks, TTTMode.JOINT, tmp_path) == [str(adapter)] * 5

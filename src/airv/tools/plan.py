@@ -302,14 +302,15 @@ def measure(
     decode_set: Sequence[FittedPrompt],
     *,
     started: float,
-    adapter: str | None = None,
+    adapters: Sequence[str | None] = (),
     score: Callable[[list[ScoreRequest]], object] | None = None,
     score_set: Sequence[FittedPrompt] = (),
 ) -> Throughput:
     """Time the two calibration calls (see the module docstring). `started` is the
-    time.monotonic() the start-up is counted from. With `adapter`, the decode call is timed
-    once more served with it: LoRA's cost over the base model (vLLM keys its prefix cache by
-    adapter, so the second call pays its prefill again, as the first did). With `score`, the
+    time.monotonic() the start-up is counted from. With `adapters` (one per decode prompt),
+    the decode call is timed once more, each prompt served with its adapter: LoRA's cost over
+    the base model (vLLM keys its prefix cache by adapter, so the second call pays its prefill
+    again, as the first did). With `score`, the
     decode call's answers are scored under the prompts of `score_set` (views neither call
     saw, as re-scoring's views are new to the engine): a scoring request's seconds per token
     over prefill's."""
@@ -332,10 +333,13 @@ def measure(
     answer_tokens = sum(len(c.token_ids) for cs in out for c in cs)
     decode_time = max(gen_time - decode_prompt_tokens / prefill_rate, MIN_DECODE_SHARE * gen_time)
     lora_cost = 1.0
-    if adapter is not None:
+    if any(a is not None for a in adapters):
         t0 = time.monotonic()
         generate(
-            [GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, adapter) for p in decode_set]
+            [
+                GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, a)
+                for p, a in zip(decode_set, adapters, strict=True)
+            ]
         )
         lora_cost = (time.monotonic() - t0) / gen_time
     score_cost = 1.0
@@ -383,12 +387,15 @@ def make_plan(
     # Prefill, decode and (re-scoring) scoring sets, on disjoint views.
     n_sets = 3 if cfg.vote_mode.needs_scores else 2
     sets: tuple[list[FittedPrompt], ...] = tuple([] for _ in range(n_sets))
+    decode_tasks: list[TaskId] = []  # the task of each decode prompt
     for u in calibration_units(costs, calibration_tasks):
         task = challenges.tasks[u.task_id]
         for j, view in enumerate(_views(task, u.test_index, n_sets * augmentations, cfg)):
             f = fit_prompt(view, u.test_index, fmt, tokenizer, cfg.engine.max_model_len)
             if isinstance(f, FittedPrompt):
                 sets[j % n_sets].append(f)
+                if j % n_sets == 1:
+                    decode_tasks.append(u.task_id)
     # The engine in a worker process, as the run starts it: its start-up (a fresh
     # interpreter importing torch/vLLM) and its shutdown are part of the price. vLLM is
     # started both ways (eager, compiled), the run's own way first; each start is counted
@@ -401,8 +408,11 @@ def make_plan(
     with tempfile.TemporaryDirectory() as tmp:
         # Fine-tuning first: its adapter is then served beside the base model, to price LoRA.
         tuning = None
+        served: Sequence[str | None] = ()
         if cfg.ttt.enabled:
             tuning = measure_ttt(cfg, challenges, calibration_units(costs, 1), Path(tmp))
+            if tuning is not None:
+                served = adapter_per_task(tuning.adapter, decode_tasks, cfg.ttt.mode, Path(tmp))
         for eager in ways:
             engine = dataclasses.replace(cfg.engine, enforce_eager=eager)
             if tuning is not None:
@@ -417,7 +427,7 @@ def make_plan(
                     sets[0],
                     sets[1],
                     started=launched - before,
-                    adapter=None if tuning is None else tuning.adapter,
+                    adapters=served,
                     score=functools.partial(_run, lane, deadline) if n_sets == 3 else None,
                     score_set=sets[2] if n_sets == 3 else (),
                 )
@@ -439,6 +449,24 @@ def make_plan(
         starts=starts if len(starts) > 1 else {},
         tuning=tuning,
     )
+
+
+def adapter_per_task(
+    adapter: str, tasks: Sequence[TaskId], mode: TTTMode, folder: Path
+) -> list[str]:
+    """The adapter each prompt is served with to price LoRA as the run serves it: with
+    per-task fine-tuning each task its own (the one calibration adapter under a path of its
+    own per task, a link: vLLM takes each path for another adapter, so a batch holds as many
+    as the run's, swapped in and out past --max-loras); jointly, the one adapter."""
+    if mode is TTTMode.JOINT:
+        return [adapter] * len(tasks)
+    paths: dict[TaskId, str] = {}
+    for task_id in tasks:
+        if task_id not in paths:
+            link = folder / f"served-{len(paths)}"
+            link.symlink_to(adapter, target_is_directory=True)
+            paths[task_id] = str(link)
+    return [paths[t] for t in tasks]
 
 
 @dataclass(frozen=True, slots=True)
