@@ -182,7 +182,12 @@ def test_each_task_is_served_its_own_adapter_path(tmp_path: Path) -> None:
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{}")
     tasks = ["a", "a", "b", "c", "b"]
-    served = adapter_per_task(str(adapter), tasks, TTTMode.PER_TASK, tmp_path)
+    served = adapter_per_task(str(adapter), tasks, TTTMode.PER_TASK, tmp_path, max_loras=8)
     assert len(set(served)) == 3 and served[0] == served[1] and served[2] == served[4]
     assert all((Path(p) / "adapter_config.json").read_text() == "{}" for p in served)
-    assert adapter_per_task(str(adapter), tasks, TTTMode.JOINT, tmp_path) == [str(adapter)] * 5
+    # No more paths than the batch's adapter slots: tasks past them share.
+    (tmp_path / "two").mkdir()
+    two = adapter_per_task(str(adapter), tasks, TTTMode.PER_TASK, tmp_path / "two", max_loras=2)
+    assert len(set(two)) == 2 and two[3] == two[0]
+    joint = adapter_per_task(str(adapter), tasks, TTTMode.JOINT, tmp_path, max_loras=8)
+    assert joint == [str(adapter)] * 5

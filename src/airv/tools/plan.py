@@ -412,7 +412,9 @@ def make_plan(
         if cfg.ttt.enabled:
             tuning = measure_ttt(cfg, challenges, calibration_units(costs, 1), Path(tmp))
             if tuning is not None:
-                served = adapter_per_task(tuning.adapter, decode_tasks, cfg.ttt.mode, Path(tmp))
+                served = adapter_per_task(
+                    tuning.adapter, decode_tasks, cfg.ttt.mode, Path(tmp), cfg.engine.max_loras
+                )
         for eager in ways:
             engine = dataclasses.replace(cfg.engine, enforce_eager=eager)
             if tuning is not None:
@@ -452,19 +454,22 @@ def make_plan(
 
 
 def adapter_per_task(
-    adapter: str, tasks: Sequence[TaskId], mode: TTTMode, folder: Path
+    adapter: str, tasks: Sequence[TaskId], mode: TTTMode, folder: Path, max_loras: int
 ) -> list[str]:
     """The adapter each prompt is served with to price LoRA as the run serves it: with
-    per-task fine-tuning each task its own (the one calibration adapter under a path of its
-    own per task, a link: vLLM takes each path for another adapter, so a batch holds as many
-    as the run's, swapped in and out past --max-loras); jointly, the one adapter."""
+    per-task fine-tuning, each task its own (the one calibration adapter under a path of its
+    own per task, a link: vLLM takes each path for another adapter), at most `max_loras` of
+    them, the batch's adapter slots (more would time vLLM swapping adapters in and out, which
+    a run pays only when a wave serves more adapters than that); jointly, the one adapter."""
     if mode is TTTMode.JOINT:
         return [adapter] * len(tasks)
+    links = [folder / f"served-{i}" for i in range(max(1, max_loras))]
     paths: dict[TaskId, str] = {}
     for task_id in tasks:
         if task_id not in paths:
-            link = folder / f"served-{len(paths)}"
-            link.symlink_to(adapter, target_is_directory=True)
+            link = links[len(paths) % len(links)]
+            if not link.exists():
+                link.symlink_to(adapter, target_is_directory=True)
             paths[task_id] = str(link)
     return [paths[t] for t in tasks]
 
