@@ -159,17 +159,16 @@ def test_ttt_in_two_waves_under_the_scratch_limit() -> None:
 
 
 def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
-    """lora_cost prices every request of a wave that serves an adapter (the base model's too:
-    a batch mixes them); each adapter's fixed seconds add to its steps'; answer_fill prices
-    answers at their measured share."""
+    """lora_cost prices only the requests of tasks that got an adapter; each adapter's fixed
+    seconds add to its steps'; answer_fill prices answers at their measured share."""
     rates = dataclasses.replace(RATES, lora_cost=3.0, ttt_seconds_per_adapter=5.0)
     ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=30.0)
     sim = simulate(_cfg(ttt=ttt), _costs(), rates)
     # 30 s of stage for 4 adapters of 15 s each (10 steps + 5): two trained, two not (nor
     # partly: the stage ends as the third would start); the engine starts at 30 s, 10 s.
     assert sim.ttt_seconds == pytest.approx(30.0)
-    # 4 tasks x 4 views x 6 s: two adapted, two on the base model in the same batches.
-    assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(16 * 6.0)
+    # 2 adapted tasks x 4 views x 6 s + 2 base tasks x 4 views x 2 s.
+    assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(48.0 + 16.0)
     # Without fine-tuning no wave serves an adapter: the base model's price.
     assert simulate(_cfg(), _costs(), rates).decode_seconds == pytest.approx(16 * 2.0)
     half = simulate(_cfg(), _costs(), dataclasses.replace(RATES, answer_fill=0.5))

@@ -361,7 +361,6 @@ class _Simulator:
         self.dry = False  # gain: nothing to plan (until a view ends or is lost)
         self.scored: set[Unit] = set()
         self.adapted: set[TaskId] = set()  # tasks with an adapter (trained in full or part)
-        self.serving = False  # the wave answering now serves adapters
         self.seq = itertools.count()
 
     # -- costs --------------------------------------------------------------------------
@@ -373,20 +372,18 @@ class _Simulator:
         seconds = (
             u.prompt_tokens / r.prefill_tokens_per_second + answer / r.decode_tokens_per_second
         )
-        return seconds * self._lora()
+        return seconds * self._lora(u)
 
     def _score_seconds(self, u: UnitCost) -> float:
         r = self.rates
         tokens = u.prompt_tokens + u.answer_tokens * r.answer_fill
-        return tokens * r.score_cost / r.prefill_tokens_per_second * self._lora()
+        return tokens * r.score_cost / r.prefill_tokens_per_second * self._lora(u)
 
-    def _lora(self) -> float:
-        """What serving adapters costs: every request of a wave that serves any adapter pays
-        lora_cost, its task's own or the base model's (a batch mixes them, and LoRA's kernels
-        run over the whole batch: priced on the adapted tasks alone, the fidelity bench's
-        per-task TTT run completed 1.59 times fewer prompts than simulated); 1 in a wave that
-        serves none."""
-        return self.rates.lora_cost if self.serving else 1.0
+    def _lora(self, u: UnitCost) -> float:
+        """What serving its task's adapter costs (1: the task has none, the base model).
+        Pricing every request of an adapter-serving wave at lora_cost, the base model's too,
+        made the fidelity bench's per-task TTT run come out at 0.51 of its real prompts."""
+        return self.rates.lora_cost if u.task_id in self.adapted else 1.0
 
     def _seconds_per_token(self) -> float:
         spent = [self.ledger.spent(t) for t in self.task_ids]
@@ -520,7 +517,6 @@ class _Simulator:
         self.rounds.planned = 0
         self.generation_queued = 0
         self.dry = False
-        self.serving = any(t in self.adapted for t in tasks)
         self.queue = []
         ready = start + self.sim.engine_start_seconds
         lanes = [(ready, i) for i in range(self.cfg.workers)]
