@@ -33,6 +33,9 @@ class Ledgers:
 
 
 class Gain(Rounds):
+    """The planner of `--schedule gain`: Rounds' contract (refill, catch_up, over, late) with
+    each refill's views picked by airv.run.schedule.best over every open test input."""
+
     def __init__(
         self,
         cfg: RunConfig,
