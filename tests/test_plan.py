@@ -113,23 +113,36 @@ def test_plan_with_the_tiny_model(
     assert data["score_cost"] > 0 and data["score_cost"] != 1.0
 
 
+def _simulate_measured(
+    tmp_path: Path, model: Path, *, tasks: int, calibration: int
+) -> tuple[list[str], Path]:
+    """`airv plan --simulate` on rates measured on `model` (transformers, float32), for
+    `tasks` one-cell tasks, calibrated on `calibration` tasks x `calibration` views; and the
+    output folder."""
+    challenges = tmp_path / "challenges.json"
+    dump_challenges(
+        [
+            Task(f"t{i}", (Pair(((i % 10, 1),), ((1, i % 10),)),) * 2, (((2, i % 10),),))
+            for i in range(tasks)
+        ],
+        challenges,
+    )
+    out = tmp_path / "plan"
+    args = ["plan", "--simulate", "--challenges", str(challenges), "--model", str(model),
+            "--engine", "hf", "--dtype", "float32", "--max-model-len", "512",
+            "--time-budget", "1h", "--calibration-tasks", str(calibration),
+            "--calibration-augmentations", str(calibration), "--out", str(out),
+            "--json"]  # fmt: skip
+    return args, out
+
+
 @pytest.mark.engine
 def test_simulate_with_measured_rates(
     tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without --rates, --simulate measures the engine as `airv plan` does and plays the run
     on those rates; plan.json holds both."""
-    tasks = [
-        Task(f"t{i}", (Pair(((i % 10, 1),), ((1, i % 10),)),) * 2, (((2, i % 10),),))
-        for i in range(3)
-    ]
-    challenges = tmp_path / "challenges.json"
-    dump_challenges(tasks, challenges)
-    out = tmp_path / "plan"
-    args = ["plan", "--simulate", "--challenges", str(challenges), "--model", str(tiny_model),
-            "--engine", "hf", "--dtype", "float32", "--max-model-len", "512",
-            "--time-budget", "1h", "--calibration-tasks", "2",
-            "--calibration-augmentations", "2", "--out", str(out), "--json"]  # fmt: skip
+    args, out = _simulate_measured(tmp_path, tiny_model, tasks=3, calibration=2)
     assert main(args) == 0
     sim = orjson.loads(capsys.readouterr().out)
     assert sim["predicted_prompts"] == 3 * 32  # nothing settles, the budget is ample
@@ -145,19 +158,9 @@ def test_plan_times_fine_tuning_and_the_simulation_trains_on_that_rate(
     """With --ttt, `airv plan` trains one calibration task's adapter twice (1 and 3 steps) to
     time a step and an adapter's fixed seconds, and serves it to time LoRA; --simulate on
     measured rates then prices the stage and the adapters' requests with them."""
-    tasks = [
-        Task(f"t{i}", (Pair(((i % 10, 1),), ((1, i % 10),)),) * 2, (((2, i % 10),),))
-        for i in range(2)
-    ]
-    challenges = tmp_path / "challenges.json"
-    dump_challenges(tasks, challenges)
-    out = tmp_path / "plan"
-    args = ["plan", "--simulate", "--challenges", str(challenges), "--model", str(tiny_model),
-            "--engine", "hf", "--dtype", "float32", "--max-model-len", "512",
-            "--time-budget", "1h", "--calibration-tasks", "1",
-            "--calibration-augmentations", "1", "--out", str(out), "--json",
-            "--ttt", "per-task", "--ttt-steps", "3", "--ttt-batch", "2",
-            "--ttt-augmentations", "2", "--ttt-rank", "4"]  # fmt: skip
+    args, out = _simulate_measured(tmp_path, tiny_model, tasks=2, calibration=1)
+    args += ["--ttt", "per-task", "--ttt-steps", "3", "--ttt-batch", "2",
+             "--ttt-augmentations", "2", "--ttt-rank", "4"]  # fmt: skip
     assert main(args) == 0
     sim = orjson.loads(capsys.readouterr().out)
     data = orjson.loads((out / "plan.json").read_bytes())

@@ -59,7 +59,7 @@ class View:
 
 
 class Rounds:
-    """The uniform schedule (`--schedule uniform`); airv.run.schedule.Gain plans by gain."""
+    """The uniform schedule (`--schedule uniform`); airv.run.gain.Gain plans by gain."""
 
     def __init__(
         self,

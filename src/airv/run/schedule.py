@@ -106,7 +106,7 @@ class Pick:
 
     @property
     def rate(self) -> float:
-        return self.gain / self.price if self.price > 0 else math.inf
+        return _rate(self.gain, self.price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +123,22 @@ def best(candidates: Mapping[Unit, Open], room: int) -> list[Pick]:
     """Up to `room` views, best gain per second first. Each pick counts as one more view on
     its way for the next pick of the same test input, up to its limit. Ties go to the
     cheaper view, then the unit."""
-    heap = [
-        (-_rate(gain(o.evidence), o.price), o.price, unit, o.evidence, o.limit)
-        for unit, o in candidates.items()
-        if o.limit > 0
-    ]
+
+    def entry(
+        unit: Unit, ev: Evidence, price: float, limit: int
+    ) -> tuple[float, float, Unit, float, Evidence, int]:
+        g = gain(ev)
+        return (-_rate(g, price), price, unit, g, ev, limit)
+
+    heap = [entry(u, o.evidence, o.price, o.limit) for u, o in candidates.items() if o.limit > 0]
     heapq.heapify(heap)
     picks: list[Pick] = []
     while heap and len(picks) < room:
-        _, price, unit, ev, limit = heapq.heappop(heap)
-        picks.append(Pick(unit, gain(ev), price))
+        _, price, unit, g, ev, limit = heapq.heappop(heap)
+        picks.append(Pick(unit, g, price))
         if limit > 1:
             nxt = Evidence(ev.answered, ev.failed, ev.votes, ev.owed + 1)
-            heapq.heappush(heap, (-_rate(gain(nxt), price), price, unit, nxt, limit - 1))
+            heapq.heappush(heap, entry(unit, nxt, price, limit - 1))
     return picks
 
 

@@ -494,7 +494,6 @@ class _Simulator:
             return
         self.ledger.settle(job.unit, job.key)
         self.ledger.charge(job.unit[0], job.seconds, job.tokens)
-        self.dry = False  # gain: a task the cap's projection held back may be planned again
         sim.prompts += 1
         sim.decode_seconds += job.seconds
         sim.views[job.unit] += 1

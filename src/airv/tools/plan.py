@@ -91,7 +91,7 @@ class Throughput:
     answer_allowance: int = 0  # the decode call's answer-token allowance (max_answer_tokens)
     lora_cost: float = 1.0  # the decode call served with an adapter, over the base model's time
     # A scoring request's seconds per token over prefill's (with --vote rescore or views-nll:
-    # the decode call's answers scored under their prompts), else 1.
+    # the decode call's answers scored under views neither call saw), else 1.
     score_cost: float = 1.0
 
     @property
@@ -310,10 +310,9 @@ def measure(
     time.monotonic() the start-up is counted from. With `adapters` (one per decode prompt),
     the decode call is timed once more, each prompt served with its adapter: LoRA's cost over
     the base model (vLLM keys its prefix cache by adapter, so the second call pays its prefill
-    again, as the first did). With `score`, the
-    decode call's answers are scored under the prompts of `score_set` (views neither call
-    saw, as re-scoring's views are new to the engine): a scoring request's seconds per token
-    over prefill's."""
+    again, as the first did). With `score`, the decode call's answers are scored under the
+    prompts of `score_set` (views neither call saw, as re-scoring's views are new to the
+    engine): a scoring request's seconds per token over prefill's."""
     if not prefill_set or not decode_set:
         raise ConfigError("no calibration prompts: every calibration task was too long")
     warm = decode_set[0]
@@ -344,11 +343,11 @@ def measure(
         lora_cost = (time.monotonic() - t0) / gen_time
     score_cost = 1.0
     answers = [cs[0].token_ids for cs in out if cs and cs[0].token_ids]
-    scored = [
-        ScoreRequest(tuple(p.token_ids), answers[i % len(answers)])
-        for i, p in enumerate(score_set if answers else ())
-    ]
-    if score is not None and scored:
+    if score is not None and score_set and answers:
+        scored = [
+            ScoreRequest(tuple(p.token_ids), answers[i % len(answers)])
+            for i, p in enumerate(score_set)
+        ]
         t0 = time.monotonic()
         score(scored)
         tokens = sum(len(r.prompt_ids) + len(r.continuation_ids) for r in scored)

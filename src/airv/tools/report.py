@@ -18,6 +18,7 @@ cards at a time, so that 400 tasks stay light. No network, no external libraries
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 import html
 import math
@@ -186,9 +187,7 @@ def _submitted(submission: Mapping[str, object] | None, task_id: TaskId, i: int)
 def _schedule_data(u: UnitSchedule | None) -> Json | None:
     """One test input's schedule: views planned, the gain of its first and last pick, and
     why it stopped (None: the run ended first)."""
-    if u is None:
-        return None
-    return {"views": u.views, "first_gain": u.first_gain, "last_gain": u.last_gain, "stop": u.stop}
+    return None if u is None else dataclasses.asdict(u)
 
 
 def _stopped(schedule: Mapping[int, UnitSchedule]) -> str | None:
