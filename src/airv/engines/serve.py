@@ -39,9 +39,8 @@ class LocalServer:
         kv_cache_gib: int = 1,
         extra_args: tuple[str, ...] = ("--enforce-eager", "--dtype", "float32"),
         env: Mapping[str, str] | None = None,
-        port: int | None = None,
     ):
-        self.port = free_port() if port is None else port  # a restart keeps its address
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
         environ = {
