@@ -12,13 +12,16 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "airv"))
 
-from collections.abc import Iterator  # noqa: E402
+from collections.abc import Iterator, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from airv.engines import Engine, make_engine  # noqa: E402
+from airv.engines.base import Request  # noqa: E402
 from airv.engines.config import Backend, Decoding, Dtype, EngineConfig  # noqa: E402
+from airv.engines.lane import Lane  # noqa: E402
+from airv.engines.pool import LaneStarter, LocalLane  # noqa: E402
 
 # vLLM's CPU build sizes its KV cache from this (GiB); the tiny model needs little.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -43,7 +46,7 @@ BIGRAM_RULES = {"\n": "1", "1": "2"}
 # (2026-12-06), for the order only; a file not listed goes after them.
 FILE_SECONDS = {
     "test_openai_engine": 128,
-    "test_pipeline": 114,
+    "test_pipeline": 70,
     "test_vllm_faults": 85,
     "test_ttt_engine": 67,
     "test_boundary_start": 56,
@@ -53,7 +56,7 @@ FILE_SECONDS = {
     "test_recipes": 30,
     "test_dfs": 24,
     "test_engines": 20,
-    "test_demo_model": 20,
+    "test_demo_model": 5,
     "test_bench": 16,
     "test_report": 11,
     "test_evaluate": 11,
@@ -155,6 +158,11 @@ class Engines:
         )
         options.update(engine)
         cfg = EngineConfig(model=model, backend=backend, **options)  # type: ignore[arg-type]
+        return self.of(cfg, decoding)
+
+    def of(self, cfg: EngineConfig, decoding: Decoding | None = None) -> Engine:
+        """The session's engine of this config, built on first use."""
+        backend = cfg.backend
         key = (cfg, decoding or Decoding())
         if key not in self._live:
             if backend is Backend.VLLM:
@@ -169,8 +177,47 @@ class Engines:
                 engine.close()
 
 
+class _Lent(LocalLane):
+    """A session engine lent to one run as its lane: the run's close drops what it left in
+    the engine, and the engine lives on."""
+
+    def __init__(self, engine: Engine, name: str):
+        super().__init__(engine, name)
+        self._sent: set[int] = set()
+
+    def send(self, items: Sequence[tuple[int, Request]]) -> None:
+        self._sent.update(request_id for request_id, _ in items)
+        super().send(items)
+
+    def kill(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.abort(sorted(self._sent))
+
+
 @pytest.fixture(scope="session")
 def engines() -> Iterator[Engines]:
     shared = Engines()
     yield shared
     shared.close()
+
+
+@pytest.fixture
+def lent_lanes(engines: Engines) -> LaneStarter:
+    """A LaneStarter that lends each run the session's in-process engine for its engine
+    config, not a worker process of its own (which would import torch and load the model
+    again): for tests of what the run does with answers, not of how it supervises processes."""
+
+    def start(
+        engine: EngineConfig,
+        sampling: Decoding,
+        index: int,
+        *,
+        life: int = 0,
+        devices: Sequence[str] = (),
+        name: str | None = None,
+    ) -> Lane:
+        return _Lent(engines.of(engine, sampling), name or f"lent-{index}")
+
+    return start

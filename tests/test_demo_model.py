@@ -19,6 +19,7 @@ from airv.core.submission import score_submission
 from airv.core.tasks import dump_challenges
 from airv.demo.synthetic import RECOLOUR_SPEC, as_files, make_tasks
 from airv.engines.config import Backend
+from airv.engines.pool import LaneStarter
 from runs import engine_config, fresh_run, workload
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
@@ -32,7 +33,7 @@ MIN_SOLVED = 6
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_demo_model_solves_most_recolouring_tasks(tmp_path: Path) -> None:
+def test_demo_model_solves_most_recolouring_tasks(tmp_path: Path, lent_lanes: LaneStarter) -> None:
     if not (DEMO_MODEL / "model.safetensors").is_file():
         pytest.fail(f"{DEMO_MODEL} holds no model; build it with `make demo-model`")
     tasks = make_tasks(N_TASKS, RECOLOUR_SPEC, np.random.default_rng(TEST_SEED), prefix="r")
@@ -46,7 +47,7 @@ def test_demo_model_solves_most_recolouring_tasks(tmp_path: Path) -> None:
         views=ViewPolicy(),
         time_budget=600,
     )
-    assert fresh_run(cfg).execute() == 0
+    assert fresh_run(cfg, lanes=lent_lanes).execute() == 0
     score = score_submission(orjson.loads(cfg.submission_path.read_bytes()), solutions)
     assert score.n_outputs == N_TASKS
     assert score.n_correct >= MIN_SOLVED, score.per_task

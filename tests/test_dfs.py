@@ -23,6 +23,7 @@ from airv.core.errors import ConfigError
 from airv.engines import Engine, GenerateRequest
 from airv.engines.config import Backend, Decoding
 from airv.engines.dfs import Branch, Leaf, Limits, expansions, ranked, walk
+from airv.engines.pool import LaneStarter
 from conftest import Engines
 from runs import engine_config, fresh_run, workload
 
@@ -315,7 +316,7 @@ def test_a_deadline_in_the_middle_of_a_search_keeps_what_it_found(tmp_path: Path
 
 @pytest.mark.engine
 def test_a_view_whose_search_finds_nothing_is_not_asked_again(
-    tmp_path: Path, soft_model: Path
+    tmp_path: Path, soft_model: Path, lent_lanes: LaneStarter
 ) -> None:
     """No answer of the test model reaches p > 0.6: every view comes back with no completion.
     The run ends (each view asked once, every task on the fallback), it does not re-ask."""
@@ -334,7 +335,7 @@ def test_a_view_whose_search_finds_nothing_is_not_asked_again(
         sampling=Decoding(dfs_threshold=0.6),
         time_budget=600,
     )
-    run = fresh_run(cfg)
+    run = fresh_run(cfg, lanes=lent_lanes)
     assert run.execute() == 0
     assert run.summary.stopped_by == "done" and run.summary.completions == 0
     assert run.summary.prompts == 2 * 4  # every view of every task, once

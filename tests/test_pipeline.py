@@ -20,7 +20,7 @@ from airv.core.augment import D8
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.engines.config import Backend
-from airv.engines.pool import FaultyLanes
+from airv.engines.pool import FaultyLanes, LaneStarter
 from airv.engines.worker import Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -81,14 +81,20 @@ def _grid(lists: list[list[int]]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in lists)
 
 
-def test_resume_continues_from_the_log(tmp_path: Path, bigram_model: Path) -> None:
+def test_resume_continues_from_the_log(
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
+) -> None:
     ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
     out = tmp_path / "out"
-    first = fresh_run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=4))
+    first = fresh_run(
+        _config(ch, out, bigram_model, Backend.HF, max_augmentations=4), lanes=lent_lanes
+    )
     assert first.execute() == 0
     assert len(read_predictions(out / "predictions.jsonl")[0]) == 8
 
-    second = fresh_run(_config(ch, out, bigram_model, Backend.HF, max_augmentations=8))
+    second = fresh_run(
+        _config(ch, out, bigram_model, Backend.HF, max_augmentations=8), lanes=lent_lanes
+    )
     assert second.summary.resumed_predictions == 8
     assert second.execute() == 0
     records, _ = read_predictions(out / "predictions.jsonl")
@@ -214,13 +220,13 @@ def test_a_stalled_worker_is_restarted_by_the_watchdog(tmp_path: Path, bigram_mo
 
 
 def test_task_that_cannot_fit_falls_back_while_others_answer(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
 ) -> None:
     big = _task("bigtask1", side=20)
     ch = _challenges(tmp_path, [_task("task0001"), big], broken=False)
     out = tmp_path / "out"
     cfg = workload(ch, out, engine_config(bigram_model, max_model_len=256), n_views=8, per_round=4)
-    run = fresh_run(cfg)
+    run = fresh_run(cfg, lanes=lent_lanes)
     assert run.execute() == 0
     assert "bigtask1" in run.summary.failed_tasks
     assert "too long" in run.summary.failed_tasks["bigtask1"]
@@ -230,7 +236,7 @@ def test_task_that_cannot_fit_falls_back_while_others_answer(
 
 
 def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
 ) -> None:
     """NVARC's chat layout (prompt ends after "assistant\n", where the bigram model answers
     `12`) through the real pipeline; a template that fails on one task (here: on a task with
@@ -249,7 +255,7 @@ def test_a_preset_runs_end_to_end_and_a_failing_template_costs_one_task(
     three = dataclasses.replace(three, train=(*three.train, three.train[0]))
     ch = _challenges(tmp_path, [_task("task0001"), three], broken=False)
     out = tmp_path / "out"
-    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, prompt=fmt))
+    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, prompt=fmt), lanes=lent_lanes)
     assert run.execute() == 0
     assert "three001" in run.summary.failed_tasks
     assert "no" in run.summary.failed_tasks["three001"]
@@ -345,7 +351,7 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
 
 @pytest.mark.parametrize("mode", ["rescore", "views-nll"])
 def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
-    tmp_path: Path, bigram_model: Path, mode: str
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter, mode: str
 ) -> None:
     """Both re-scoring modes (the views-nll rule too: every image of `12` came from 2 views,
     so the mean NLL decides)."""
@@ -368,7 +374,7 @@ def test_rescore_mode_scores_top_candidates_and_votes_offline_alike(
         rescore_top=4,
         rescore_augmentations=1,
     )
-    run = fresh_run(cfg)
+    run = fresh_run(cfg, lanes=lent_lanes)
     assert run.execute() == 0
     scores = read_scores(out / "scores.jsonl")
     assert len(scores) == 3  # every test input
@@ -469,13 +475,15 @@ def test_settled_test_inputs_get_no_more_rounds(tmp_path: Path, bigram_model: Pa
 
 
 def test_task_cap_in_tokens_stops_a_task_after_its_round(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
 ) -> None:
     small, big = _task("small001"), _task("bigger01", side=6)
     ch = _challenges(tmp_path, [small, big], broken=False)
     out = tmp_path / "out"
     # One prompt of the 6x6 task is about 170 tokens: 4 of them pass 400, 4 of the 2x2 do not.
-    run = fresh_run(_config(ch, out, bigram_model, Backend.HF, task_cap_tokens=400))
+    run = fresh_run(
+        _config(ch, out, bigram_model, Backend.HF, task_cap_tokens=400), lanes=lent_lanes
+    )
     assert run.execute() == 0
     records, _ = read_predictions(out / "predictions.jsonl")
     per_task = {t: sum(1 for p in records if p.task_id == t) for t in ("small001", "bigger01")}
@@ -522,7 +530,7 @@ def test_the_gain_schedule_spends_on_the_open_test_input(
 
 
 def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
 ) -> None:
     from airv.run.schedule import ViewSchedule, read_journal
 
@@ -530,7 +538,7 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     ch = _challenges(tmp_path, tasks, broken=False)
     out = tmp_path / "out"
     cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, schedule=ViewSchedule.GAIN)
-    run = fresh_run(cfg)
+    run = fresh_run(cfg, lanes=lent_lanes)
     assert run.execute() == 0
     assert run.summary.stopped_by == "done"
     records, _ = read_predictions(out / "predictions.jsonl")
