@@ -95,6 +95,49 @@ def test_best_picks_by_rate_within_limits(
         seen[p.unit] += 1
 
 
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from("abcdef"), st.integers(0, 2)),
+        st.tuples(evidence(), st.floats(0.01, 50), st.integers(0, 8), st.integers(-4, 8)),
+        max_size=12,
+    ),
+    st.integers(0, 60),
+)
+def test_the_first_round_is_a_floor(
+    raw: dict[tuple[str, int], tuple[Evidence, float, int, int]], room: int
+) -> None:
+    """Every view that brings a test input towards the first round's floor goes before any
+    view above it; each part is best gain per second first, and no pick passes a limit."""
+    cands = {u: Open(e, p, lim, floor) for u, (e, p, lim, floor) in raw.items()}
+    picks = best(cands, room)
+    assert len(picks) == min(room, sum(max(o.limit, 0) for o in cands.values()))
+    seen: Counter[tuple[str, int]] = Counter()
+    below = []
+    for p in picks:
+        below.append(seen[p.unit] < cands[p.unit].floor)
+        seen[p.unit] += 1
+        assert seen[p.unit] <= cands[p.unit].limit
+    assert below == sorted(below, reverse=True)  # all views below a floor, then the rest
+    n_below = sum(below)
+    for part in (picks[:n_below], picks[n_below:]):
+        rates = [p.rate for p in part]
+        assert all(a >= b for a, b in itertools.pairwise(rates))
+    # The floor holds where there is room: nothing goes above it while a view below it waits.
+    if n_below < len(picks):
+        assert all(seen[u] >= min(o.floor, o.limit) for u, o in cands.items())
+
+
+def test_a_test_input_whose_first_answer_was_wrong_gets_the_first_round() -> None:
+    """One answer (gain 0.056) against a 2-0 lead (0.094): below the floor of 8, the first
+    still gets its views first; above it, the lead goes first."""
+    wrong, lead = Evidence(1, 0, (1,)), Evidence(2, 0, (2,))
+    assert gain(wrong) < gain(lead)
+    picks = best({("w", 0): Open(wrong, 1.0, 30, 7), ("l", 0): Open(lead, 1.0, 30, 0)}, 7)
+    assert {p.unit for p in picks} == {("w", 0)}
+    picks = best({("w", 0): Open(wrong, 1.0, 30, 0), ("l", 0): Open(lead, 1.0, 30, 0)}, 1)
+    assert picks[0].unit == ("l", 0)
+
+
 def test_a_cheaper_view_goes_first_at_equal_gain() -> None:
     e = Evidence(0, 0, ())
     picks = best({("dear", 0): Open(e, 4.0, 1), ("cheap", 0): Open(e, 1.0, 1)}, 2)

@@ -70,9 +70,10 @@ class Gain(Rounds):
         return None
 
     def refill(self, room: int, votes: Mapping[Unit, Vote], *, final: bool = False) -> int:
-        """Up to `room` views, best gain per second first. Each refill weighs every test
-        input, so it waits until half an engine's prompts in flight can be planned at once
-        (`final`: nothing queued or in flight, it plans what it can)."""
+        """Up to `room` views: test inputs short of the first round first, then best gain per
+        second (schedule.best). Each refill weighs every test input, so it waits until half
+        an engine's prompts in flight can be planned at once (`final`: nothing queued or in
+        flight, it plans what it can)."""
         if room < max(1, self.cfg.inflight // 2) and not final:
             return 0
         b, led = self._board, self.ledgers
@@ -98,7 +99,8 @@ class Gain(Rounds):
                     continue
                 tokens = self._tokens[unit] = first.cost
             limit = self.cfg.max_augmentations - len(have)
-            candidates[unit] = Open(ev, led.price(unit[0], tokens), limit)
+            floor = self.cfg.first_round - len(have)
+            candidates[unit] = Open(ev, led.price(unit[0], tokens), limit, floor)
         pushed = 0
         for pick in best(candidates, room):
             unit = pick.unit

@@ -420,8 +420,9 @@ class _Simulator:
             self.generation_queued += 1
 
     def _plan_gain(self, tasks: Sequence[TaskId]) -> int:
-        """Up to `inflight` x `workers` views (what the run keeps planned ahead), best gain per
-        second first (airv.run.schedule.best), queued in pick order. Votes are unknown on
+        """Up to `inflight` x `workers` views (what the run keeps planned ahead), those short of
+        the first round first, then best gain per second (airv.run.schedule.best), queued in
+        pick order. Votes are unknown on
         paper: a test input's evidence is its views so far, every answer distinct (none
         settles). Returns the views queued."""
         target = self.sim.target_views
@@ -433,7 +434,9 @@ class _Simulator:
             for unit in self.by_task[task_id]:
                 n, k = self.sim.views[unit], len(self.ledger.owed(unit))
                 ev = Evidence(answered=n, failed=0, votes=(1,) * n, owed=k)
-                candidates[unit] = Open(ev, self._view_seconds(self.units[unit]), target - n - k)
+                floor = self.cfg.first_round - n - k
+                price = self._view_seconds(self.units[unit])
+                candidates[unit] = Open(ev, price, target - n - k, floor)
         picks = best(candidates, self.cfg.inflight * self.cfg.workers)
         for pick in picks:
             u = self.units[pick.unit]
