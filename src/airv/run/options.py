@@ -269,7 +269,8 @@ OPTIONS: tuple[Option, ...] = (
            "price itself)"),
 
     Option("--first-round", _G.AUGMENTATION, "first_round", type=int, metavar="K",
-           help="augmentations per test input in round 1"),
+           help="augmentations per test input in round 1 (with --schedule gain: the views "
+           "every test input gets before any gets more)"),
     Option("--per-round", _G.AUGMENTATION, "per_round", type=int, metavar="K",
            help="augmentations added per later round"),
     Option("--max-augmentations", _G.AUGMENTATION, "max_augmentations", type=int,
