@@ -1,7 +1,7 @@
 # airv — the two commands that matter on a fresh machine:
 #   make submit-local   set up, build a local /kaggle stand-in, run the kernel entry, score it
 #   make test           set up, lint, type-check, run the whole test suite (real vLLM on CPU),
-#                       then the Hugging Face part again under the Kaggle kernel's releases
+#                       and beside it the Hugging Face part again under the Kaggle kernel's releases
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
