@@ -422,9 +422,8 @@ class _Simulator:
     def _plan_gain(self, tasks: Sequence[TaskId]) -> int:
         """Up to `inflight` x `workers` views (what the run keeps planned ahead), those short of
         the first round first, then best gain per second (airv.run.schedule.best), queued in
-        pick order. Votes are unknown on
-        paper: a test input's evidence is its views so far, every answer distinct (none
-        settles). Returns the views queued."""
+        pick order. Votes are unknown on paper: a test input's evidence is its views so far,
+        every answer distinct (none settles). Returns the views queued."""
         target = self.sim.target_views
         candidates: dict[Unit, Open] = {}
         for task_id in tasks:
