@@ -164,9 +164,12 @@ def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
     rates = dataclasses.replace(RATES, lora_cost=3.0, ttt_seconds_per_adapter=5.0)
     ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=30.0)
     sim = simulate(_cfg(ttt=ttt), _costs(), rates)
-    # 30 s of stage for 4 adapters of 15 s each (10 steps + 5): two trained, two not (nor
-    # partly: the stage ends as the third would start); the engine starts at 30 s, 10 s.
-    assert sim.ttt_seconds == pytest.approx(30.0)
+    # 30 s of stage for 4 adapters of 15 s each (10 steps + 5), each stopped 5 s before the
+    # stage's end to be saved (SAVE_MARGIN): one trained in full, one for 10 s, two not; the
+    # stage ends there, at 25 s, and the engine starts (10 s).
+    assert sim.ttt_seconds == pytest.approx(25.0)
+    assert (sim.waves[0].adapters, sim.waves[0].partial_adapters) == (1, 1)
+    assert sim.waves[0].engine_start == pytest.approx(25.0)
     # 2 adapted tasks x 4 views x 6 s + 2 base tasks x 4 views x 2 s.
     assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(48.0 + 16.0)
     # Without fine-tuning no wave serves an adapter: the base model's price.

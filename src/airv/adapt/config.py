@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from airv.core.errors import ConfigError
 
+# Seconds a training process keeps, before the stage's end, to save the adapter it trains.
+SAVE_MARGIN = 5.0
+
 
 class Schedule(enum.StrEnum):
     """The learning rate over an adapter's steps, after the warm-up."""

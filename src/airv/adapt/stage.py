@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from airv.adapt.config import TTTConfig, TTTMode
+from airv.adapt.config import SAVE_MARGIN, TTTConfig, TTTMode
 from airv.adapt.data import Example, task_examples
 from airv.adapt.lora import ADAPTER_CONFIG_FILE, TrainResult, load_base, train_adapter
 from airv.core.augment import ViewPolicy
@@ -43,7 +43,6 @@ from airv.engines.worker import die_with_parent
 log = logging.getLogger(__name__)
 JOINT = "joint"  # the adapter's name in joint mode
 ADAPTERS_DIR = "adapters"
-_SAVE_MARGIN = 5.0  # seconds kept to write an adapter before the stage's deadline
 # A training process that dies before taking any task (its model does not load) is started
 # again at most this many times per device: the same failure would eat the whole stage.
 MAX_START_FAILURES = 2
@@ -137,7 +136,7 @@ def _serve(job: StageJob, device: str | None, todo: Any, results: Any, parent: i
                 job.cfg,
                 job.out_dir / adapter_dir(name),
                 # Stop in time to save the adapter before the parent ends the stage.
-                deadline=min(time.monotonic() + job.task_cap, job.deadline - _SAVE_MARGIN),
+                deadline=min(time.monotonic() + job.task_cap, job.deadline - SAVE_MARGIN),
             )
         except Exception as exc:  # one task's failure must not cost the others
             # train_adapter has taken its LoRA layers out again: `model` is the base model.

@@ -196,7 +196,7 @@ class Run:
             lanes,
             self.summary,
             on_failure=self.observer.engine_failed,
-            serves_adapters=lambda: bool(self.adapters.by_task),
+            adapters=self.adapters.serving,
         )
         self._seq = itertools.count()  # queue order within a round
         self._pushed: list[View] = []  # views queued since the observer was last told

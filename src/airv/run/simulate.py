@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from airv.adapt.config import TTTMode
+from airv.adapt.config import SAVE_MARGIN, TTTMode
 from airv.adapt.waves import wave_size, waves
 from airv.core.prompts import FittedPrompt, answer_shape, drop_order
 from airv.core.tasks import Pair, Task
@@ -562,15 +562,18 @@ class _Simulator:
         if left <= 0:
             return start, 0, 0, n
         cap = ttt.adapter_cap(left, n, workers)
+        # Each adapter stops in time to be saved before the stage's end, as the stage stops
+        # it; the stage ends when its last adapter does (the engine starts then).
+        train_end = stage_end - SAVE_MARGIN
         lanes = [start] * (1 if ttt.mode is TTTMode.JOINT else workers)
         full = partial = none = 0
         for i in range(n):
             k = lanes.index(min(lanes))
             t = lanes[k]
-            if t >= stage_end:
+            if t >= train_end:
                 none += 1
                 continue
-            seconds = min(per_task, cap, stage_end - t)
+            seconds = min(per_task, cap, train_end - t)
             full += seconds >= per_task
             partial += seconds < per_task
             self.adapted |= set(tasks) if ttt.mode is TTTMode.JOINT else {tasks[i]}

@@ -52,6 +52,7 @@ from airv.engines.pool import await_ready, run_lane, start_lane
 from airv.run import options as runopts
 from airv.run.budget import process_start_time
 from airv.run.config import RunConfig, start_mode
+from airv.run.engines import serving
 from airv.run.rates import Rates, load_rates, rates_names
 from airv.run.simulate import (
     Costs,
@@ -89,7 +90,8 @@ class Throughput:
     answer_tokens: int
     stop_seconds: float = 0.0  # ending the engine: paid inside the run's reserve
     answer_allowance: int = 0  # the decode call's answer-token allowance (max_answer_tokens)
-    lora_cost: float = 1.0  # the decode call served with an adapter, over the base model's time
+    # The decode call served with adapters, over the base model's time for the same tokens.
+    lora_cost: float = 1.0
     # A scoring request's seconds per token over prefill's (with --vote rescore or views-nll:
     # the decode call's answers scored under views neither call saw), else 1.
     score_cost: float = 1.0
@@ -334,13 +336,19 @@ def measure(
     lora_cost = 1.0
     if any(a is not None for a in adapters):
         t0 = time.monotonic()
-        generate(
+        served = generate(
             [
                 GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, a)
                 for p, a in zip(decode_set, adapters, strict=True)
             ]
         )
-        lora_cost = (time.monotonic() - t0) / gen_time
+        # Over the base model's time for the same tokens: an adapter trained on one task
+        # answers other tasks' prompts at lengths of its own.
+        lora_answers = sum(len(c.token_ids) for cs in served for c in cs)
+        base_time = decode_prompt_tokens / prefill_rate + lora_answers * decode_time / max(
+            answer_tokens, 1
+        )
+        lora_cost = (time.monotonic() - t0) / base_time
     score_cost = 1.0
     answers = [cs[0].token_ids for cs in out if cs and cs[0].token_ids]
     if score is not None and score_set and answers:
@@ -415,9 +423,9 @@ def make_plan(
                     tuning.adapter, decode_tasks, cfg.ttt.mode, Path(tmp), cfg.engine.max_loras
                 )
         for eager in ways:
-            engine = dataclasses.replace(cfg.engine, enforce_eager=eager)
-            if tuning is not None:
-                engine = dataclasses.replace(engine, max_lora_rank=cfg.ttt.rank)
+            engine = dataclasses.replace(
+                serving(cfg, len({a for a in served if a is not None})), enforce_eager=eager
+            )
             launched = time.monotonic()
             deadline = launched + max(cfg.time_budget, MEASURE_SECONDS)
             lane = start_lane(engine, cfg.sampling, 0, devices=cfg.devices)
