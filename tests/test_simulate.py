@@ -68,6 +68,7 @@ def rates(draw: st.DrawFn) -> Rates:
         engine_stop_seconds=draw(_amount),
         ttt_seconds_per_step=draw(st.none() | _amount),
         ttt_seconds_per_task=draw(st.none() | _amount),
+        ttt_step_tokens=draw(st.none() | _amount),
         adapter_bytes=None if adapter is None else adapter[0],
         adapter_rank=None if adapter is None else adapter[1],
         tokens_per_cell=draw(_positive),
@@ -176,6 +177,23 @@ def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
     assert simulate(_cfg(), _costs(), rates).decode_seconds == pytest.approx(16 * 2.0)
     half = simulate(_cfg(), _costs(), dataclasses.replace(RATES, answer_fill=0.5))
     assert half.decode_seconds == pytest.approx(16 * (1.0 + 0.5))  # 1 s prefill + 0.5 s decode
+
+
+def test_each_tasks_steps_are_priced_at_its_prompts_length() -> None:
+    """Steps measured at 1,000 prompt tokens: a task of 2,000 trains twice as long a step, one
+    of 500 half (its fixed seconds unchanged); without the measured length, all alike."""
+    rates = dataclasses.replace(RATES, ttt_step_tokens=1000.0, ttt_seconds_per_adapter=1.0)
+    assert rates.ttt_seconds(10, 2000.0) == pytest.approx(21.0)
+    assert rates.ttt_seconds(10, 500.0) == pytest.approx(6.0)
+    assert RATES.ttt_seconds(10, 2000.0) == pytest.approx(10.0)
+    units = (UnitCost("long", 0, 2000.0, 100.0), UnitCost("short", 0, 500.0, 100.0))
+    ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=500.0)
+    sim = simulate(_cfg(ttt=ttt), Costs(units, (), ()), rates)
+    assert sim.ttt_seconds == pytest.approx(21.0 + 6.0)
+    # Jointly: one adapter at the tasks' mean length, 1,250 tokens.
+    joint = dataclasses.replace(ttt, mode=TTTMode.JOINT)
+    sim = simulate(_cfg(ttt=joint), Costs(units, (), ()), rates)
+    assert sim.ttt_seconds == pytest.approx(12.5 + 1.0)
 
 
 def test_deadline_too_short_cuts_tasks() -> None:

@@ -40,6 +40,9 @@ class Rates:
     # With seconds per step: each adapter's fixed seconds beside its steps (building its
     # sequences, saving it).
     ttt_seconds_per_adapter: float | None = None
+    # With seconds per step: the prompt tokens of the task they were measured on (a test
+    # input's, the mean); each task's steps are then priced in proportion to its own.
+    ttt_step_tokens: float | None = None
     # One adapter on disk, at `adapter_rank` (scaled linearly to the run's rank); a model
     # folder gives it exactly instead (airv.adapt.waves.adapter_bytes).
     adapter_bytes: int | None = None
@@ -91,10 +94,15 @@ class Rates:
     def engine_start_seconds(self, eager: bool) -> float:
         return self.engine_start_eager_seconds if eager else self.engine_start_compiled_seconds
 
-    def ttt_seconds(self, steps: int) -> float | None:
-        """Training seconds of one adapter of `steps` steps; None: the file does not say."""
+    def ttt_seconds(self, steps: int, tokens: float | None = None) -> float | None:
+        """Training seconds of one adapter of `steps` steps, on a task of `tokens` prompt
+        tokens (a step's sequences are as long as its prompts); None: the file does not say."""
         if self.ttt_seconds_per_step is not None:
-            return self.ttt_seconds_per_step * steps + (self.ttt_seconds_per_adapter or 0.0)
+            scale = 1.0
+            if tokens and self.ttt_step_tokens:
+                scale = tokens / self.ttt_step_tokens
+            step = self.ttt_seconds_per_step * scale
+            return step * steps + (self.ttt_seconds_per_adapter or 0.0)
         return self.ttt_seconds_per_task
 
     def adapter_size(self, rank: int) -> int | None:

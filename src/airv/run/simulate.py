@@ -385,6 +385,14 @@ class _Simulator:
         made the fidelity bench's per-task TTT run come out at 0.51 of its real prompts."""
         return self.rates.lora_cost if u.task_id in self.adapted else 1.0
 
+    def _ttt_seconds(self, tasks: Sequence[TaskId]) -> float:
+        """One adapter's training on `tasks`, at their prompts' mean length."""
+        units = [self.units[u] for t in tasks for u in self.by_task[t]]
+        tokens = sum(u.prompt_tokens for u in units) / max(1, len(units))
+        seconds = self.rates.ttt_seconds(self.cfg.ttt.steps, tokens)
+        assert seconds is not None
+        return seconds
+
     def _seconds_per_token(self) -> float:
         spent = [self.ledger.spent(t) for t in self.task_ids]
         tokens = sum(t for _, t in spent)
@@ -555,9 +563,9 @@ class _Simulator:
         TTT task cap (its fair share of the stage) and the stage's end. Returns the stage's end
         on the clock and the adapters trained in full, in part, and not at all."""
         ttt, workers = self.cfg.ttt, self.cfg.workers
-        per_task = self.rates.ttt_seconds(ttt.steps)
-        assert per_task is not None
-        n = 1 if ttt.mode is TTTMode.JOINT else len(tasks)
+        joint = ttt.mode is TTTMode.JOINT
+        n = 1 if joint else len(tasks)
+        seconds_of = [self._ttt_seconds(tasks if joint else [t]) for t in tasks[:n]]
         left = stage_end - start
         if left <= 0:
             return start, 0, 0, n
@@ -565,7 +573,7 @@ class _Simulator:
         # Each adapter stops in time to be saved before the stage's end, as the stage stops
         # it; the stage ends when its last adapter does (the engine starts then).
         train_end = stage_end - SAVE_MARGIN
-        lanes = [start] * (1 if ttt.mode is TTTMode.JOINT else workers)
+        lanes = [start] * (1 if joint else workers)
         full = partial = none = 0
         for i in range(n):
             k = lanes.index(min(lanes))
@@ -573,10 +581,11 @@ class _Simulator:
             if t >= train_end:
                 none += 1
                 continue
-            seconds = min(per_task, cap, train_end - t)
-            full += seconds >= per_task
-            partial += seconds < per_task
-            self.adapted |= set(tasks) if ttt.mode is TTTMode.JOINT else {tasks[i]}
+            whole = seconds_of[i]
+            seconds = min(whole, cap, train_end - t)
+            full += seconds >= whole
+            partial += seconds < whole
+            self.adapted |= set(tasks) if joint else {tasks[i]}
             self.sim.ttt_seconds += seconds
             lanes[k] = t + seconds
         return max(lanes), full, partial, none

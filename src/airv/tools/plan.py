@@ -168,6 +168,7 @@ class Plan:
             "augmentations": self.augmentations,
             "ttt_step_seconds": None if self.tuning is None else self.tuning.step_seconds,
             "ttt_adapter_seconds": None if self.tuning is None else self.tuning.adapter_seconds,
+            "ttt_step_tokens": None if self.tuning is None else self.tuning.tokens,
             "answer_fill": self.throughput.answer_fill,
             "lora_cost": self.throughput.lora_cost,
             "score_cost": self.throughput.score_cost,
@@ -208,7 +209,8 @@ class Plan:
         ]
         if self.tuning is not None:
             lines.append(
-                f"fine-tuning: {self.tuning.step_seconds:.3f} s per step and "
+                f"fine-tuning: {self.tuning.step_seconds:.3f} s per step at "
+                f"{self.tuning.tokens:,.0f} prompt tokens (in proportion for other tasks) and "
                 f"{self.tuning.adapter_seconds:.1f} s per adapter beside its steps; serving "
                 f"its adapter costs {t.lora_cost:.2f}x the base model's time"
             )
@@ -490,6 +492,7 @@ class FineTuning:
     step_seconds: float
     adapter_seconds: float
     adapter: str
+    tokens: float  # the calibration task's prompt tokens (a test input's, the mean)
 
 
 def measure_ttt(
@@ -531,7 +534,9 @@ def measure_ttt(
     if step <= 0:  # one adapter, or steps too quick to tell apart: all of it per step
         step = full.seconds / full.steps
     assert full.path is not None
-    return FineTuning(step, max(0.0, full.seconds - step * full.steps), full.path)
+    own = [u.prompt_tokens for u in units if u.task_id == task.id]
+    tokens = sum(own) / len(own)
+    return FineTuning(step, max(0.0, full.seconds - step * full.steps), full.path, tokens)
 
 
 HELP = "measure the engine, or simulate a whole run on paper, and predict what fits the budget"
@@ -629,6 +634,7 @@ def measured_rates(plan: Plan) -> Rates:
         engine_stop_seconds=t.stop_seconds,
         ttt_seconds_per_step=None if plan.tuning is None else plan.tuning.step_seconds,
         ttt_seconds_per_adapter=None if plan.tuning is None else plan.tuning.adapter_seconds,
+        ttt_step_tokens=None if plan.tuning is None else plan.tuning.tokens,
         answer_fill=max(t.answer_fill, 1e-3),
         lora_cost=t.lora_cost,
         score_cost=t.score_cost,
