@@ -27,6 +27,14 @@ DEMO = Path(__file__).resolve().parents[1] / "models" / "airv-demo"
 # faster in larger batches (a run keeps 512 requests in flight), and `airv plan`'s default (4
 # tasks x 4 views a call) is a small one.
 CALIBRATION = ("--calibration-tasks", "16", "--calibration-augmentations", "32")
+# The runs compared: plain; per-task TTT as the budget cuts it (a third of the adapters
+# trained, so vLLM's batches mix adapted and base-model requests); and with steps few enough
+# that every task gets its adapter (no base-model request).
+RUNS = (
+    ("plain", ("--ttt", "off")),
+    ("per-task TTT", ("--ttt", "per-task")),
+    ("per-task TTT, 8 steps", ("--ttt", "per-task", "--ttt-steps", "8")),
+)
 # What must come within how much of the real run (the ratio simulated / real).
 TARGETS = {"prompts": 0.20, "engine seconds": 0.20, "views per test input": 0.25}
 
@@ -97,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             *("--time-budget", args.time_budget, "--enforce-eager", "--settle-margin", "0"),
             *("--first-round", "8", "--per-round", "8", "--max-augmentations", str(args.views)),
         ]
-        for name, ttt in (("plain", "off"), ("per-task TTT", "per-task")):
-            got, real = _compare(airv, [*base, "--ttt", ttt], Path(tmp), name.split()[0])
+        for key, (name, opts) in enumerate(RUNS):
+            got, real = _compare(airv, [*base, *opts], Path(tmp), str(key))
             rows += [(name, *row[1:]) for row in got]
             stopped.append(f"{name}: {real['stopped_by']}")
     m = machine_info()

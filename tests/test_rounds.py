@@ -150,3 +150,80 @@ def test_the_ledger_owes_until_settled_and_caps_on_spent_then_on_owed(
     timed = Ledger(cap_seconds=10.0, cap_tokens=None)
     timed.owe(("a", 0), "v", 50)
     assert not timed.capped("a") and timed.capped("a", seconds_per_token=0.2)
+
+
+def test_a_task_released_late_is_planned_round_by_round_within_the_room() -> None:
+    """One task answered alone while the other waits for its adapter's verdict: the rounds
+    run ahead. Released, the late task is owed every round planned so far, and gets them from
+    round 1 in the refills that follow, each within its room (a round's views at most over
+    it), never all at once in the loop; ahead of new rounds."""
+    from airv.run.rounds import Board, View
+
+    cfg = _cfg(first_round=8, per_round=8, max_augmentations=256, settle_margin=0)
+    ids = ["early", "late"]
+    rounds = _rounds(cfg, ids)
+    queued: dict[Unit, list[View]] = {(t, 0): [] for t in ids}
+    held = {"late"}
+
+    def push(views: list[View]) -> int:
+        for v in views:
+            queued[v.unit].append(v)
+        return len(views)
+
+    rounds.board = Board(
+        units=list(queued),
+        closed=lambda t: t in held,
+        have=lambda u: {v.aug.key for v in queued[u]},
+        adapter=lambda t: None,
+        fail=lambda t, why: None,
+        push=push,
+    )
+    assert rounds.refill(128, {}) == 128 and rounds.planned == 16  # the early task alone
+    held.clear()
+    assert rounds.catch_up({}) == 0 and queued[("late", 0)] == []
+    assert rounds.refill(20, {}) == 24  # rounds 1 to 3: 8 views each, the room passed
+    assert [v.round for v in queued[("late", 0)]] == [1] * 8 + [2] * 8 + [3] * 8
+    assert rounds.planned == 16  # no new round while a task is behind
+    calls = 1
+    while len(queued[("late", 0)]) < 128:
+        assert rounds.refill(30, {}) <= 30 + 16  # at most a round (8 views each) past it
+        calls += 1
+    late = [v.round for v in queued[("late", 0)]]
+    assert late == sorted(late) and all(late.count(r) == 8 for r in range(1, 17))
+    assert calls >= 4  # 128 views in refills of about 30
+    # Caught up: the rounds go on for both tasks alike.
+    assert len(queued[("late", 0)]) == len(queued[("early", 0)])
+    planned = rounds.planned
+    assert rounds.refill(8, {}) == 16 and rounds.planned == planned + 1
+
+
+def test_no_round_runs_ahead_of_an_adapters_verdict() -> None:
+    """While a task waits for its adapter's verdict, the others get round 1 and no more; the
+    verdict in, the rounds go on for all, the late task from round 1."""
+    from airv.run.rounds import Board, View
+
+    cfg = _cfg(first_round=8, per_round=8, max_augmentations=64, settle_margin=0)
+    rounds = _rounds(cfg, ["early", "late"])
+    queued: dict[Unit, list[View]] = {("early", 0): [], ("late", 0): []}
+    due = {"late"}
+
+    def push(views: list[View]) -> int:
+        for v in views:
+            queued[v.unit].append(v)
+        return len(views)
+
+    rounds.board = Board(
+        units=list(queued),
+        closed=lambda t: t in due,
+        have=lambda u: {v.aug.key for v in queued[u]},
+        adapter=lambda t: None,
+        fail=lambda t, why: None,
+        push=push,
+        verdicts_due=lambda: bool(due),
+    )
+    assert rounds.refill(128, {}) == 8 and rounds.planned == 1
+    assert rounds.refill(128, {}) == 0 and rounds.planned == 1
+    due.clear()
+    rounds.catch_up({})
+    assert rounds.refill(128, {}) >= 64 and rounds.planned > 1
+    assert [v.round for v in queued[("late", 0)][:8]] == [1] * 8

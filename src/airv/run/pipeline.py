@@ -156,6 +156,7 @@ class Run:
             adapter=lambda t: self.adapters.adapter(t),
             fail=self._fail,
             push=self._push,
+            verdicts_due=lambda: bool(self.adapters.unchecked),
         )
         self.journal = Journal(cfg.schedule_path)
         self.rounds: Rounds = (
