@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,6 +17,7 @@ from airv.core.voting import Tally, Vote, VoteMode
 from airv.run.config import RunConfig
 from airv.run.ledger import Ledger
 from airv.run.rounds import Rounds
+from airv.run.schedule import ViewSchedule
 
 G1 = ((1, 2), (3, 4))
 G2 = ((4, 3), (2, 1))
@@ -197,13 +199,16 @@ def test_a_task_released_late_is_planned_round_by_round_within_the_room() -> Non
     assert rounds.refill(8, {}) == 16 and rounds.planned == planned + 1
 
 
-def test_no_round_runs_ahead_of_an_adapters_verdict() -> None:
-    """While a task waits for its adapter's verdict, the others get round 1 and no more; the
-    verdict in, the rounds go on for all, the late task from round 1."""
+@pytest.mark.parametrize("schedule", list(ViewSchedule))
+def test_no_round_runs_ahead_of_an_adapters_verdict(schedule: ViewSchedule, tmp_path: Path) -> None:
+    """While a task waits for its adapter's verdict, the others get their first round and no
+    more (under either schedule); the verdict in, the views go on for all, the late task's
+    first round first."""
+    from airv.run.gain import Gain, Ledgers
     from airv.run.rounds import Board, View
+    from airv.run.schedule import Evidence, Journal
 
     cfg = _cfg(first_round=8, per_round=8, max_augmentations=64, settle_margin=0)
-    rounds = _rounds(cfg, ["early", "late"])
     queued: dict[Unit, list[View]] = {("early", 0): [], ("late", 0): []}
     due = {"late"}
 
@@ -212,7 +217,7 @@ def test_no_round_runs_ahead_of_an_adapters_verdict() -> None:
             queued[v.unit].append(v)
         return len(views)
 
-    rounds.board = Board(
+    board = Board(
         units=list(queued),
         closed=lambda t: t in due,
         have=lambda u: {v.aug.key for v in queued[u]},
@@ -221,9 +226,21 @@ def test_no_round_runs_ahead_of_an_adapters_verdict() -> None:
         push=push,
         verdicts_due=lambda: bool(due),
     )
-    assert rounds.refill(128, {}) == 8 and rounds.planned == 1
-    assert rounds.refill(128, {}) == 0 and rounds.planned == 1
+    tasks = {t: _task(t) for t in ("early", "late")}
+    rounds = Rounds(cfg, tasks, _fit, board)
+    if schedule is ViewSchedule.GAIN:
+        ledgers = Ledgers(
+            evidence=lambda u: Evidence(answered=0, failed=0, votes=(), owed=len(queued[u])),
+            price=lambda t, tokens: 1.0,
+            stopped=lambda t: None,
+            held=lambda t: t in due,
+            elapsed=lambda: 0.0,
+        )
+        rounds = Gain(cfg, tasks, _fit, board, ledgers, Journal(tmp_path / "s.jsonl"))
+    assert rounds.refill(128, {}) == 8 and rounds.refill(128, {}) == 0
+    assert len(queued[("early", 0)]) == 8
     due.clear()
     rounds.catch_up({})
-    assert rounds.refill(128, {}) >= 64 and rounds.planned > 1
+    assert rounds.refill(128, {}) >= 24
     assert [v.round for v in queued[("late", 0)][:8]] == [1] * 8
+    assert len(queued[("early", 0)]) > 8

@@ -79,6 +79,7 @@ class Gain(Rounds):
         if room < max(1, self.cfg.inflight // 8) and not final:
             return 0
         b, led = self._board, self.ledgers
+        due = b.verdicts_due()
         candidates: dict[Unit, Open] = {}
         asked: dict[Unit, int] = {}  # views answered (a view may give several answers, or none)
         for unit in b.units:
@@ -102,6 +103,8 @@ class Gain(Rounds):
                 tokens = self._tokens[unit] = first.cost
             limit = self.cfg.max_augmentations - len(have)
             floor = self.cfg.first_round - len(have)
+            if due:  # nothing past the first round ahead of an adapter's verdict (Rounds too)
+                limit = min(limit, floor)
             candidates[unit] = Open(ev, led.price(unit[0], tokens), limit, floor)
         pushed = 0
         for pick in best(candidates, room):
