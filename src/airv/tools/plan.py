@@ -421,8 +421,12 @@ def make_plan(
         if cfg.ttt.enabled:
             tuning = measure_ttt(cfg, challenges, calibration_units(costs, 1), Path(tmp))
             if tuning is not None:
+                # The slots the run's engine would have for these tasks' adapters (on CPU, one
+                # per task and one spare: run.engines.serving): vLLM on CPU took twice the time
+                # with 20 adapters in a batch as with 8.
+                slots = serving(cfg, len(set(decode_tasks))).max_loras
                 served = adapter_per_task(
-                    tuning.adapter, decode_tasks, cfg.ttt.mode, Path(tmp), cfg.engine.max_loras
+                    tuning.adapter, decode_tasks, cfg.ttt.mode, Path(tmp), slots
                 )
         for eager in ways:
             engine = dataclasses.replace(
