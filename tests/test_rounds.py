@@ -3,6 +3,7 @@ bookkeeping, no engine."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from airv.core.types import TaskId, Unit
 from airv.core.voting import Tally, Vote, VoteMode
 from airv.run.config import RunConfig
 from airv.run.ledger import Ledger
-from airv.run.rounds import Rounds
+from airv.run.rounds import Board, Rounds, View
 from airv.run.schedule import ViewSchedule
 
 G1 = ((1, 2), (3, 4))
@@ -154,32 +155,37 @@ def test_the_ledger_owes_until_settled_and_caps_on_spent_then_on_owed(
     assert not timed.capped("a") and timed.capped("a", seconds_per_token=0.2)
 
 
-def test_a_task_released_late_is_planned_round_by_round_within_the_room() -> None:
-    """One task answered alone while the other waits for its adapter's verdict: the rounds
-    run ahead. Released, the late task is owed every round planned so far, and gets them from
-    round 1 in the refills that follow, each within its room (a round's views at most over
-    it), never all at once in the loop; ahead of new rounds."""
-    from airv.run.rounds import Board, View
+def _board(queued: dict[Unit, list[View]], held: set[TaskId], *, verdicts: bool = False) -> Board:
+    """A board over `queued` (the views pushed, per test input) whose `held` tasks are closed;
+    with `verdicts`, they are held for their adapters' verdicts."""
 
-    cfg = _cfg(first_round=8, per_round=8, max_augmentations=256, settle_margin=0)
-    ids = ["early", "late"]
-    rounds = _rounds(cfg, ids)
-    queued: dict[Unit, list[View]] = {(t, 0): [] for t in ids}
-    held = {"late"}
-
-    def push(views: list[View]) -> int:
+    def push(views: Sequence[View]) -> int:
         for v in views:
             queued[v.unit].append(v)
         return len(views)
 
-    rounds.board = Board(
+    return Board(
         units=list(queued),
         closed=lambda t: t in held,
         have=lambda u: {v.aug.key for v in queued[u]},
         adapter=lambda t: None,
         fail=lambda t, why: None,
         push=push,
+        verdicts_due=lambda: verdicts and bool(held),
     )
+
+
+def test_a_task_released_late_is_planned_round_by_round_within_the_room() -> None:
+    """One task answered alone while the other waits for its adapter's verdict: the rounds
+    run ahead. Released, the late task is owed every round planned so far, and gets them from
+    round 1 in the refills that follow, each within its room (a round's views at most over
+    it), never all at once in the loop; ahead of new rounds."""
+    cfg = _cfg(first_round=8, per_round=8, max_augmentations=256, settle_margin=0)
+    ids = ["early", "late"]
+    rounds = _rounds(cfg, ids)
+    queued: dict[Unit, list[View]] = {(t, 0): [] for t in ids}
+    held = {"late"}
+    rounds.board = _board(queued, held)
     assert rounds.refill(128, {}) == 128 and rounds.planned == 16  # the early task alone
     held.clear()
     assert rounds.catch_up({}) == 0 and queued[("late", 0)] == []
@@ -205,27 +211,12 @@ def test_no_round_runs_ahead_of_an_adapters_verdict(schedule: ViewSchedule, tmp_
     more (under either schedule); the verdict in, the views go on for all, the late task's
     first round first."""
     from airv.run.gain import Gain, Ledgers
-    from airv.run.rounds import Board, View
     from airv.run.schedule import Evidence, Journal
 
     cfg = _cfg(first_round=8, per_round=8, max_augmentations=64, settle_margin=0)
     queued: dict[Unit, list[View]] = {("early", 0): [], ("late", 0): []}
     due = {"late"}
-
-    def push(views: list[View]) -> int:
-        for v in views:
-            queued[v.unit].append(v)
-        return len(views)
-
-    board = Board(
-        units=list(queued),
-        closed=lambda t: t in due,
-        have=lambda u: {v.aug.key for v in queued[u]},
-        adapter=lambda t: None,
-        fail=lambda t, why: None,
-        push=push,
-        verdicts_due=lambda: bool(due),
-    )
+    board = _board(queued, due, verdicts=True)
     tasks = {t: _task(t) for t in ("early", "late")}
     rounds = Rounds(cfg, tasks, _fit, board)
     if schedule is ViewSchedule.GAIN:
