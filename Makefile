@@ -199,6 +199,7 @@ bench: $(STAMP)
 	$(PY) -m bench.plan_check --out bench/plan-check.md
 	$(PY) -m bench.fidelity --out bench/fidelity.md
 	$(PY) -m bench.schedule --out bench/schedule.md
+	$(PY) -m bench.schedule_replay --out bench/schedule-replay.md
 
 clean:
 	rm -rf $(VENV) $(PINS_DIR) $(PINS_LOG) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,7 @@ lent to every run, so no run pays a start-up; each run's clock starts at its cre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import statistics
 import tempfile
@@ -119,6 +120,7 @@ def run_once(
     schedule: ViewSchedule,
     seed: int,
     budget: float,
+    settle_margin: int | None = None,  # None: the run's default
 ) -> tuple[Outcome, EngineWorker | None]:
     cfg = RunConfig(
         challenges=challenges,
@@ -131,6 +133,8 @@ def run_once(
         reserve=1.0,
         progress=False,
     )
+    if settle_margin is not None:
+        cfg = dataclasses.replace(cfg, settle_margin=settle_margin)
     t0 = time.monotonic()
     r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=worker)
     r.execute()

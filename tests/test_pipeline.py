@@ -548,5 +548,7 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     stops = {(t, i): u.stop for t, tests in journal.items() for i, u in tests.items()}
     assert stops == {u: "views" for u in run.units}
     assert all(u.views == 8 for tests in journal.values() for u in tests.values())
-    # Breadth first: the first four answers are four different test inputs' first views.
-    assert len({(p.task_id, p.test_index) for p in records[:4]}) == 4
+    # The first round cheapest test input first, whole (as the rounds order it): the first
+    # four answers are one test input's, and the 3x3 task's first round comes last.
+    assert len({(p.task_id, p.test_index) for p in records[:4]}) == 1
+    assert {p.task_id for p in records[12:16]} == {"task0003"}

@@ -11,7 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airv.run.schedule import Evidence, Journal, Open, Pick, Stop, best, gain, read_journal
+from airv.run.schedule import (
+    Evidence,
+    Journal,
+    Open,
+    Pick,
+    Stop,
+    best,
+    evidence_of,
+    gain,
+    read_journal,
+    view_price,
+)
 
 
 @st.composite
@@ -45,6 +56,29 @@ def test_views_on_their_way_lower_the_gain(e: Evidence) -> None:
 def test_a_failed_answer_lowers_the_gain(e: Evidence) -> None:
     worse = _with(e, answered=e.answered + 1, failed=e.failed + 1)
     assert gain(worse) < gain(e)
+
+
+@given(st.lists(st.none() | st.sampled_from([((1,),), ((2,),), ((1, 2),)])), st.integers(0, 8))
+def test_evidence_counts_each_distinct_answer_and_each_failure(
+    grids: list[tuple[tuple[int, ...], ...] | None], owed: int
+) -> None:
+    e = evidence_of(grids, owed)
+    parsed = [g for g in grids if g is not None]
+    assert (e.answered, e.failed, e.owed) == (len(grids), len(grids) - len(parsed), owed)
+    assert e.votes == tuple(sorted(Counter(parsed).values(), reverse=True))
+
+
+@given(st.floats(0, 100), st.integers(0, 50), st.integers(1, 5000), st.floats(0, 1))
+def test_a_views_price_is_its_tasks_mean_else_its_tokens(
+    spent: float, views: int, tokens: int, spt: float
+) -> None:
+    price = view_price(spent, views, tokens, spt)
+    if spent > 0 and views:
+        assert price == pytest.approx(spent / views)
+    elif spt > 0:
+        assert price == pytest.approx(tokens * spt)
+    else:
+        assert price == tokens  # nothing measured yet: the tokens alone order the views
 
 
 def test_the_values_the_docstring_quotes() -> None:
@@ -107,7 +141,8 @@ def test_the_first_round_is_a_floor(
     raw: dict[tuple[str, int], tuple[Evidence, float, int, int]], room: int
 ) -> None:
     """Every view that brings a test input towards the first round's floor goes before any
-    view above it; each part is best gain per second first, and no pick passes a limit."""
+    view above it, cheapest first, a test input's views together; the rest is best gain per
+    second first; no pick passes a limit."""
     cands = {u: Open(e, p, lim, floor) for u, (e, p, lim, floor) in raw.items()}
     picks = best(cands, room)
     assert len(picks) == min(room, sum(max(o.limit, 0) for o in cands.values()))
@@ -119,9 +154,10 @@ def test_the_first_round_is_a_floor(
         assert seen[p.unit] <= cands[p.unit].limit
     assert below == sorted(below, reverse=True)  # all views below a floor, then the rest
     n_below = sum(below)
-    for part in (picks[:n_below], picks[n_below:]):
-        rates = [p.rate for p in part]
-        assert all(a >= b for a, b in itertools.pairwise(rates))
+    floor_part = [(p.price, p.unit) for p in picks[:n_below]]
+    assert floor_part == sorted(floor_part)
+    rates = [p.rate for p in picks[n_below:]]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
     # The floor holds where there is room: nothing goes above it while a view below it waits.
     if n_below < len(picks):
         assert all(seen[u] >= min(o.floor, o.limit) for u, o in cands.items())

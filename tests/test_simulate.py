@@ -324,34 +324,35 @@ def test_gain_and_uniform_agree_when_everything_fits(
     inflight=st.sampled_from([1, 2, 512]),
     budget=st.floats(11.0, 80.0),
 )
-def test_gain_gives_every_test_input_a_first_view_before_any_a_second(
+def test_gain_gives_the_first_round_cheapest_test_input_first_and_whole(
     prompts: list[int], tests: int, inflight: int, budget: float
 ) -> None:
     """Under a deadline that cuts, at prices within a factor of 2 (2 to 2.9 s a view), on one
-    worker (views end in the order planned): no test input has a second view while another
-    has none, and the test inputs with a view are the cheapest."""
+    worker (views end in the order planned): the first round's views go cheapest test input
+    first, each's first round whole before the next's (as the rounds order a round), and no
+    test input has more than the first round while another lacks some of it."""
     cfg = _cfg(
         time_budget=budget, inflight=inflight, max_augmentations=8, schedule=ViewSchedule.GAIN
     )
     costs = _priced(prompts, tests)
     sim = simulate(cfg, costs, RATES)
-    views = sim.views
-    if max(views.values()) >= 2:
-        assert min(views.values()) >= 1
     price = {(u.task_id, u.test_index): u.prompt_tokens for u in costs.units}
-    seen = [price[u] for u, n in views.items() if n]
-    unseen = [price[u] for u, n in views.items() if not n]
-    assert not seen or not unseen or max(seen) <= min(unseen)
+    first = [min(sim.views[u], cfg.first_round) for u in sorted(price, key=lambda u: (price[u], u))]
+    assert first == sorted(first, reverse=True)
+    assert sum(0 < n < cfg.first_round for n in first) <= 1
+    if max(sim.views.values()) > cfg.first_round:
+        assert min(first) == cfg.first_round
 
 
-def test_uniform_rounds_give_second_views_first() -> None:
-    """What the gain schedule changes: the rounds give the cheapest task its first round's
-    views (2) before the other tasks get any."""
+def test_gain_orders_the_first_round_as_the_rounds_do() -> None:
+    """Both schedules give the cheapest task its first round's views (2) before the other
+    tasks get any: spread over every test input, a tight budget's first views were too few
+    for any vote (the replayed schedule bench: 18 test outputs behind over 10 seeds at 20%
+    of the work)."""
     cfg = _cfg(time_budget=15.0)  # 10 s start-up, then 2 views of 2 s
     uniform = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.UNIFORM), _costs(), RATES)
     gain = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.GAIN), _costs(), RATES)
-    assert list(uniform.views.values()) == [2, 0, 0, 0]
-    assert list(gain.views.values()) == [1, 1, 0, 0]
+    assert list(uniform.views.values()) == list(gain.views.values()) == [2, 0, 0, 0]
 
 
 # -- the command ---------------------------------------------------------------------------

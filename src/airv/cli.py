@@ -13,7 +13,18 @@ from typing import Protocol
 
 from airv import __version__
 from airv.core import errors
-from airv.tools import evaluate, plan, prompt, recipe, report, run, score, validate, vote
+from airv.tools import (
+    evaluate,
+    plan,
+    prompt,
+    recipe,
+    replay,
+    report,
+    run,
+    score,
+    validate,
+    vote,
+)
 
 
 class Command(Protocol):
@@ -42,6 +53,7 @@ COMMANDS: tuple[tuple[str, Command], ...] = (
     ("report", report),
     ("eval", evaluate),
     ("plan", plan),
+    ("replay", replay),
 )
 
 

@@ -63,7 +63,9 @@ class Gain(Rounds):
         why = self.ledgers.stopped(unit[0])
         if why is not None:
             return why
-        if self.settled(vote):
+        # The first round is a floor, as the rounds' is: a vote settled within it still gets
+        # its first-round views (the second attempt is often one of them).
+        if self.settled(vote) and asked >= self.cfg.first_round:
             return Stop.SETTLED
         if asked >= self.cfg.max_augmentations:
             return Stop.VIEWS
@@ -103,7 +105,9 @@ class Gain(Rounds):
                 tokens = self._tokens[unit] = first.cost
             limit = self.cfg.max_augmentations - len(have)
             floor = self.cfg.first_round - len(have)
-            if due:  # nothing past the first round ahead of an adapter's verdict (Rounds too)
+            # Nothing past the first round ahead of an adapter's verdict (Rounds too), nor for
+            # a vote already settled.
+            if due or self.settled(votes.get(unit)):
                 limit = min(limit, floor)
             candidates[unit] = Open(ev, led.price(unit[0], tokens), limit, floor)
         pushed = 0
@@ -129,8 +133,9 @@ class Gain(Rounds):
         return self.stop(unit, vote, asked) is not None
 
     def late(self, view: View, vote: Vote | None, have: int) -> bool:
-        """Whether a view is for a test input settled since it was planned."""
-        return self.settled(vote)
+        """Whether a view past the first round is for a test input settled since it was
+        planned (the first round's views are a floor)."""
+        return view.round > 1 and self.settled(vote)
 
     def _peek(self, unit: Unit, have: set[str]) -> View | None:
         """The test input's next view (seeded, excluding what it has, labelled with its

@@ -28,7 +28,6 @@ import functools
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +71,7 @@ from airv.run.predictions import Prediction
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.rounds import Board, Rounds, View
-from airv.run.schedule import Evidence, Journal, Stop, ViewSchedule
+from airv.run.schedule import Evidence, Journal, Stop, ViewSchedule, evidence_of, view_price
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -288,21 +287,14 @@ class Run:
         preds = self.recorder.predictions.get(unit, [])
         counted = self._evidence.get(unit)
         if counted is None or counted.answered != len(preds):
-            grids = Counter(p.grid for p in preds if p.grid is not None)
-            votes = tuple(sorted(grids.values(), reverse=True))
-            counted = self._evidence[unit] = Evidence(len(preds), len(preds) - grids.total(), votes)
+            counted = self._evidence[unit] = evidence_of([p.grid for p in preds])
         return dataclasses.replace(counted, owed=len(self.ledger.owed(unit)))
 
     def price(self, task_id: TaskId, tokens: int) -> float:
-        """Seconds of one view of a task: the measured mean of its earlier views, else its
-        tokens at the run's measured seconds per token (at 1 s per token before anything is
-        measured, which orders the views by their tokens alone)."""
+        """Seconds of one view of a task (schedule.view_price)."""
         seconds, _ = self.ledger.spent(task_id)
         n = sum(len(self.recorder.asked((task_id, i))) for i in self._tests(task_id))
-        if seconds > 0 and n:
-            return seconds / n
-        spt = self._seconds_per_token()
-        return tokens * (spt if spt > 0 else 1.0)
+        return view_price(seconds, n, tokens, self._seconds_per_token())
 
     def _tests(self, task_id: TaskId) -> range:
         return range(len(self.challenges.tasks[task_id].test))

@@ -25,12 +25,14 @@ per view of its task's earlier views, else its tokens at the run's measured seco
 the next view goes to the best gain per second.
 
 The first round's views (`--first-round`, the eight rotations and flips by default) are a
-floor: a test input below it goes before every test input at or above it, best gain per second
-first among them. A gain read from one or two answers is noise: on the schedule bench (30% of
-the work, seed 5), the two test inputs the rounds solved and this rule without the floor did
-not had been given one and two views, against the rounds' eight (a first answer that was wrong
-makes a test input look like one that never agrees). The gain decides the order of the first
-round and where everything after it goes.
+floor: a test input below it goes before every test input at or above it, cheapest view first
+and its first round whole (as the rounds order a round), and a vote that settles within it
+still gets the rest of it. A gain read from one or two answers is noise, and so is a vote of
+four or five: on the replayed schedule bench (bench/schedule-replay.md, 10 seeds), picking the
+first round by gain per second spread it thin over every test input (3 to 5 views each where
+the rounds gave 8) and stopping a vote settled within it lost its second attempt: 18 test
+outputs behind the rounds at 20% of the work, 6 at 30%; with the floor whole and cheapest
+first, none. The gain decides where everything after the first round goes.
 
 A test input stops when its vote is settled (`--settle-margin`, as the uniform rounds stop),
 at `--max-augmentations` views, or when its task reaches its cap; the deadline stops what is
@@ -43,14 +45,15 @@ from __future__ import annotations
 import enum
 import heapq
 import math
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import orjson
 
-from airv.core.types import TaskId, Unit
+from airv.core.types import Grid, TaskId, Unit
 
 
 class ViewSchedule(enum.StrEnum):
@@ -85,6 +88,23 @@ class Evidence:
             raise ValueError(f"inconsistent evidence: {self}")
         if sum(self.votes) != self.answered - self.failed:
             raise ValueError(f"votes do not count the parsed answers: {self}")
+
+
+def evidence_of(grids: Sequence[Grid | None], owed: int = 0) -> Evidence:
+    """A test input's evidence from its answers so far (None: an answer that did not parse)
+    and its views on their way."""
+    counts = Counter(g for g in grids if g is not None)
+    votes = tuple(sorted(counts.values(), reverse=True))
+    return Evidence(len(grids), len(grids) - counts.total(), votes, owed)
+
+
+def view_price(spent: float, views: int, tokens: int, seconds_per_token: float) -> float:
+    """Seconds of one view of a task: the mean of its `views` earlier views (`spent` engine
+    seconds in all), else its `tokens` at the run's measured seconds per token (at 1 s per
+    token before anything is measured, which orders the views by their tokens alone)."""
+    if spent > 0 and views:
+        return spent / views
+    return tokens * (seconds_per_token if seconds_per_token > 0 else 1.0)
 
 
 def gain(e: Evidence) -> float:
@@ -130,15 +150,19 @@ class Open:
 
 
 def best(candidates: Mapping[Unit, Open], room: int) -> list[Pick]:
-    """Up to `room` views: test inputs below the floor first, then best gain per second. Each
-    pick counts as one more view on its way for the next pick of the same test input, up to
-    its limit. Ties go to the cheaper view, then the unit."""
+    """Up to `room` views: test inputs below the floor first, cheapest view first, then best
+    gain per second. Each pick counts as one more view on its way for the next pick of the
+    same test input, up to its limit. Ties go to the cheaper view, then the unit."""
 
     def entry(
         unit: Unit, ev: Evidence, price: float, limit: int, floor: int
     ) -> tuple[bool, float, float, Unit, float, Evidence, int, int]:
         g = gain(ev)
-        return (floor <= 0, -_rate(g, price), price, unit, g, ev, limit, floor)
+        # Below the floor, cheapest first, a test input's first round together (as the rounds
+        # order a round): not by gain, which views on their way divide, and which spread the
+        # first round thin over every test input at a tight budget.
+        order = price if floor > 0 else -_rate(g, price)
+        return (floor <= 0, order, price, unit, g, ev, limit, floor)
 
     heap = [
         entry(u, o.evidence, o.price, o.limit, o.floor)

@@ -1,0 +1,207 @@
+"""Replay a recorded run's answers under other settings and budgets, and score each: which
+schedule, settle margin and view count score most in the seconds you have.
+
+A run's predictions.jsonl keeps every answer and the engine seconds it took. `airv replay RUN`
+runs the run's own planners again on a virtual clock (no model, no engine: a second or so per
+replay), each view answered with the recorded answer to it, for every combination of the
+budgets, schedules, settle margins and view counts given, and prints the Kaggle score of each
+against --solutions. The views are planned from the recorded run's seed and rounds
+(run_summary.json), so a replay asks for the recorded augmentations.
+
+Record once with every view answered: `airv run ... --settle-margin 0` at the most
+--max-augmentations you will replay, with no deadline. A replay that asks for more views than
+the recording has says so (`unanswered`). Budgets are engine seconds on the recording's
+machine ('20m', '90s') or shares of the whole recording ('50%'): the clock counts engine time
+alone, no start-up and no fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from airv.core.augment import ViewPolicy
+from airv.core.errors import ConfigError, InputError
+from airv.core.jsonio import read_json_object
+from airv.core.tasks import load_challenges, load_solutions
+from airv.core.units import format_duration, parse_duration
+from airv.run.config import PREDICTIONS_FILE, SUMMARY_FILE, RunConfig
+from airv.run.replay import Recording, replay, score
+from airv.run.schedule import DEFAULT_SCHEDULE, ViewSchedule
+
+HELP = "replay a recorded run's answers under other budgets and settings, and score each"
+DESCRIPTION = __doc__
+
+DEFAULT_BUDGETS = ("25%", "50%", "100%")
+
+
+def _budget(text: str) -> str:
+    """A share ('50%') or a duration, checked here, resolved against the recording later."""
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot read share {text!r}: use e.g. 50%") from None
+        if not share > 0:
+            raise argparse.ArgumentTypeError(f"a share must be above 0%: {text!r}")
+        return text
+    try:
+        parse_duration(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("run", type=Path, metavar="RUN", help="the recorded run's output folder")
+    p.add_argument(
+        "--solutions", type=Path, required=True, metavar="FILE",
+        help="the solution file, {task_id: [grid, ...]}",
+    )  # fmt: skip
+    p.add_argument(
+        "--challenges", type=Path, metavar="FILE",
+        help="the challenge file (default: the one run_summary.json names)",
+    )  # fmt: skip
+    p.add_argument(
+        "--budget", type=_budget, nargs="+", default=list(DEFAULT_BUDGETS), metavar="B",
+        help="engine seconds ('20m', '90s') or shares of the recording's ('50%%'); "
+        f"default: {' '.join(DEFAULT_BUDGETS)}".replace("%", "%%"),
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule", nargs="+", choices=[s.value for s in ViewSchedule],
+        default=[s.value for s in sorted(ViewSchedule, key=lambda s: s != DEFAULT_SCHEDULE)],
+        metavar="S", help="uniform, gain, or both (the default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--settle-margin", type=int, nargs="+", metavar="N",
+        help=f"settle margins to replay (default: {RunConfig.settle_margin}, as `airv run`)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-augmentations", type=int, nargs="+", metavar="N",
+        help="views per test input at most (default: the recorded run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--inflight", type=int, metavar="N",
+        help=f"prompts in flight (default: {RunConfig.inflight}, as `airv run`)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the rows as JSON, nothing else")
+
+
+def _settings(run: Path) -> dict[str, Any]:
+    path = run / SUMMARY_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: no run summary: the replay needs the run's seed and rounds")
+    summary = read_json_object(path, "run summary")
+    settings = summary.get("settings")
+    if not isinstance(settings, dict) or "views" not in settings:
+        raise InputError(f"{path}: the run summary has no settings (written by an older airv?)")
+    return {"challenges": summary.get("challenges"), **settings}
+
+
+def main(args: argparse.Namespace) -> int:
+    run: Path = args.run
+    recording = Recording.read(run / PREDICTIONS_FILE)
+    settings = _settings(run)
+    challenges_path = args.challenges or Path(str(settings["challenges"]))
+    if not challenges_path.is_file():
+        raise InputError(
+            f"{challenges_path}: the recorded run's challenge file is not there: give "
+            "--challenges FILE"
+        )
+    challenges = load_challenges(challenges_path, strict=False)
+    solutions = load_solutions(args.solutions)
+    first, per, most = (int(n) for n in settings["augmentations"])
+    whole = recording.seconds
+    budgets = [
+        (b, whole * float(b[:-1]) / 100 if b.endswith("%") else parse_duration(b))
+        for b in args.budget
+    ]
+    margins = args.settle_margin or [RunConfig.settle_margin]
+    views = args.max_augmentations or [most]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = RunConfig(
+            challenges=challenges_path,
+            out_dir=Path(tmp),
+            views=ViewPolicy(**settings["views"]),
+            first_round=min(first, min(views)),
+            per_round=per,
+            **({"inflight": args.inflight} if args.inflight else {}),
+        )
+        combos = itertools.product(budgets, args.schedule, margins, views)
+        for k, ((label, seconds), schedule, margin, n) in enumerate(combos):
+            cfg = dataclasses.replace(
+                base,
+                out_dir=Path(tmp) / str(k),
+                schedule=ViewSchedule(schedule),
+                settle_margin=margin,
+                max_augmentations=n,
+                first_round=min(first, n),
+                time_budget=seconds,
+                reserve=0.0,
+            )
+            r = replay(cfg, challenges, recording, seconds)
+            s = score(challenges, r.answers(), solutions)
+            rows.append(
+                {
+                    "budget": label,
+                    "budget_seconds": round(seconds, 3),
+                    "schedule": schedule,
+                    "settle_margin": margin,
+                    "max_augmentations": n,
+                    "score": round(s.kaggle, 4),
+                    "correct": s.n_correct,
+                    "outputs": s.n_outputs,
+                    "prompts": len({(p.task_id, p.test_index, p.aug) for _, p in r.done}),
+                    "engine_seconds": round(r.seconds, 3),
+                    "stopped_by": r.stopped_by,
+                    "substituted": r.substituted,
+                    "unanswered": r.unanswered,
+                }
+            )
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    lo, hi = recording.views
+    print(
+        f"recording: {recording.source}: {len(recording.in_order)} test inputs, {lo}-{hi} "
+        f"views each, {format_duration(whole)} of engine time ({whole:.1f} s); views seed "
+        f"{settings['views'].get('seed')}, rounds of {first}/{per} up to {most}"
+    )
+    print(_table(rows))
+    short = sum(r["unanswered"] for r in rows)
+    if short:
+        print(
+            f"note: {short} views asked for more than the recording has (unanswered): record "
+            "with --settle-margin 0 and no deadline, at the most views you replay"
+        )
+    return 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ["budget", "schedule", "settle", "views", "score", "correct", "prompts", "engine s",
+            "stopped by"]  # fmt: skip
+    body = [
+        [
+            f"{r['budget']} ({r['budget_seconds']:.1f} s)" if r["budget"].endswith("%")
+            else r["budget"],
+            r["schedule"], str(r["settle_margin"]), str(r["max_augmentations"]),
+            f"{r['score']:.3f}", f"{r['correct']}/{r['outputs']}", str(r["prompts"]),
+            f"{r['engine_seconds']:.1f}", r["stopped_by"],
+        ]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
+    return "\n".join(lines)
+
+
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "main"]
