@@ -34,17 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from airv.core.augment import ViewPolicy
-from airv.core.submission import build_submission, score_submission
 from airv.core.tasks import Challenges, Task, dump_challenges, load_challenges
 from airv.core.types import Grid, TaskId
-from airv.core.voting import VoteMode, vote
 from airv.engines.config import Decoding, EngineConfig
 from airv.engines.pool import await_ready
 from airv.engines.worker import EngineWorker
 from airv.kaggle.local import default_tasks
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
-from airv.run.predictions import Prediction, group_candidates, read_predictions
+from airv.run.predictions import Prediction, read_predictions
+from airv.run.replay import attempts, score
 from airv.run.schedule import ViewSchedule
 from bench.common import (
     Solutions,
@@ -101,12 +100,7 @@ def start_worker(cfg: EngineConfig) -> EngineWorker:
 def _score(
     challenges: Challenges, preds: Sequence[Prediction], solutions: Mapping[TaskId, Sequence[Grid]]
 ) -> tuple[float, int]:
-    answers = {}
-    for unit, cands in group_candidates(preds).items():
-        v = vote(cands, VoteMode.GRID)
-        if v is not None:
-            answers[unit] = (v.attempt_1, v.attempt_2)
-    s = score_submission(build_submission(challenges, answers), solutions)
+    s = score(challenges, attempts(preds), solutions)
     return s.kaggle, s.n_correct
 
 

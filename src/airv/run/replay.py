@@ -116,13 +116,19 @@ class Replayed:
 
     def answers(self, upto: int | None = None) -> dict[Unit, tuple[Grid, Grid]]:
         """Each test input's two attempts by the replay's vote, over the first `upto` answers."""
-        preds = [p for _, p in self.done[:upto]]
-        out = {}
-        for unit, cands in group_candidates(preds).items():
-            v = vote(cands, self.mode)
-            if v is not None:
-                out[unit] = (v.attempt_1, v.attempt_2)
-        return out
+        return attempts([p for _, p in self.done[:upto]], self.mode)
+
+
+def attempts(
+    preds: Sequence[Prediction], mode: VoteMode = VoteMode.GRID
+) -> dict[Unit, tuple[Grid, Grid]]:
+    """Each test input's two attempts by the vote over these predictions."""
+    out = {}
+    for unit, cands in group_candidates(preds).items():
+        v = vote(cands, mode)
+        if v is not None:
+            out[unit] = (v.attempt_1, v.attempt_2)
+    return out
 
 
 def score(
@@ -294,4 +300,4 @@ def replay(cfg: RunConfig, challenges: Challenges, recording: Recording, budget:
     return _Replay(cfg, challenges, recording).run(budget)
 
 
-__all__ = ["Recording", "Replayed", "replay", "score"]
+__all__ = ["Recording", "Replayed", "attempts", "replay", "score"]
