@@ -171,3 +171,21 @@ def test_the_gain_schedule_replays_its_journal(tmp_path: Path) -> None:
     lines = [orjson.loads(x) for x in (out / "schedule.jsonl").read_bytes().splitlines()]
     stops = {line["task"]: line["stop"] for line in lines if "stop" in line}
     assert stops == {"agree": "settled", "never": "views"}
+
+
+def test_a_task_cap_stops_each_task_where_it_is_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each recorded view costs 55 tokens (50 prompt, 5 answer): a cap of 550 tokens stops each
+    task at 10 views, its views on their way taken back; in seconds, 0.95 s is 10 views too."""
+    run, solutions, _ = _recorded(tmp_path, {"agree": 32, "never": 32})
+    rows = _rows(capsys, str(run), "--solutions", str(solutions), "--budget", "100%",
+                 "--schedule", "uniform", "--settle-margin", "0", "--inflight", "8",
+                 "--task-cap", "550tok", "0.95s")  # fmt: skip
+    assert [r["task_cap"] for r in rows] == ["550tok", "0.95s"]
+    for r in rows:
+        assert (r["prompts"], r["stopped_by"]) == (20, "done")
+        assert r["engine_seconds"] == pytest.approx(20 * SECONDS)
+    (default,) = _rows(capsys, str(run), "--solutions", str(solutions), "--budget", "100%",
+                       "--schedule", "uniform", "--settle-margin", "0")  # fmt: skip
+    assert default["task_cap"] == f"{RunConfig.task_cap_shares:g} shares"

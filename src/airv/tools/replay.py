@@ -1,11 +1,11 @@
 """Replay a recorded run's answers under other settings and budgets, and score each: which
-schedule, settle margin and view count score most in the seconds you have.
+schedule, settle margin, view count and task cap score most in the seconds you have.
 
 A run's predictions.jsonl keeps every answer and the engine seconds it took. `airv replay RUN`
-runs the run's own planners again on a virtual clock (no model, no engine: a second or so per
-replay), each view answered with the recorded answer to it, for every combination of the
-budgets, schedules, settle margins and view counts given, and prints the Kaggle score of each
-against --solutions. The views are planned from the recorded run's seed and rounds
+runs the run's own planners again on a virtual clock (no model, no engine: well under a second
+per replay), each view answered with the recorded answer to it, for every combination of the
+budgets, schedules, settle margins, view counts and task caps given, and prints the Kaggle
+score of each against --solutions. The views are planned from the recorded run's seed and rounds
 (run_summary.json), so a replay asks for the recorded augmentations.
 
 Record once with every view answered: `airv run ... --settle-margin 0` at the most
@@ -32,6 +32,7 @@ from airv.core.jsonio import read_json_object
 from airv.core.tasks import load_challenges, load_solutions
 from airv.core.units import format_duration, parse_duration
 from airv.run.config import PREDICTIONS_FILE, SUMMARY_FILE, RunConfig
+from airv.run.options import parse_task_cap
 from airv.run.replay import Recording, replay, score
 from airv.run.schedule import DEFAULT_SCHEDULE, ViewSchedule
 
@@ -53,6 +54,14 @@ def _budget(text: str) -> str:
         return text
     try:
         parse_duration(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _task_cap(text: str) -> str:
+    try:
+        parse_task_cap(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -86,6 +95,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-augmentations", type=int, nargs="+", metavar="N",
         help="views per test input at most (default: the recorded run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--task-cap", type=_task_cap, nargs="+", metavar="CAP",
+        help="per-task caps to replay: engine seconds ('90s') or tokens ('20000tok') "
+        f"(default: {RunConfig.task_cap_shares:g} fair shares of the budget, as `airv run`)",
     )  # fmt: skip
     p.add_argument(
         "--inflight", type=int, metavar="N",
@@ -135,8 +149,10 @@ def main(args: argparse.Namespace) -> int:
             per_round=per,
             **({"inflight": args.inflight} if args.inflight else {}),
         )
-        combos = itertools.product(budgets, args.schedule, margins, views)
-        for k, ((label, seconds), schedule, margin, n) in enumerate(combos):
+        caps = args.task_cap or [None]
+        combos = itertools.product(budgets, args.schedule, margins, views, caps)
+        for k, ((label, seconds), schedule, margin, n, cap) in enumerate(combos):
+            cap_seconds, cap_tokens = parse_task_cap(cap) if cap else (None, None)
             cfg = dataclasses.replace(
                 base,
                 out_dir=Path(tmp) / str(k),
@@ -146,6 +162,8 @@ def main(args: argparse.Namespace) -> int:
                 first_round=min(first, n),
                 time_budget=seconds,
                 reserve=0.0,
+                task_cap_seconds=cap_seconds,
+                task_cap_tokens=cap_tokens,
             )
             r = replay(cfg, challenges, recording, seconds)
             s = score(challenges, r.answers(), solutions)
@@ -156,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
                     "schedule": schedule,
                     "settle_margin": margin,
                     "max_augmentations": n,
+                    "task_cap": cap or f"{cfg.task_cap_shares:g} shares",
                     "score": round(s.kaggle, 4),
                     "correct": s.n_correct,
                     "outputs": s.n_outputs,
@@ -186,13 +205,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ["budget", "schedule", "settle", "views", "score", "correct", "prompts", "engine s",
-            "stopped by"]  # fmt: skip
+    head = ["budget", "schedule", "settle", "views", "task cap", "score", "correct", "prompts",
+            "engine s", "stopped by"]  # fmt: skip
     body = [
         [
             f"{r['budget']} ({r['budget_seconds']:.1f} s)" if r["budget"].endswith("%")
             else r["budget"],
-            r["schedule"], str(r["settle_margin"]), str(r["max_augmentations"]),
+            r["schedule"], str(r["settle_margin"]), str(r["max_augmentations"]), r["task_cap"],
             f"{r['score']:.3f}", f"{r['correct']}/{r['outputs']}", str(r["prompts"]),
             f"{r['engine_seconds']:.1f}", r["stopped_by"],
         ]
