@@ -80,7 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--budget", type=_budget, nargs="+", default=list(DEFAULT_BUDGETS), metavar="B",
-        help="engine seconds ('20m', '90s') or shares of the recording's ('50%%'); "
+        help="engine seconds ('20m', '90s') or shares of the recording's ('50%'); "
         f"default: {' '.join(DEFAULT_BUDGETS)}".replace("%", "%%"),
     )  # fmt: skip
     p.add_argument(
