@@ -74,6 +74,7 @@ class Outcome:
     stopped_by: str
     # (seconds since the run's start, Kaggle score) after each result, in completion order
     curve: tuple[tuple[float, float], ...]
+    engine_seconds: float = 0.0  # the completed requests' shares of batch time
 
     def reached(self, score: float) -> float | None:
         """When the replayed score first reached `score` (seconds), None if never."""
@@ -150,6 +151,7 @@ def run_once(
         r.summary.prompts,
         r.summary.stopped_by or "?",
         tuple(curve),
+        r.summary.engine_seconds,
     )
     return outcome, r.kept
 

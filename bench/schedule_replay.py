@@ -32,11 +32,12 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from airv.core.augment import ViewPolicy
 from airv.core.tasks import Challenges, Task, dump_challenges, load_challenges
+from airv.engines.worker import EngineWorker
 from airv.run.config import RunConfig
 from airv.run.predictions import read_predictions
 from airv.run.replay import Recording, replay, score
@@ -125,6 +126,52 @@ def record(
     return recordings
 
 
+CHECK_SHARE = 0.4  # the real run that checks the replay stops at this share of the whole work
+
+
+def check_against_real_runs(
+    path: Path,
+    challenges: Challenges,
+    recordings: Mapping[int, Recording],
+    solutions: Solutions,
+    tmp: Path,
+) -> list[tuple[Outcome, Outcome]]:
+    """The replay against real runs (uniform, the run's defaults, a warm engine): one with no
+    deadline, then one stopped at CHECK_SHARE of that one's wall time, each of its own seed
+    (the second seed, then the first: a run of the same seed on the same engine would find
+    its prompts in vLLM's prefix cache, and cost half); each replayed from its seed's
+    recording at the engine seconds the real run spent (no deadline for the first)."""
+    ecfg = engine_config()
+    seeds = list(recordings)
+    whole_seed, cut_seed = seeds[1 % len(seeds)], seeds[0]
+
+    def once(
+        name: str, worker: EngineWorker, seed: int, budget: float
+    ) -> tuple[Outcome, EngineWorker | None]:
+        return run_once(
+            path, tmp / f"check-{name}", worker, solutions, engine=ecfg,
+            schedule=ViewSchedule.UNIFORM, seed=seed, budget=budget,
+        )  # fmt: skip
+
+    # A new engine's first requests are slow: it answers the whole set once, unmeasured.
+    _, kept = once("warm", start_worker(ecfg), 99, NO_DEADLINE)
+    assert kept is not None, "a run with no deadline keeps its engine"
+    whole, kept = once("whole", kept, whole_seed, NO_DEADLINE)
+    assert kept is not None, "a run with no deadline keeps its engine"
+    cut, kept = once("cut", kept, cut_seed, CHECK_SHARE * whole.curve[-1][0])
+    if kept is not None:
+        kept.close()
+    pairs = []
+    for o in (whole, cut):
+        budget = o.engine_seconds if o.stopped_by == "deadline" else NO_DEADLINE
+        replayed, _ = replay_once(
+            challenges, recordings[o.seed], solutions, tmp / f"check-replay-{o.seed}",
+            schedule=ViewSchedule.UNIFORM, seed=o.seed, budget=budget,
+        )  # fmt: skip
+        pairs.append((o, replayed))
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -148,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         recordings = record(path, args.seeds, solutions, args.recordings or tmp / "rec", tmp)
         recorded = time.monotonic() - t0
         t0 = time.monotonic()
+        check = check_against_real_runs(path, challenges, recordings, solutions, tmp)
+        checked = time.monotonic() - t0
+        t0 = time.monotonic()
         outcomes: list[Outcome] = []
         misses = 0
-        first = args.seeds[0]
         # The whole work first (uniform, no deadline, the first seed): the budgets' base.
-        jobs = [(first, ViewSchedule.UNIFORM, None)] + [
+        jobs = [(args.seeds[0], ViewSchedule.UNIFORM, None)] + [
             (seed, schedule, share)
             for seed in args.seeds
             for share in args.shares
@@ -180,7 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         replayed = time.monotonic() - t0
     assert full is not None
-    write_markdown(args.out, render(tasks, full, whole, outcomes, misses, recorded, replayed))
+    write_markdown(
+        args.out,
+        [
+            *render(tasks, full, whole, outcomes, misses, recorded, replayed),
+            *render_check(check, checked),
+            "",
+            "Written by `python -m bench.schedule_replay` (part of `make bench`).",
+        ],
+    )
     return 0
 
 
@@ -244,8 +301,46 @@ def render(
             rows,
         ),
         f"Recording took {recorded:.0f} s, the {len(outcomes) + 1} replays {replayed:.0f} s.",
+    ]
+
+
+def render_check(pairs: Sequence[tuple[Outcome, Outcome]], seconds: float) -> list[str]:
+    rows = [
+        (
+            f"seed {real.seed}, "
+            + ("no deadline" if real.stopped_by == "done" else f"stopped at {real.budget:.1f} s"),
+            real.prompts,
+            replayed.prompts,
+            f"{real.n_correct} / {replayed.n_correct}",
+            f"{real.engine_seconds:.1f}",
+            f"{replayed.curve[-1][0] if replayed.curve else 0.0:.1f}",
+        )
+        for real, replayed in pairs
+    ]
+    return [
         "",
-        "Written by `python -m bench.schedule_replay` (part of `make bench`).",
+        "## The replay against real runs",
+        "",
+        f"Real uniform runs on a warm engine (the run's defaults, {INFLIGHT} prompts in "
+        f"flight), one with no deadline and one stopped at {CHECK_SHARE:.0%} of that one's "
+        f"wall time, each of a seed of its own (the same prompts again would be found in "
+        f"vLLM's prefix cache); each replayed from its seed's recording at the engine seconds "
+        f"the real run spent (no deadline for the first). The recording's seconds come from "
+        f"another run, so a replay's engine seconds differ from the real run's by the "
+        f"machine's noise.",
+        "",
+        *table(
+            [
+                "real run",
+                "real prompts",
+                "replayed prompts",
+                "test outputs right, real / replayed",
+                "real engine s",
+                "replayed engine s",
+            ],
+            rows,
+        ),
+        f"The real runs took {seconds:.0f} s, their engine's start and warm-up included.",
     ]
 
 
