@@ -189,3 +189,19 @@ def test_a_task_cap_stops_each_task_where_it_is_reached(
     (default,) = _rows(capsys, str(run), "--solutions", str(solutions), "--budget", "100%",
                        "--schedule", "uniform", "--settle-margin", "0")  # fmt: skip
     assert default["task_cap"] == f"{RunConfig.task_cap_shares:g} shares"
+
+
+def test_views_the_recording_lacks_are_answered_by_its_others_and_counted(
+    tmp_path: Path,
+) -> None:
+    """A recording made with another seed holds other augmentations: each view is answered by
+    the test input's next unused recorded view (no answer used twice), and counted."""
+    _, _, preds = _recorded(tmp_path, {"never": 8})
+    challenges = load_challenges(tmp_path / "challenges.json", strict=True)
+    cfg = RunConfig(
+        challenges=tmp_path / "challenges.json", out_dir=tmp_path / "out", settle_margin=0,
+        max_augmentations=8, inflight=8, views=ViewPolicy(seed=7),
+    )  # fmt: skip
+    r = replay(cfg, challenges, Recording(preds), 100.0)
+    assert sorted(p.aug for _, p in r.done) == sorted(p.aug for p in preds)
+    assert r.substituted == 7 and r.unanswered == 0  # the identity comes first in both
