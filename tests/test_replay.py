@@ -130,6 +130,13 @@ def test_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["replay", str(run), "--solutions", str(solutions)]) == 2
     err = capsys.readouterr().err
     assert "challenges.json" in err and "--challenges" in err
+    summary = orjson.loads((run / "run_summary.json").read_bytes())
+    (run / "run_summary.json").write_bytes(orjson.dumps({"challenges": summary["challenges"]}))
+    assert main(["replay", str(run), "--solutions", str(solutions)]) == 2
+    assert "run_summary.json: the run summary has no views and rounds" in capsys.readouterr().err
+    (run / "run_summary.json").write_bytes(orjson.dumps({"settings": summary["settings"]}))
+    assert main(["replay", str(run), "--solutions", str(solutions)]) == 2
+    assert "names no challenge file" in capsys.readouterr().err
     (run / "predictions.jsonl").unlink()
     assert main(["replay", str(run), "--solutions", str(solutions)]) == 2
     assert "predictions.jsonl" in capsys.readouterr().err

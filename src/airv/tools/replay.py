@@ -108,22 +108,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON, nothing else")
 
 
-def _settings(run: Path) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class _Recorded:
+    """What the replay needs of the recorded run's settings (run_summary.json)."""
+
+    challenges: Path | None
+    views: ViewPolicy
+    rounds: tuple[int, int, int]  # first round, per round, most views
+
+
+def _settings(run: Path) -> _Recorded:
     path = run / SUMMARY_FILE
     if not path.is_file():
         raise InputError(f"{path}: no run summary: the replay needs the run's seed and rounds")
     summary = read_json_object(path, "run summary")
     settings = summary.get("settings")
-    if not isinstance(settings, dict) or "views" not in settings:
-        raise InputError(f"{path}: the run summary has no settings (written by an older airv?)")
-    return {"challenges": summary.get("challenges"), **settings}
+    unreadable = InputError(
+        f"{path}: the run summary has no views and rounds in its settings (written by an older "
+        "airv?)"
+    )
+    if not isinstance(settings, dict):
+        raise unreadable
+    try:
+        views = ViewPolicy(**settings["views"])
+        first, per, most = (int(n) for n in settings["augmentations"])
+    except (KeyError, TypeError, ValueError):
+        raise unreadable from None
+    challenges = summary.get("challenges")
+    return _Recorded(Path(challenges) if isinstance(challenges, str) else None, views,
+                     (first, per, most))  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
     run: Path = args.run
     recording = Recording.read(run / PREDICTIONS_FILE)
-    settings = _settings(run)
-    challenges_path = args.challenges or Path(str(settings["challenges"]))
+    recorded = _settings(run)
+    challenges_path = args.challenges or recorded.challenges
+    if challenges_path is None:
+        raise InputError(f"{run / SUMMARY_FILE}: names no challenge file: give --challenges FILE")
     if not challenges_path.is_file():
         raise InputError(
             f"{challenges_path}: the recorded run's challenge file is not there: give "
@@ -131,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
         )
     challenges = load_challenges(challenges_path, strict=False)
     solutions = load_solutions(args.solutions)
-    first, per, most = (int(n) for n in settings["augmentations"])
+    first, per, most = recorded.rounds
     whole = recording.seconds
     budgets = [
         (b, whole * float(b[:-1]) / 100 if b.endswith("%") else parse_duration(b))
@@ -144,7 +166,7 @@ def main(args: argparse.Namespace) -> int:
         base = RunConfig(
             challenges=challenges_path,
             out_dir=Path(tmp),
-            views=ViewPolicy(**settings["views"]),
+            views=recorded.views,
             first_round=min(first, min(views)),
             per_round=per,
             **({"inflight": args.inflight} if args.inflight else {}),
@@ -192,7 +214,7 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"recording: {recording.source}: {len(recording.in_order)} test inputs, {lo}-{hi} "
         f"views each, {format_duration(whole)} of engine time ({whole:.1f} s); views seed "
-        f"{settings['views'].get('seed')}, rounds of {first}/{per} up to {most}"
+        f"{recorded.views.seed}, rounds of {first}/{per} up to {most}"
     )
     print(_table(rows))
     short = sum(r["unanswered"] for r in rows)
