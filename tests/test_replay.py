@@ -4,12 +4,13 @@ engine: airv.run.replay, airv.tools.replay)."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airv.cli import main
@@ -212,3 +213,42 @@ def test_views_the_recording_lacks_are_answered_by_its_others_and_counted(
     r = replay(cfg, challenges, Recording(preds), 100.0)
     assert sorted(p.aug for _, p in r.done) == sorted(p.aug for p in preds)
     assert r.substituted == 7 and r.unanswered == 0  # the identity comes first in both
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    views=st.lists(st.sampled_from([8, 16]), min_size=1, max_size=3),
+    answers=st.lists(st.integers(0, 3), min_size=16, max_size=16),
+    schedule=st.sampled_from(list(ViewSchedule)),
+    inflight=st.sampled_from([1, 8, 512]),
+    budget=st.floats(0.05, 5.0),
+)
+def test_a_replay_asks_what_was_recorded_and_keeps_to_its_budget(
+    tmp_path_factory: pytest.TempPathFactory,
+    views: list[int],
+    answers: list[int],
+    schedule: ViewSchedule,
+    inflight: int,
+    budget: float,
+) -> None:
+    """With no settling and the recorded view count, a replay with no deadline answers every
+    recorded view once, each with its own recorded answer; under a budget it stops within it,
+    and its engine seconds are its answers' recorded seconds."""
+    tmp = tmp_path_factory.mktemp("r")
+    ids = [f"t{i}" for i in range(len(views))]
+    _, _, preds = _recorded(tmp, dict(zip(ids, views, strict=True)))
+    # Some agreement among the answers, so the schedules have votes to read.
+    preds = [dataclasses.replace(p, grid=((answers[k % 16],),)) for k, p in enumerate(preds)]
+    challenges = load_challenges(tmp / "challenges.json", strict=True)
+    cfg = RunConfig(
+        challenges=tmp / "challenges.json", out_dir=tmp / "out", schedule=schedule,
+        settle_margin=0, max_augmentations=max(views), inflight=inflight,
+    )  # fmt: skip
+    whole = replay(cfg, challenges, Recording(preds), 1e9)
+    assert (whole.stopped_by, whole.substituted) == ("done", 0)
+    assert Counter(p for _, p in whole.done) == Counter(preds)  # each once
+    assert whole.unanswered == sum(max(views) - n for n in views)  # past a shorter recording
+    cut = replay(cfg, challenges, Recording(preds), budget)
+    assert cut.seconds <= budget + 1e-9
+    assert cut.seconds == pytest.approx(sum(p.seconds for _, p in cut.done))
+    assert cut.stopped_by == ("deadline" if budget < whole.seconds - 1e-9 else "done")
