@@ -215,7 +215,7 @@ def test_views_the_recording_lacks_are_answered_by_its_others_and_counted(
     assert r.substituted == 7 and r.unanswered == 0  # the identity comes first in both
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     views=st.lists(st.sampled_from([8, 16]), min_size=1, max_size=3),
     answers=st.lists(st.integers(0, 3), min_size=16, max_size=16),
@@ -251,4 +251,5 @@ def test_a_replay_asks_what_was_recorded_and_keeps_to_its_budget(
     cut = replay(cfg, challenges, Recording(preds), budget)
     assert cut.seconds <= budget + 1e-9
     assert cut.seconds == pytest.approx(sum(p.seconds for _, p in cut.done))
-    assert cut.stopped_by == ("deadline" if budget < whole.seconds - 1e-9 else "done")
+    if abs(budget - whole.seconds) > 1e-6:  # at the boundary, the sum's rounding decides
+        assert cut.stopped_by == ("deadline" if budget < whole.seconds else "done")
