@@ -253,3 +253,23 @@ def test_a_replay_asks_what_was_recorded_and_keeps_to_its_budget(
     assert cut.seconds == pytest.approx(sum(p.seconds for _, p in cut.done))
     if abs(budget - whole.seconds) > 1e-6:  # at the boundary, the sum's rounding decides
         assert cut.stopped_by == ("deadline" if budget < whole.seconds else "done")
+
+
+@pytest.mark.parametrize(
+    ("recorded", "replayed"), [(None, "grid"), ("cell", "cell"), ("rescore", "grid")]
+)
+def test_the_replay_votes_as_the_recorded_run_did(
+    recorded: str | None, replayed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recorded run's vote, but a re-scoring vote (its scores need the model): grid."""
+    run, solutions, _ = _recorded(tmp_path, {"never": 8})
+    summary = orjson.loads((run / "run_summary.json").read_bytes())
+    if recorded is not None:
+        summary["settings"]["vote"] = recorded
+    (run / "run_summary.json").write_bytes(orjson.dumps(summary))
+    assert main(["replay", str(run), "--solutions", str(solutions), "--budget", "100%"]) == 0
+    assert f"; {replayed} vote\n" in capsys.readouterr().out
+    summary["settings"]["vote"] = "loudest"
+    (run / "run_summary.json").write_bytes(orjson.dumps(summary))
+    assert main(["replay", str(run), "--solutions", str(solutions)]) == 2
+    assert "unknown vote mode 'loudest'" in capsys.readouterr().err

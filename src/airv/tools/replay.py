@@ -31,6 +31,7 @@ from airv.core.errors import ConfigError, InputError
 from airv.core.jsonio import read_json_object
 from airv.core.tasks import load_challenges, load_solutions
 from airv.core.units import format_duration, parse_duration
+from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
 from airv.run.config import PREDICTIONS_FILE, SUMMARY_FILE, RunConfig
 from airv.run.options import parse_task_cap
 from airv.run.replay import Recording, replay, score
@@ -115,6 +116,7 @@ class _Recorded:
     challenges: Path | None
     views: ViewPolicy
     rounds: tuple[int, int, int]  # first round, per round, most views
+    vote: VoteMode  # a re-scoring vote is replayed as the grid vote (scoring needs the model)
 
 
 def _settings(run: Path) -> _Recorded:
@@ -134,9 +136,13 @@ def _settings(run: Path) -> _Recorded:
         first, per, most = (int(n) for n in settings["augmentations"])
     except (KeyError, TypeError, ValueError):
         raise unreadable from None
+    try:
+        vote = VoteMode(settings.get("vote", DEFAULT_VOTE_MODE))
+    except ValueError:
+        raise InputError(f"{path}: unknown vote mode {settings.get('vote')!r}") from None
     challenges = summary.get("challenges")
     return _Recorded(Path(challenges) if isinstance(challenges, str) else None, views,
-                     (first, per, most))  # fmt: skip
+                     (first, per, most), VoteMode.GRID if vote.needs_scores else vote)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -167,6 +173,7 @@ def main(args: argparse.Namespace) -> int:
             challenges=challenges_path,
             out_dir=Path(tmp),
             views=recorded.views,
+            vote_mode=recorded.vote,
             first_round=min(first, min(views)),
             per_round=per,
             **({"inflight": args.inflight} if args.inflight else {}),
@@ -214,7 +221,8 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"recording: {recording.source}: {len(recording.in_order)} test inputs, {lo}-{hi} "
         f"views each, {format_duration(whole)} of engine time ({whole:.1f} s); views seed "
-        f"{recorded.views.seed}, rounds of {first}/{per} up to {most}"
+        f"{recorded.views.seed}, rounds of {first}/{per} up to {most}; "
+        f"{recorded.vote.value} vote"
     )
     print(_table(rows))
     short = sum(r["unanswered"] for r in rows)
