@@ -8,7 +8,7 @@ input's view of that number (views 1 to --first-round are round 1, and so on).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from airv.core.augment import Augmentation, plan_views
@@ -17,8 +17,22 @@ from airv.core.tasks import Task
 from airv.core.types import TaskId, Unit
 from airv.core.voting import Vote
 from airv.run.config import RunConfig
+from airv.run.ledger import Ledger
 from airv.run.rounds import Board, FitPrompt, Rounds, View
 from airv.run.schedule import Evidence, Journal, Open, Stop, best
+
+
+def task_stop(task_id: TaskId, failed: Container[TaskId], ledger: Ledger) -> Stop | None:
+    """Why the gain planner gives a task nothing more: it failed, or reached its cap. The cap
+    counts what the task spent, not its work on the way (as the dispatch check does): the
+    planner weighs every test input at each refill, and counting the views in flight at a
+    tight budget's tiny caps starved the engine (79 prompts where uniform's round 1, planned
+    before anything was measured, ran 413)."""
+    if task_id in failed:
+        return Stop.FAILED
+    if task_id in ledger.cut or ledger.capped(task_id):
+        return Stop.CAP
+    return None
 
 
 @dataclass(frozen=True)

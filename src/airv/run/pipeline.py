@@ -63,7 +63,7 @@ from airv.engines.pool import (
 from airv.run.budget import Clock, Stopped, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.engines import Engines
-from airv.run.gain import Gain, Ledgers
+from airv.run.gain import Gain, Ledgers, task_stop
 from airv.run.ledger import Ledger
 from airv.run.outdir import RunLock
 from airv.run.outdir import prepare as prepare_out_dir
@@ -71,7 +71,7 @@ from airv.run.predictions import Prediction
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.rounds import Board, Rounds, View
-from airv.run.schedule import Evidence, Journal, Stop, ViewSchedule, evidence_of, view_price
+from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Run:
                 Ledgers(
                     self.evidence,
                     self.price,
-                    self._stopped,
+                    lambda t: task_stop(t, self.failed, self.ledger),
                     held=lambda t: self.adapters.held(t),
                     elapsed=lambda: self.clock.elapsed(),
                 ),
@@ -269,18 +269,6 @@ class Run:
 
     def _have(self, unit: Unit) -> set[str]:
         return self.recorder.asked(unit) | self.ledger.owed(unit)
-
-    def _stopped(self, task_id: TaskId) -> Stop | None:
-        """Why the gain planner gives a task nothing more. Its cap counts what the task spent,
-        not its work on the way (as the dispatch check does): the planner weighs every test
-        input at each refill, and counting the views in flight at a tight budget's tiny caps
-        starved the engine (79 prompts where uniform's round 1, planned before anything was
-        measured, ran 413)."""
-        if task_id in self.failed:
-            return Stop.FAILED
-        if task_id in self.ledger.cut or self.ledger.capped(task_id):
-            return Stop.CAP
-        return None
 
     def evidence(self, unit: Unit) -> Evidence:
         """What the run knows of a test input, for the gain schedule."""

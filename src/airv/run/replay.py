@@ -40,11 +40,11 @@ from airv.core.tasks import Challenges, Task
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, VoteMode, vote
 from airv.run.config import RunConfig
-from airv.run.gain import Gain, Ledgers
+from airv.run.gain import Gain, Ledgers, task_stop
 from airv.run.ledger import Ledger
 from airv.run.predictions import Prediction, group_candidates, read_predictions
 from airv.run.rounds import Board, Rounds, View
-from airv.run.schedule import Evidence, Journal, Stop, ViewSchedule, evidence_of, view_price
+from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
 
 
 class Recording:
@@ -176,7 +176,7 @@ class _Replay:
                 Ledgers(
                     self.evidence,
                     self.price,
-                    self._stopped,
+                    lambda t: task_stop(t, self.failed, self.ledger),
                     held=lambda t: False,
                     elapsed=lambda: self.now,
                 ),
@@ -200,13 +200,6 @@ class _Replay:
 
     def _closed(self, task_id: TaskId) -> bool:
         return task_id in self.failed or self.ledger.capped(task_id, self._spt())
-
-    def _stopped(self, task_id: TaskId) -> Stop | None:
-        if task_id in self.failed:
-            return Stop.FAILED
-        if task_id in self.ledger.cut or self.ledger.capped(task_id):
-            return Stop.CAP
-        return None
 
     def evidence(self, unit: Unit) -> Evidence:
         return evidence_of([p.grid for p in self.preds[unit]], len(self.ledger.owed(unit)))

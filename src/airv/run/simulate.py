@@ -35,7 +35,7 @@ import heapq
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +61,13 @@ class UnitCost:
     test_index: int
     prompt_tokens: float
     answer_tokens: float
+
+
+def mean_prompt_tokens(units: Iterable[UnitCost]) -> float:
+    """The mean prompt of these test inputs (0 for none): what a task's fine-tuning steps
+    are priced by (Rates.ttt_seconds)."""
+    tokens = [u.prompt_tokens for u in units]
+    return sum(tokens) / len(tokens) if tokens else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +394,7 @@ class _Simulator:
 
     def _ttt_seconds(self, tasks: Sequence[TaskId]) -> float:
         """One adapter's training on `tasks`, at their prompts' mean length."""
-        units = [self.units[u] for t in tasks for u in self.by_task[t]]
-        tokens = sum(u.prompt_tokens for u in units) / max(1, len(units))
+        tokens = mean_prompt_tokens(self.units[u] for t in tasks for u in self.by_task[t])
         seconds = self.rates.ttt_seconds(self.cfg.ttt.steps, tokens)
         assert seconds is not None
         return seconds
@@ -667,6 +673,7 @@ __all__ = [
     "TooLong",
     "UnitCost",
     "Wave",
+    "mean_prompt_tokens",
     "price_by_cells",
     "simulate",
     "synthetic_tasks",

@@ -59,6 +59,7 @@ from airv.run.simulate import (
     Simulation,
     TooLong,
     UnitCost,
+    mean_prompt_tokens,
     price_by_cells,
     simulate,
     synthetic_tasks,
@@ -538,8 +539,7 @@ def measure_ttt(
     if step <= 0:  # one adapter, or steps too quick to tell apart: all of it per step
         step = full.seconds / full.steps
     assert full.path is not None
-    own = [u.prompt_tokens for u in units if u.task_id == task.id]
-    tokens = sum(own) / len(own)
+    tokens = mean_prompt_tokens(u for u in units if u.task_id == task.id)
     return FineTuning(step, max(0.0, full.seconds - step * full.steps), full.path, tokens)
 
 
