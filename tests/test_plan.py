@@ -47,6 +47,38 @@ def test_plan_arithmetic() -> None:
     assert "fine-tuning 40s" in tuned.render()
 
 
+def test_lora_is_timed_with_one_adapter_and_with_the_runs_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The decode call served with 3 adapters, then with one on every prompt: LoRA's cost with
+    one adapter in the batch and what each further one adds, read off an engine whose batches
+    take 2 + 0.5 x (k - 1) times the base model's time with k adapters in them."""
+    import types
+
+    from airv.core.prompts import FittedPrompt
+    from airv.engines.base import Completion, GenerateRequest
+    from airv.tools import plan as plan_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(plan_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def generate(requests: list[GenerateRequest]) -> list[list[Completion]]:
+        k = len({r.adapter for r in requests if r.adapter is not None})
+        base = sum(len(r.prompt_ids) / 1000 + r.max_tokens / 100 for r in requests)
+        clock[0] += base * (2 + 0.5 * (k - 1) if k else 1.0)
+        return [[Completion("", (1,) * r.max_tokens, 0.0, "length")] for r in requests]
+
+    prompts = [FittedPrompt("", [1] * 200, 1, 10, ()) for _ in range(6)]
+    adapters = ["a", "b", "c", "a", "b", "c"]
+    t = plan_mod.measure(generate, prompts, prompts, started=0.0, adapters=adapters,
+                         solo_adapter="solo")  # fmt: skip
+    assert t.lora_cost == pytest.approx(2.0) and t.lora_cost_per_adapter == pytest.approx(0.5)
+    # One adapter only (jointly): nothing per further adapter, and no second call.
+    t = plan_mod.measure(generate, prompts, prompts, started=0.0, adapters=["a"] * 6,
+                         solo_adapter="solo")  # fmt: skip
+    assert t.lora_cost == pytest.approx(2.0) and t.lora_cost_per_adapter == 0.0
+
+
 def test_calibration_spreads_over_prompt_lengths() -> None:
     units = tuple(UnitCost(f"t{i}", 0, float(100 * i), 10.0) for i in range(10))
     costs = Costs(units, (), ())
@@ -167,11 +199,15 @@ def test_plan_times_fine_tuning_and_the_simulation_trains_on_that_rate(
     step, fixed = data["ttt_step_seconds"], data["ttt_adapter_seconds"]
     assert step > 0 and fixed >= 0
     assert data["rates"]["ttt_seconds_per_step"] == step
-    # Two adapters of 3 steps each on one process, at the measured rate.
-    assert sim["ttt_seconds"] == pytest.approx(2 * (3 * step + fixed), rel=1e-6)
+    # A training process's start (the calibration stages' seconds beside their adapters').
+    assert data["rates"]["ttt_stage_start_seconds"] == data["ttt_stage_start_seconds"] > 0
+    # Two adapters of 3 steps each on one process, at the measured rate, after its start.
+    start = data["ttt_stage_start_seconds"]
+    assert sim["ttt_seconds"] == pytest.approx(start + 2 * (3 * step + fixed), rel=1e-6)
     assert sim["predicted_prompts"] == 2 * 32
     # Serving the adapter it trained was timed too; the answers' share of their allowance.
     assert data["lora_cost"] > 0 and data["rates"]["lora_cost"] == data["lora_cost"]
+    assert data["rates"]["lora_cost_per_adapter"] == data["lora_cost_per_adapter"] >= 0
     assert 0 < data["answer_fill"] <= 1
 
 

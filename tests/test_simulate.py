@@ -69,6 +69,7 @@ def rates(draw: st.DrawFn) -> Rates:
         ttt_seconds_per_step=draw(st.none() | _amount),
         ttt_seconds_per_task=draw(st.none() | _amount),
         ttt_step_tokens=draw(st.none() | _amount),
+        ttt_stage_start_seconds=draw(_amount),
         adapter_bytes=None if adapter is None else adapter[0],
         adapter_rank=None if adapter is None else adapter[1],
         tokens_per_cell=draw(_positive),
@@ -77,6 +78,8 @@ def rates(draw: st.DrawFn) -> Rates:
         tokens_per_prompt=draw(_amount),
         dfs_cost=draw(_positive),
         score_cost=draw(_positive),
+        lora_cost=draw(_positive),
+        lora_cost_per_adapter=draw(_amount),
         name=draw(st.text(max_size=10)),
         sources={"dfs_cost": draw(st.text(max_size=20))},
     )
@@ -160,9 +163,13 @@ def test_ttt_in_two_waves_under_the_scratch_limit() -> None:
 
 
 def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
-    """lora_cost prices only the requests of tasks that got an adapter; each adapter's fixed
-    seconds add to its steps'; answer_fill prices answers at their measured share."""
-    rates = dataclasses.replace(RATES, lora_cost=3.0, ttt_seconds_per_adapter=5.0)
+    """While an adapted task has views to go, every request pays lora_cost (the base model's
+    too: they share its batches), plus lora_cost_per_adapter per further adapter; each
+    adapter's fixed seconds add to its steps'; answer_fill prices answers at their measured
+    share."""
+    rates = dataclasses.replace(
+        RATES, lora_cost=3.0, lora_cost_per_adapter=0.5, ttt_seconds_per_adapter=5.0
+    )
     ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=30.0)
     sim = simulate(_cfg(ttt=ttt), _costs(), rates)
     # 30 s of stage for 4 adapters of 15 s each (10 steps + 5), each stopped 5 s before the
@@ -171,12 +178,36 @@ def test_what_adapters_cost_fine_tuning_and_short_answers_are_priced() -> None:
     assert sim.ttt_seconds == pytest.approx(25.0)
     assert (sim.waves[0].adapters, sim.waves[0].partial_adapters) == (1, 1)
     assert sim.waves[0].engine_start == pytest.approx(25.0)
-    # 2 adapted tasks x 4 views x 6 s + 2 base tasks x 4 views x 2 s.
-    assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(48.0 + 16.0)
+    # Two adapters (t0, t1) in the batch at 3.5x (3 + 0.5) until t0 has its 4 views: round 1's
+    # 8 and t0's 2 leading round 2; then t1 alone at 3x for its 2, then t2 and t3's 4 at the
+    # base price: 10 x 2 s x 3.5 + 2 x 2 s x 3 + 4 x 2 s.
+    assert sim.prompts == 16 and sim.decode_seconds == pytest.approx(70.0 + 12.0 + 8.0)
+    # One adapter (a stage long enough for one, 15 s + the save margin): 3x while its task has
+    # views to go. Task by task, t0 first: round 1's 8 views and t0's 2 leading round 2 pay
+    # 3x; once t0 has its 4 views, round 2's other 6 run at the base price.
+    one = dataclasses.replace(ttt, budget=20.0)
+    sim = simulate(_cfg(ttt=one), _costs(), rates)
+    assert sim.waves[0].adapters == 1 and sim.waves[0].partial_adapters == 0
+    assert sim.decode_seconds == pytest.approx(10 * 2.0 * 3.0 + 6 * 2.0)
     # Without fine-tuning no wave serves an adapter: the base model's price.
     assert simulate(_cfg(), _costs(), rates).decode_seconds == pytest.approx(16 * 2.0)
     half = simulate(_cfg(), _costs(), dataclasses.replace(RATES, answer_fill=0.5))
     assert half.decode_seconds == pytest.approx(16 * (1.0 + 0.5))  # 1 s prefill + 0.5 s decode
+
+
+def test_each_training_process_starts_before_its_first_adapter() -> None:
+    """ttt_stage_start_seconds: each process of a stage (one per GPU) starts, then trains;
+    the engine starts when the last adapter is saved, and the starts count as fine-tuning."""
+    ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=10, budget=100.0)
+    rates = dataclasses.replace(RATES, ttt_stage_start_seconds=3.0)
+    # One GPU: 3 s, then 4 adapters of 10 s.
+    sim = simulate(_cfg(ttt=ttt), _costs(), rates)
+    assert sim.waves[0].engine_start == pytest.approx(43.0)
+    assert sim.ttt_seconds == pytest.approx(3.0 + 40.0) and sim.waves[0].adapters == 4
+    # Two GPUs: both start (3 s each), then 2 adapters each.
+    sim = simulate(_cfg(ttt=ttt, workers=2), _costs(), rates)
+    assert sim.waves[0].engine_start == pytest.approx(23.0)
+    assert sim.ttt_seconds == pytest.approx(2 * 3.0 + 40.0)
 
 
 def test_each_tasks_steps_are_priced_at_its_prompts_length() -> None:

@@ -43,6 +43,9 @@ class Rates:
     # With seconds per step: the prompt tokens of the task they were measured on (a test
     # input's, the mean); each task's steps are then priced in proportion to its own.
     ttt_step_tokens: float | None = None
+    # Each training process's start in a stage (every wave has its own): spawning it, its
+    # imports, loading the model, before its first adapter.
+    ttt_stage_start_seconds: float = 0.0
     # One adapter on disk, at `adapter_rank` (scaled linearly to the run's rank); a model
     # folder gives it exactly instead (airv.adapt.waves.adapter_bytes).
     adapter_bytes: int | None = None
@@ -63,9 +66,12 @@ class Rates:
     # The share of an answer's token allowance the model's answers use: 1 prices each at its
     # allowance, an upper bound (a trained model stops at EOS sooner).
     answer_fill: float = 1.0
-    # A request with a test-time fine-tuned adapter: its seconds over the base model's (the
-    # engine serving LoRA).
+    # A batch that serves test-time fine-tuned adapters: each of its requests' seconds over the
+    # base model's with one adapter in the batch, and what each further adapter adds. The base
+    # model's requests in it pay too, as on vLLM-CPU, which runs the whole batch through LoRA
+    # (a GPU's kernels skip them: there this is an upper bound).
     lora_cost: float = 1.0
+    lora_cost_per_adapter: float = 0.0
     name: str = ""
     about: str = ""
     sources: dict[str, str] = field(default_factory=dict, compare=False)

@@ -379,18 +379,30 @@ class _Simulator:
         seconds = (
             u.prompt_tokens / r.prefill_tokens_per_second + answer / r.decode_tokens_per_second
         )
-        return seconds * self._lora(u)
+        return seconds
 
     def _score_seconds(self, u: UnitCost) -> float:
         r = self.rates
         tokens = u.prompt_tokens + u.answer_tokens * r.answer_fill
-        return tokens * r.score_cost / r.prefill_tokens_per_second * self._lora(u)
+        return tokens * r.score_cost / r.prefill_tokens_per_second
 
-    def _lora(self, u: UnitCost) -> float:
-        """What serving its task's adapter costs (1: the task has none, the base model).
-        Pricing every request of an adapter-serving wave at lora_cost, the base model's too,
-        made the fidelity bench's per-task TTT run come out at 0.51 of its real prompts."""
-        return self.rates.lora_cost if u.task_id in self.adapted else 1.0
+    def _lora(self, tasks: Sequence[TaskId]) -> float:
+        """What serving adapters costs a request now, over the base model (1: no adapter in
+        the batch). Every adapted task of the wave with views still to reach is in every batch
+        (no round runs ahead of another), each one adapter more; the base model's requests pay
+        as the adapted ones do (the rates' lora_cost)."""
+        if not self.adapted:
+            return 1.0
+        target = self.sim.target_views
+        k = sum(
+            1
+            for t in tasks
+            if t in self.adapted
+            and t not in self.ledger.cut
+            and any(self.sim.views[u] < target for u in self.by_task[t])
+        )
+        r = self.rates
+        return r.lora_cost + (k - 1) * r.lora_cost_per_adapter if k else 1.0
 
     def _ttt_seconds(self, tasks: Sequence[TaskId]) -> float:
         """One adapter's training on `tasks`, at their prompts' mean length."""
@@ -439,6 +451,7 @@ class _Simulator:
         pick order. Votes are unknown on paper: a test input's evidence is its views so far,
         every answer distinct (none settles). Returns the views queued."""
         target = self.sim.target_views
+        lora = self._lora(tasks)  # a view's price as it would run now; its job's, the base
         candidates: dict[Unit, Open] = {}
         for task_id in tasks:
             # The cap on what was spent (the run's gain planner, as its dispatch check).
@@ -448,14 +461,15 @@ class _Simulator:
                 n, k = self.sim.views[unit], len(self.ledger.owed(unit))
                 ev = Evidence(answered=n, failed=0, votes=(1,) * n, owed=k)
                 floor = self.cfg.first_round - n - k
-                price = self._view_seconds(self.units[unit])
+                price = self._view_seconds(self.units[unit]) * lora
                 candidates[unit] = Open(ev, price, target - n - k, floor)
         picks = best(candidates, self.cfg.inflight * self.cfg.workers)
         for pick in picks:
             u = self.units[pick.unit]
             tokens = math.ceil(u.prompt_tokens + self.cfg.sampling.n * u.answer_tokens)
             seq = next(self.seq)
-            job = _Job((1, 0.0, seq), pick.unit, f"v{seq}", pick.price, tokens, score=False)
+            seconds = pick.price / lora
+            job = _Job((1, 0.0, seq), pick.unit, f"v{seq}", seconds, tokens, score=False)
             heapq.heappush(self.queue, job)
             self.ledger.owe(pick.unit, job.key, tokens)
             self.generation_queued += 1
@@ -551,6 +565,7 @@ class _Simulator:
             if job is None:
                 idle.append(i)
                 continue
+            job.seconds *= self._lora(tasks)  # a job's seconds, the base model's until now
             if t + job.seconds > until:  # in flight when the time is up: lost
                 self.sim.lost += 1
                 if not job.score:
@@ -579,7 +594,11 @@ class _Simulator:
         # Each adapter stops in time to be saved before the stage's end, as the stage stops
         # it; the stage ends when its last adapter does (the engine starts then).
         train_end = stage_end - SAVE_MARGIN
-        lanes = [start] * (1 if joint else workers)
+        # Each process starts (its imports, the model) before its first adapter.
+        processes = 1 if joint else workers
+        begin = min(start + self.rates.ttt_stage_start_seconds, stage_end)
+        self.sim.ttt_seconds += (begin - start) * processes
+        lanes = [begin] * processes
         full = partial = none = 0
         for i in range(n):
             k = lanes.index(min(lanes))

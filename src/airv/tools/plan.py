@@ -91,8 +91,10 @@ class Throughput:
     answer_tokens: int
     stop_seconds: float = 0.0  # ending the engine: paid inside the run's reserve
     answer_allowance: int = 0  # the decode call's answer-token allowance (max_answer_tokens)
-    # The decode call served with adapters, over the base model's time for the same tokens.
+    # The decode call served with one adapter, over the base model's time for the same
+    # tokens; and what each further adapter in the call adds (the run's count of them).
     lora_cost: float = 1.0
+    lora_cost_per_adapter: float = 0.0
     # A scoring request's seconds per token over prefill's (with --vote rescore or views-nll:
     # the decode call's answers scored under views neither call saw), else 1.
     score_cost: float = 1.0
@@ -170,8 +172,12 @@ class Plan:
             "ttt_step_seconds": None if self.tuning is None else self.tuning.step_seconds,
             "ttt_adapter_seconds": None if self.tuning is None else self.tuning.adapter_seconds,
             "ttt_step_tokens": None if self.tuning is None else self.tuning.tokens,
+            "ttt_stage_start_seconds": (
+                None if self.tuning is None else self.tuning.stage_start_seconds
+            ),
             "answer_fill": self.throughput.answer_fill,
             "lora_cost": self.throughput.lora_cost,
+            "lora_cost_per_adapter": self.throughput.lora_cost_per_adapter,
             "score_cost": self.throughput.score_cost,
             "starts": {
                 mode: {
@@ -212,8 +218,11 @@ class Plan:
             lines.append(
                 f"fine-tuning: {self.tuning.step_seconds:.3f} s per step at "
                 f"{self.tuning.tokens:,.0f} prompt tokens (in proportion for other tasks) and "
-                f"{self.tuning.adapter_seconds:.1f} s per adapter beside its steps; serving "
-                f"its adapter costs {t.lora_cost:.2f}x the base model's time"
+                f"{self.tuning.adapter_seconds:.1f} s per adapter beside its steps, "
+                f"{self.tuning.stage_start_seconds:.1f} s for a training process's start; "
+                "serving "
+                f"a batch with its adapter costs {t.lora_cost:.2f}x the base model's time, "
+                f"+{t.lora_cost_per_adapter:.2f}x per further adapter in it"
             )
         if t.score_cost != 1.0:
             lines.append(
@@ -308,14 +317,17 @@ def measure(
     *,
     started: float,
     adapters: Sequence[str | None] = (),
+    solo_adapter: str | None = None,
     score: Callable[[list[ScoreRequest]], object] | None = None,
     score_set: Sequence[FittedPrompt] = (),
 ) -> Throughput:
     """Time the two calibration calls (see the module docstring). `started` is the
     time.monotonic() the start-up is counted from. With `adapters` (one per decode prompt),
-    the decode call is timed once more, each prompt served with its adapter: LoRA's cost over
-    the base model (vLLM keys its prefix cache by adapter, so the second call pays its prefill
-    again, as the first did). With `score`, the decode call's answers are scored under the
+    the decode call is timed once more, each prompt served with its adapter, and where they
+    are several, once more with `solo_adapter` on every prompt (a path of its own): LoRA's
+    cost over the base model with one adapter in the batch, and what each further adapter
+    adds (vLLM keys its prefix cache by adapter, so each call pays its prefill again, as the
+    first did). With `score`, the decode call's answers are scored under the
     prompts of `score_set` (views neither call saw, as re-scoring's views are new to the
     engine): a scoring request's seconds per token over prefill's."""
     if not prefill_set or not decode_set:
@@ -336,22 +348,30 @@ def measure(
     decode_prompt_tokens = sum(len(p.token_ids) for p in decode_set)
     answer_tokens = sum(len(c.token_ids) for cs in out for c in cs)
     decode_time = max(gen_time - decode_prompt_tokens / prefill_rate, MIN_DECODE_SHARE * gen_time)
-    lora_cost = 1.0
-    if any(a is not None for a in adapters):
-        t0 = time.monotonic()
-        served = generate(
-            [
-                GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, a)
-                for p, a in zip(decode_set, adapters, strict=True)
-            ]
-        )
-        # Over the base model's time for the same tokens: an adapter trained on one task
-        # answers other tasks' prompts at lengths of its own.
-        lora_answers = sum(len(c.token_ids) for cs in served for c in cs)
-        base_time = decode_prompt_tokens / prefill_rate + lora_answers * decode_time / max(
-            answer_tokens, 1
-        )
-        lora_cost = (time.monotonic() - t0) / base_time
+    lora_cost, per_adapter = 1.0, 0.0
+    distinct = len({a for a in adapters if a is not None})
+    if distinct:
+
+        def lora_time(served_with: Sequence[str | None]) -> float:
+            """The decode call served so, over the base model's time for the same tokens (an
+            adapter trained on one task answers other tasks' prompts at lengths of its own)."""
+            t0 = time.monotonic()
+            served = generate(
+                [
+                    GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, a)
+                    for p, a in zip(decode_set, served_with, strict=True)
+                ]
+            )
+            lora_answers = sum(len(c.token_ids) for cs in served for c in cs)
+            base_time = decode_prompt_tokens / prefill_rate + lora_answers * decode_time / max(
+                answer_tokens, 1
+            )
+            return (time.monotonic() - t0) / base_time
+
+        lora_cost = lora_time(adapters)
+        if distinct > 1 and solo_adapter is not None:
+            many, lora_cost = lora_cost, lora_time([solo_adapter] * len(decode_set))
+            per_adapter = max(0.0, (many - lora_cost) / (distinct - 1))
     score_cost = 1.0
     answers = [cs[0].token_ids for cs in out if cs and cs[0].token_ids]
     if score is not None and score_set and answers:
@@ -372,6 +392,7 @@ def measure(
         answer_tokens=answer_tokens,
         answer_allowance=sum(p.max_answer_tokens for p in decode_set),
         lora_cost=lora_cost,
+        lora_cost_per_adapter=per_adapter,
         score_cost=score_cost,
     )
 
@@ -444,6 +465,7 @@ def make_plan(
                     sets[1],
                     started=launched - before,
                     adapters=served,
+                    solo_adapter=None if tuning is None else tuning.adapter,
                     score=functools.partial(_run, lane, deadline) if n_sets == 3 else None,
                     score_set=sets[2] if n_sets == 3 else (),
                 )
@@ -492,12 +514,15 @@ def adapter_per_task(
 class FineTuning:
     """Fine-tuning as `airv plan` times it: seconds per optimiser step and each adapter's
     fixed seconds beside its steps (building its sequences, saving it), from two adapters of
-    one calibration task; and the longer one's folder, which the engine then serves."""
+    one calibration task, each in a stage of its own; the stage's seconds before and after
+    its adapter (its process's start, loading the model); and the longer adapter's folder,
+    which the engine then serves."""
 
     step_seconds: float
     adapter_seconds: float
     adapter: str
     tokens: float  # the calibration task's prompt tokens (a test input's, the mean)
+    stage_start_seconds: float = 0.0
 
 
 def measure_ttt(
@@ -512,6 +537,7 @@ def measure_ttt(
     task = challenges.tasks[units[len(units) // 2].task_id]
     long = min(cfg.ttt.steps, TTT_CALIBRATION_STEPS)
     timed: list[TrainResult] = []
+    outside: list[float] = []  # each stage's seconds beside its adapter's
     for steps in sorted({max(1, long // 4), long}):
         job = StageJob(
             model_dir=cfg.engine.model,
@@ -529,7 +555,10 @@ def measure_ttt(
             log_path=folder / f"ttt-{steps}.jsonl",
             devices=cfg.devices[:1] or (None,),
         )
-        timed += [r for r in report.results if r.steps > 0 and r.path is not None]
+        trained = [r for r in report.results if r.steps > 0 and r.path is not None]
+        timed += trained
+        if trained:
+            outside.append(max(0.0, report.seconds - sum(r.seconds for r in trained)))
     if not timed:
         return None
     short, full = timed[0], timed[-1]
@@ -540,7 +569,8 @@ def measure_ttt(
         step = full.seconds / full.steps
     assert full.path is not None
     tokens = mean_prompt_tokens(u for u in units if u.task_id == task.id)
-    return FineTuning(step, max(0.0, full.seconds - step * full.steps), full.path, tokens)
+    fixed = max(0.0, full.seconds - step * full.steps)
+    return FineTuning(step, fixed, full.path, tokens, stage_start_seconds=min(outside))
 
 
 HELP = "measure the engine, or simulate a whole run on paper, and predict what fits the budget"
@@ -639,8 +669,10 @@ def measured_rates(plan: Plan) -> Rates:
         ttt_seconds_per_step=None if plan.tuning is None else plan.tuning.step_seconds,
         ttt_seconds_per_adapter=None if plan.tuning is None else plan.tuning.adapter_seconds,
         ttt_step_tokens=None if plan.tuning is None else plan.tuning.tokens,
+        ttt_stage_start_seconds=0.0 if plan.tuning is None else plan.tuning.stage_start_seconds,
         answer_fill=max(t.answer_fill, 1e-3),
         lora_cost=t.lora_cost,
+        lora_cost_per_adapter=t.lora_cost_per_adapter,
         score_cost=t.score_cost,
         name="measured",
         about=f"measured by airv plan on {t.prompts} calibration prompts",
