@@ -389,8 +389,8 @@ class _Simulator:
     def _lora(self, tasks: Sequence[TaskId]) -> float:
         """What serving adapters costs a request now, over the base model (1: no adapter in
         the batch). Every adapted task of the wave with views still to reach is in every batch
-        (no round runs ahead of another), each one adapter more; the base model's requests pay
-        as the adapted ones do (the rates' lora_cost)."""
+        (the run keeps every open task's views in flight together), each one adapter more; the
+        base model's requests pay as the adapted ones do (the rates' lora_cost)."""
         if not self.adapted:
             return 1.0
         target = self.sim.target_views
