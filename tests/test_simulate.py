@@ -79,6 +79,7 @@ def rates(draw: st.DrawFn) -> Rates:
         dfs_cost=draw(_positive),
         score_cost=draw(_positive),
         lora_cost=draw(_positive),
+        batch_requests=draw(_positive),
         lora_cost_per_adapter=draw(_amount),
         name=draw(st.text(max_size=10)),
         sources={"dfs_cost": draw(st.text(max_size=20))},
@@ -225,6 +226,25 @@ def test_each_tasks_steps_are_priced_at_its_prompts_length() -> None:
     joint = dataclasses.replace(ttt, mode=TTTMode.JOINT)
     sim = simulate(_cfg(ttt=joint), Costs(units, (), ()), rates)
     assert sim.ttt_seconds == pytest.approx(12.5 + 1.0)
+
+
+@pytest.mark.parametrize(("batch", "prompts", "lost"), [(1, 4, 1), (2, 4, 2), (4, 4, 4), (8, 0, 8)])
+def test_an_engine_runs_its_batch_together_and_loses_it_at_the_deadline(
+    batch: int, prompts: int, lost: int
+) -> None:
+    """batch_requests: an engine's requests share its rate (views of 2 s each: a batch of 4
+    ends together after 8 s), and what is in flight when the time is up is lost. Deadline at
+    19 s, the engine up at 10: one at a time, 4 views end by 18 and the 5th is lost; two at a
+    time, two pairs end at 14 and 18 and a pair is lost; four at a time, 4 end at 18 and 4 are
+    lost; eight at a time would end at 26: nothing ends, 8 are lost."""
+    rates = dataclasses.replace(RATES, batch_requests=float(batch))
+    sim = simulate(_cfg(time_budget=19.0, schedule=ViewSchedule.UNIFORM), _costs(), rates)
+    assert (sim.prompts, sim.lost) == (prompts, lost)
+    # The engine's seconds until its last answer, as the run's recorder counts them.
+    assert sim.to_json()["predicted_engine_seconds"] == pytest.approx(2.0 * prompts)
+    # With no deadline the batch changes nothing but the order: all 16 views by 42 s.
+    done = simulate(_cfg(schedule=ViewSchedule.UNIFORM), _costs(), rates)
+    assert done.prompts == 16 and done.end == pytest.approx(42.0)
 
 
 def test_deadline_too_short_cuts_tasks() -> None:

@@ -72,6 +72,9 @@ class Rates:
     # (a GPU's kernels skip them: there this is an upper bound).
     lora_cost: float = 1.0
     lora_cost_per_adapter: float = 0.0
+    # The requests one engine runs at once (vLLM's max_num_seqs, or what its KV cache holds):
+    # they share its rate, and those in flight when the time is up are lost.
+    batch_requests: float = 1.0
     name: str = ""
     about: str = ""
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -86,7 +89,8 @@ class Rates:
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{f.name} must be a finite number >= 0, got {value}")
         for name in ("prefill_tokens_per_second", "decode_tokens_per_second", "dfs_cost",
-                     "score_cost", "tokens_per_cell", "answer_fill", "lora_cost"):  # fmt: skip
+                     "score_cost", "tokens_per_cell", "answer_fill", "lora_cost",
+                     "batch_requests"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if (self.adapter_bytes is None) != (self.adapter_rank is None):

@@ -37,6 +37,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +183,9 @@ class Simulation:
     ttt_seconds: float = 0.0  # GPU seconds of training, all workers
     decode_seconds: float = 0.0  # GPU seconds of generation requests (prefill + decode)
     rescore_seconds: float = 0.0  # GPU seconds of scoring requests
+    # The engines' time up to each one's last answer, as a run's recorder counts it: the
+    # requests' seconds, and the work on those lost in flight meanwhile.
+    engine_seconds: float = 0.0
     views: dict[Unit, int] = field(default_factory=dict)  # views answered per test input
     capped: list[TaskId] = field(default_factory=list)  # stopped at their task cap
     cut: list[TaskId] = field(default_factory=list)  # short of the target: time ran out
@@ -220,7 +224,7 @@ class Simulation:
         return {
             "predicted_prompts": self.prompts,
             "predicted_scores": self.scores,
-            "predicted_engine_seconds": self.decode_seconds + self.rescore_seconds,
+            "predicted_engine_seconds": self.engine_seconds,
             "views_per_test_input": {"mean": mean, "min": low, "target": self.target_views},
             "schedule": self.schedule.value,
             "test_inputs": self.test_inputs,
@@ -337,6 +341,15 @@ class _Job:
     seconds: float = field(compare=False)
     tokens: int = field(compare=False)
     score: bool = field(compare=False)
+
+
+@dataclass
+class _Lane:
+    """One engine: its requests in flight, each with the seconds of work it has left, and when
+    it last answered (or started work)."""
+
+    running: list[list[Any]] = field(default_factory=list)  # [seconds left, _Job]
+    mark: float = 0.0
 
 
 class _Simulator:
@@ -542,40 +555,55 @@ class _Simulator:
 
     def answer(self, tasks: Sequence[TaskId], start: float, until: float) -> float:
         """The engines from `start` (their start-up first) until the work is done or `until`;
-        returns when the last request ended."""
+        returns when the last request ended. Each engine runs up to its batch of requests at
+        once, sharing its rate (the rates' batch_requests, at most --inflight): a request ends
+        after its seconds of the engine's whole time, times the requests beside it. Those in
+        flight when the time is up are lost, as vLLM's running batch is."""
         self.rounds.planned = 0
         self.generation_queued = 0
         self.dry = False
         self.queue = []
-        ready = start + self.sim.engine_start_seconds
-        lanes = [(ready, i) for i in range(self.cfg.workers)]
-        running: dict[int, _Job] = {}
-        idle: list[int] = []
-        end = ready
-        while lanes:
-            t, i = heapq.heappop(lanes)
-            if i in running:
-                self._done(running.pop(i))
-                end = max(end, t)
-                while idle and self.queue:  # work appeared (scores): wake the idle lanes
-                    heapq.heappush(lanes, (t, idle.pop()))
-            if t >= until:
-                continue
-            job = self._next(tasks)
-            if job is None:
-                idle.append(i)
-                continue
-            job.seconds *= self._lora(tasks)  # a job's seconds, the base model's until now
-            if t + job.seconds > until:  # in flight when the time is up: lost
-                self.sim.lost += 1
-                if not job.score:
-                    self.ledger.settle(job.unit, job.key)
-                    self.dry = False  # gain: its view may be planned again
+        now = end = start + self.sim.engine_start_seconds
+        width = max(1, min(self.cfg.inflight, int(self.rates.batch_requests)))
+        lanes = [_Lane() for _ in range(self.cfg.workers)]
+        while True:
+            for lane in lanes if now < until else ():
+                while len(lane.running) < width and (job := self._next(tasks)) is not None:
+                    job.seconds *= self._lora(tasks)  # a job's seconds, the base model's until now
+                    if not lane.running:
+                        lane.mark = now
+                    lane.running.append([job.seconds, job])
+            busy = [lane for lane in lanes if lane.running]
+            if not busy:
+                break
+            dt = min(min(left for left, _ in lane.running) * len(lane.running) for lane in busy)
+            if now + dt > until:  # nothing more ends in time: what is in flight is lost
+                for lane in busy:
+                    for _, job in lane.running:
+                        self._lose(job)
+                    lane.running = []
                 end = until
-                continue
-            running[i] = job
-            heapq.heappush(lanes, (t + job.seconds, i))
+                break
+            now += dt
+            for lane in busy:
+                step = dt / len(lane.running)
+                for item in lane.running:
+                    item[0] -= step
+                ended = [job for left, job in lane.running if left <= 1e-9 * max(1.0, job.seconds)]
+                if ended:
+                    lane.running = [i for i in lane.running if i[0] > 1e-9 * max(1.0, i[1].seconds)]
+                    self.sim.engine_seconds += now - lane.mark
+                    lane.mark = now
+                    for job in ended:
+                        self._done(job)
+                    end = max(end, now)
         return min(end, until)
+
+    def _lose(self, job: _Job) -> None:
+        self.sim.lost += 1
+        if not job.score:
+            self.ledger.settle(job.unit, job.key)
+            self.dry = False  # gain: its view may be planned again
 
     def train(
         self, tasks: Sequence[TaskId], start: float, stage_end: float

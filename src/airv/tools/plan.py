@@ -79,6 +79,9 @@ TTT_CALIBRATION_STEPS = 16
 # Each measurement (an engine start's, the fine-tuning's) ends by --time-budget, but never
 # sooner than this: a plan for a short run still gets to measure.
 MEASURE_SECONDS = 600.0
+# The requests vLLM runs at once unless told otherwise (max_num_seqs: its LLM class's default
+# on CPU and on most GPUs); the simulation takes the less of it and --inflight.
+VLLM_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -674,6 +677,7 @@ def measured_rates(plan: Plan) -> Rates:
         lora_cost=t.lora_cost,
         lora_cost_per_adapter=t.lora_cost_per_adapter,
         score_cost=t.score_cost,
+        batch_requests=VLLM_BATCH,
         name="measured",
         about=f"measured by airv plan on {t.prompts} calibration prompts",
     )
