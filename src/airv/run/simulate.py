@@ -12,8 +12,10 @@ ledger's per-task caps (airv.run.ledger.Ledger); and `workers` lanes, one per GP
 from one queue, best first: re-scoring ahead of generation, then by round, cheapest task
 first (gain: in pick order). A request's seconds are its prompt tokens at the prefill rate plus
 its answer tokens at the decode rate (times the search's cost for DFS); a scoring request's,
-its tokens at the prefill rate times the scoring cost. A request that would end past its
-wave's end or the deadline is lost, as a request in flight is.
+its tokens at the prefill rate times the scoring cost; with adapters in the batch, times
+LoRA's cost. Each engine runs up to its batch of requests together (the rates'
+batch_requests, at most `inflight`), sharing its rate, and what is in flight at its wave's end
+or the deadline is lost, as vLLM's running batch is.
 
 Without a model the votes are unknown, so no test input settles early and every distinct
 candidate the vote re-scores is assumed found: the prediction is the no-early-settle bound,
