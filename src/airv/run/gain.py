@@ -19,7 +19,7 @@ from airv.core.voting import Vote
 from airv.run.config import RunConfig
 from airv.run.ledger import Ledger
 from airv.run.rounds import Board, FitPrompt, Rounds, View
-from airv.run.schedule import Evidence, Journal, Open, Stop, best
+from airv.run.schedule import Evidence, Journal, Open, Stop, ViewSchedule, best
 
 
 def task_stop(task_id: TaskId, failed: Container[TaskId], ledger: Ledger) -> Stop | None:
@@ -44,6 +44,21 @@ class Ledgers:
     stopped: Callable[[TaskId], Stop | None]  # the task failed or reached its cap
     held: Callable[[TaskId], bool]  # the task waits for its adapter's verdict
     elapsed: Callable[[], float]  # seconds since the run's start, for the journal
+
+
+def planner(
+    cfg: RunConfig,
+    tasks: Mapping[TaskId, Task],
+    fit: FitPrompt,
+    board: Board,
+    ledgers: Ledgers,
+    journal: Journal,
+) -> Rounds:
+    """The view planner `--schedule` names: the gain planner over the run's ledgers and
+    journal, or the uniform rounds (which read neither)."""
+    if cfg.schedule is ViewSchedule.GAIN:
+        return Gain(cfg, tasks, fit, board, ledgers, journal)
+    return Rounds(cfg, tasks, fit, board)
 
 
 class Gain(Rounds):

@@ -63,15 +63,15 @@ from airv.engines.pool import (
 from airv.run.budget import Clock, Stopped, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.engines import Engines
-from airv.run.gain import Gain, Ledgers, task_stop
+from airv.run.gain import Ledgers, planner, task_stop
 from airv.run.ledger import Ledger
 from airv.run.outdir import RunLock
 from airv.run.outdir import prepare as prepare_out_dir
 from airv.run.predictions import Prediction
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
-from airv.run.rounds import Board, Rounds, View
-from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
+from airv.run.rounds import Board, View
+from airv.run.schedule import Evidence, Journal, evidence_of, view_price
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -158,23 +158,19 @@ class Run:
             verdicts_due=lambda: bool(self.adapters.unchecked),
         )
         self.journal = Journal(cfg.schedule_path)
-        self.rounds: Rounds = (
-            Gain(
-                cfg,
-                self.challenges.tasks,
-                self.fit,
-                board,
-                Ledgers(
-                    self.evidence,
-                    self.price,
-                    lambda t: task_stop(t, self.failed, self.ledger),
-                    held=lambda t: self.adapters.held(t),
-                    elapsed=lambda: self.clock.elapsed(),
-                ),
-                self.journal,
-            )
-            if cfg.schedule is ViewSchedule.GAIN
-            else Rounds(cfg, self.challenges.tasks, self.fit, board)
+        self.rounds = planner(
+            cfg,
+            self.challenges.tasks,
+            self.fit,
+            board,
+            Ledgers(
+                self.evidence,
+                self.price,
+                lambda t: task_stop(t, self.failed, self.ledger),
+                held=lambda t: self.adapters.held(t),
+                elapsed=lambda: self.clock.elapsed(),
+            ),
+            self.journal,
         )
         self.rescorer = Rescorer(cfg, self.challenges.tasks, self.fit, self.answer_ids)
         self.recorder = Recorder(

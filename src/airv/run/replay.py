@@ -40,11 +40,11 @@ from airv.core.tasks import Challenges, Task
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, VoteMode, vote
 from airv.run.config import RunConfig
-from airv.run.gain import Gain, Ledgers, task_stop
+from airv.run.gain import Ledgers, planner, task_stop
 from airv.run.ledger import Ledger
 from airv.run.predictions import Prediction, group_candidates, read_predictions
-from airv.run.rounds import Board, Rounds, View
-from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
+from airv.run.rounds import Board, View
+from airv.run.schedule import Evidence, Journal, evidence_of, view_price
 
 
 class Recording:
@@ -167,23 +167,19 @@ class _Replay:
             fail=lambda t, why: self.failed.add(t),
             push=self._push,
         )
-        self.planner: Rounds = (
-            Gain(
-                cfg,
-                self.tasks,
-                self.fit,
-                board,
-                Ledgers(
-                    self.evidence,
-                    self.price,
-                    lambda t: task_stop(t, self.failed, self.ledger),
-                    held=lambda t: False,
-                    elapsed=lambda: self.now,
-                ),
-                Journal(cfg.schedule_path),
-            )
-            if cfg.schedule is ViewSchedule.GAIN
-            else Rounds(cfg, self.tasks, self.fit, board)
+        self.planner = planner(
+            cfg,
+            self.tasks,
+            self.fit,
+            board,
+            Ledgers(
+                self.evidence,
+                self.price,
+                lambda t: task_stop(t, self.failed, self.ledger),
+                held=lambda t: False,
+                elapsed=lambda: self.now,
+            ),
+            Journal(cfg.schedule_path),
         )
 
     # -- what the planners read, as airv.run.pipeline.Run gives it -----------------------
