@@ -589,11 +589,16 @@ class _Simulator:
             now += dt
             for lane in busy:
                 step = dt / len(lane.running)
+                ended: list[_Job] = []
+                going: list[list[Any]] = []
                 for item in lane.running:
                     item[0] -= step
-                ended = [job for left, job in lane.running if left <= 1e-9 * max(1.0, job.seconds)]
+                    if item[0] <= 1e-9 * max(1.0, item[1].seconds):  # float rounding: ended
+                        ended.append(item[1])
+                    else:
+                        going.append(item)
+                lane.running = going
                 if ended:
-                    lane.running = [i for i in lane.running if i[0] > 1e-9 * max(1.0, i[1].seconds)]
                     self.sim.engine_seconds += now - lane.mark
                     lane.mark = now
                     for job in ended:
