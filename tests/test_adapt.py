@@ -200,13 +200,16 @@ def test_the_stage_deadline_ends_training_and_its_processes(
 ) -> None:
     cfg = TTTConfig(mode=TTTMode.PER_TASK, steps=10**6, batch_size=2, augmentations=1, rank=4)
     t0 = time.monotonic()
+    # Room for the training process's start (torch, transformers and peft imported, the model
+    # loaded): a few seconds alone, 14 on cores the suite's other worker loads, where a 20 s
+    # deadline once left no time for a step.
     report = run_stage(
         [TASK],
         _job(tiny_model, tmp_path, cfg=cfg),
-        deadline=time.monotonic() + 20,
+        deadline=time.monotonic() + 30,
         log_path=tmp_path / "ttt.jsonl",
     )
-    assert time.monotonic() - t0 < 40
+    assert time.monotonic() - t0 < 50
     # Training stops a margin before the deadline and saves what it has.
     (result,) = report.results
     assert result.steps > 0 and result.path is not None

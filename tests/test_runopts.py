@@ -325,6 +325,39 @@ def test_a_signal_within_a_held_block_stops_the_run_after_it() -> None:
     assert "never" not in steps
 
 
+def test_a_step_blocked_past_the_deadline_is_stopped_by_its_alarm() -> None:
+    """A step that never looks at the clock (here a sleep; in a run, a tokenizer loading on
+    overloaded cores) is stopped DEADLINE_GRACE after the deadline, as "deadline"; a step that
+    ends in time is not; an alarm set before the block (pytest-timeout's) is set again after
+    it, less the block's time."""
+    import signal
+    import time
+
+    from airv.run.budget import DEADLINE, DEADLINE_GRACE, Stopped, stop_on_signals
+
+    outer = 600.0
+    signal.setitimer(signal.ITIMER_REAL, outer)
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        t0 = time.monotonic()
+        with stop_on_signals(t0 + 0.2) as signals, pytest.raises(Stopped, match=DEADLINE):
+            time.sleep(30)
+        took = time.monotonic() - t0
+        assert 0.2 + DEADLINE_GRACE <= took < 0.2 + DEADLINE_GRACE + 5
+        assert signals.received == DEADLINE
+        assert signal.getsignal(signal.SIGALRM) is previous
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert outer - took - 5 < left <= outer - took
+
+        with stop_on_signals(time.monotonic() + 0.3) as signals:
+            pass
+        time.sleep(0.3 + DEADLINE_GRACE + 0.2)  # its alarm was cancelled with the block
+        assert signals.received is None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_vllm_starts_eager_or_compiled_by_the_budget(files: tuple[Path, Path]) -> None:
     """Neither flag: eager below COMPILE_MIN_BUDGET, compiled from it (the stated rule);
     --enforce-eager and --compile force either; both at once are a usage error."""

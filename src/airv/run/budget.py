@@ -4,11 +4,18 @@ The clock starts at process start (model loading counts), so a 12-hour Kaggle li
 respected by `--time-budget 11h30m` without the user guessing how long loading takes.
 SIGTERM (Kaggle's time limit, a container stop) and SIGINT (Ctrl-C) end a run as its deadline
 would: `stop_on_signals` turns the first into `Stopped`, raised where the run is.
+
+The run's loop checks its deadline at least every half second and stops in order, keeping what
+the engines returned. A step that blocks (a tokenizer loading, transformers imported, on cores
+five runs share: 16 s, past the deadline by 4) is stopped by an alarm (SIGALRM) `DEADLINE_GRACE`
+seconds after the deadline, as a SIGTERM would stop it: the reserve is then still there for the
+final write and the exit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -52,16 +59,27 @@ class Clock:
         return time.monotonic() - self.start
 
 
+# Seconds past the deadline at which the alarm stops a run blocked in a step that does not
+# check it (the loop itself stops within half a second, in order).
+DEADLINE_GRACE = 1.0
+DEADLINE = "deadline"  # what the alarm's stop is called (stopped_by), not "SIGALRM"
+
+
+def _stop_name(signum: int) -> str:
+    return DEADLINE if signum == signal.SIGALRM else signal.Signals(signum).name
+
+
 class Stopped(BaseException):
-    """A signal asked the run to stop. A BaseException, like KeyboardInterrupt, so that no
-    `except Exception` on the way (one task's failure) mistakes it for a task's fault."""
+    """A signal asked the run to stop, or its deadline alarm rang. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` on the way (one task's failure) mistakes
+    it for a task's fault."""
 
     def __init__(self, signum: int):
-        self.signal = signal.Signals(signum).name
+        self.signal = _stop_name(signum)  # SIGTERM, SIGINT, or "deadline"
         super().__init__(f"stopped by {self.signal}")
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
 
 
 class SignalStop:
@@ -77,7 +95,7 @@ class SignalStop:
 
     def handle(self, signum: int, frame: object) -> None:
         if self.received is None:
-            self.received = signal.Signals(signum).name
+            self.received = _stop_name(signum)
         if self.armed and self._holding:
             self._held = signum
         elif self.armed:
@@ -102,16 +120,29 @@ class SignalStop:
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[SignalStop]:
-    """SIGTERM and SIGINT handled by a SignalStop within the block, the old handlers restored
-    after. Outside the main thread (where Python takes no signals) nothing is installed."""
+def stop_on_signals(deadline: float | None = None) -> Iterator[SignalStop]:
+    """SIGTERM and SIGINT handled by a SignalStop within the block, and with a `deadline`
+    (time.monotonic()) its alarm, DEADLINE_GRACE seconds after it; the old handlers restored
+    and the alarm cancelled after. Outside the main thread (where Python takes no signals)
+    nothing is installed."""
     stop = SignalStop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     previous = {sig: signal.signal(sig, stop.handle) for sig in STOP_SIGNALS}
+    armed = time.monotonic()
+    # An alarm already set (pytest-timeout's, a caller's) is set again after the block, less
+    # the time the block took.
+    outer: tuple[float, float] = (0.0, 0.0)
+    if deadline is not None and math.isfinite(deadline):
+        ring = max(deadline + DEADLINE_GRACE - armed, 1e-3)
+        outer = signal.setitimer(signal.ITIMER_REAL, ring)
     try:
         yield stop
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, old in previous.items():
             signal.signal(sig, old)
+        if outer[0] > 0:
+            left = outer[0] - (time.monotonic() - armed)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), outer[1])

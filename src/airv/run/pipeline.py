@@ -60,7 +60,7 @@ from airv.engines.pool import (
     SharedQueue,
     start_lane,
 )
-from airv.run.budget import Clock, Stopped, process_start_time, stop_on_signals
+from airv.run.budget import DEADLINE, Clock, Stopped, process_start_time, stop_on_signals
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.engines import Engines
 from airv.run.gain import Ledgers, planner, task_stop
@@ -536,7 +536,7 @@ class Run:
                 # What the engines already returned is kept; only requests in flight are lost.
                 for p in self.engines.pools():
                     self._take(p.drain())
-                self.summary.stopped_by = "deadline"
+                self.summary.stopped_by = DEADLINE
                 log.warning("deadline reached: stopping the engine; the last submission stands")
                 break
             if until is not None and time.monotonic() >= until:
@@ -639,7 +639,7 @@ class Run:
                 format_duration(ENGINE_START_SECONDS),
             )
         self._bar = _progress(self.cfg.progress)
-        with stop_on_signals() as signals:
+        with stop_on_signals(self.clock.deadline) as signals:
             self.recorder.signals = signals
             try:
                 if self.task_ids and self.clock.left() > 0:
@@ -650,7 +650,7 @@ class Run:
                     self.start_workers()
                     votes = self._stream(votes)
             except WorkerTimeout:
-                self.summary.stopped_by = "deadline"
+                self.summary.stopped_by = DEADLINE
                 log.warning(
                     "deadline reached before the engine started; the last submission stands"
                 )
@@ -675,7 +675,7 @@ class Run:
             if self.summary.stopped_by is None and signals.received is not None:
                 self.summary.stopped_by = signals.received
         if self.summary.stopped_by is None:
-            self.summary.stopped_by = "deadline" if self.clock.left() <= 0 else "done"
+            self.summary.stopped_by = DEADLINE if self.clock.left() <= 0 else "done"
         self._finish_summary(votes)
         return exit_code
 
