@@ -34,9 +34,9 @@ the rounds gave 8) and stopping a vote settled within it lost its second attempt
 outputs behind the rounds at 20% of the work, 6 at 30%; with the floor whole and cheapest
 first, none. Nor does the floor go in layers (every test input's first view, or first 2 or 4,
 before anyone's next; replayed on the same 10 seeds): 17, 20 and 22 test outputs behind at
-20%, and uniform's final score reached by 70% of the budget in fewer seeds at 20% and 30%
-(2 to 4 of 10 where the whole floor gave 0 and 8). The gain decides where everything after
-the first round goes.
+20% (the whole floor: none); uniform's final score reached by 70% of the budget in 2 or 3 of
+10 seeds at 20% (the whole floor: 0), in 3 or 4 at 30% (the whole floor: 8). The gain decides
+where everything after the first round goes.
 
 A test input stops when its vote is settled (`--settle-margin`, as the uniform rounds stop),
 at `--max-augmentations` views, or when its task reaches its cap; the deadline stops what is
