@@ -43,24 +43,25 @@ BIGRAM_RULES = {"\n": "1", "1": "2"}
 # in one worker, where its module-scoped fixtures (servers, trained adapters) are built once.
 # The longest files go first (longest processing time first), so that no long file starts
 # last while the other worker idles: their seconds within `make test` on this 2-core machine
-# (2026-12-06), for the order only; a file not listed goes after them.
+# (2026-12-06, the AMD host), for the order only; a file not listed goes after them.
 FILE_SECONDS = {
-    "test_openai_engine": 128,
-    "test_pipeline": 70,
-    "test_vllm_faults": 85,
-    "test_ttt_engine": 67,
-    "test_boundary_start": 56,
-    "test_adapt": 51,
-    "test_kaggle": 48,
-    "test_boundary": 34,
-    "test_recipes": 30,
-    "test_dfs": 24,
-    "test_engines": 20,
-    "test_demo_model": 5,
-    "test_bench": 16,
-    "test_report": 11,
-    "test_evaluate": 11,
-    "test_ttt_gpu": 9,
+    "test_vllm_faults": 222,
+    "test_pipeline": 167,
+    "test_openai_engine": 141,
+    "test_adapt": 109,
+    "test_kaggle": 107,
+    "test_boundary_start": 106,
+    "test_recipes": 65,
+    "test_plan": 59,
+    "test_boundary": 58,
+    "test_ttt_engine": 56,
+    "test_waves": 48,
+    "test_bench": 37,
+    "test_engines": 34,
+    "test_dfs": 26,
+    "test_evaluate": 23,
+    "test_ttt_gpu": 15,
+    "test_report": 12,
 }
 
 
