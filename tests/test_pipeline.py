@@ -27,6 +27,7 @@ from airv.run.config import RunConfig
 from airv.run.pipeline import Observer, Run
 from airv.run.predictions import read_predictions
 from airv.run.rounds import View
+from conftest import Engines
 from runs import engine_config, fresh_run, workload
 
 pytestmark = pytest.mark.engine
@@ -168,6 +169,35 @@ def test_second_engine_failure_exits_nonzero_keeping_answers(
         assert _grid(sub[tid][0]["attempt_1"]) in D8_IMAGES
     for tid in {"task0000", "task0001", "task0002", "task0003"} - answered:
         assert sub[tid][0]["attempt_1"] == [[0]]
+    assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
+
+
+def test_a_run_blocked_past_its_deadline_is_stopped_by_the_alarm(
+    tmp_path: Path, bigram_model: Path, engines: Engines, lent_lanes: LaneStarter
+) -> None:
+    """A step of the run's own process that blocks past the deadline without looking at the
+    clock (here the observer's hook sleeps; in a real run, a tokenizer loading on overloaded
+    cores) is stopped DEADLINE_GRACE after it, as "deadline": the submission and the summary
+    are written, and the run exits 0."""
+    from airv.run.budget import DEADLINE, DEADLINE_GRACE
+
+    ch = _challenges(tmp_path, [_task("task0001")], broken=False)
+    out = tmp_path / "out"
+    cfg = _config(ch, out, bigram_model, Backend.HF)
+    engines.of(cfg.engine, cfg.sampling)  # warm before the clock starts
+
+    class Blocks(Observer):
+        def planned(self, views: Sequence[View], seconds: float) -> None:
+            time.sleep(60)
+
+    budget = 3.0
+    start = time.monotonic()
+    run = Run(cfg, lanes=lent_lanes, observer=Blocks(), clock=Clock(start, budget, 0))
+    assert run.execute() == 0
+    took = time.monotonic() - start
+    assert budget + DEADLINE_GRACE <= took < budget + DEADLINE_GRACE + 20
+    assert run.summary.stopped_by == DEADLINE
+    assert orjson.loads((out / "run_summary.json").read_bytes())["stopped_by"] == DEADLINE
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 

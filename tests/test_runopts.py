@@ -333,14 +333,24 @@ def test_a_step_blocked_past_the_deadline_is_stopped_by_its_alarm() -> None:
     import signal
     import time
 
-    from airv.run.budget import DEADLINE, DEADLINE_GRACE, Stopped, stop_on_signals
+    from airv.run.budget import (
+        DEADLINE,
+        DEADLINE_GRACE,
+        Stopped,
+        deadline_alarm,
+        stop_on_signals,
+    )
 
     outer = 600.0
     signal.setitimer(signal.ITIMER_REAL, outer)
     previous = signal.getsignal(signal.SIGALRM)
     try:
         t0 = time.monotonic()
-        with stop_on_signals(t0 + 0.2) as signals, pytest.raises(Stopped, match=DEADLINE):
+        with (
+            stop_on_signals() as signals,
+            pytest.raises(Stopped, match=DEADLINE),
+            deadline_alarm(signals, t0 + 0.2),
+        ):
             time.sleep(30)
         took = time.monotonic() - t0
         assert 0.2 + DEADLINE_GRACE <= took < 0.2 + DEADLINE_GRACE + 5
@@ -349,7 +359,7 @@ def test_a_step_blocked_past_the_deadline_is_stopped_by_its_alarm() -> None:
         left, _ = signal.getitimer(signal.ITIMER_REAL)
         assert outer - took - 5 < left <= outer - took
 
-        with stop_on_signals(time.monotonic() + 0.3) as signals:
+        with stop_on_signals() as signals, deadline_alarm(signals, time.monotonic() + 0.3):
             pass
         time.sleep(0.3 + DEADLINE_GRACE + 0.2)  # its alarm was cancelled with the block
         assert signals.received is None

@@ -79,7 +79,7 @@ class Stopped(BaseException):
         super().__init__(f"stopped by {self.signal}")
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class SignalStop:
@@ -120,29 +120,39 @@ class SignalStop:
 
 
 @contextlib.contextmanager
-def stop_on_signals(deadline: float | None = None) -> Iterator[SignalStop]:
-    """SIGTERM and SIGINT handled by a SignalStop within the block, and with a `deadline`
-    (time.monotonic()) its alarm, DEADLINE_GRACE seconds after it; the old handlers restored
-    and the alarm cancelled after. Outside the main thread (where Python takes no signals)
-    nothing is installed."""
+def stop_on_signals() -> Iterator[SignalStop]:
+    """SIGTERM and SIGINT handled by a SignalStop within the block, the old handlers restored
+    after. Outside the main thread (where Python takes no signals) nothing is installed."""
     stop = SignalStop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     previous = {sig: signal.signal(sig, stop.handle) for sig in STOP_SIGNALS}
-    armed = time.monotonic()
-    # An alarm already set (pytest-timeout's, a caller's) is set again after the block, less
-    # the time the block took.
-    outer: tuple[float, float] = (0.0, 0.0)
-    if deadline is not None and math.isfinite(deadline):
-        ring = max(deadline + DEADLINE_GRACE - armed, 1e-3)
-        outer = signal.setitimer(signal.ITIMER_REAL, ring)
     try:
         yield stop
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def deadline_alarm(stop: SignalStop, deadline: float) -> Iterator[None]:
+    """Within the block, SIGALRM DEADLINE_GRACE seconds after `deadline` (time.monotonic()),
+    handled by `stop` as a stop named "deadline". The run opens it inside its `try`, so that
+    the alarm can only ring where its handlers catch it, and closes it before they run. An
+    alarm already set (pytest-timeout's, a caller's) is set again after the block, less the
+    time the block took. Outside the main thread, or with no finite deadline, nothing."""
+    if threading.current_thread() is not threading.main_thread() or not math.isfinite(deadline):
+        yield
+        return
+    armed = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, stop.handle)
+    outer = signal.setitimer(signal.ITIMER_REAL, max(deadline + DEADLINE_GRACE - armed, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
         if outer[0] > 0:
             left = outer[0] - (time.monotonic() - armed)
             signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), outer[1])

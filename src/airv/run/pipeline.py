@@ -60,7 +60,14 @@ from airv.engines.pool import (
     SharedQueue,
     start_lane,
 )
-from airv.run.budget import DEADLINE, Clock, Stopped, process_start_time, stop_on_signals
+from airv.run.budget import (
+    DEADLINE,
+    Clock,
+    Stopped,
+    deadline_alarm,
+    process_start_time,
+    stop_on_signals,
+)
 from airv.run.config import ENGINE_START_SECONDS, RunConfig
 from airv.run.engines import Engines
 from airv.run.gain import Ledgers, planner, task_stop
@@ -639,16 +646,17 @@ class Run:
                 format_duration(ENGINE_START_SECONDS),
             )
         self._bar = _progress(self.cfg.progress)
-        with stop_on_signals(self.clock.deadline) as signals:
+        with stop_on_signals() as signals:
             self.recorder.signals = signals
             try:
-                if self.task_ids and self.clock.left() > 0:
-                    _ = self.prompt_format  # loads and checks the tokenizer: a usage error now
-                if self.cfg.ttt.enabled and self.clock.left() > 0:
-                    votes = self._adapt_and_answer(votes)
-                elif self.clock.left() > 0:
-                    self.start_workers()
-                    votes = self._stream(votes)
+                with deadline_alarm(signals, self.clock.deadline):
+                    if self.task_ids and self.clock.left() > 0:
+                        _ = self.prompt_format  # loads and checks the tokenizer: usage errors
+                    if self.cfg.ttt.enabled and self.clock.left() > 0:
+                        votes = self._adapt_and_answer(votes)
+                    elif self.clock.left() > 0:
+                        self.start_workers()
+                        votes = self._stream(votes)
             except WorkerTimeout:
                 self.summary.stopped_by = DEADLINE
                 log.warning(
