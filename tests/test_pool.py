@@ -536,3 +536,24 @@ def test_run_lane_stops_at_its_deadline_and_raises_on_a_failed_request() -> None
 
     with pytest.raises(EngineError, match=r"1 request.*too long"):
         run_lane(LocalLane(Refusing()), [GenerateRequest(PROMPT, 2)], time.monotonic() + 30)
+
+
+def test_a_stop_while_the_pool_starts_its_lanes_ends_those_already_started() -> None:
+    """A stop (a signal, the deadline's alarm) raised while the third lane starts: no pool is
+    built for the run to close, so the two lanes already started are ended before the stop
+    goes on (worker processes would otherwise outlive the run)."""
+    import signal
+
+    from airv.run.budget import Stopped
+
+    started: list[Scripted] = []
+
+    def start(index: int, life: int) -> Lane:
+        if index == 2:
+            raise Stopped(signal.SIGALRM)
+        started.append(Scripted())
+        return LocalLane(started[-1], name=f"lane{index}")
+
+    with pytest.raises(Stopped):
+        Pool(start, 3, SharedQueue(), depth=2, policy=Supervision(), deadline=time.monotonic())
+    assert len(started) == 2 and all(engine.closed for engine in started)

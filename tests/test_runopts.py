@@ -329,11 +329,13 @@ def test_a_step_blocked_past_the_deadline_is_stopped_by_its_alarm() -> None:
     """A step that never looks at the clock (here a sleep; in a run, a tokenizer loading on
     overloaded cores) is stopped DEADLINE_GRACE after the deadline, as "deadline"; a step that
     ends in time is not; an alarm set before the block (pytest-timeout's) is set again after
-    it, less the block's time."""
+    it, less the block's time, or left to ring in it if it rings first; a deadline too far
+    off for a timer sets none."""
     import signal
     import time
 
     from airv.run.budget import (
+        ALARM_MAX_SECONDS,
         DEADLINE,
         DEADLINE_GRACE,
         Stopped,
@@ -357,12 +359,22 @@ def test_a_step_blocked_past_the_deadline_is_stopped_by_its_alarm() -> None:
         assert signals.received == DEADLINE
         assert signal.getsignal(signal.SIGALRM) is previous
         left, _ = signal.getitimer(signal.ITIMER_REAL)
-        assert outer - took - 5 < left <= outer - took
+        assert outer - took - 5 < left <= outer - took + 0.01
 
         with stop_on_signals() as signals, deadline_alarm(signals, time.monotonic() + 0.3):
             pass
         time.sleep(0.3 + DEADLINE_GRACE + 0.2)  # its alarm was cancelled with the block
         assert signals.received is None
+
+        rang: list[int] = []
+        signal.signal(signal.SIGALRM, lambda signum, frame: rang.append(signum))
+        signal.setitimer(signal.ITIMER_REAL, 0.3)  # rings before the block's deadline would
+        with stop_on_signals() as signals, deadline_alarm(signals, time.monotonic() + 5):
+            time.sleep(1)
+        assert rang == [signal.SIGALRM] and signals.received is None
+
+        with stop_on_signals() as signals, deadline_alarm(signals, 10 * ALARM_MAX_SECONDS):
+            assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

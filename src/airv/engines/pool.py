@@ -301,8 +301,12 @@ class Pool(Generic[T]):
         self.failures: list[str] = []  # why each lane life ended early, first line each
         self.start_seconds: list[float] = []  # each start and restart, until ready
         self._slots: list[_Slot[T]] = []
-        for i in range(n_lanes):
-            self._slots.append(_Slot(lane=self._start(i, 0)))
+        try:
+            for i in range(n_lanes):
+                self._slots.append(_Slot(lane=self._start(i, 0)))
+        except BaseException:  # a stop mid-start (a signal, the deadline's alarm): no pool
+            self.close(kill=True)  # holds the lanes already started, so none may outlive it
+            raise
 
     # -- state ---------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ final write and the exit.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -63,6 +62,9 @@ class Clock:
 # check it (the loop itself stops within half a second, in order).
 DEADLINE_GRACE = 1.0
 DEADLINE = "deadline"  # what the alarm's stop is called (stopped_by), not "SIGALRM"
+# Beyond this a deadline is as good as none (setitimer overflows near 1e10 s; a budget of
+# years parses): no alarm is set.
+ALARM_MAX_SECONDS = 1e8
 
 
 def _stop_name(signum: int) -> str:
@@ -139,18 +141,30 @@ def stop_on_signals() -> Iterator[SignalStop]:
 def deadline_alarm(stop: SignalStop, deadline: float) -> Iterator[None]:
     """Within the block, SIGALRM DEADLINE_GRACE seconds after `deadline` (time.monotonic()),
     handled by `stop` as a stop named "deadline". The run opens it inside its `try`, so that
-    the alarm can only ring where its handlers catch it, and closes it before they run. An
-    alarm already set (pytest-timeout's, a caller's) is set again after the block, less the
-    time the block took. Outside the main thread, or with no finite deadline, nothing."""
-    if threading.current_thread() is not threading.main_thread() or not math.isfinite(deadline):
+    the alarm can only ring where its handlers catch it, and closes it before they run.
+
+    An alarm already set (pytest-timeout's, a caller's) that rings first is left alone, and
+    the block has no alarm of its own; one that rings later is set again after the block,
+    less the time the block took. Outside the main thread, or with a deadline too far off
+    for a timer (ALARM_MAX_SECONDS), nothing."""
+    armed = time.monotonic()
+    ring = max(deadline + DEADLINE_GRACE - armed, 1e-3)
+    outer = signal.getitimer(signal.ITIMER_REAL)
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or not ring < ALARM_MAX_SECONDS
+        or 0 < outer[0] <= ring
+    ):
         yield
         return
-    armed = time.monotonic()
     previous = signal.signal(signal.SIGALRM, stop.handle)
-    outer = signal.setitimer(signal.ITIMER_REAL, max(deadline + DEADLINE_GRACE - armed, 1e-3))
     try:
+        signal.setitimer(signal.ITIMER_REAL, ring)
         yield
     finally:
+        # Ignored while the timer is cancelled and the old handler put back: an alarm that
+        # rang just now must not raise from here, nor reach the old handler.
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if outer[0] > 0:
