@@ -466,7 +466,7 @@ class _Simulator:
         pick order. Votes are unknown on paper: a test input's evidence is its views so far,
         every answer distinct (none settles). Returns the views queued."""
         target = self.sim.target_views
-        lora = self._lora(tasks)  # a view's price as it would run now; its job's, the base
+        lora = self._lora(tasks)  # a view's price as it would run now (its job's: the base)
         candidates: dict[Unit, Open] = {}
         for task_id in tasks:
             # The cap on what was spent (the run's gain planner, as its dispatch check).
@@ -483,7 +483,7 @@ class _Simulator:
             u = self.units[pick.unit]
             tokens = math.ceil(u.prompt_tokens + self.cfg.sampling.n * u.answer_tokens)
             seq = next(self.seq)
-            seconds = pick.price / lora
+            seconds = self._view_seconds(u)
             job = _Job((1, 0.0, seq), pick.unit, f"v{seq}", seconds, tokens, score=False)
             heapq.heappush(self.queue, job)
             self.ledger.owe(pick.unit, job.key, tokens)
@@ -569,9 +569,10 @@ class _Simulator:
         width = max(1, min(self.cfg.inflight, int(self.rates.batch_requests)))
         lanes = [_Lane() for _ in range(self.cfg.workers)]
         while True:
+            lora = self._lora(tasks)  # as the views ended so far leave the batches
             for lane in lanes if now < until else ():
                 while len(lane.running) < width and (job := self._next(tasks)) is not None:
-                    job.seconds *= self._lora(tasks)  # a job's seconds, the base model's until now
+                    job.seconds *= lora  # a job's seconds, the base model's until now
                     if not lane.running:
                         lane.mark = now
                     lane.running.append([job.seconds, job])
