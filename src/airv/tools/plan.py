@@ -223,8 +223,7 @@ class Plan:
                 f"{self.tuning.tokens:,.0f} prompt tokens (in proportion for other tasks) and "
                 f"{self.tuning.adapter_seconds:.1f} s per adapter beside its steps, "
                 f"{self.tuning.stage_start_seconds:.1f} s for a training process's start; "
-                "serving "
-                f"a batch with its adapter costs {t.lora_cost:.2f}x the base model's time, "
+                f"serving a batch with its adapter costs {t.lora_cost:.2f}x the base model's time, "
                 f"+{t.lora_cost_per_adapter:.2f}x per further adapter in it"
             )
         if t.score_cost != 1.0:
