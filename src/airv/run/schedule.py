@@ -35,8 +35,13 @@ outputs behind the rounds at 20% of the work, 6 at 30%; with the floor whole and
 first, none. Nor does the floor go in layers (every test input's first view, or first 2 or 4,
 before anyone's next; replayed on the same 10 seeds): 17, 20 and 22 test outputs behind at
 20% (the whole floor: none); uniform's final score reached by 70% of the budget in 2 or 3 of
-10 seeds at 20% (the whole floor: 0), in 3 or 4 at 30% (the whole floor: 8). The gain decides
-where everything after the first round goes.
+10 seeds at 20% (the whole floor: 0), in 3 or 4 at 30% (the whole floor: 8). Nor is the floor
+cut short by a probe (a test input's first 2 views sent alone, and the rest of its floor put
+after every other floor when their answers differ: right after 8 views in 27% of the
+recordings' test inputs, against 66% when they agree): at 20% it reached uniform's final score
+by 70% in 5 of 10 seeds (the whole floor: 0) but ended 1 test output behind in all, and 2 in
+one seed; ordering the floor by price over the probe's promise instead, 6 behind. The gain
+decides where everything after the first round goes.
 
 A test input stops when its vote is settled (`--settle-margin`, as the uniform rounds stop),
 at `--max-augmentations` views, or when its task reaches its cap; the deadline stops what is
