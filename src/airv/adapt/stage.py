@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import multiprocessing as mp
 import os
 import queue
 import re
@@ -38,7 +37,7 @@ from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.prompt_format import PromptFormat
 from airv.core.prompts import for_tokenizer
 from airv.core.tasks import Task
-from airv.engines.worker import die_with_parent
+from airv.engines.worker import child_context, die_with_parent, in_environment
 
 log = logging.getLogger(__name__)
 JOINT = "joint"  # the adapter's name in joint mode
@@ -51,7 +50,7 @@ TTT_LOG = "ttt.jsonl"
 
 @dataclass(frozen=True)
 class StageJob:
-    """What a training process needs; picklable (sent to spawned processes)."""
+    """What a training process needs; picklable (sent to the training processes)."""
 
     model_dir: Path
     fmt: PromptFormat
@@ -205,7 +204,7 @@ def _train(
     devices: Sequence[str | None],
     progress: Progress | None = None,
 ) -> tuple[list[TrainResult], int]:
-    ctx = mp.get_context("spawn")
+    ctx = child_context()
     todo = ctx.Queue()
     for item in items:
         todo.put(item)
@@ -218,7 +217,9 @@ def _train(
 
     def start(device: str | None) -> None:
         p = ctx.Process(
-            target=_serve, args=(job, device, todo, results_q, os.getpid()), daemon=False
+            target=in_environment,
+            args=(dict(os.environ), _serve, job, device, todo, results_q, os.getpid()),
+            daemon=False,
         )
         p.start()
         procs[p] = device

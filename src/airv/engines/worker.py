@@ -6,7 +6,8 @@ nothing: a worker that is silent while it has work is stalled. The worker leads 
 group of its own, with vLLM's engine process (VLLM::EngineCore) in it; it reports that
 process's pid, so the parent can watch it (the worker's vLLM client may wait forever on a dead
 one) and end the whole group at once. With several GPUs there is one worker per device,
-pinned by CUDA_VISIBLE_DEVICES before torch or vLLM is imported.
+pinned by CUDA_VISIBLE_DEVICES before CUDA is initialised (the fork server it starts from
+imported torch, never CUDA).
 
 Messages, parent to worker: ("add", [(id, request), ...]), ("abort", [id, ...]),
 ("close", None). Worker to parent: ("ready", [engine pid, ...]), ("results", [Result, ...]),
@@ -20,6 +21,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import select
 import signal
 import threading
 import time
@@ -93,19 +95,67 @@ def _read(conn: Connection, inbox: queue.Queue[tuple[str, Any]]) -> None:
             return
 
 
-def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies (an orphaned engine or
-    trainer would hold a GPU, or the CPU, for nothing); if the parent is already gone, end
-    now. Elsewhere than Linux nothing is done."""
-    try:
-        import ctypes
+# Engine workers and training processes start from multiprocessing's fork server, which
+# imports these once and forks each child from there: a spawned child imported them again,
+# about 5 s of each start on a 2-core CPU (every engine restart, every wave's trainers and
+# engine). The fork server never touches a GPU, so each child still initialises CUDA for
+# itself, after its CUDA_VISIBLE_DEVICES is set. vLLM is not among them: a run that never
+# starts it pays nothing for it.
+CHILD_PRELOAD = ("torch", "transformers", "peft")
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+
+def child_context() -> mp.context.ForkServerContext:
+    """The multiprocessing context that starts engine workers and training processes."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(CHILD_PRELOAD))
+    return ctx
+
+
+def end_child_server() -> None:
+    """End the fork server now: at a deadline or a signal it may still be importing
+    CHILD_PRELOAD, seconds of CPU that the run's last writes need, and an interrupted start
+    would have it fork a child no one waits for. It is reaped here, so that the next child
+    starts a new one rather than ask the dying one."""
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None:
         return
-    if os.getppid() != parent:  # it died before the request took effect
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    stop = getattr(server, "_stop", None)  # closes its pipe, waits for it and forgets it
+    if stop is not None:
+        with contextlib.suppress(Exception):
+            stop()
+
+
+def in_environment(env: dict[str, str], target: Any, *args: Any) -> None:
+    """Run `target(*args)` in the parent's environment as it was at the child's start (a
+    child forked from the fork server has the server's, from when it started)."""
+    os.environ.clear()
+    os.environ.update(env)
+    target(*args)
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to this process when `parent`, the process that started it, dies: an
+    orphaned engine or trainer would hold a GPU, or the CPU, for nothing. A thread waits on
+    the parent's pidfd (the fork server, this process's parent by the kernel's count, lives
+    on while its children do). If the parent is already gone, end now. Elsewhere than Linux
+    nothing is done."""
+    try:
+        fd = os.pidfd_open(parent)
+    except (OSError, AttributeError):  # gone already, or not Linux
+        if not process_alive(parent) and os.path.isdir("/proc"):
+            os.kill(os.getpid(), sig)
+        return
+
+    def wait() -> None:
+        select.select([fd], [], [])  # readable once the parent has ended
         os.kill(os.getpid(), sig)
+
+    threading.Thread(target=wait, name="parent-watch", daemon=True).start()
 
 
 def _end_group(signum: int, frame: object) -> None:
@@ -203,11 +253,15 @@ class EngineWorker:
         name: str = "worker-0",
     ):
         self.name = name
-        ctx = mp.get_context("spawn")
+        ctx = child_context()
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
-            target=_serve,
-            args=(child, engine, sampling, device, n_gpus, faults or Faults(), os.getpid()),
+            target=in_environment,
+            args=(
+                dict(os.environ),
+                _serve,
+                *(child, engine, sampling, device, n_gpus, faults or Faults(), os.getpid()),
+            ),
             name=name,
             daemon=False,  # vLLM starts processes of its own; daemons may not
         )

@@ -60,6 +60,7 @@ from airv.engines.pool import (
     SharedQueue,
     start_lane,
 )
+from airv.engines.worker import end_child_server
 from airv.run.budget import (
     DEADLINE,
     Clock,
@@ -473,6 +474,8 @@ class Run:
 
     def stop_workers(self) -> None:
         self.engines.close()
+        if self.summary.stopped_by is not None:  # a deadline or a signal: no child is coming
+            end_child_server()
 
     # -- the shared queue ---------------------------------------------------------------
 

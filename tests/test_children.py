@@ -1,0 +1,53 @@
+"""The run's child processes (engine workers, trainers) as the fork server starts them: with
+torch already imported, in the parent's environment of the moment, and a new server after the
+last one was ended at a deadline. (A child ending with its parent: test_boundary_start's
+SIGKILL case and test_adapt's training processes.)"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from airv.engines.worker import child_context, end_child_server, in_environment
+
+VARIABLE = "AIRV_TEST_CHILD_ENV"
+
+
+def _report(path: str) -> None:
+    """In the child: what it found on arrival."""
+    found = {"value": os.environ.get(VARIABLE), "torch": "torch" in sys.modules}
+    Path(path).write_bytes(orjson.dumps(found))
+
+
+def _start(path: Path) -> dict[str, object]:
+    ctx = child_context()
+    proc = ctx.Process(target=in_environment, args=(dict(os.environ), _report, str(path)))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_a_child_has_torch_and_the_parents_environment_of_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(VARIABLE, raising=False)
+    first = _start(tmp_path / "first")
+    assert first == {"value": None, "torch": True}  # imported by the server, not the child
+    monkeypatch.setenv(VARIABLE, "set after the server started")
+    assert _start(tmp_path / "second")["value"] == "set after the server started"
+
+
+@pytest.mark.slow
+def test_a_child_starts_right_after_the_server_was_ended(tmp_path: Path) -> None:
+    """A run stopped at its deadline ends the fork server; the next run's first child, at
+    once, gets a new one (it once asked the dying server, and its start failed with EOF)."""
+    _start(tmp_path / "before")
+    for i in range(3):
+        end_child_server()
+        assert _start(tmp_path / f"after{i}")["torch"] is True
