@@ -48,6 +48,5 @@ def test_a_child_starts_right_after_the_server_was_ended(tmp_path: Path) -> None
     """A run stopped at its deadline ends the fork server; the next run's first child, at
     once, gets a new one (it once asked the dying server, and its start failed with EOF)."""
     _start(tmp_path / "before")
-    for i in range(3):
-        end_child_server()
-        assert _start(tmp_path / f"after{i}")["torch"] is True
+    end_child_server()
+    assert _start(tmp_path / "after")["torch"] is True
