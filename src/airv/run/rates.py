@@ -43,8 +43,8 @@ class Rates:
     # With seconds per step: the prompt tokens of the task they were measured on (a test
     # input's, the mean); each task's steps are then priced in proportion to its own.
     ttt_step_tokens: float | None = None
-    # Each training process's start in a stage (every wave has its own): spawning it, its
-    # imports, loading the model, before its first adapter.
+    # Each training process's start in a stage (every wave has its own): forking it (the first
+    # one waits for the fork server's imports), loading the model, before its first adapter.
     ttt_stage_start_seconds: float = 0.0
     # One adapter on disk, at `adapter_rank` (scaled linearly to the run's rank); a model
     # folder gives it exactly instead (airv.adapt.waves.adapter_bytes).
