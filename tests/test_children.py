@@ -50,3 +50,33 @@ def test_a_child_starts_right_after_the_server_was_ended(tmp_path: Path) -> None
     _start(tmp_path / "before")
     end_child_server()
     assert _start(tmp_path / "after")["torch"] is True
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polled"])
+def test_a_child_is_signalled_when_its_parent_ends(
+    pidfd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """die_with_parent, with the kernel's pidfd and without one (a check every second): a
+    stand-in parent that ends after half a second; this process gets the signal."""
+    import signal
+    import subprocess
+    import threading
+
+    from airv.engines.worker import die_with_parent
+
+    if not pidfd:
+
+        def no_pidfd(pid: int) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    got = threading.Event()
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: got.set())
+    try:
+        parent = subprocess.Popen(["sleep", "0.5"])
+        die_with_parent(parent.pid, signal.SIGUSR1)
+        assert not got.wait(0.2)  # not while it lives
+        parent.wait()
+        assert got.wait(10)
+    finally:
+        signal.signal(signal.SIGUSR1, old)

@@ -142,17 +142,24 @@ def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     """Send `sig` to this process when `parent`, the process that started it, dies: an
     orphaned engine or trainer would hold a GPU, or the CPU, for nothing. A thread waits on
     the parent's pidfd (the fork server, this process's parent by the kernel's count, lives
-    on while its children do). If the parent is already gone, end now. Elsewhere than Linux
-    nothing is done."""
-    try:
-        fd = os.pidfd_open(parent)
-    except (OSError, AttributeError):  # gone already, or not Linux
-        if not process_alive(parent) and os.path.isdir("/proc"):
-            os.kill(os.getpid(), sig)
+    on while its children do), or looks every second where the kernel has no pidfd. If the
+    parent is already gone, end now. Without /proc (not Linux) nothing is done."""
+    if not os.path.isdir("/proc"):
         return
+    try:
+        fd: int | None = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os.kill(os.getpid(), sig)
+        return
+    except (OSError, AttributeError):  # a kernel or a Python without pidfds
+        fd = None
 
     def wait() -> None:
-        select.select([fd], [], [])  # readable once the parent has ended
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the parent has ended
+        else:
+            while process_alive(parent):
+                time.sleep(1.0)
         os.kill(os.getpid(), sig)
 
     threading.Thread(target=wait, name="parent-watch", daemon=True).start()
