@@ -105,7 +105,10 @@ CHILD_PRELOAD = ("torch", "transformers", "peft")
 
 
 def child_context() -> mp.context.ForkServerContext:
-    """The multiprocessing context that starts engine workers and training processes."""
+    """The multiprocessing context that starts engine workers and training processes. torch
+    is told to ask NVML, not CUDA, whether a GPU is there: an import that asked CUDA in the
+    server would leave every forked child unable to use it."""
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(CHILD_PRELOAD))
     return ctx
@@ -114,20 +117,26 @@ def child_context() -> mp.context.ForkServerContext:
 def end_child_server() -> None:
     """End the fork server now: at a deadline or a signal it may still be importing
     CHILD_PRELOAD, seconds of CPU that the run's last writes need, and an interrupted start
-    would have it fork a child no one waits for. It is reaped here, so that the next child
-    starts a new one rather than ask the dying one."""
+    would have it fork a child no one waits for. It is reaped here, under the server's own
+    lock, so that the next child starts a new one rather than ask the dying one."""
     from multiprocessing import forkserver
 
     server = forkserver._forkserver
-    pid = getattr(server, "_forkserver_pid", None)
-    if pid is None:
+    lock = getattr(server, "_lock", None)
+    stop = getattr(server, "_stop_unlocked", None)  # closes its pipe, waits for it, forgets it
+    if lock is None or stop is None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    stop = getattr(server, "_stop", None)  # closes its pipe, waits for it and forgets it
-    if stop is not None:
-        with contextlib.suppress(Exception):
+    with lock:
+        pid = getattr(server, "_forkserver_pid", None)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        try:
             stop()
+        except Exception:  # reaped elsewhere: forget it all the same
+            for name in ("_forkserver_pid", "_forkserver_alive_fd", "_forkserver_address"):
+                setattr(server, name, None)
 
 
 def in_environment(env: dict[str, str], target: Any, *args: Any) -> None:

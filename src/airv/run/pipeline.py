@@ -474,7 +474,8 @@ class Run:
 
     def stop_workers(self) -> None:
         self.engines.close()
-        if self.summary.stopped_by is not None:  # a deadline or a signal: no child is coming
+        # Stopped (a deadline, a signal, an engine failure): no child is coming.
+        if self.summary.stopped_by is not None or self.clock.left() <= 0:
             end_child_server()
 
     # -- the shared queue ---------------------------------------------------------------
