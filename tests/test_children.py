@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from airv.engines.worker import child_context, end_child_server, in_environment
+from airv.engines.worker import child_process, end_child_server
 
 VARIABLE = "AIRV_TEST_CHILD_ENV"
 
@@ -24,8 +24,7 @@ def _report(path: str) -> None:
 
 
 def _start(path: Path) -> dict[str, object]:
-    ctx = child_context()
-    proc = ctx.Process(target=in_environment, args=(dict(os.environ), _report, str(path)))
+    proc = child_process(_report, str(path))
     proc.start()
     proc.join(120)
     assert proc.exitcode == 0

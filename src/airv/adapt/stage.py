@@ -37,7 +37,7 @@ from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.prompt_format import PromptFormat
 from airv.core.prompts import for_tokenizer
 from airv.core.tasks import Task
-from airv.engines.worker import child_context, die_with_parent, in_environment
+from airv.engines.worker import child_context, child_process, die_with_parent
 
 log = logging.getLogger(__name__)
 JOINT = "joint"  # the adapter's name in joint mode
@@ -216,11 +216,7 @@ def _train(
     last_exit: int | None = None
 
     def start(device: str | None) -> None:
-        p = ctx.Process(
-            target=in_environment,
-            args=(dict(os.environ), _serve, job, device, todo, results_q, os.getpid()),
-            daemon=False,
-        )
+        p = child_process(_serve, job, device, todo, results_q, os.getpid())
         p.start()
         procs[p] = device
 

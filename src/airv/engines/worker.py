@@ -139,9 +139,17 @@ def end_child_server() -> None:
                 setattr(server, name, None)
 
 
-def in_environment(env: dict[str, str], target: Any, *args: Any) -> None:
-    """Run `target(*args)` in the parent's environment as it was at the child's start (a
-    child forked from the fork server has the server's, from when it started)."""
+def child_process(target: Any, *args: Any, name: str | None = None) -> mp.context.ForkServerProcess:
+    """An engine worker or training process running `target(*args)`, not yet started, from
+    child_context() (whose pipes and queues it may be handed). It runs in the parent's
+    environment as it is now: a child forked from the fork server has the server's, from when
+    the server started. Not a daemon: vLLM starts processes of its own, and daemons may not."""
+    return child_context().Process(
+        target=_in_environment, args=(dict(os.environ), target, *args), name=name, daemon=False
+    )
+
+
+def _in_environment(env: dict[str, str], target: Any, *args: Any) -> None:
     os.environ.clear()
     os.environ.update(env)
     target(*args)
@@ -271,15 +279,10 @@ class EngineWorker:
         self.name = name
         ctx = child_context()
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(
-            target=in_environment,
-            args=(
-                dict(os.environ),
-                _serve,
-                *(child, engine, sampling, device, n_gpus, faults or Faults(), os.getpid()),
-            ),
+        self._proc = child_process(
+            _serve,
+            *(child, engine, sampling, device, n_gpus, faults or Faults(), os.getpid()),
             name=name,
-            daemon=False,  # vLLM starts processes of its own; daemons may not
         )
         self._proc.start()
         child.close()
