@@ -5,6 +5,8 @@ worker."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +39,10 @@ pytestmark = pytest.mark.engine
 @pytest.mark.slow
 @pytest.mark.usefixtures("vllm_processes")
 def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
-    tmp_path: Path, bigram_model: Path
+    tmp_path: Path,
+    bigram_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Through real vLLM, as deployed (its engine core in processes of its own), one run whose
     engine fails twice, each after 6 results: vLLM's own engine process (VLLM::EngineCore) is
@@ -51,9 +56,17 @@ def test_vllm_end_to_end_survives_every_engine_death_and_a_stall(
     ch = _challenges(tmp_path, tasks)
     out = tmp_path / "out"
     # A bigram model's engine step takes milliseconds and a live worker beats every second:
-    # 20 s of silence is a stall. With 10 s the watch once lost the race to see the killed
-    # process dead (a fresh-clone `make test`, the Kaggle pins' install beside it).
-    cfg = _config(ch, out, bigram_model, Backend.VLLM, inflight=6, stall_seconds=20)
+    # 10 s of silence is a stall. torch's compile caches start cold, as on a fresh Kaggle or
+    # CI machine: vLLM compiles its logprob kernel at the first request that asks for logprobs
+    # (15 s here), which in the first requests' step was taken for a stall; the engine now
+    # compiles it while it starts (VllmEngine._warm_up). The precompiled headers live in the
+    # temporary folder whatever TORCHINDUCTOR_CACHE_DIR says, so that moves too (a short path:
+    # vLLM's sockets live there).
+    scratch = Path(tempfile.mkdtemp(prefix="airv-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(scratch / "inductor"))
+    cfg = _config(ch, out, bigram_model, Backend.VLLM, inflight=6, stall_seconds=10)
     lives = [Faults(kill_engine_after=6), Faults(stop_engine_after=6)]
     t0 = time.monotonic()
     lanes = FaultyLanes(lives)

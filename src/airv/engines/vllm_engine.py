@@ -100,6 +100,21 @@ class VllmEngine:
         # Depth-first searches (engines.dfs): by the caller's id; their branches in vLLM.
         self._searches: dict[int, _Search] = {}
         self._branches: dict[str, tuple[int, Branch]] = {}
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One token through the engine before it is called started. vLLM compiles its logprob
+        kernel (torch.compile) at the first request that asks for logprobs, as every request
+        here does: 15 s of this machine's CPU with a cold compile cache, as a fresh Kaggle or CI
+        machine has (Triton's compile on a GPU). In the first requests' step that time looked
+        like a stalled engine to the watchdog; here it is start-up, which the deadline bounds."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=0, prompt_logprobs=0)
+        self._engine.add_request("airv-warm-up", TokensPrompt(prompt_token_ids=[0, 0]), params)
+        while self._engine.has_unfinished_requests():
+            self._engine.step()
 
     @property
     def tokenizer(self) -> Any:
