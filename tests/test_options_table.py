@@ -1,4 +1,4 @@
-"""`airv run`'s option table (airv.run.options.OPTIONS) against everything made or written from
+"""`airv run`'s option table (airv.run.optiontable.OPTIONS) against everything made or written from
 it: the parser and its --help, the config dataclasses, the recipes, the Kaggle config example
 and the README's option tables. A drift between any of them fails here."""
 
@@ -20,7 +20,8 @@ from airv.core.errors import ConfigError
 from airv.core.tasks import Pair, Task, dump_challenges
 from airv.core.units import format_duration, parse_duration
 from airv.run import options as runopts
-from airv.run.options import OPTIONS, Group, Option, parse_share, parse_task_cap
+from airv.run.option import RUN_DEFAULTS, Group, Option, parse_share, parse_task_cap
+from airv.run.optiontable import OPTIONS
 from airv.run.recipes import load_recipe, recipe_names, run_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_every_option_names_a_field_of_the_config() -> None:
     for option in OPTIONS:
         if option.path is None:
             continue
-        obj: object = runopts._RUN
+        obj: object = RUN_DEFAULTS
         for part in option.path.split("."):
             fields = {f.name for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
             is_property = isinstance(getattr(type(obj), part, None), property)

@@ -19,6 +19,7 @@ from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.run import options as runopts
 from airv.run.config import RunConfig
+from airv.run.option import RUN_GROUPS, Group
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,7 +201,7 @@ def test_context_length_defaults_to_the_models_limit(files: tuple[Path, Path]) -
 def test_a_command_takes_only_the_option_groups_it_needs(files: tuple[Path, Path]) -> None:
     ch, model = files
     p = argparse.ArgumentParser()
-    groups = [g for g in runopts.RUN_GROUPS if g is not runopts.Group.VOTING]
+    groups = [g for g in RUN_GROUPS if g is not Group.VOTING]
     runopts.add_run_arguments(p, required=False, groups=groups)
     with pytest.raises(SystemExit):  # argparse: unrecognised argument
         p.parse_args(["--vote", "rescore"])
@@ -215,7 +216,7 @@ def test_every_option_group_is_taken_by_airv_run_once() -> None:
     titles = [
         g.title for g in p._action_groups if g.title not in ("options", "positional arguments")
     ]
-    assert len(titles) == len(set(titles)) == len(runopts.RUN_GROUPS) + 1  # + inputs
+    assert len(titles) == len(set(titles)) == len(RUN_GROUPS) + 1  # + inputs
 
 
 def test_the_reserve_scales_with_a_short_budget() -> None:

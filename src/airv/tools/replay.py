@@ -33,7 +33,7 @@ from airv.core.tasks import load_challenges, load_solutions
 from airv.core.units import format_duration, parse_duration
 from airv.core.voting import DEFAULT_VOTE_MODE, VoteMode
 from airv.run.config import PREDICTIONS_FILE, SUMMARY_FILE, RunConfig
-from airv.run.options import parse_task_cap
+from airv.run.option import parse_task_cap
 from airv.run.replay import Recording, replay, score
 from airv.run.schedule import DEFAULT_SCHEDULE, ViewSchedule
 
