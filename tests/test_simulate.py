@@ -17,9 +17,10 @@ from airv.core.errors import ConfigError
 from airv.core.voting import VoteMode
 from airv.engines.config import EngineConfig
 from airv.run.config import RunConfig
+from airv.run.costs import Costs, UnitCost, price_by_cells, synthetic_tasks
 from airv.run.rates import Rates, load_rates, rates_names
 from airv.run.schedule import DEFAULT_SCHEDULE, ViewSchedule
-from airv.run.simulate import Costs, UnitCost, price_by_cells, simulate, synthetic_tasks
+from airv.run.simulate import simulate
 
 # One view: 1000 prompt tokens / 1000 + 100 answer tokens / 100 = 2 s; start-up 10 s.
 RATES = Rates(

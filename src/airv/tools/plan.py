@@ -52,18 +52,18 @@ from airv.engines.pool import await_ready, run_lane, start_lane
 from airv.run import options as runopts
 from airv.run.budget import process_start_time
 from airv.run.config import RunConfig, start_mode
-from airv.run.engines import serving
-from airv.run.rates import Rates, load_rates, rates_names
-from airv.run.simulate import (
+from airv.run.costs import (
     Costs,
-    Simulation,
     TooLong,
     UnitCost,
     mean_prompt_tokens,
     price_by_cells,
-    simulate,
     synthetic_tasks,
 )
+from airv.run.engines import serving
+from airv.run.rates import Rates, load_rates, rates_names
+from airv.run.simulate import simulate
+from airv.run.timeline import Simulation
 
 # Views priced per test input: identity and a quarter turn (a transposed grid has another
 # number of line breaks, so the two bracket the D8 views).
