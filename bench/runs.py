@@ -3,7 +3,8 @@ this process that answers instantly from the solutions (section 2), and `TimedRu
 when answers arrive and can share a live engine worker (sections 4, 5, 7 and 8).
 
 Both run airv.run.pipeline.Run as it is, watched through its Observer hooks, with lanes of
-their own making (a LaneStarter): neither reaches into the run.
+their own making (a LaneStarter): neither reaches into the run. A finished run's figures are
+`run_result`'s; `check_done` refuses to measure a run that did not finish its work.
 """
 
 from __future__ import annotations
@@ -239,3 +240,32 @@ class TimedRun(_Watched):
     def kept(self) -> EngineWorker | None:
         lent = self._lent
         return lent.worker if lent is not None and not lent.killed else None
+
+
+def check_done(r: Run, exit_code: int) -> None:
+    """A measured run must have finished its work: a failed one measures nothing."""
+    s = r.summary
+    if exit_code != 0 or s.stopped_by != "done":
+        raise RuntimeError(f"the bench's run ended by {s.stopped_by} (exit {exit_code}): {s.error}")
+
+
+def run_result(r: Run, wall: float) -> dict[str, object]:
+    """A finished run's figures: wall time, engine start-up, engine time and the rest."""
+    s = r.summary
+    start = sum(s.engine_start_seconds)
+    overhead = wall - start - s.engine_seconds
+    return {
+        "tasks": len(r.task_ids),
+        "prompts": s.prompts,
+        "tokens_in": s.tokens_in,
+        "tokens_out": s.tokens_out,
+        "wall_seconds": wall,
+        "engine_start_seconds": start,
+        "engine_seconds": s.engine_seconds,
+        "overhead_seconds": overhead,
+        "overhead_fraction": overhead / (wall - start) if wall > start else 0.0,
+        "overhead_ms_per_task": 1000 * overhead / max(1, len(r.task_ids)),
+        "seconds_per_task": (wall - start) / max(1, len(r.task_ids)),
+        "writes": s.writes,
+        "answered_test_inputs": s.answered_test_inputs,
+    }

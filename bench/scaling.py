@@ -10,16 +10,8 @@ from typing import Any
 from airv.core.tasks import dump_challenges
 from airv.run.budget import Clock
 from bench.common import table
-from bench.harness import (
-    Bench,
-    ModelKind,
-    Section,
-    check_done,
-    pipeline_config,
-    run_result,
-    warm_up,
-)
-from bench.runs import TimedRun
+from bench.harness import Bench, ModelKind, Section, pipeline_config, warm_up
+from bench.runs import TimedRun, check_done, run_result
 
 
 def measure(b: Bench) -> dict[str, object]:

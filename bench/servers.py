@@ -16,12 +16,11 @@ from bench.harness import (
     Bench,
     ModelKind,
     Section,
-    check_done,
     model_name,
     pipeline_config,
     warm_up,
 )
-from bench.runs import TimedRun
+from bench.runs import TimedRun, check_done
 
 # The evaluation the paper estimate prices: every ARC-AGI-1 evaluation task x 96 augmentations.
 PAPER_TASKS, PAPER_AUGS = 400, 96

