@@ -26,7 +26,8 @@ from airv.engines.pool import FaultyLanes, LaneStarter, LocalLane, start_lane
 from airv.engines.worker import EngineWorker, Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
-from airv.run.pipeline import Observer, Run
+from airv.run.observer import Observer
+from airv.run.pipeline import Run
 from airv.run.rounds import View
 from airv.run.summary import RunSummary
 from bench.common import Timers

@@ -24,7 +24,8 @@ from airv.engines.pool import FaultyLanes, LaneStarter
 from airv.engines.worker import Faults
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
-from airv.run.pipeline import Observer, Run
+from airv.run.observer import Observer
+from airv.run.pipeline import Run
 from airv.run.predictions import read_predictions
 from airv.run.rounds import View
 from conftest import Engines
@@ -545,7 +546,7 @@ def test_the_gain_schedule_spends_on_the_open_test_input(
         run.predictions[("task0001", 0)].append(pred("task0001", aug, ANSWER))
         other = ANSWER if i % 2 else ((2, 1),)
         run.predictions[("task0002", 0)].append(pred("task0002", aug, other))
-    assert run.evidence(("task0002", 0)).votes == (2, 2)
+    assert run.feed.evidence(("task0002", 0)).votes == (2, 2)
     pushed = run.rounds.refill(10, run.votes())
     assert pushed == 4  # the open test input's limit: 8 views, 4 answered
     queued = [j.payload for j in run.engines.queue.take(100, lambda j: True)[0]]

@@ -18,7 +18,7 @@ from airv.core.errors import ConfigError
 from airv.core.units import format_size, parse_size
 from airv.engines.config import Backend
 from airv.engines.model import weight_shapes
-from airv.run.pipeline import Observer
+from airv.run.observer import Observer
 from airv.run.rounds import View
 
 PER_TASK = TTTConfig(mode=TTTMode.PER_TASK)

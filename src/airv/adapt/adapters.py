@@ -91,6 +91,10 @@ class Adapters:
         """Distinct adapters the engine serves now: those of the tasks whose wave is not over."""
         return len({p for t, p in self.by_task.items() if t not in self.closed})
 
+    def verdicts_due(self) -> bool:
+        """Whether some adapter waits for its served check's verdict."""
+        return bool(self.unchecked)
+
     def held(self, task_id: TaskId) -> bool:
         """Whether nothing is to be planned for a task: it waits for its wave or for its
         adapter's verdict, or its wave is over."""

@@ -5,7 +5,7 @@ The clock starts at process start, as the run's does, and ends at the budget les
 It walks the run's own structure with its own parts: the waves whose adapters fit the scratch
 limit (airv.adapt.waves), each training for its tasks' share of the stage and answering for
 its share of the time left after the later waves' training (the split of
-airv.run.pipeline.Run._adapt_and_answer), an engine start-up per wave; the run's view
+airv.run.adapting.adapt_and_answer), an engine start-up per wave; the run's view
 schedule (`--schedule`): the round planner's targets (airv.run.rounds.Rounds), or the gain
 planner's picks (airv.run.schedule.best, `inflight` x `workers` views planned ahead); the
 ledger's per-task caps (airv.run.ledger.Ledger); and `workers` lanes, one per GPU, pulling
@@ -382,7 +382,7 @@ class _Simulator:
         return sim
 
     def _waves(self) -> None:
-        """Run._adapt_and_answer's split, on the virtual clock."""
+        """airv.run.adapting's split, on the virtual clock."""
         cfg, sim, ttt = self.cfg, self.sim, self.cfg.ttt
         size = wave_size(sim.adapter_bytes or 0, cfg.scratch_limit, ttt)
         todo = list(self.task_ids)

@@ -12,8 +12,10 @@ from pathlib import Path
 import orjson
 
 from airv.core.jsonio import write_atomic
+from airv.core.tasks import Challenges
 from airv.core.types import TaskId
 from airv.core.units import format_duration, format_size
+from airv.run.config import RunConfig
 from airv.run.predictions import Prediction
 
 
@@ -76,6 +78,18 @@ class RunSummary:
     # Tasks per wave of training and answering (adapt.waves; one wave when all fit at once).
     waves: list[int] = field(default_factory=list)
     settings: dict[str, object] = field(default_factory=dict)  # RunConfig.settings()
+
+    @classmethod
+    def of(cls, cfg: RunConfig, challenges: Challenges) -> RunSummary:
+        """A run's summary before it starts: what it was asked, and how."""
+        d = cfg.sampling
+        return cls(
+            challenges=str(cfg.challenges.resolve()),
+            decode=d.decode + (f" (p > {d.dfs_threshold:g})" if d.decode == "dfs" else ""),
+            tasks=len(challenges.task_ids),
+            rejected_tasks=dict(challenges.rejected),
+            settings=cfg.settings(),
+        )
 
     def add_prompt(self, task_id: TaskId, prompt_tokens: int, seconds: float) -> None:
         s = self.per_task.setdefault(task_id, TaskStats())
