@@ -78,3 +78,22 @@ def test_no_import_cycles() -> None:
     # Package __init__ re-exports are not cycles of logic: a module importing its own package.
     real = [c for c in cycles if not any(a.startswith(b + ".") for a, b in itertools.pairwise(c))]
     assert not real, "\n".join(" -> ".join(c) for c in real[:10])
+
+
+# Module sizes: a run is composed of small parts, not grown in one class (README › Layout).
+LOOP_MODULES = ("src/airv/run/pipeline.py", "bench/run_bench.py")
+LOOP_LINES = 350  # the run's loop and the bench's entry: composition only
+MODULE_LINES = 450  # any module of run/ and bench/
+
+
+def test_the_run_and_the_bench_stay_in_small_modules() -> None:
+    root = PACKAGE.parents[1]
+    lines = {
+        str(p.relative_to(root)): len(p.read_text().splitlines())
+        for folder in (PACKAGE / "run", root / "bench")
+        for p in folder.glob("*.py")
+    }
+    assert set(LOOP_MODULES) <= lines.keys()
+    too_long = {p: n for p, n in lines.items() if n >= LOOP_LINES and p in LOOP_MODULES}
+    too_long |= {p: n for p, n in lines.items() if n > MODULE_LINES}
+    assert not too_long, f"split these by concept: {too_long}"
