@@ -28,6 +28,7 @@ from airv.core.tasks import Task, dump_challenges
 from airv.core.voting import VoteMode
 from airv.engines.config import Backend, Decoding, Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
+from airv.run.budget import Clock
 from airv.run.config import SCORES_FILE, RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import group_candidates, read_predictions
@@ -70,7 +71,7 @@ def run_one(
         ttt=ttt or TTTConfig(),
         keep_adapters=True,  # the next runs reuse them
     )
-    r = Run(cfg)
+    r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
     if r.execute() != 0 or r.summary.stopped_by != "done":
         raise SystemExit(f"run in {out} failed: {r.summary.error}")
     predictions, _ = read_predictions(cfg.log_path)

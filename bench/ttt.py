@@ -37,6 +37,7 @@ from airv.core.voting import VoteMode
 from airv.demo.synthetic import SyntheticSpec
 from airv.engines.config import Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
+from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.options import build_run_config, run_option_parser
 from airv.run.pipeline import Run
@@ -81,7 +82,7 @@ def run_sets(
         ttt=ttt,
     )
     started = time.monotonic()
-    r = Run(cfg)
+    r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
     if r.execute() != 0:
         raise SystemExit(f"{name}: the pipeline run failed")
     seconds = time.monotonic() - started
@@ -222,7 +223,7 @@ def part_recipes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
         # The demo model's own format, not the recipe's preset (another model's).
         cfg = dataclasses.replace(cfg, prompt=resolve_format(model=args.model))
         started = time.monotonic()
-        r = Run(cfg)
+        r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
         code = r.execute()  # a recipe that fails here is a row that says so, not a lost part
         seconds = time.monotonic() - started
         s = r.summary

@@ -31,6 +31,7 @@ from airv.core.voting import VoteMode
 from airv.demo.synthetic import SyntheticSpec
 from airv.engines.config import Backend, Dtype, EngineConfig
 from airv.kaggle.local import default_tasks
+from airv.run.budget import Clock
 from airv.run.config import SCORES_FILE, RunConfig
 from airv.run.pipeline import Run
 from airv.run.predictions import Prediction, group_candidates, read_predictions
@@ -105,7 +106,7 @@ def run_once(
         time_budget=4 * 3600,
         reserve=0,
     )
-    r = Run(cfg)
+    r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
     if r.execute() != 0:
         raise SystemExit(f"run in {out} failed: {r.summary.error}")
     predictions, _ = read_predictions(cfg.log_path)

@@ -35,6 +35,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VLLM_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 os.environ.setdefault(VLLM_MULTIPROCESSING, "0")
 
+
+@pytest.fixture(autouse=True)
+def _runs_need_a_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Run given no clock counts its budget from its process's start, as a real run must.
+    In the suite that start is the worker's, so a budgeted test would pass or fail by how long
+    the suite had already run: here such a Run is an error. Give it a clock (tests/runs.py
+    `fresh_run`), or ask for `cli_clock` to run `airv run` in this process."""
+    import airv.run.pipeline
+
+    def refuse() -> float:
+        raise AssertionError(
+            "a Run built under pytest needs a clock (tests/runs.py fresh_run, or the "
+            "cli_clock fixture for an in-process `airv run`)"
+        )
+
+    monkeypatch.setattr(airv.run.pipeline, "process_start_time", refuse)
+
+
+@pytest.fixture
+def cli_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process `airv run` counts its budget from the moment the run is built, as a real
+    `airv run` process counts from its own start."""
+    import time
+
+    import airv.run.pipeline
+
+    monkeypatch.setattr(airv.run.pipeline, "process_start_time", time.monotonic)
+
+
 # What the bigram test model answers to any prompt ending in a newline: "12" then EOS.
 BIGRAM_RULES = {"\n": "1", "1": "2"}
 

@@ -159,6 +159,7 @@ def test_sigterm_mid_run_writes_everything_and_a_second_run_is_refused(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("cli_clock")
 def test_a_resume_must_match_and_a_torn_line_is_cut(
     tmp_path: Path, bigram_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

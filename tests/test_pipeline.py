@@ -64,6 +64,18 @@ def _config(challenges: Path, out: Path, model: Path, backend: Backend, **kw: ob
     return workload(challenges, out, engine_config(model, backend), n_views=8, per_round=4, **kw)
 
 
+def test_a_run_built_without_a_clock_is_an_error_in_the_suite(tmp_path: Path) -> None:
+    """Run's default clock counts from the process's start: in the suite, the worker's, so a
+    budgeted test would depend on how long the suite had run (tests/conftest.py)."""
+    ch = _challenges(tmp_path, [_task("task0001")])
+    cfg = _config(ch, tmp_path / "out", tmp_path / "no-model", Backend.HF)
+    with pytest.raises(AssertionError, match="needs a clock"):
+        Run(cfg)
+    run = fresh_run(cfg)  # its budget counts from now
+    assert run.clock.left() > cfg.time_budget - 60
+    run.release()
+
+
 def _no_process_left(pids: list[int]) -> bool:
     """Every worker led its own process group; none of those groups may survive the run."""
     for pid in pids:

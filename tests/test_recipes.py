@@ -109,6 +109,7 @@ def test_airv_recipe_lists_and_prints(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("cli_clock")  # an in-process `airv run`
 def test_a_run_records_its_recipe(files: tuple[Path, Path], bigram_model: Path) -> None:
     ch, out = files
     code = main(
@@ -143,6 +144,7 @@ def test_the_kernel_installs_peft_for_a_recipe_that_fine_tunes(tmp_path: Path) -
 
 @pytest.mark.slow
 @pytest.mark.engine
+@pytest.mark.usefixtures("cli_clock")  # an in-process `airv run`
 def test_the_nvarc_recipe_end_to_end_on_the_nvarc_stand_in(tmp_path: Path) -> None:
     """`--recipe nvarc-2025`, named by the model's airv.json, through vLLM on CPU on a toy
     Qwen3 with NVARC's 16-token vocabulary whose weights answer `12`: rsLoRA with LoRA on the

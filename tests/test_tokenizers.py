@@ -78,6 +78,7 @@ def test_the_model_class_either_encodes_exactly_or_is_caught(nvarc_model: Path) 
     check_round_trip(nvarc_model, exact, probe_text(for_tokenizer(fmt, exact), exact))
 
 
+@pytest.mark.usefixtures("cli_clock")  # an in-process `airv run`
 def test_a_tokenizer_that_loses_a_token_stops_the_run(
     tmp_path: Path, task: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,6 +100,7 @@ def test_a_tokenizer_that_loses_a_token_stops_the_run(
 
 
 @pytest.mark.engine
+@pytest.mark.usefixtures("cli_clock")  # an in-process `airv run`
 def test_a_run_sends_the_nvarc_ids(tmp_path: Path, nvarc_model: Path, task: object) -> None:
     """Through a real run (the transformers engine), the identity view's prompt is the 150
     ids the checkpoint's own tokenizer gives."""

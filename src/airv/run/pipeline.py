@@ -57,9 +57,10 @@ log = logging.getLogger(__name__)
 
 
 class Run:
-    """One run, composed: the round planner (what each test input is owed), the ledger (spent,
-    owed, caps), the recorder (results to the logs, votes, submission.json), the adapters
-    (test-time fine-tuning), and the engines' pools, driven by a short loop (`execute`)."""
+    """One run, composed: the planner (what each test input is owed), the ledger (spent,
+    owed, caps), the recorder (results to the logs, votes, submission.json), the feed (the
+    shared queue's traffic), the adapters (test-time fine-tuning) and the engines' pools,
+    driven by a short loop (`execute`)."""
 
     def __init__(
         self,
