@@ -281,7 +281,13 @@ class EngineWorker:
         self._conn, child = ctx.Pipe()
         self._proc = child_process(
             _serve,
-            *(child, engine, sampling, device, n_gpus, faults or Faults(), os.getpid()),
+            child,
+            engine,
+            sampling,
+            device,
+            n_gpus,
+            faults or Faults(),
+            os.getpid(),
             name=name,
         )
         self._proc.start()
