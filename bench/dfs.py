@@ -71,7 +71,7 @@ def run_one(
         ttt=ttt or TTTConfig(),
         keep_adapters=True,  # the next runs reuse them
     )
-    r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
+    r = Run(cfg, clock=Clock.for_run(cfg))
     if r.execute() != 0 or r.summary.stopped_by != "done":
         raise SystemExit(f"run in {out} failed: {r.summary.error}")
     predictions, _ = read_predictions(cfg.log_path)

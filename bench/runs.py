@@ -169,7 +169,7 @@ class SyntheticRun(_Watched):
     def __init__(
         self, cfg: RunConfig, *, solutions: Mapping[TaskId, Sequence[Grid]], seed: int
     ) -> None:
-        clock = Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds)
+        clock = Clock.for_run(cfg)
         super().__init__(cfg, clock, self._lane)
         self.solutions = solutions
         self.rng = np.random.default_rng(seed)

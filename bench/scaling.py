@@ -32,7 +32,7 @@ def measure(b: Bench) -> dict[str, object]:
         dump_challenges(pool[:n], d / "challenges.json")
         cfg = pipeline_config(b, d / "challenges.json", d / "run", augs, prefix_caching=False)
         t0 = time.monotonic()
-        r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=w)
+        r = TimedRun(cfg, clock=Clock.for_run(cfg, t0), worker=w)
         check_done(r.run, r.execute())
         results.append({"augmentations": augs, **run_result(r.run, time.monotonic() - t0)})
         print(f"  scaling {n} tasks x {augs}: {results[-1]['wall_seconds']:.1f}s", flush=True)

@@ -131,7 +131,7 @@ def run_once(
     if settle_margin is not None:
         cfg = dataclasses.replace(cfg, settle_margin=settle_margin)
     t0 = time.monotonic()
-    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds), worker=worker)
+    r = TimedRun(cfg, clock=Clock.for_run(cfg, t0), worker=worker)
     r.execute()
     preds, _ = read_predictions(cfg.log_path)
     ch = load_challenges(challenges, strict=True)

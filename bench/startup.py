@@ -27,7 +27,7 @@ def measure(b: Bench) -> dict[str, object]:
     dump_challenges(tasks, challenges)
     cfg = pipeline_config(b, challenges, d / "run", s.startup_augs, prefix_caching=False)
     t0 = time.monotonic()
-    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds))
+    r = TimedRun(cfg, clock=Clock.for_run(cfg, t0))
     check_done(r.run, r.execute())
     wall = time.monotonic() - t0
     if r.kept is not None:  # section 5 reuses this engine

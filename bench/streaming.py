@@ -155,7 +155,7 @@ def _short_budget(b: Bench, d: Path) -> dict[str, object]:
         engine=b.engine_config(kind, enforce_eager=eager_by_budget(s.budget_seconds)),
     )
     t0 = time.monotonic()
-    r = TimedRun(cfg, clock=Clock(t0, cfg.time_budget, cfg.reserve_seconds))
+    r = TimedRun(cfg, clock=Clock.for_run(cfg, t0))
     r.execute()
     sm = r.summary
     return {

@@ -82,7 +82,7 @@ def run_sets(
         ttt=ttt,
     )
     started = time.monotonic()
-    r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
+    r = Run(cfg, clock=Clock.for_run(cfg))
     if r.execute() != 0:
         raise SystemExit(f"{name}: the pipeline run failed")
     seconds = time.monotonic() - started
@@ -223,7 +223,7 @@ def part_recipes(args: argparse.Namespace, raw: dict[str, object]) -> list[str]:
         # The demo model's own format, not the recipe's preset (another model's).
         cfg = dataclasses.replace(cfg, prompt=resolve_format(model=args.model))
         started = time.monotonic()
-        r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
+        r = Run(cfg, clock=Clock.for_run(cfg))
         code = r.execute()  # a recipe that fails here is a row that says so, not a lost part
         seconds = time.monotonic() - started
         s = r.summary

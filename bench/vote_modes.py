@@ -106,7 +106,7 @@ def run_once(
         time_budget=4 * 3600,
         reserve=0,
     )
-    r = Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds))
+    r = Run(cfg, clock=Clock.for_run(cfg))
     if r.execute() != 0:
         raise SystemExit(f"run in {out} failed: {r.summary.error}")
     predictions, _ = read_predictions(cfg.log_path)

@@ -53,4 +53,4 @@ def fresh_run(cfg: RunConfig, **kwargs: Any) -> Run:
     """A Run whose budget counts from now. Run's own default counts from the process's start,
     as a real run's must (model loading is part of Kaggle's limit); in the test process that
     would make a test's outcome depend on how long the suite has already run."""
-    return Run(cfg, clock=Clock.from_now(cfg.time_budget, cfg.reserve_seconds), **kwargs)
+    return Run(cfg, clock=Clock.for_run(cfg), **kwargs)

@@ -336,7 +336,7 @@ def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
 
     run = Run(
         cfg,
-        clock=Clock(time.monotonic(), cfg.time_budget, cfg.reserve_seconds),
+        clock=Clock.for_run(cfg),
         observer=Spy(),
     )
     caplog.set_level("INFO", logger="airv")

@@ -20,6 +20,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airv.run.config import RunConfig
 
 
 def process_start_time() -> float:
@@ -47,11 +51,14 @@ class Clock:
     reserve: float
 
     @classmethod
-    def from_now(cls, budget: float, reserve: float) -> Clock:
-        """A budget that counts from now: a run started inside a longer-lived process (the
-        bench, a test), whose own start is not the run's. A run's process counts from its
-        start (`process_start_time`): model loading is part of Kaggle's limit."""
-        return cls(time.monotonic(), budget, reserve)
+    def for_run(cls, cfg: RunConfig, start: float | None = None) -> Clock:
+        """The clock of a run of `cfg` (its budget and reserve) from `start`; None: from now,
+        for a run started inside a longer-lived process (the bench, a test), whose own start
+        is not the run's. A run's own process counts from its start (`process_start_time`):
+        model loading is part of Kaggle's limit."""
+        return cls(
+            time.monotonic() if start is None else start, cfg.time_budget, cfg.reserve_seconds
+        )
 
     @property
     def deadline(self) -> float:

@@ -72,7 +72,7 @@ class Run:
     ):
         self.cfg = cfg
         self.observer = observer or Observer()
-        self.clock = clock or Clock(process_start_time(), cfg.time_budget, cfg.reserve_seconds)
+        self.clock = clock or Clock.for_run(cfg, process_start_time())
         self.challenges: Challenges = load_challenges(cfg.challenges, strict=False)
         # One run per output folder, resumed only with the same fingerprint (or --fresh).
         self._lock: RunLock | None = prepare_out_dir(cfg)
