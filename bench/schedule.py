@@ -81,11 +81,18 @@ class Outcome:
         return next((t for t, s in self.curve if s >= score - 1e-12), None)
 
 
-def task_set() -> tuple[list[Task], Solutions]:
+def task_groups() -> tuple[dict[str, list[Task]], Solutions]:
+    """The set's three groups by name, and their solutions."""
     easy, easy_sol = easy_corner(EASY_TASKS)
     arc, arc_sol = default_tasks(ARC_TASKS)
     fam, fam_sol = in_family_training()
-    return [*easy, *arc, *fam], {**easy_sol, **arc_sol, **fam_sol}
+    groups = {"easy synthetic": easy, "ARC-AGI-1 evaluation": arc, "in-family training": fam}
+    return groups, {**easy_sol, **arc_sol, **fam_sol}
+
+
+def task_set() -> tuple[list[Task], Solutions]:
+    groups, solutions = task_groups()
+    return [t for tasks in groups.values() for t in tasks], solutions
 
 
 def engine_config() -> EngineConfig:

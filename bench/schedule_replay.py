@@ -51,8 +51,10 @@ from bench.schedule import (
     engine_config,
     run_once,
     start_worker,
-    task_set,
+    task_groups,
 )
+from bench.view_worth import render as render_worth
+from bench.view_worth import worth
 
 
 def replay_once(
@@ -185,15 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench/schedule-replay.md"))
     args = p.parse_args(argv)
-    tasks, solutions = task_set()
+    groups, solutions = task_groups()
+    tasks = [t for group in groups.values() for t in group]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         path = tmp / "challenges.json"
         dump_challenges(tasks, path)
         challenges = load_challenges(path, strict=True)
         t0 = time.monotonic()
-        recordings = record(path, args.seeds, solutions, args.recordings or tmp / "rec", tmp)
-        recorded = time.monotonic() - t0
+        keep = args.recordings or tmp / "rec"
+        reused = all((keep / f"seed-{s}.jsonl").exists() for s in args.seeds)
+        recordings = record(path, args.seeds, solutions, keep, tmp)
+        recorded = None if reused else time.monotonic() - t0
         t0 = time.monotonic()
         check = check_against_real_runs(path, challenges, recordings, solutions, tmp)
         checked = time.monotonic() - t0
@@ -234,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             *render(tasks, full, whole, outcomes, misses, recorded, replayed),
             *render_check(check, checked),
+            *render_worth(worth(recordings, groups, solutions)),
             "",
             "Written by `python -m bench.schedule_replay` (part of `make bench`).",
         ],
@@ -247,7 +253,7 @@ def render(
     whole: float,
     outcomes: Sequence[Outcome],
     misses: int,
-    recorded: float,
+    recorded: float | None,  # None: every recording was read from an earlier run's folder
     replayed: float,
 ) -> list[str]:
     by = {(o.budget, o.schedule, o.seed): o for o in outcomes}
@@ -278,7 +284,8 @@ def render(
     return [
         "# The gain schedule against uniform rounds, replayed",
         "",
-        f"Recorded and replayed {utc_now()} on {m['cpu']} ({m['cores']} cores): vLLM on CPU "
+        f"{'Replayed' if recorded is None else 'Recorded and replayed'} {utc_now()} on "
+        f"{m['cpu']} ({m['cores']} cores): vLLM on CPU "
         f"(eager), the demo model, {len(tasks)} tasks ({n_tests} test inputs), the set of "
         f"`bench.schedule`; {len(seeds)} seeds of the augmentation planner, each recorded "
         f"once with every view answered. The whole work (uniform, no deadline, seed "
@@ -300,7 +307,12 @@ def render(
             ],
             rows,
         ),
-        f"Recording took {recorded:.0f} s, the {len(outcomes) + 1} replays {replayed:.0f} s.",
+        (
+            "The recordings were an earlier run's of this bench (`--recordings`)"
+            if recorded is None
+            else f"Recording took {recorded:.0f} s"
+        )
+        + f", the {len(outcomes) + 1} replays {replayed:.0f} s.",
     ]
 
 

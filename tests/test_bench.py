@@ -222,3 +222,35 @@ def test_the_schedule_bench_reads_its_replays() -> None:
     first, second = [line for line in text.splitlines() if line.startswith("- ")]
     assert "at least uniform's: yes" in first and "70% of the budget in every seed: yes" in first
     assert "at least uniform's: no" in second and "one test output worse: no" in second
+
+
+def test_what_a_view_is_worth_is_read_off_a_recording() -> None:
+    """bench.view_worth on a hand-made recording of 16 views per test input: "flip" has the
+    right answer outside its top 2 after 8 views and inside after 12 (one step gained, the
+    next changes nothing); "agree" is settled from the first round on, so its steps are not
+    counted. Each view's answer is a grid; its augmentation key only orders the views."""
+    from airv.run.predictions import Prediction
+    from airv.run.replay import Recording
+    from bench.view_worth import render, worth
+
+    right, a, b = ((1,),), ((2,),), ((3,),)
+    other = [((9, k),) for k in range(8)]
+    answers: dict[str, list[Grid]] = {
+        "flip": [a, a, b, b, right, *other[:3], right, right, *other[3:5], a, a, a, a],
+        "agree": [right] * 16,
+    }
+    preds = [
+        Prediction(t, 0, f"v{k}", "", g, None, 0.0, 1, 10, "stop", 1, 0.1)
+        for t, grids in answers.items()
+        for k, g in enumerate(grids)
+    ]
+    tasks = [Task(t, train=(), test=(right,)) for t in answers]
+    w = worth({0: Recording(preds)}, {"g": tasks}, {t: [right] for t in answers})
+    assert w.tests == {"g": 2}
+    assert w.right["g"] == {1: 1, 2: 1, 4: 1, 8: 1, 16: 2, 32: 2}
+    s = w.steps["g"]
+    assert (s.steps, s.gained, s.lost) == (2, 1, 0)
+    text = "\n".join(render(w))
+    assert "| g | 2 | 1 | 1 | 1 | 1 | 2 | 2 |" in text
+    assert "| g | 2 | 1 | 0 | 1 |" in text
+    assert "Net over every step: +1 test outputs in 8 views" in text
