@@ -75,6 +75,8 @@ class Outcome:
     # (seconds since the run's start, Kaggle score) after each result, in completion order
     curve: tuple[tuple[float, float], ...]
     engine_seconds: float = 0.0  # the completed requests' shares of batch time
+    # replays only: engine seconds on test inputs that no recorded view answers right
+    dead_seconds: float = 0.0
 
     def reached(self, score: float) -> float | None:
         """When the replayed score first reached `score` (seconds), None if never."""

@@ -29,6 +29,7 @@ schedule's choices score more.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -54,7 +55,7 @@ from bench.schedule import (
     task_groups,
 )
 from bench.view_worth import render as render_worth
-from bench.view_worth import worth
+from bench.view_worth import unanswerable, worth
 
 
 def replay_once(
@@ -87,9 +88,11 @@ def replay_once(
         for k in (sorted(set(range(0, n, max(1, n // 60))) | {n - 1}) if n else [])
     ]
     s = score(challenges, r.answers(), solutions)
+    dead = unanswerable(recording, solutions)
     outcome = Outcome(
-        schedule.value, seed, budget, s.kaggle, s.n_correct, n, r.stopped_by, tuple(curve)
-    )
+        schedule.value, seed, budget, s.kaggle, s.n_correct, n, r.stopped_by, tuple(curve),
+        dead_seconds=math.fsum(p.seconds for _, p in r.done if (p.task_id, p.test_index) in dead),
+    )  # fmt: skip
     return outcome, r.substituted + r.unanswered
 
 
@@ -265,6 +268,9 @@ def render(
         diffs = [g.n_correct - u.n_correct for u, g in pairs]
         reach = [g.reached(u.score) for u, g in pairs]
         reached = sum(1 for t in reach if t is not None and t <= REACH_TARGET * budget)
+        own = [u.reached(u.score) for u, _ in pairs]
+        self_reached = sum(1 for t in own if t is not None and t <= REACH_TARGET * budget)
+        dead = statistics.fmean(u.dead_seconds for u, _ in pairs) / budget
         us = [u.score for u, _ in pairs]
         gs = [g.score for _, g in pairs]
         rows.append(
@@ -275,6 +281,8 @@ def render(
                 ", ".join(f"{d:+d}" for d in diffs),
                 sum(diffs),
                 f"{reached}/{len(seeds)}",
+                f"{self_reached}/{len(seeds)}",
+                f"{dead:.0%}",
                 f"{statistics.fmean(u.prompts for u, _ in pairs):.0f}",
                 f"{statistics.fmean(g.prompts for _, g in pairs):.0f}",
             )
@@ -302,6 +310,8 @@ def render(
                 "gain - uniform per seed (test outputs)",
                 "sum",
                 f"gain reaches uniform's score by {REACH_TARGET:.0%} of the budget",
+                f"uniform reaches its own by {REACH_TARGET:.0%}",
+                "uniform's seconds on test inputs no recorded view answers right",
                 "uniform prompts (mean)",
                 "gain prompts (mean)",
             ],

@@ -56,6 +56,17 @@ def _right(v: Vote | None, truth: Grid) -> bool:
     return v is not None and truth in (v.attempt_1, v.attempt_2)
 
 
+def unanswerable(recording: Recording, solutions: Solutions) -> set[Unit]:
+    """The test inputs that no view of the recording answers right: what a schedule spends
+    on them is lost whatever it does."""
+    right = {
+        unit
+        for (unit, _), preds in recording.by_aug.items()
+        if any(p.grid == solutions[unit[0]][unit[1]] for p in preds)
+    }
+    return set(recording.in_order) - right
+
+
 def worth(
     recordings: Mapping[int, Recording],
     groups: Mapping[str, Sequence[Task]],

@@ -228,16 +228,18 @@ def test_what_a_view_is_worth_is_read_off_a_recording() -> None:
     """bench.view_worth on a hand-made recording of 16 views per test input: "flip" has the
     right answer outside its top 2 after 8 views and inside after 12 (one step gained, the
     next changes nothing); "agree" is settled from the first round on, so its steps are not
-    counted. Each view's answer is a grid; its augmentation key only orders the views."""
+    counted; no view of "never" is right. Each view's answer is a grid; its augmentation key
+    only orders the views."""
     from airv.run.predictions import Prediction
     from airv.run.replay import Recording
-    from bench.view_worth import render, worth
+    from bench.view_worth import render, unanswerable, worth
 
     right, a, b = ((1,),), ((2,),), ((3,),)
     other = [((9, k),) for k in range(8)]
     answers: dict[str, list[Grid]] = {
         "flip": [a, a, b, b, right, *other[:3], right, right, *other[3:5], a, a, a, a],
         "agree": [right] * 16,
+        "never": [((8, k),) for k in range(16)],
     }
     preds = [
         Prediction(t, 0, f"v{k}", "", g, None, 0.0, 1, 10, "stop", 1, 0.1)
@@ -245,12 +247,15 @@ def test_what_a_view_is_worth_is_read_off_a_recording() -> None:
         for k, g in enumerate(grids)
     ]
     tasks = [Task(t, train=(), test=(right,)) for t in answers]
-    w = worth({0: Recording(preds)}, {"g": tasks}, {t: [right] for t in answers})
-    assert w.tests == {"g": 2}
+    solutions = {t: [right] for t in answers}
+    recording = Recording(preds)
+    assert unanswerable(recording, solutions) == {("never", 0)}
+    w = worth({0: recording}, {"g": tasks}, solutions)
+    assert w.tests == {"g": 3}
     assert w.right["g"] == {1: 1, 2: 1, 4: 1, 8: 1, 16: 2, 32: 2}
-    s = w.steps["g"]
-    assert (s.steps, s.gained, s.lost) == (2, 1, 0)
+    s = w.steps["g"]  # "never" is never settled: two steps that change nothing
+    assert (s.steps, s.gained, s.lost) == (4, 1, 0)
     text = "\n".join(render(w))
-    assert "| g | 2 | 1 | 1 | 1 | 1 | 2 | 2 |" in text
-    assert "| g | 2 | 1 | 0 | 1 |" in text
-    assert "Net over every step: +1 test outputs in 8 views" in text
+    assert "| g | 3 | 1 | 1 | 1 | 1 | 2 | 2 |" in text
+    assert "| g | 4 | 1 | 0 | 1 |" in text
+    assert "Net over every step: +1 test outputs in 16 views" in text
