@@ -47,20 +47,15 @@ def test_plan_arithmetic() -> None:
     assert "fine-tuning 40s" in tuned.render()
 
 
-def test_lora_is_timed_with_one_adapter_and_with_the_runs_count(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_lora_is_timed_with_one_adapter_and_with_the_runs_count() -> None:
     """The decode call served with 3 adapters, then with one on every prompt: LoRA's cost with
     one adapter in the batch and what each further one adds, read off an engine whose batches
     take 2 + 0.5 x (k - 1) times the base model's time with k adapters in them."""
-    import types
-
     from airv.core.prompts import FittedPrompt
     from airv.engines.base import Completion, GenerateRequest
     from airv.tools import plan as plan_mod
 
     clock = [0.0]
-    monkeypatch.setattr(plan_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
     def generate(requests: list[GenerateRequest]) -> list[list[Completion]]:
         k = len({r.adapter for r in requests if r.adapter is not None})
@@ -71,11 +66,11 @@ def test_lora_is_timed_with_one_adapter_and_with_the_runs_count(
     prompts = [FittedPrompt("", [1] * 200, 1, 10, ()) for _ in range(6)]
     adapters = ["a", "b", "c", "a", "b", "c"]
     t = plan_mod.measure(generate, prompts, prompts, started=0.0, adapters=adapters,
-                         solo_adapter="solo")  # fmt: skip
+                         solo_adapter="solo", now=lambda: clock[0])  # fmt: skip
     assert t.lora_cost == pytest.approx(2.0) and t.lora_cost_per_adapter == pytest.approx(0.5)
     # One adapter only (jointly): nothing per further adapter, and no second call.
     t = plan_mod.measure(generate, prompts, prompts, started=0.0, adapters=["a"] * 6,
-                         solo_adapter="solo")  # fmt: skip
+                         solo_adapter="solo", now=lambda: clock[0])  # fmt: skip
     assert t.lora_cost == pytest.approx(2.0) and t.lora_cost_per_adapter == 0.0
 
 

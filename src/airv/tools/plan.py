@@ -322,31 +322,32 @@ def measure(
     solo_adapter: str | None = None,
     score: Callable[[list[ScoreRequest]], object] | None = None,
     score_set: Sequence[FittedPrompt] = (),
+    now: Callable[[], float] = time.monotonic,
 ) -> Throughput:
-    """Time the two calibration calls (see the module docstring). `started` is the
-    time.monotonic() the start-up is counted from. With `adapters` (one per decode prompt),
-    the decode call is timed once more, each prompt served with its adapter, and where they
-    are several, once more with `solo_adapter` on every prompt (a path of its own): LoRA's
-    cost over the base model with one adapter in the batch, and what each further adapter
-    adds (vLLM keys its prefix cache by adapter, so each call pays its prefill again, as the
-    first did). With `score`, the decode call's answers are scored under the
-    prompts of `score_set` (views neither call saw, as re-scoring's views are new to the
-    engine): a scoring request's seconds per token over prefill's."""
+    """Time the two calibration calls (see the module docstring) on the clock `now`.
+    `started` is the `now()` the start-up is counted from. With `adapters` (one per decode
+    prompt), the decode call is timed once more, each prompt served with its adapter, and
+    where they are several, once more with `solo_adapter` on every prompt (a path of its
+    own): LoRA's cost over the base model with one adapter in the batch, and what each
+    further adapter adds (vLLM keys its prefix cache by adapter, so each call pays its
+    prefill again, as the first did). With `score`, the decode call's answers are scored
+    under the prompts of `score_set` (views neither call saw, as re-scoring's views are new
+    to the engine): a scoring request's seconds per token over prefill's."""
     if not prefill_set or not decode_set:
         raise ConfigError("no calibration prompts: every calibration task was too long")
     warm = decode_set[0]
     generate([GenerateRequest(tuple(warm.token_ids), 2)])  # first-call overheads
-    start_seconds = time.monotonic() - started
+    start_seconds = now() - started
 
-    t0 = time.monotonic()
+    t0 = now()
     generate([GenerateRequest(tuple(p.token_ids), 1) for p in prefill_set])
-    prefill_time = max(time.monotonic() - t0, 1e-6)
+    prefill_time = max(now() - t0, 1e-6)
     prefill_tokens = sum(len(p.token_ids) for p in prefill_set)
     prefill_rate = prefill_tokens / prefill_time
 
-    t0 = time.monotonic()
+    t0 = now()
     out = generate([GenerateRequest(tuple(p.token_ids), p.max_answer_tokens) for p in decode_set])
-    gen_time = max(time.monotonic() - t0, 1e-6)
+    gen_time = max(now() - t0, 1e-6)
     decode_prompt_tokens = sum(len(p.token_ids) for p in decode_set)
     answer_tokens = sum(len(c.token_ids) for cs in out for c in cs)
     decode_time = max(gen_time - decode_prompt_tokens / prefill_rate, MIN_DECODE_SHARE * gen_time)
@@ -357,7 +358,7 @@ def measure(
         def lora_time(served_with: Sequence[str | None]) -> float:
             """The decode call served so, over the base model's time for the same tokens (an
             adapter trained on one task answers other tasks' prompts at lengths of its own)."""
-            t0 = time.monotonic()
+            t0 = now()
             served = generate(
                 [
                     GenerateRequest(tuple(p.token_ids), p.max_answer_tokens, a)
@@ -368,7 +369,7 @@ def measure(
             base_time = decode_prompt_tokens / prefill_rate + lora_answers * decode_time / max(
                 answer_tokens, 1
             )
-            return (time.monotonic() - t0) / base_time
+            return (now() - t0) / base_time
 
         lora_cost = lora_time(adapters)
         if distinct > 1 and solo_adapter is not None:
@@ -381,10 +382,10 @@ def measure(
             ScoreRequest(tuple(p.token_ids), answers[i % len(answers)])
             for i, p in enumerate(score_set)
         ]
-        t0 = time.monotonic()
+        t0 = now()
         score(scored)
         tokens = sum(len(r.prompt_ids) + len(r.continuation_ids) for r in scored)
-        score_cost = (time.monotonic() - t0) * prefill_rate / tokens
+        score_cost = (now() - t0) * prefill_rate / tokens
     return Throughput(
         prefill_tokens_per_s=prefill_rate,
         decode_tokens_per_s=max(answer_tokens, 1) / decode_time,
