@@ -2,9 +2,11 @@
 answered (bench.schedule_replay's): each group's test outputs right after its first n views,
 and what 4 more views past the first round did to the top 2 of the test inputs still unsettled.
 
-A schedule can only move views; past the first round, the second table bounds what moving
-them can gain: a view that flips a top 2 the wrong way as often as the right way is worth as
-little to the gain schedule as to the rounds.
+A schedule can only move views. Past the first round, the second table says what moving them
+can gain: at most the steps that brought the right answer into a top 2, and, for a schedule
+that cannot tell those in advance from the steps that took it out, their difference. The
+test inputs no view answers right (`unanswerable`) are what a schedule loses its seconds on
+whatever it does.
 """
 
 from __future__ import annotations

@@ -71,26 +71,25 @@ BIGRAM_RULES = {"\n": "1", "1": "2"}
 # `make test` runs the suite on two workers (pytest-xdist, --dist loadfile): a file's tests run
 # in one worker, where its module-scoped fixtures (servers, trained adapters) are built once.
 # The longest files go first (longest processing time first), so that no long file starts
-# last while the other worker idles: their seconds within `make test` on this 2-core machine
-# (2026-12-06, the AMD host), for the order only; a file not listed goes after them.
+# last while the other worker idles: their seconds in the suite on two workers on this 2-core
+# machine (2026-12-07, the AMD host: 709 s of tests in 364 s), for the order only; a file not
+# listed goes after them.
 FILE_SECONDS = {
-    "test_vllm_faults": 222,
-    "test_pipeline": 167,
-    "test_openai_engine": 141,
-    "test_adapt": 109,
-    "test_kaggle": 107,
-    "test_boundary_start": 106,
-    "test_recipes": 65,
-    "test_plan": 59,
-    "test_boundary": 58,
-    "test_ttt_engine": 56,
-    "test_waves": 48,
-    "test_bench": 37,
-    "test_engines": 34,
-    "test_dfs": 26,
-    "test_evaluate": 23,
-    "test_ttt_gpu": 15,
+    "test_openai_engine": 111,
+    "test_vllm_faults": 98,
+    "test_kaggle": 74,
+    "test_pipeline": 64,
+    "test_boundary_start": 63,
+    "test_ttt_engine": 43,
+    "test_adapt": 39,
+    "test_recipes": 29,
+    "test_engines": 22,
+    "test_waves": 19,
+    "test_boundary": 17,
+    "test_bench": 13,
+    "test_dfs": 13,
     "test_report": 12,
+    "test_evaluate": 12,
 }
 
 
