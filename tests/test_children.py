@@ -19,7 +19,13 @@ VARIABLE = "AIRV_TEST_CHILD_ENV"
 
 def _report(path: str) -> None:
     """In the child: what it found on arrival."""
-    found = {"value": os.environ.get(VARIABLE), "torch": "torch" in sys.modules}
+    import tempfile
+
+    found = {
+        "value": os.environ.get(VARIABLE),
+        "torch": "torch" in sys.modules,
+        "tmp": tempfile.gettempdir(),
+    }
     Path(path).write_bytes(orjson.dumps(found))
 
 
@@ -35,11 +41,26 @@ def _start(path: Path) -> dict[str, object]:
 def test_a_child_has_torch_and_the_parents_environment_of_its_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server starts here under one temporary folder; the second child, started under
+    another, uses that one (the server's imports had tempfile keep the first, and a vLLM
+    engine started after that folder was removed waited forever)."""
+    server_tmp, child_tmp = tmp_path / "server-tmp", tmp_path / "child-tmp"
+    server_tmp.mkdir()
+    child_tmp.mkdir()
     monkeypatch.delenv(VARIABLE, raising=False)
-    first = _start(tmp_path / "first")
-    assert first == {"value": None, "torch": True}  # imported by the server, not the child
-    monkeypatch.setenv(VARIABLE, "set after the server started")
-    assert _start(tmp_path / "second")["value"] == "set after the server started"
+    monkeypatch.setenv("TMPDIR", str(server_tmp))
+    end_child_server()  # a server of this test's own, started under server_tmp
+    try:
+        first = _start(tmp_path / "first")
+        # torch was imported by the server, not the child
+        assert first == {"value": None, "torch": True, "tmp": str(server_tmp)}
+        monkeypatch.setenv(VARIABLE, "set after the server started")
+        monkeypatch.setenv("TMPDIR", str(child_tmp))
+        second = _start(tmp_path / "second")
+        assert second["value"] == "set after the server started"
+        assert second["tmp"] == str(child_tmp)
+    finally:
+        end_child_server()  # later children get a server started in the suite's environment
 
 
 @pytest.mark.slow

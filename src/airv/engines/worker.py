@@ -23,6 +23,7 @@ import os
 import queue
 import select
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -142,8 +143,9 @@ def end_child_server() -> None:
 def child_process(target: Any, *args: Any, name: str | None = None) -> mp.context.ForkServerProcess:
     """An engine worker or training process running `target(*args)`, not yet started, from
     child_context() (whose pipes and queues it may be handed). It runs in the parent's
-    environment as it is now: a child forked from the fork server has the server's, from when
-    the server started. Not a daemon: vLLM starts processes of its own, and daemons may not."""
+    environment as it is now, temporary folder included: a child forked from the fork server
+    has the server's, from when the server started. Not a daemon: vLLM starts processes of
+    its own, and daemons may not."""
     return child_context().Process(
         target=_in_environment, args=(dict(os.environ), target, *args), name=name, daemon=False
     )
@@ -152,6 +154,11 @@ def child_process(target: Any, *args: Any, name: str | None = None) -> mp.contex
 def _in_environment(env: dict[str, str], target: Any, *args: Any) -> None:
     os.environ.clear()
     os.environ.update(env)
+    # The server's imports asked tempfile for its folder under the server's TMPDIR, and
+    # tempfile keeps the answer: forgotten, it is read again from this environment. (vLLM's
+    # engine meets its own processes through a file there: in a folder since removed, its
+    # start waited forever.)
+    tempfile.tempdir = None
     target(*args)
 
 
