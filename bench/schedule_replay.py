@@ -43,6 +43,7 @@ from airv.run.config import RunConfig
 from airv.run.predictions import read_predictions
 from airv.run.replay import Recording, replay, score
 from airv.run.schedule import ViewSchedule
+from bench import demo_likelihood
 from bench.common import Solutions, machine_info, table, utc_now, write_markdown
 from bench.harness import NO_DEADLINE
 from bench.schedule import (
@@ -205,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         check = check_against_real_runs(path, challenges, recordings, solutions, tmp)
         checked = time.monotonic() - t0
+        signal = demo_likelihood.section(engine_config(), path, tasks, recordings, solutions)
         t0 = time.monotonic()
         outcomes: list[Outcome] = []
         misses = 0
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             *render(tasks, full, whole, outcomes, misses, recorded, replayed),
             *render_check(check, checked),
             *render_worth(worth(recordings, groups, solutions)),
+            *signal,
             "",
             "Written by `python -m bench.schedule_replay` (part of `make bench`).",
         ],

@@ -259,3 +259,47 @@ def test_what_a_view_is_worth_is_read_off_a_recording() -> None:
     assert "| g | 3 | 1 | 1 | 1 | 1 | 2 | 2 |" in text
     assert "| g | 4 | 1 | 0 | 1 |" in text
     assert "Net over every step: +1 test outputs in 16 views" in text
+
+
+def test_the_demonstrations_likelihood_request_and_its_auc(tiny_model: Path) -> None:
+    """bench.demo_likelihood: the request scores a task's last train output under the prompt
+    of its other pairs (a task of one pair has none); the AUC counts, over every recording's
+    test inputs, how often one that some view answers right has the higher likelihood."""
+    from airv.core.tasks import Pair
+    from airv.engines.config import EngineConfig
+    from airv.run.config import RunConfig
+    from airv.run.predictions import Prediction
+    from airv.run.prompting import Prompter
+    from airv.run.replay import Recording
+    from bench.demo_likelihood import auc, demonstration
+
+    first, last = Pair(((1,),), ((2,),)), Pair(((3, 4),), ((5, 6),))
+    cfg = RunConfig(
+        challenges=Path("c.json"), out_dir=Path("out"), engine=EngineConfig(model=tiny_model)
+    )
+    prompter = Prompter(cfg)
+    request = demonstration(Task("t", train=(first, last), test=(((7,),),)), prompter)
+    assert request is not None
+    expected = prompter.fit(Task("t", train=(first,), test=(last.input,)), 0)
+    assert not isinstance(expected, Exception)
+    assert request.prompt_ids == tuple(expected.token_ids)
+    assert request.continuation_ids == tuple(prompter.answer_ids(last.output))
+    assert demonstration(Task("u", train=(first,), test=(((7,),),)), prompter) is None
+
+    right = ((1,),)
+
+    def recording(grid_of_b: Grid) -> Recording:
+        return Recording(
+            [
+                Prediction(t, 0, "id", "", g, None, 0.0, 1, 10, "stop", 1, 0.1)
+                for t, g in (("a", right), ("b", grid_of_b))
+            ]
+        )
+
+    solutions = {"a": [right], "b": [right]}
+    # "a" is answered right in both recordings, "b" in the second only.
+    recordings = {0: recording(((9,),)), 1: recording(right)}
+    # Right: a, a, b; never: b. With a above b, a's two pairs win and b's ties (half).
+    assert auc({"a": -1.0, "b": -5.0}, recordings, solutions) == pytest.approx(2.5 / 3)
+    assert auc({"a": -5.0, "b": -1.0}, recordings, solutions) == pytest.approx(0.5 / 3)
+    assert auc({"a": -1.0, "b": -1.0}, recordings, solutions) == 0.5

@@ -1,0 +1,136 @@
+"""The likelihood of a task's demonstrations as a sign that some view will answer it: each
+task's last train output scored given its other pairs (one prefill-only request a task),
+against whether any recorded view answers its test inputs right; and what that scoring costs
+beside generating each test input's first view on the same warm engine. Part of
+bench.schedule_replay: a first-round signal for the gain schedule that needs no view (README,
+*Where the seconds go*).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from airv.core.prompts import PromptTooLong
+from airv.core.tasks import Task
+from airv.core.types import TaskId
+from airv.engines.base import GenerateRequest, ScoreRequest, scores_of
+from airv.engines.config import Decoding, EngineConfig
+from airv.engines.pool import run_lane
+from airv.engines.worker import EngineWorker
+from airv.run.config import RunConfig
+from airv.run.prompting import Prompter
+from airv.run.replay import Recording
+from bench.common import Solutions
+from bench.harness import NO_DEADLINE, blocking
+from bench.view_worth import unanswerable
+
+REPEATS = 3  # the scoring pass and the first views, timed in turn this many times
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    loglik: dict[TaskId, float]  # the last train output's log-likelihood given the others
+    score_seconds: float  # the whole pass (median of REPEATS)
+    view_seconds: float  # each test input's first view, generated (median of REPEATS)
+    views: int
+
+
+def demonstration(task: Task, prompter: Prompter) -> ScoreRequest | None:
+    """The request that scores the task's last train output given its other pairs (None with
+    one pair, or a prompt too long for the context)."""
+    if len(task.train) < 2:
+        return None
+    *rest, last = task.train
+    fitted = prompter.fit(Task(task.id, tuple(rest), (last.input,)), 0)
+    if isinstance(fitted, PromptTooLong):
+        return None
+    return ScoreRequest(tuple(fitted.token_ids), tuple(prompter.answer_ids(last.output)))
+
+
+def measure(worker: EngineWorker, cfg: RunConfig, tasks: Sequence[Task]) -> Likelihood:
+    prompter = Prompter(cfg)
+    scored = [(t.id, r) for t in tasks if (r := demonstration(t, prompter)) is not None]
+    views = []
+    for t in tasks:
+        for i in range(len(t.test)):
+            fitted = prompter.fit(t, i)
+            if not isinstance(fitted, PromptTooLong):
+                views.append(GenerateRequest(tuple(fitted.token_ids), fitted.max_answer_tokens))
+    requests = [r for _, r in scored]
+
+    def score() -> list[float]:
+        return scores_of(run_lane(worker, requests, time.monotonic() + NO_DEADLINE))
+
+    score()  # the first calls pay one-off warm-up
+    blocking(worker, views[:2])
+    score_times, view_times = [], []
+    values: list[float] = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        values = score()
+        score_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        blocking(worker, views)
+        view_times.append(time.perf_counter() - t0)
+    return Likelihood(
+        {task_id: v for (task_id, _), v in zip(scored, values, strict=True)},
+        statistics.median(score_times),
+        statistics.median(view_times),
+        len(views),
+    )
+
+
+def auc(
+    loglik: Mapping[TaskId, float],
+    recordings: Mapping[int, Recording],
+    solutions: Solutions,
+) -> float:
+    """The chance that a test input some recorded view answers right has a higher likelihood
+    than one that none does (each seed's recording, each test input; ties count half)."""
+    right: list[float] = []
+    never: list[float] = []
+    for recording in recordings.values():
+        dead = unanswerable(recording, solutions)
+        for unit in recording.in_order:
+            if unit[0] in loglik:
+                (never if unit in dead else right).append(loglik[unit[0]])
+    if not right or not never:
+        return float("nan")
+    wins = sum((r > n) + 0.5 * (r == n) for r in right for n in never)
+    return wins / (len(right) * len(never))
+
+
+def render(lk: Likelihood, area: float, seeds: int) -> list[str]:
+    ratio = lk.score_seconds / lk.view_seconds
+    return [
+        "",
+        "## A first-round signal that needs no view",
+        "",
+        f"Each task's last train output scored given its other pairs (one prefill-only request "
+        f"a task, {len(lk.loglik)} in all): its log-likelihood tells the test inputs some "
+        f"recorded view answers right from those none does with an AUC of {area:.2f} over the "
+        f"{seeds} recordings. On one warm engine the pass took {lk.score_seconds:.2f} s against "
+        f"{lk.view_seconds:.2f} s for each test input's first view ({lk.views} views; medians "
+        f"of {REPEATS}): {ratio:.2f} of their cost.",
+    ]
+
+
+def section(
+    engine: EngineConfig,
+    challenges: Path,
+    tasks: Sequence[Task],
+    recordings: Mapping[int, Recording],
+    solutions: Solutions,
+) -> list[str]:
+    """The report's section: measured on a worker of its own, started and closed here."""
+    worker = EngineWorker(engine, Decoding())
+    try:
+        cfg = RunConfig(challenges=challenges, out_dir=challenges.parent, engine=engine)
+        lk = measure(worker, cfg, tasks)
+    finally:
+        worker.close()
+    return render(lk, auc(lk.loglik, recordings, solutions), len(recordings))
