@@ -6,13 +6,16 @@ SIGKILL case and test_adapt's training processes.)"""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from airv.engines.worker import child_process, end_child_server
+from airv.engines.worker import child_process, end_child_server, end_group, group_members
 
 VARIABLE = "AIRV_TEST_CHILD_ENV"
 
@@ -100,3 +103,25 @@ def test_a_child_is_signalled_when_its_parent_ends(
         assert got.wait(10)
     finally:
         signal.signal(signal.SIGUSR1, old)
+
+
+def test_ending_a_group_waits_until_none_of_it_runs_and_zombies_do_not_count() -> None:
+    """A group of a leader and its child, one of them stopped (a stall), is ended whole; once
+    it is, only the leader's zombie is left (dead, not yet reaped by its parent, this test),
+    which `os.killpg(..., 0)` still finds and `group_members` does not."""
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(group_members(leader.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        members = group_members(leader.pid)
+        assert leader.pid in members and len(members) == 2
+        child = next(pid for pid in members if pid != leader.pid)
+        os.kill(child, signal.SIGSTOP)
+        end_group(leader.pid)
+        assert group_members(leader.pid) == []
+        os.killpg(leader.pid, 0)  # the unreaped leader: a zombie, still in the group
+    finally:
+        leader.kill()
+        leader.wait()

@@ -21,7 +21,7 @@ from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.engines.config import Backend
 from airv.engines.pool import FaultyLanes, LaneStarter
-from airv.engines.worker import Faults
+from airv.engines.worker import Faults, group_members
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.observer import Observer
@@ -77,14 +77,9 @@ def test_a_run_built_without_a_clock_is_an_error_in_the_suite(tmp_path: Path) ->
 
 
 def _no_process_left(pids: list[int]) -> bool:
-    """Every worker led its own process group; none of those groups may survive the run."""
-    for pid in pids:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            continue
-        return False
-    return True
+    """Every worker led its own process group; no member of those groups may run after the run
+    (a zombie, already dead and waiting for init to reap it, does not)."""
+    return not any(group_members(pid) for pid in pids)
 
 
 def _answers(out: Path) -> dict[str, list[dict[str, list[list[int]]]]]:

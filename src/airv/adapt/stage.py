@@ -37,7 +37,7 @@ from airv.core.jsonio import append_jsonl, read_jsonl
 from airv.core.prompt_format import PromptFormat
 from airv.core.prompts import for_tokenizer
 from airv.core.tasks import Task
-from airv.engines.worker import child_context, child_process, die_with_parent
+from airv.engines.worker import child_context, child_process, die_with_parent, end_group
 
 log = logging.getLogger(__name__)
 JOINT = "joint"  # the adapter's name in joint mode
@@ -278,6 +278,5 @@ def _train(
 
 def _kill(p: Any) -> None:
     if p.pid is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
+        end_group(p.pid)
     p.join(5)

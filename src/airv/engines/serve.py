@@ -8,7 +8,6 @@ The module form of the server is used (`python -m vllm.entrypoints.openai.api_se
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from airv.core.errors import EngineError
+from airv.engines.worker import end_group
 
 
 def free_port() -> int:
@@ -83,6 +83,5 @@ class LocalServer:
 
     def stop(self) -> None:
         """Kill the server's whole process group (vLLM's engine process too)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        end_group(self.proc.pid)
         self.proc.wait(30)

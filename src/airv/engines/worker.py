@@ -386,15 +386,39 @@ class EngineWorker:
 
     def kill(self) -> None:
         """End the worker's whole process group (vLLM's processes too), stopped ones included."""
-        pid = self._proc.pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-        if self._proc.is_alive():
-            self._proc.kill()
+        if self._proc.pid is not None:
+            end_group(self._proc.pid)
         self._proc.join(5)
         with contextlib.suppress(OSError):
             self._conn.close()
+
+
+def end_group(pgid: int, timeout: float = 5.0) -> None:
+    """Kill process group `pgid` (stopped members too) and wait up to `timeout` seconds until
+    none of its members runs: one still exiting holds memory (a GPU's too) that the next engine
+    start needs. The caller reaps the leader, its own child."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The running processes of group `pgid` (zombies are not; Linux /proc, [] elsewhere)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                out.append(int(name))
+    return out
 
 
 def descendants(pid: int) -> list[int]:
