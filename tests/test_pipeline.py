@@ -381,7 +381,10 @@ def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None
     assert len(run.summary.engine_start_seconds) == 1
     assert len(set(lanes.pids)) == 2
     assert sum(run.summary.results_per_worker) == 6 * 8
-    assert min(run.summary.results_per_worker) >= 8
+    # Both were fed from the one queue as soon as both were up (4 each); how the rest splits
+    # is the machine's: under CI's load one worker once answered 44 while the other's first
+    # batch was still running.
+    assert min(run.summary.results_per_worker) >= 4
     records, _ = read_predictions(out / "predictions.jsonl")
     assert len(records) == 6 * 8
     assert {p.task_id for p in records} == {t.id for t in tasks}
@@ -571,6 +574,7 @@ def test_the_gain_schedule_spends_on_the_open_test_input(
 def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
 ) -> None:
+    from airv.run.promise import read_promises, weight
     from airv.run.schedule import ViewSchedule, read_journal
 
     tasks = [_task("task0001", n_test=2), _task("task0002"), _task("task0003", side=3)]
@@ -587,7 +591,18 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     stops = {(t, i): u.stop for t, tests in journal.items() for i, u in tests.items()}
     assert stops == {u: "views" for u in run.units}
     assert all(u.views == 8 for tests in journal.values() for u in tests.values())
-    # The first round cheapest test input first, whole (as the rounds order it): the first
-    # four answers are one test input's, and the 3x3 task's first round comes last.
+    # Each task's promise was scored first, once, on the engine (airv.run.promise).
+    promises = read_promises(out / "promise.jsonl")
+    assert set(promises) == {"task0001", "task0002", "task0003"}
+    assert len((out / "promise.jsonl").read_bytes().splitlines()) == 3
+    assert all(s.loglik is not None and s.loglik < 0 and s.seconds > 0 for s in promises.values())
+    # The first round by price over promise, a test input's whole (as the rounds order it): the
+    # first four answers are one test input's. Prices are the views' tokens (nothing measured).
     assert len({(p.task_id, p.test_index) for p in records[:4]}) == 1
-    assert {p.task_id for p in records[12:16]} == {"task0003"}
+    tokens = {p.task_id: p.prompt_tokens for p in records}
+    first = min(tokens, key=lambda t: tokens[t] / weight(promises[t].loglik or 0.0))
+    assert records[0].task_id == first
+    picks = [orjson.loads(line) for line in (out / "schedule.jsonl").read_bytes().splitlines()]
+    assert {p["task"]: p["promise"] for p in picks if "gain" in p} == {
+        t: pytest.approx(weight(s.loglik or 0.0), abs=1e-6) for t, s in promises.items()
+    }

@@ -19,6 +19,7 @@ from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.core.types import Grid
 from airv.run.config import RunConfig
 from airv.run.predictions import Prediction, append_predictions
+from airv.run.promise import Scored, append_promises
 from airv.run.replay import Recording, replay
 from airv.run.schedule import ViewSchedule
 
@@ -179,6 +180,31 @@ def test_the_gain_schedule_replays_its_journal(tmp_path: Path) -> None:
     lines = [orjson.loads(x) for x in (out / "schedule.jsonl").read_bytes().splitlines()]
     stops = {line["task"]: line["stop"] for line in lines if "stop" in line}
     assert stops == {"agree": "settled", "never": "views"}
+
+
+def test_a_gain_runs_promises_are_charged_first_and_order_its_first_round(
+    tmp_path: Path,
+) -> None:
+    """At equal prices the first round goes by unit ("agree" first); the run's promise.jsonl
+    (its seconds charged first) puts "never", which the model follows, ahead."""
+    run, _, preds = _recorded(tmp_path, {"agree": 32, "never": 32})
+    challenges = load_challenges(tmp_path / "challenges.json", strict=True)
+    cfg = RunConfig(
+        challenges=tmp_path / "challenges.json", out_dir=tmp_path / "out",
+        schedule=ViewSchedule.GAIN, inflight=8,
+    )  # fmt: skip
+    plain = replay(cfg, challenges, Recording(preds), 100.0)
+    assert [p.task_id for _, p in plain.done[:8]] == ["agree"] * 8
+    assert plain.done[0][0] == pytest.approx(SECONDS)
+    append_promises(
+        run / "promise.jsonl", [("agree", Scored(-9.0, 0.5)), ("never", Scored(0.0, 0.5))]
+    )
+    recording = Recording.read(run / "predictions.jsonl")
+    promised = replay(cfg, challenges, recording, 100.0)
+    assert [p.task_id for _, p in promised.done[:8]] == ["never"] * 8
+    assert promised.done[0][0] == pytest.approx(1.0 + SECONDS)
+    # A budget the promises alone spend answers nothing.
+    assert replay(cfg, challenges, recording, 0.9).done == []
 
 
 def test_a_task_cap_stops_each_task_where_it_is_reached(

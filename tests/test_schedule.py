@@ -132,18 +132,24 @@ def test_best_picks_by_rate_within_limits(
 @given(
     st.dictionaries(
         st.tuples(st.sampled_from("abcdef"), st.integers(0, 2)),
-        st.tuples(evidence(), st.floats(0.01, 50), st.integers(0, 8), st.integers(-4, 8)),
+        st.tuples(
+            evidence(),
+            st.floats(0.01, 50),
+            st.integers(0, 8),
+            st.integers(-4, 8),
+            st.floats(0.01, 1.0),
+        ),
         max_size=12,
     ),
     st.integers(0, 60),
 )
 def test_the_first_round_is_a_floor(
-    raw: dict[tuple[str, int], tuple[Evidence, float, int, int]], room: int
+    raw: dict[tuple[str, int], tuple[Evidence, float, int, int, float]], room: int
 ) -> None:
     """Every view that brings a test input towards the first round's floor goes before any
-    view above it, cheapest first, a test input's views together; the rest is best gain per
-    second first; no pick passes a limit."""
-    cands = {u: Open(e, p, lim, floor) for u, (e, p, lim, floor) in raw.items()}
+    view above it, lowest price over promise first, a test input's views together; the rest
+    is best gain per second first; no pick passes a limit."""
+    cands = {u: Open(e, p, lim, floor, pr) for u, (e, p, lim, floor, pr) in raw.items()}
     picks = best(cands, room)
     assert len(picks) == min(room, sum(max(o.limit, 0) for o in cands.values()))
     seen: Counter[tuple[str, int]] = Counter()
@@ -154,8 +160,9 @@ def test_the_first_round_is_a_floor(
         assert seen[p.unit] <= cands[p.unit].limit
     assert below == sorted(below, reverse=True)  # all views below a floor, then the rest
     n_below = sum(below)
-    floor_part = [(p.price, p.unit) for p in picks[:n_below]]
+    floor_part = [(p.price / p.promise, p.price, p.unit) for p in picks[:n_below]]
     assert floor_part == sorted(floor_part)
+    assert all(p.promise == cands[p.unit].promise for p in picks)
     rates = [p.rate for p in picks[n_below:]]
     assert all(a >= b for a, b in itertools.pairwise(rates))
     # The floor holds where there is room: nothing goes above it while a view below it waits.
@@ -172,6 +179,16 @@ def test_a_test_input_whose_first_answer_was_wrong_gets_the_first_round() -> Non
     assert {p.unit for p in picks} == {("w", 0)}
     picks = best({("w", 0): Open(wrong, 1.0, 30, 0), ("l", 0): Open(lead, 1.0, 30, 0)}, 1)
     assert picks[0].unit == ("l", 0)
+
+
+def test_a_task_the_model_cannot_follow_waits_in_the_first_round() -> None:
+    """Below the floor, price over promise: a view at half the price but a quarter of the
+    promise goes after the dearer one."""
+    e = Evidence(0, 0, ())
+    cands = {("sure", 0): Open(e, 2.0, 1, 1, 1.0), ("lost", 0): Open(e, 1.0, 1, 1, 0.25)}
+    assert [p.unit[0] for p in best(cands, 2)] == ["sure", "lost"]
+    cands[("lost", 0)] = Open(e, 1.0, 1, 1, 0.75)
+    assert [p.unit[0] for p in best(cands, 2)] == ["lost", "sure"]
 
 
 def test_a_cheaper_view_goes_first_at_equal_gain() -> None:

@@ -255,12 +255,13 @@ def test_deadline_too_short_cuts_tasks() -> None:
     assert sim.prompts == 10 and sim.lost == 1
     assert sim.cut == ["t1", "t2", "t3"] and sim.slack_seconds == 0.0
     assert sim.views_stats() == (2.5, 2)
-    # The gain schedule does the same work in another order: a view to each test input in
-    # turn (at equal prices), so the deadline cuts every task, each by one or two views.
+    # The gain schedule scores each task's promise first (1 s each: 1000 prompt tokens), then
+    # the first round: 8 views by 30 s; the next, t0's third, would end at 32 s: lost.
     gain = simulate(_cfg(time_budget=31.0, schedule=ViewSchedule.GAIN), _costs(), RATES)
-    assert gain.prompts == 10 and gain.lost == 1
-    assert [gain.views[(f"t{i}", 0)] for i in range(4)] == [3, 3, 2, 2]
-    assert gain.cut == ["t0", "t1", "t2", "t3"] and gain.views_stats() == (2.5, 2)
+    assert (gain.promises, gain.promise_seconds) == (4, pytest.approx(4.0))
+    assert gain.prompts == 8 and gain.lost == 1
+    assert [gain.views[(f"t{i}", 0)] for i in range(4)] == [2, 2, 2, 2]
+    assert gain.cut == ["t0", "t1", "t2", "t3"] and gain.views_stats() == (2.0, 2)
 
 
 def test_the_schedule_is_reported() -> None:
@@ -403,8 +404,23 @@ def test_gain_orders_the_first_round_as_the_rounds_do() -> None:
     of the work)."""
     cfg = _cfg(time_budget=15.0)  # 10 s start-up, then 2 views of 2 s
     uniform = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.UNIFORM), _costs(), RATES)
-    gain = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.GAIN), _costs(), RATES)
+    # Gain's 4 promises (1 s each) come first: 4 s more for the same views.
+    cfg = dataclasses.replace(cfg, time_budget=19.0, schedule=ViewSchedule.GAIN)
+    gain = simulate(cfg, _costs(), RATES)
     assert list(uniform.views.values()) == list(gain.views.values()) == [2, 0, 0, 0]
+
+
+def test_only_the_gain_schedule_prices_promises() -> None:
+    """One scoring request a task (its view's prompt at the prefill rate, times the scoring
+    cost), in plan.json's prediction and the timeline."""
+    rates = dataclasses.replace(RATES, score_cost=1.5)
+    gain = simulate(_cfg(schedule=ViewSchedule.GAIN), _costs(n=3, tests=2), rates)
+    assert gain.to_json()["predicted_promises"] == 3
+    assert gain.to_json()["promise_seconds"] == pytest.approx(3 * 1.5)
+    assert "promises " in gain.render()
+    uniform = simulate(_cfg(schedule=ViewSchedule.UNIFORM), _costs(n=3, tests=2), rates)
+    assert uniform.to_json()["predicted_promises"] == 0 and "promises " not in uniform.render()
+    assert (gain.prompts, gain.views) == (uniform.prompts, uniform.views)
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "run_summary.json"
 SCORES_FILE = "scores.jsonl"
 SCHEDULE_FILE = "schedule.jsonl"  # the gain schedule's decisions and stops (airv.run.schedule)
+PROMISE_FILE = "promise.jsonl"  # the gain schedule's task promises (airv.run.promise)
 FINGERPRINT_FILE = "fingerprint.json"  # what decided the answers (airv.run.outdir)
 RESERVE_CAP = 120.0  # seconds: the default reserve's ceiling ...
 RESERVE_SHARE = 0.05  # ... its share of the budget below that ...
@@ -242,3 +243,7 @@ class RunConfig:
     @property
     def schedule_path(self) -> Path:
         return self.out_dir / SCHEDULE_FILE
+
+    @property
+    def promise_path(self) -> Path:
+        return self.out_dir / PROMISE_FILE

@@ -30,10 +30,11 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.engines import Engines
 from airv.run.ledger import Ledger
+from airv.run.promise import Promise, Promises
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.rounds import Rounds, View
-from airv.run.schedule import Evidence, evidence_of, view_price
+from airv.run.schedule import Evidence, ViewSchedule, evidence_of, view_price
 from airv.run.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ class Check:
     vllm_failed: str | None = None
 
 
-# What the run's shared queue carries: prompts, candidates to score, adapters' probes.
-Payload = View | ScoreItem | Check
+# What the run's shared queue carries: prompts, candidates to score, adapters' probes, tasks'
+# promises (the gain schedule's first-round order).
+Payload = View | ScoreItem | Check | Promise
 
 
 class Feed:
@@ -66,8 +68,10 @@ class Feed:
         ledger: Ledger,
         recorder: Recorder,
         rescorer: Rescorer,
+        promises: Promises,
         summary: RunSummary,
         *,
+        task_ids: Sequence[TaskId],
         task_cap_s: float,
         on_planned: Callable[[Sequence[View], float], None],
         on_taken: Callable[[int, float], None],
@@ -79,6 +83,8 @@ class Feed:
             rescorer,
             summary,
         )
+        self.promises = promises
+        self.task_ids = task_ids  # the run's, in its order
         self.task_cap_s = task_cap_s
         self._on_planned, self._on_taken = on_planned, on_taken
         self.failed: dict[TaskId, str] = {}  # task id -> why it gets the fallback
@@ -87,6 +93,7 @@ class Feed:
         self._pushed: list[View] = []  # views queued since the observer was last told
         self._evidence: dict[Unit, Evidence] = {}  # counted when its predictions last changed
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
+        self._promising: set[TaskId] = set()  # promise requests queued or in flight
         self.rounds: Rounds
         self.engines: Engines[Payload]
         self.adapters: Adapters
@@ -159,6 +166,8 @@ class Feed:
         p = job.payload
         if isinstance(p, Check):
             return True
+        if isinstance(p, Promise):
+            return p.task_id not in self.failed
         task_id = p.unit[0]
         if task_id in self.failed:
             return False
@@ -177,8 +186,10 @@ class Feed:
         came unsettled) and at owed scores. Returns the requests queued."""
         pool = self.engines.pool
         assert pool is not None
+        pushed = self.push_promises()
+        if self._promising:  # the first round's order waits for the promises
+            return pushed
         room = pool.capacity - len(self.engines.queue)
-        pushed = 0
         if room > 0 or final:
             t0 = time.perf_counter()
             pushed = self.rounds.refill(max(room, 0), votes, final=final)
@@ -244,6 +255,18 @@ class Feed:
             n += 1
         return n
 
+    def push_promises(self) -> int:
+        """Under --schedule gain: each planned task's promise (airv.run.promise) not yet
+        scored, first in the queue, on the base model."""
+        if self.cfg.schedule is not ViewSchedule.GAIN:
+            return 0
+        todo = (t for t in self.task_ids if t not in self.failed)
+        owed = self.promises.owed(todo, self._promising)
+        for p in owed:
+            self._promising.add(p.task_id)
+            self.engines.queue.push(p.request, p, (0, -1, next(self._seq)))
+        return len(owed)
+
     def push_check(
         self, trained: TrainResult, probe: ScoreRequest, vllm_failed: str | None
     ) -> None:
@@ -258,7 +281,9 @@ class Feed:
 
     def unowe(self, job: Job[Payload]) -> None:
         p = job.payload
-        if isinstance(p, ScoreItem):
+        if isinstance(p, Promise):
+            self._promising.discard(p.task_id)
+        elif isinstance(p, ScoreItem):
             self._scoring.discard((p.unit, p.grid, p.aug))
         elif isinstance(p, View):
             self.ledger.settle(p.unit, p.aug.key)
@@ -296,6 +321,9 @@ class Feed:
             p = d.job.payload
             if isinstance(p, Check):
                 self.adapters.checked(p.result, p.vllm_failed, d.result.score, d.result.error)
+            elif isinstance(p, Promise):  # refused (too long a prompt): no promise, no fault
+                ok = d.result.error is None and d.result.score is not None
+                self.promises.record(p.task_id, d.result.score if ok else None, d.seconds)
             elif d.result.error is not None:
                 self.fail(p.unit[0], f"the engine refused a request: {d.result.error}")
             elif isinstance(p, ScoreItem):

@@ -44,6 +44,8 @@ class Ledgers:
     stopped: Callable[[TaskId], Stop | None]  # the task failed or reached its cap
     held: Callable[[TaskId], bool]  # the task waits for its adapter's verdict
     elapsed: Callable[[], float]  # seconds since the run's start, for the journal
+    # The task's promise (airv.run.promise), which orders the first round; None: not known.
+    promise: Callable[[TaskId], float | None] = lambda task_id: None
 
 
 def planner(
@@ -101,12 +103,12 @@ class Gain(Rounds):
         return None
 
     def refill(self, room: int, votes: Mapping[Unit, Vote], *, final: bool = False) -> int:
-        """Up to `room` views: test inputs short of the first round first, then best gain per
-        second (schedule.best). Each refill weighs every test input, so it waits until an
-        eighth of an engine's prompts in flight can be planned at once (`final`: nothing
-        queued or in flight, it plans what it can). Half, as it once was, left the engine's
-        batch between half and full for no gain: the same prompts in the same seconds on the
-        schedule bench, and no worse a score."""
+        """Up to `room` views: test inputs short of the first round first (by price over their
+        task's promise), then best gain per second (schedule.best). Each refill weighs every
+        test input, so it waits until an eighth of an engine's prompts in flight can be planned
+        at once (`final`: nothing queued or in flight, it plans what it can). Half, as it once
+        was, left the engine's batch between half and full for no gain: the same prompts in
+        the same seconds on the schedule bench, and no worse a score."""
         if room < max(1, self.cfg.inflight // 8) and not final:
             return 0
         b, led = self._board, self.ledgers
@@ -138,7 +140,10 @@ class Gain(Rounds):
             # a vote already settled.
             if due or self.settled(votes.get(unit)):
                 limit = min(limit, floor)
-            candidates[unit] = Open(ev, led.price(unit[0], tokens), limit, floor)
+            promise = led.promise(unit[0])
+            candidates[unit] = Open(
+                ev, led.price(unit[0], tokens), limit, floor, 1.0 if promise is None else promise
+            )
         pushed = 0
         for pick in best(candidates, room):
             unit = pick.unit

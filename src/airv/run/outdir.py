@@ -26,6 +26,7 @@ from airv.core.jsonio import read_json, write_json
 from airv.run.config import (
     FINGERPRINT_FILE,
     PREDICTIONS_FILE,
+    PROMISE_FILE,
     SCHEDULE_FILE,
     SCORES_FILE,
     SUMMARY_FILE,
@@ -33,7 +34,15 @@ from airv.run.config import (
 )
 
 LOCK_FILE = ".airv.lock"
-_RESULTS = (PREDICTIONS_FILE, SCORES_FILE, SCHEDULE_FILE, TTT_LOG, SUMMARY_FILE, FINGERPRINT_FILE)
+_RESULTS = (
+    PREDICTIONS_FILE,
+    SCORES_FILE,
+    SCHEDULE_FILE,
+    PROMISE_FILE,
+    TTT_LOG,
+    SUMMARY_FILE,
+    FINGERPRINT_FILE,
+)
 # Model files whose content decides the answers; weights are identified by name and size
 # (hashing gigabytes at every start would cost minutes).
 _MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "airv.json")

@@ -46,6 +46,7 @@ from airv.run.observer import Observer
 from airv.run.outdir import RunLock
 from airv.run.outdir import prepare as prepare_out_dir
 from airv.run.predictions import Prediction
+from airv.run.promise import Promises
 from airv.run.prompting import Prompter
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer
@@ -99,7 +100,11 @@ class Run:
             self.ledger,
             self.recorder,
             self.rescorer,
+            Promises(
+                cfg.promise_path, self.challenges.tasks, self.prompter.fit, self.prompter.answer_ids
+            ),
             self.summary,
+            task_ids=self.task_ids,
             task_cap_s=self.task_cap_s,
             on_planned=self.observer.planned,
             on_taken=self.observer.taken,
@@ -144,6 +149,7 @@ class Run:
                 lambda t: task_stop(t, self.failed, self.ledger),
                 held=self.adapters.held,
                 elapsed=self.clock.elapsed,
+                promise=feed.promises.of,
             ),
             self.journal,
         )

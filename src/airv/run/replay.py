@@ -15,6 +15,10 @@ view (`substituted`), and a view past the test input's recorded ones has no answ
 search that finds nothing: `unanswered`). Record with `--settle-margin 0` and no deadline, at
 the most views you will replay, and every view is there.
 
+A gain run's promises (promise.jsonl beside its log, airv.run.promise) are charged first,
+their recorded seconds, and order the first round as they did; a recording without them (a
+uniform run's) replays the gain schedule's first round by price alone.
+
 The engine is one lane that ends its views one after another in queue order, each after its
 recorded seconds: answers come back one at a time (a batch returns many together), and votes
 are recounted at each answer (a run recounts every few seconds). The clock counts engine
@@ -39,22 +43,30 @@ from airv.core.submission import Score, build_submission, score_submission
 from airv.core.tasks import Challenges, Task
 from airv.core.types import Grid, TaskId, Unit
 from airv.core.voting import Vote, VoteMode, vote
-from airv.run.config import RunConfig
+from airv.run.config import PROMISE_FILE, RunConfig
 from airv.run.gain import Ledgers, planner, task_stop
 from airv.run.ledger import Ledger
 from airv.run.predictions import Prediction, group_candidates, read_predictions
+from airv.run.promise import Scored, read_promises, weight
 from airv.run.rounds import Board, View
-from airv.run.schedule import Evidence, Journal, evidence_of, view_price
+from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
 
 
 class Recording:
     """A run's answers: each test input's views by augmentation (a view's completions: one,
-    or n when sampling gave several), in the order it was answered, and their size."""
+    or n when sampling gave several), in the order it was answered, and their size; and the
+    tasks' promises where the run scored them (a gain run's promise.jsonl)."""
 
-    def __init__(self, preds: Sequence[Prediction], source: str = "predictions"):
+    def __init__(
+        self,
+        preds: Sequence[Prediction],
+        source: str = "predictions",
+        promises: Mapping[TaskId, Scored] | None = None,
+    ):
         if not preds:
             raise InputError(f"{source}: no predictions to replay")
         self.source = source
+        self.promises: dict[TaskId, Scored] = dict(promises or {})
         self.by_aug: dict[tuple[Unit, str], list[Prediction]] = defaultdict(list)
         self.in_order: dict[Unit, list[str]] = defaultdict(list)  # augmentation keys
         for p in preds:
@@ -68,7 +80,7 @@ class Recording:
         if not log.is_file():
             raise InputError(f"{log}: no predictions log to replay")
         preds, _ = read_predictions(log)
-        return cls(preds, str(log))
+        return cls(preds, str(log), read_promises(log.parent / PROMISE_FILE))
 
     @property
     def seconds(self) -> float:
@@ -178,6 +190,7 @@ class _Replay:
                 lambda t: task_stop(t, self.failed, self.ledger),
                 held=lambda t: False,
                 elapsed=lambda: self.now,
+                promise=self.promise,
             ),
             Journal(cfg.schedule_path),
         )
@@ -193,6 +206,10 @@ class _Replay:
 
     def _spt(self) -> float:
         return self.spent / max(1, self.tokens)
+
+    def promise(self, task_id: TaskId) -> float | None:
+        s = self.recording.promises.get(task_id)
+        return None if s is None or s.loglik is None else weight(s.loglik)
 
     def _closed(self, task_id: TaskId) -> bool:
         return task_id in self.failed or self.ledger.capped(task_id, self._spt())
@@ -243,6 +260,13 @@ class _Replay:
 
     def run(self, deadline: float) -> Replayed:
         out = self.out
+        if self.cfg.schedule is ViewSchedule.GAIN:  # the promises first, as a gain run asks
+            tasks = {u[0] for u in self.units}
+            promised = self.recording.promises
+            self.now = math.fsum(s.seconds for t, s in promised.items() if t in tasks)
+            if self.now > deadline:
+                self.now, out.stopped_by = deadline, "deadline"
+                return out
         while True:
             room = self.cfg.inflight - len(self.queue)
             if room > 0:

@@ -43,6 +43,11 @@ by 70% in 5 of 10 seeds (the whole floor: 0) but ended 1 test output behind in a
 one seed; ordering the floor by price over the probe's promise instead, 6 behind. The gain
 decides where everything after the first round goes.
 
+What orders the floor besides price is a signal that needs no view: each task's promise
+(airv.run.promise), how likely the model finds its own last demonstration given the others,
+scored before the first round. The floor goes by price over promise: a task the model cannot
+follow waits behind those it can.
+
 A test input stops when its vote is settled (`--settle-margin`, as the uniform rounds stop),
 at `--max-augmentations` views, or when its task reaches its cap; the deadline stops what is
 left. Each decision and each stop is a line of schedule.jsonl in the run folder
@@ -140,6 +145,7 @@ class Pick:
     unit: Unit
     gain: float
     price: float  # seconds
+    promise: float = 1.0  # the task's (airv.run.promise; 1 when it has none)
 
     @property
     def rate(self) -> float:
@@ -156,36 +162,33 @@ class Open:
     price: float
     limit: int
     floor: int = 0
+    promise: float = 1.0  # the task's promise (airv.run.promise), which orders the floor
 
 
 def best(candidates: Mapping[Unit, Open], room: int) -> list[Pick]:
-    """Up to `room` views: test inputs below the floor first, cheapest view first, then best
-    gain per second. Each pick counts as one more view on its way for the next pick of the
-    same test input, up to its limit. Ties go to the cheaper view, then the unit."""
+    """Up to `room` views: test inputs below the floor first, lowest price over promise first,
+    then best gain per second. Each pick counts as one more view on its way for the next pick
+    of the same test input, up to its limit. Ties go to the cheaper view, then the unit."""
 
     def entry(
-        unit: Unit, ev: Evidence, price: float, limit: int, floor: int
-    ) -> tuple[bool, float, float, Unit, float, Evidence, int, int]:
+        unit: Unit, ev: Evidence, o: Open, limit: int, floor: int
+    ) -> tuple[bool, float, float, Unit, float, Evidence, Open, int, int]:
         g = gain(ev)
-        # Below the floor, cheapest first, a test input's first round together (as the rounds
-        # order a round): not by gain, which views on their way divide, and which spread the
-        # first round thin over every test input at a tight budget.
-        order = price if floor > 0 else -_rate(g, price)
-        return (floor <= 0, order, price, unit, g, ev, limit, floor)
+        # Below the floor, by price over promise, a test input's first round together (as the
+        # rounds order a round): not by gain, which views on their way divide, and which spread
+        # the first round thin over every test input at a tight budget.
+        order = o.price / o.promise if floor > 0 else -_rate(g, o.price)
+        return (floor <= 0, order, o.price, unit, g, ev, o, limit, floor)
 
-    heap = [
-        entry(u, o.evidence, o.price, o.limit, o.floor)
-        for u, o in candidates.items()
-        if o.limit > 0
-    ]
+    heap = [entry(u, o.evidence, o, o.limit, o.floor) for u, o in candidates.items() if o.limit > 0]
     heapq.heapify(heap)
     picks: list[Pick] = []
     while heap and len(picks) < room:
-        _, _, price, unit, g, ev, limit, floor = heapq.heappop(heap)
-        picks.append(Pick(unit, g, price))
+        _, _, price, unit, g, ev, o, limit, floor = heapq.heappop(heap)
+        picks.append(Pick(unit, g, price, o.promise))
         if limit > 1:
             nxt = Evidence(ev.answered, ev.failed, ev.votes, ev.owed + 1)
-            heapq.heappush(heap, entry(unit, nxt, price, limit - 1, floor - 1))
+            heapq.heappush(heap, entry(unit, nxt, o, limit - 1, floor - 1))
     return picks
 
 
@@ -194,9 +197,9 @@ def _rate(g: float, price: float) -> float:
 
 
 class Journal:
-    """schedule.jsonl: one line per decision ({"t", "task", "test", "gain", "price", "views",
-    "owed"}) and one per stop ({"t", "task", "test", "stop", "views"}); `t` is seconds since the
-    run's start. Appended, and flushed after each batch of decisions."""
+    """schedule.jsonl: one line per decision ({"t", "task", "test", "gain", "price", "promise",
+    "views", "owed"}) and one per stop ({"t", "task", "test", "stop", "views"}); `t` is seconds
+    since the run's start. Appended, and flushed after each batch of decisions."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -211,6 +214,7 @@ class Journal:
                 "test": pick.unit[1],
                 "gain": round(pick.gain, 6),
                 "price": round(pick.price, 6),
+                "promise": round(pick.promise, 6),
                 "views": views,
                 "owed": owed,
             }

@@ -10,7 +10,9 @@ schedule (`--schedule`): the round planner's targets (airv.run.rounds.Rounds), o
 planner's picks (airv.run.schedule.best, `inflight` x `workers` views planned ahead); the
 ledger's per-task caps (airv.run.ledger.Ledger); and `workers` lanes, one per GPU, pulling
 from one queue, best first: re-scoring ahead of generation, then by round, cheapest task
-first (gain: in pick order). A request's seconds are its prompt tokens at the prefill rate plus
+first (gain: each task's promise first, as one scoring request of its view's prompt, and
+nothing planned until they are in; then in pick order, by price alone, as no promise is known
+on paper). A request's seconds are its prompt tokens at the prefill rate plus
 its answer tokens at the decode rate (times the search's cost for DFS); a scoring request's,
 its tokens at the prefill rate times the scoring cost; with adapters in the batch, times
 LoRA's cost. Each engine runs up to its batch of requests together (the rates'
@@ -61,6 +63,7 @@ class _Job:
     seconds: float = field(compare=False)
     tokens: int = field(compare=False)
     score: bool = field(compare=False)
+    promise: bool = field(default=False, compare=False)  # a task's promise (gain)
 
 
 @dataclass
@@ -101,6 +104,8 @@ class _Simulator:
         self.dry = False  # gain: nothing to plan (until a view ends or is lost)
         self.scored: set[Unit] = set()
         self.adapted: set[TaskId] = set()  # tasks with an adapter (trained in full or part)
+        self.promised: set[TaskId] = set()  # gain: tasks whose promise was scored
+        self.promising = 0  # gain: promise requests queued or in flight
         self.seq = itertools.count()
 
     # -- costs --------------------------------------------------------------------------
@@ -118,6 +123,11 @@ class _Simulator:
         r = self.rates
         tokens = u.prompt_tokens + u.answer_tokens * r.answer_fill
         return tokens * r.score_cost / r.prefill_tokens_per_second
+
+    def _promise_seconds(self, u: UnitCost) -> float:
+        """A task's promise: its demonstration scored, a prompt about its view's size."""
+        r = self.rates
+        return u.prompt_tokens * r.score_cost / r.prefill_tokens_per_second
 
     def _lora(self, tasks: Sequence[TaskId]) -> float:
         """What serving adapters costs a request now, over the base model (1: no adapter in
@@ -224,11 +234,26 @@ class _Simulator:
                        self._score_seconds(u), 0, score=True)  # fmt: skip
             heapq.heappush(self.queue, job)
 
+    def _push_promises(self) -> None:
+        """Gain: every task's promise not yet scored, ahead of all else (airv.run.promise)."""
+        if self.cfg.schedule is not ViewSchedule.GAIN:
+            return
+        for task_id in self.task_ids:
+            if task_id not in self.promised:
+                unit = self.by_task[task_id][0]
+                seconds = self._promise_seconds(self.units[unit])
+                job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, 0,
+                           score=True, promise=True)  # fmt: skip
+                heapq.heappush(self.queue, job)
+                self.promising += 1
+
     def _next(self, tasks: Sequence[TaskId]) -> _Job | None:
         """The best job still wanted (a capped task's views are dropped, as the run's
         dispatch check drops them); the next round (gain: the next picks) is planned when
-        generation runs dry."""
+        generation runs dry. Gain plans nothing while promises are on their way."""
         while True:
+            if self.cfg.schedule is ViewSchedule.GAIN and self.promising:
+                return heapq.heappop(self.queue) if self.queue and self.queue[0].promise else None
             if self.cfg.schedule is ViewSchedule.GAIN:
                 if not self.generation_queued and not self.dry:
                     self.dry = not self._plan_gain(tasks)
@@ -251,6 +276,12 @@ class _Simulator:
 
     def _done(self, job: _Job) -> None:
         sim = self.sim
+        if job.promise:
+            self.promising -= 1
+            self.promised.add(job.unit[0])
+            sim.promises += 1
+            sim.promise_seconds += job.seconds
+            return
         if job.score:
             sim.scores += 1
             sim.rescore_seconds += job.seconds
@@ -283,6 +314,8 @@ class _Simulator:
         self.generation_queued = 0
         self.dry = False
         self.queue = []
+        self.promising = 0
+        self._push_promises()
         now = end = start + self.sim.engine_start_seconds
         width = max(1, min(self.cfg.inflight, int(self.rates.batch_requests)))
         lanes = [_Lane() for _ in range(self.cfg.workers)]
@@ -327,7 +360,9 @@ class _Simulator:
 
     def _lose(self, job: _Job) -> None:
         self.sim.lost += 1
-        if not job.score:
+        if job.promise:
+            self.promising -= 1  # asked again at the next wave's start
+        elif not job.score:
             self.ledger.settle(job.unit, job.key)
             self.dry = False  # gain: its view may be planned again
 

@@ -45,6 +45,8 @@ class Simulation:
     ttt_seconds: float = 0.0  # GPU seconds of training, all workers
     decode_seconds: float = 0.0  # GPU seconds of generation requests (prefill + decode)
     rescore_seconds: float = 0.0  # GPU seconds of scoring requests
+    promises: int = 0  # gain: tasks' promises scored (airv.run.promise)
+    promise_seconds: float = 0.0  # GPU seconds of those
     # The engines' time up to each one's last answer, as a run's recorder counts it: the
     # requests' seconds, and the work on those lost in flight meanwhile.
     engine_seconds: float = 0.0
@@ -108,6 +110,8 @@ class Simulation:
             "ttt_seconds": self.ttt_seconds,
             "decode_seconds": self.decode_seconds,
             "rescore_seconds": self.rescore_seconds,
+            "predicted_promises": self.promises,
+            "promise_seconds": self.promise_seconds,
             "gpu_seconds": gpu,
             "capped_tasks": self.capped,
             "cut_tasks": self.cut,
@@ -158,7 +162,9 @@ class Simulation:
         lines += [
             f"GPU time ({gpu / 3600:,.1f} GPU-h in the budget): fine-tuning "
             f"{share(self.ttt_seconds)}, decoding {share(self.decode_seconds)}, re-scoring "
-            f"{share(self.rescore_seconds)}, engine start-ups {share(start_gpu)}",
+            f"{share(self.rescore_seconds)}, "
+            + (f"promises {share(self.promise_seconds)}, " if self.promises else "")
+            + f"engine start-ups {share(start_gpu)}",
             f"requests: {self.prompts:,} prompts, {self.scores:,} scoring requests"
             + (f", {self.lost} lost in flight" if self.lost else ""),
             f"views per test input: mean {mean:.1f}, min {low} (target {self.target_views})",

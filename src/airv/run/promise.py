@@ -1,0 +1,134 @@
+"""A task's promise, for the gain schedule's first round: how well the model knows the task's
+own demonstrations. Each task's last train output is scored given its other pairs (one
+prefill-only request a task, on the base model, no view generated): its log-likelihood
+`loglik`, and the promise 1 / (1 - loglik), 1 for an output the model is sure of and towards 0
+for one it finds unlikely. The gain schedule orders its first round by price over promise
+(airv.run.schedule.best): a task the model cannot follow goes after those it can, at equal
+price.
+
+On the replayed schedule bench (bench/schedule-replay.md) this log-likelihood told the test
+inputs some recorded view answers right from those none does with an AUC of 0.94, and the
+pass cost about 0.55 of each test input's first view. A task with a single train pair, or
+whose scoring prompt does not fit the context, has no promise (the schedule counts it as 1).
+
+The values are appended to promise.jsonl in the run folder ({"task_id", "loglik",
+"seconds"}; loglik null: no promise), so a resumed run does not score a task twice and
+`airv replay` reads them back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from airv.core.jsonio import append_jsonl, read_jsonl
+from airv.core.prompts import PromptTooLong
+from airv.core.tasks import Task
+from airv.core.types import TaskId
+from airv.engines.base import ScoreRequest
+from airv.run.rescore import AnswerIds, FitPrompt
+
+
+def demonstration(task: Task, fit: FitPrompt, answer_ids: AnswerIds) -> ScoreRequest | None:
+    """The request that scores the task's last train output given its other pairs (None with
+    one pair, or a prompt too long for the context)."""
+    if len(task.train) < 2:
+        return None
+    *rest, last = task.train
+    fitted = fit(Task(task.id, tuple(rest), (last.input,)), 0)
+    if isinstance(fitted, PromptTooLong):
+        return None
+    return ScoreRequest(tuple(fitted.token_ids), tuple(answer_ids(last.output)))
+
+
+def weight(loglik: float) -> float:
+    """A log-likelihood's promise: 1 / (1 - loglik), in (0, 1]."""
+    return 1.0 / (1.0 - min(loglik, 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """One owed promise: the task's demonstration request."""
+
+    task_id: TaskId
+    request: ScoreRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A task's promise as promise.jsonl keeps it."""
+
+    loglik: float | None  # None: the task has no promise
+    seconds: float  # engine seconds of its request
+
+
+def read_promises(path: Path) -> dict[TaskId, Scored]:
+    """promise.jsonl per task (the last line of a task wins); damaged lines are skipped."""
+    records, _ = read_jsonl(path, _record)
+    return dict(records)
+
+
+def _record(d: Any) -> tuple[TaskId, Scored]:
+    loglik = d["loglik"]
+    return str(d["task_id"]), Scored(
+        None if loglik is None else float(loglik), float(d.get("seconds", 0.0))
+    )
+
+
+def append_promises(path: Path, scored: Iterable[tuple[TaskId, Scored]]) -> None:
+    append_jsonl(
+        path,
+        (
+            orjson.dumps({"task_id": t, "loglik": s.loglik, "seconds": round(s.seconds, 6)})
+            for t, s in scored
+        ),
+    )
+
+
+class Promises:
+    """The run's promises: read back from promise.jsonl, owed for the other tasks, recorded
+    as the engine returns them."""
+
+    def __init__(
+        self, path: Path, tasks: Mapping[TaskId, Task], fit: FitPrompt, answer_ids: AnswerIds
+    ):
+        self.path = path
+        self.tasks = tasks
+        self._fit, self._answer_ids = fit, answer_ids
+        self.scored: dict[TaskId, Scored] = read_promises(path)
+
+    def of(self, task_id: TaskId) -> float | None:
+        """The task's promise, once scored and if it has one."""
+        s = self.scored.get(task_id)
+        return None if s is None or s.loglik is None else weight(s.loglik)
+
+    def owed(self, task_ids: Iterable[TaskId], asked: set[TaskId]) -> list[Promise]:
+        """Requests for the tasks not yet scored nor `asked`; a task that has no promise is
+        recorded as such here."""
+        out: list[Promise] = []
+        none: list[tuple[TaskId, Scored]] = []
+        for t in task_ids:
+            if t in self.scored or t in asked:
+                continue
+            try:
+                request = demonstration(self.tasks[t], self._fit, self._answer_ids)
+            except Exception:  # a task whose prompts cannot be built fails with its views
+                request = None
+            if request is None:
+                none.append((t, Scored(None, 0.0)))
+            else:
+                out.append(Promise(t, request))
+        self._keep(none)
+        return out
+
+    def record(self, task_id: TaskId, loglik: float | None, seconds: float) -> None:
+        self._keep([(task_id, Scored(loglik, seconds))])
+
+    def _keep(self, scored: list[tuple[TaskId, Scored]]) -> None:
+        if scored:
+            self.scored.update(scored)
+            append_promises(self.path, scored)

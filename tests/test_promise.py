@@ -1,0 +1,106 @@
+"""A task's promise (airv.run.promise): its request, its weight, its log and what is owed (no
+engine: test_pipeline's gain run scores them on one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from airv.core.prompts import FittedPrompt, PromptTooLong
+from airv.core.tasks import Pair, Task
+from airv.core.types import Grid
+from airv.run.promise import (
+    Promises,
+    Scored,
+    append_promises,
+    demonstration,
+    read_promises,
+    weight,
+)
+
+A: Grid = ((1, 2),)
+B: Grid = ((3,),)
+C: Grid = ((4, 4), (5, 5))
+
+
+def _fit(task: Task, test_index: int) -> FittedPrompt | PromptTooLong:
+    """A prompt whose ids spell the train pairs' first cells and the test input's: enough to
+    see which pairs went in. A task whose test input is C does not fit."""
+    if task.test[test_index] == C:
+        return PromptTooLong(task.id, test_index, 99, 120, 100)
+    ids = [p.input[0][0] * 10 + p.output[0][0] for p in task.train] + [task.test[test_index][0][0]]
+    return FittedPrompt("", ids, len(task.train), 8, ())
+
+
+def _answer_ids(grid: Grid) -> list[int]:
+    return [c for row in grid for c in row]
+
+
+def test_the_last_train_output_is_scored_given_the_other_pairs() -> None:
+    task = Task("t", (Pair(A, B), Pair(B, A), Pair(A, C)), (B,))
+    request = demonstration(task, _fit, _answer_ids)
+    assert request is not None
+    assert request.prompt_ids == (13, 31, 1)  # pairs 1 and 2, then pair 3's input
+    assert request.continuation_ids == (4, 4, 5, 5)  # pair 3's output
+
+
+def test_one_pair_or_a_prompt_too_long_has_no_request() -> None:
+    assert demonstration(Task("t", (Pair(A, B),), (B,)), _fit, _answer_ids) is None
+    too_long = Task("t", (Pair(A, B), Pair(C, A)), (B,))
+    assert demonstration(too_long, _fit, _answer_ids) is None
+
+
+@given(st.floats(-1e6, 0.0), st.floats(-1e6, 0.0))
+def test_a_promise_is_a_share_that_grows_with_the_likelihood(a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    assert 0.0 < weight(lo) <= weight(hi) <= 1.0
+    assert weight(0.0) == 1.0 == weight(abs(a))  # a positive value (rounding) counts as 0
+
+
+@given(
+    st.dictionaries(
+        st.text("abcdef0123456789", min_size=1, max_size=8),
+        st.tuples(st.none() | st.floats(-1e4, 0.0), st.floats(0.0, 1e3)),
+        max_size=10,
+    )
+)
+def test_the_log_reads_back_what_was_appended(
+    raw: dict[str, tuple[float | None, float]],
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "promise.jsonl"
+        scored = {t: Scored(ll, round(s, 6)) for t, (ll, s) in raw.items()}
+        append_promises(path, list(scored.items())[:3])
+        with path.open("ab") as f:
+            f.write(b'{"task_id": "torn", "logl\n')  # a line cut by a kill mid-write
+        append_promises(path, list(scored.items())[3:])
+        assert read_promises(path) == scored
+
+
+def test_what_is_owed_skips_what_is_known_or_asked(tmp_path: Path) -> None:
+    path = tmp_path / "promise.jsonl"
+    append_promises(path, [("known", Scored(-2.0, 0.5))])
+    two = (Pair(A, B), Pair(B, A))
+
+    def broken(task: Task, test_index: int) -> FittedPrompt | PromptTooLong:
+        if task.id == "broken":
+            raise ValueError("no prompt")
+        return _fit(task, test_index)
+
+    tasks = {t: Task(t, two, (A,)) for t in ("known", "asked", "owed", "broken")} | {
+        "single": Task("single", two[:1], (A,))
+    }
+    promises = Promises(path, tasks, broken, _answer_ids)
+    assert promises.of("known") == weight(-2.0) and promises.of("owed") is None
+    owed = promises.owed(tasks, asked={"asked"})
+    assert [p.task_id for p in owed] == ["owed"]
+    # No request can be built for these: they have no promise, recorded once.
+    assert promises.scored["single"] == promises.scored["broken"] == Scored(None, 0.0)
+    assert promises.owed(tasks, asked={"asked", "owed"}) == []
+    promises.record("owed", -0.5, 0.25)
+    assert promises.of("owed") == weight(-0.5)
+    assert read_promises(path) == promises.scored  # a resumed run knows them all
