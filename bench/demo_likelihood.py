@@ -11,17 +11,18 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from airv.core.prompts import PromptTooLong
 from airv.core.tasks import Task
 from airv.core.types import TaskId
-from airv.engines.base import GenerateRequest, ScoreRequest, scores_of
+from airv.engines.base import GenerateRequest, scores_of
 from airv.engines.config import Decoding, EngineConfig
 from airv.engines.pool import run_lane
 from airv.engines.worker import EngineWorker
 from airv.run.config import RunConfig
+from airv.run.promise import Scored, demonstration
 from airv.run.prompting import Prompter
 from airv.run.replay import Recording
 from bench.common import Solutions
@@ -37,23 +38,16 @@ class Likelihood:
     score_seconds: float  # the whole pass (median of REPEATS)
     view_seconds: float  # each test input's first view, generated (median of REPEATS)
     views: int
-
-
-def demonstration(task: Task, prompter: Prompter) -> ScoreRequest | None:
-    """The request that scores the task's last train output given its other pairs (None with
-    one pair, or a prompt too long for the context)."""
-    if len(task.train) < 2:
-        return None
-    *rest, last = task.train
-    fitted = prompter.fit(Task(task.id, tuple(rest), (last.input,)), 0)
-    if isinstance(fitted, PromptTooLong):
-        return None
-    return ScoreRequest(tuple(fitted.token_ids), tuple(prompter.answer_ids(last.output)))
+    tokens: dict[TaskId, int] = field(default_factory=dict)  # each task's request
 
 
 def measure(worker: EngineWorker, cfg: RunConfig, tasks: Sequence[Task]) -> Likelihood:
     prompter = Prompter(cfg)
-    scored = [(t.id, r) for t in tasks if (r := demonstration(t, prompter)) is not None]
+    scored = [
+        (t.id, r)
+        for t in tasks
+        if (r := demonstration(t, prompter.fit, prompter.answer_ids)) is not None
+    ]
     views = []
     for t in tasks:
         for i in range(len(t.test)):
@@ -81,6 +75,7 @@ def measure(worker: EngineWorker, cfg: RunConfig, tasks: Sequence[Task]) -> Like
         statistics.median(score_times),
         statistics.median(view_times),
         len(views),
+        {t: len(r.prompt_ids) + len(r.continuation_ids) for t, r in scored},
     )
 
 
@@ -119,18 +114,35 @@ def render(lk: Likelihood, area: float, seeds: int) -> list[str]:
     ]
 
 
+def promises(lk: Likelihood, recording: Recording) -> dict[TaskId, Scored]:
+    """The promises a gain run would have scored before this recording's views, in its
+    seconds: the pass at its measured share of every test input's first view, each task's
+    part in proportion to its first view's seconds."""
+    first: dict[TaskId, float] = {}
+    for unit, augs in recording.in_order.items():
+        seconds = sum(p.seconds for p in recording.by_aug[(unit, augs[0])])
+        first[unit[0]] = first.get(unit[0], 0.0) + seconds
+    whole = sum(first.values()) * lk.score_seconds / lk.view_seconds
+    per_task = {t: s for t, s in first.items() if t in lk.loglik}
+    total = sum(per_task.values()) or 1.0
+    return {
+        t: Scored(lk.loglik[t], whole * s / total, lk.tokens.get(t, 0)) for t, s in per_task.items()
+    }
+
+
 def section(
     engine: EngineConfig,
     challenges: Path,
     tasks: Sequence[Task],
     recordings: Mapping[int, Recording],
     solutions: Solutions,
-) -> list[str]:
-    """The report's section: measured on a worker of its own, started and closed here."""
+) -> tuple[list[str], Likelihood]:
+    """The report's section and what it measured, on a worker of its own, started and closed
+    here."""
     worker = EngineWorker(engine, Decoding())
     try:
         cfg = RunConfig(challenges=challenges, out_dir=challenges.parent, engine=engine)
         lk = measure(worker, cfg, tasks)
     finally:
         worker.close()
-    return render(lk, auc(lk.loglik, recordings, solutions), len(recordings))
+    return render(lk, auc(lk.loglik, recordings, solutions), len(recordings)), lk

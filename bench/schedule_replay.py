@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         check = check_against_real_runs(path, challenges, recordings, solutions, tmp)
         checked = time.monotonic() - t0
-        signal = demo_likelihood.section(engine_config(), path, tasks, recordings, solutions)
+        signal, lk = demo_likelihood.section(engine_config(), path, tasks, recordings, solutions)
+        # The gain replays charge and read the promises a gain run would have scored first.
+        for recording in recordings.values():
+            recording.promises = demo_likelihood.promises(lk, recording)
         t0 = time.monotonic()
         outcomes: list[Outcome] = []
         misses = 0

@@ -269,22 +269,24 @@ def test_the_demonstrations_likelihood_request_and_its_auc(tiny_model: Path) -> 
     from airv.engines.config import EngineConfig
     from airv.run.config import RunConfig
     from airv.run.predictions import Prediction
+    from airv.run.promise import demonstration
     from airv.run.prompting import Prompter
     from airv.run.replay import Recording
-    from bench.demo_likelihood import auc, demonstration
+    from bench.demo_likelihood import Likelihood, auc, promises
 
     first, last = Pair(((1,),), ((2,),)), Pair(((3, 4),), ((5, 6),))
     cfg = RunConfig(
         challenges=Path("c.json"), out_dir=Path("out"), engine=EngineConfig(model=tiny_model)
     )
     prompter = Prompter(cfg)
-    request = demonstration(Task("t", train=(first, last), test=(((7,),),)), prompter)
+    fit, ids = prompter.fit, prompter.answer_ids
+    request = demonstration(Task("t", train=(first, last), test=(((7,),),)), fit, ids)
     assert request is not None
     expected = prompter.fit(Task("t", train=(first,), test=(last.input,)), 0)
     assert not isinstance(expected, Exception)
     assert request.prompt_ids == tuple(expected.token_ids)
     assert request.continuation_ids == tuple(prompter.answer_ids(last.output))
-    assert demonstration(Task("u", train=(first,), test=(((7,),),)), prompter) is None
+    assert demonstration(Task("u", train=(first,), test=(((7,),),)), fit, ids) is None
 
     right = ((1,),)
 
@@ -303,3 +305,9 @@ def test_the_demonstrations_likelihood_request_and_its_auc(tiny_model: Path) -> 
     assert auc({"a": -1.0, "b": -5.0}, recordings, solutions) == pytest.approx(2.5 / 3)
     assert auc({"a": -5.0, "b": -1.0}, recordings, solutions) == pytest.approx(0.5 / 3)
     assert auc({"a": -1.0, "b": -1.0}, recordings, solutions) == 0.5
+    # In a recording's seconds: the pass at its measured share of the first views (0.1 s
+    # each), split by each task's first view.
+    lk = Likelihood({"a": -1.0, "b": -5.0}, score_seconds=1.0, view_seconds=2.0, views=2)
+    promised = promises(lk, recordings[0])
+    assert {t: s.loglik for t, s in promised.items()} == lk.loglik
+    assert [s.seconds for s in promised.values()] == [pytest.approx(0.05)] * 2

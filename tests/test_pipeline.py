@@ -596,12 +596,15 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     assert set(promises) == {"task0001", "task0002", "task0003"}
     assert len((out / "promise.jsonl").read_bytes().splitlines()) == 3
     assert all(s.loglik is not None and s.loglik < 0 and s.seconds > 0 for s in promises.values())
-    # The first round by price over promise, a test input's whole (as the rounds order it): the
-    # first four answers are one test input's. Prices are the views' tokens (nothing measured).
-    assert len({(p.task_id, p.test_index) for p in records[:4]}) == 1
+    # A probe first: one view (an eighth of the 4 in flight, at least one), the cheapest test
+    # input's; its answer measures the rate, the pass is asked (cheap beside an hour), and
+    # the rest of the first round goes by price over promise, a test input's whole: the 3x3
+    # task, dearer and less promising, last.
     tokens = {p.task_id: p.prompt_tokens for p in records}
-    first = min(tokens, key=lambda t: tokens[t] / weight(promises[t].loglik or 0.0))
-    assert records[0].task_id == first
+    assert records[0].task_id == min(tokens, key=lambda t: (tokens[t], t))
+    first_round = [p.task_id for p in records if p.round == 1]
+    assert first_round[-4:] == ["task0003"] * 4 and first_round.count("task0003") == 4
+    assert weight(promises["task0003"].loglik or 0.0) < weight(promises["task0002"].loglik or 0.0)
     picks = [orjson.loads(line) for line in (out / "schedule.jsonl").read_bytes().splitlines()]
     assert {p["task"]: p["promise"] for p in picks if "gain" in p} == {
         t: pytest.approx(weight(s.loglik or 0.0), abs=1e-6) for t, s in promises.items()

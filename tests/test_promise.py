@@ -12,12 +12,14 @@ from airv.core.prompts import FittedPrompt, PromptTooLong
 from airv.core.tasks import Pair, Task
 from airv.core.types import Grid
 from airv.run.promise import (
+    PROMISE_SHARE,
     Promises,
     Scored,
     append_promises,
     demonstration,
     read_promises,
     weight,
+    worth_scoring,
 )
 
 A: Grid = ((1, 2),)
@@ -52,6 +54,14 @@ def test_one_pair_or_a_prompt_too_long_has_no_request() -> None:
     assert demonstration(too_long, _fit, _answer_ids) is None
 
 
+def test_the_pass_waits_for_a_rate_and_goes_only_where_it_is_cheap() -> None:
+    assert worth_scoring(1000, 0.0, 100.0) is None  # nothing measured yet
+    share = PROMISE_SHARE * 100.0
+    assert worth_scoring(1000, share / 1000, 100.0) is True  # exactly the share
+    assert worth_scoring(1001, share / 1000, 100.0) is False
+    assert worth_scoring(0, 1.0, 0.0) is True  # nothing to score costs nothing
+
+
 @given(st.floats(-1e6, 0.0), st.floats(-1e6, 0.0))
 def test_a_promise_is_a_share_that_grows_with_the_likelihood(a: float, b: float) -> None:
     lo, hi = sorted((a, b))
@@ -62,18 +72,18 @@ def test_a_promise_is_a_share_that_grows_with_the_likelihood(a: float, b: float)
 @given(
     st.dictionaries(
         st.text("abcdef0123456789", min_size=1, max_size=8),
-        st.tuples(st.none() | st.floats(-1e4, 0.0), st.floats(0.0, 1e3)),
+        st.tuples(st.none() | st.floats(-1e4, 0.0), st.floats(0.0, 1e3), st.integers(0, 10**6)),
         max_size=10,
     )
 )
 def test_the_log_reads_back_what_was_appended(
-    raw: dict[str, tuple[float | None, float]],
+    raw: dict[str, tuple[float | None, float, int]],
 ) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "promise.jsonl"
-        scored = {t: Scored(ll, round(s, 6)) for t, (ll, s) in raw.items()}
+        scored = {t: Scored(ll, round(s, 6), n) for t, (ll, s, n) in raw.items()}
         append_promises(path, list(scored.items())[:3])
         with path.open("ab") as f:
             f.write(b'{"task_id": "torn", "logl\n')  # a line cut by a kill mid-write
@@ -101,6 +111,7 @@ def test_what_is_owed_skips_what_is_known_or_asked(tmp_path: Path) -> None:
     # No request can be built for these: they have no promise, recorded once.
     assert promises.scored["single"] == promises.scored["broken"] == Scored(None, 0.0)
     assert promises.owed(tasks, asked={"asked", "owed"}) == []
-    promises.record("owed", -0.5, 0.25)
+    promises.record(owed[0], -0.5, 0.25)
     assert promises.of("owed") == weight(-0.5)
+    assert promises.scored["owed"].tokens == owed[0].tokens == 2 + 2  # (13, 3) and A's cells
     assert read_promises(path) == promises.scored  # a resumed run knows them all

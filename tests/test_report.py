@@ -306,16 +306,18 @@ def test_report_shows_why_each_test_input_stopped(run_dir: Path) -> None:
         "first_gain": 0.5,
         "last_gain": 0.031,
         "stop": "settled",
+        "promise": 1.0,
     }
     assert [t["schedule"] for t in tasks["t_two"]["tests"]] == [
-        {"views": 1, "first_gain": 0.5, "last_gain": 0.5, "stop": "views"},
-        {"views": 2, "first_gain": 0.5, "last_gain": 0.3, "stop": None},
+        {"views": 1, "first_gain": 0.5, "last_gain": 0.5, "stop": "views", "promise": 1.0},
+        {"views": 2, "first_gain": 0.5, "last_gain": 0.3, "stop": None, "promise": 1.0},
     ]
     assert tasks["t_wrong"]["tests"][0]["schedule"] == {
         "views": 0,
         "first_gain": None,
         "last_gain": None,
         "stop": "failed",
+        "promise": None,
     }
     assert len(tasks["t_wrong"]["tests"]) == 1  # test 5 of the journal is not shown
     assert {k: t["stopped"] for k, t in tasks.items()} == {

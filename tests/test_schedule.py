@@ -204,7 +204,7 @@ def test_the_journal_reads_back_per_test_input(tmp_path: Path) -> None:
     j.picked(0.6, Pick(("t1", 0), 0.25, 2.0), views=1, owed=1)
     j.stopped(3.0, ("t1", 0), Stop.SETTLED, views=2)
     j.stopped(4.0, ("t1", 0), Stop.VIEWS, views=2)  # the first reason stands
-    j.picked(0.7, Pick(("t2", 1), 0.5, 1.0), views=0, owed=0)
+    j.picked(0.7, Pick(("t2", 1), 0.5, 1.0, promise=0.25), views=0, owed=0)
     j.close()
     with path.open("ab") as f:
         f.write(b'{"task": "t3", "te')  # a line torn by a kill
@@ -213,4 +213,5 @@ def test_the_journal_reads_back_per_test_input(tmp_path: Path) -> None:
     t1 = back["t1"][0]
     assert (t1.views, t1.first_gain, t1.last_gain, t1.stop) == (2, 0.5, 0.25, "settled")
     assert back["t2"][1].stop is None  # the run ended first
+    assert (t1.promise, back["t2"][1].promise) == (1.0, 0.25)
     assert read_journal(tmp_path / "absent.jsonl") == {}

@@ -15,9 +15,10 @@ view (`substituted`), and a view past the test input's recorded ones has no answ
 search that finds nothing: `unanswered`). Record with `--settle-margin 0` and no deadline, at
 the most views you will replay, and every view is there.
 
-A gain run's promises (promise.jsonl beside its log, airv.run.promise) are charged first,
-their recorded seconds, and order the first round as they did; a recording without them (a
-uniform run's) replays the gain schedule's first round by price alone.
+A gain run's promises (promise.jsonl beside its log, airv.run.promise) are asked by the run's
+rule, once the first answer has measured the seconds per token, charged at once at their
+recorded seconds, and order the rest of the first round as they did; a recording without them
+(a uniform run's) replays the gain schedule's first round by price alone.
 
 The engine is one lane that ends its views one after another in queue order, each after its
 recorded seconds: answers come back one at a time (a batch returns many together), and votes
@@ -47,7 +48,7 @@ from airv.run.config import PROMISE_FILE, RunConfig
 from airv.run.gain import Ledgers, planner, task_stop
 from airv.run.ledger import Ledger
 from airv.run.predictions import Prediction, group_candidates, read_predictions
-from airv.run.promise import Scored, read_promises, weight
+from airv.run.promise import Scored, read_promises, weight, worth_scoring
 from airv.run.rounds import Board, View
 from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
 
@@ -171,6 +172,8 @@ class _Replay:
         self.out = Replayed(mode)
         self._seq = itertools.count()
         self._sizes: dict[Unit, FittedPrompt] = {}
+        self.pass_asked: bool | None = None  # gain: the recorded promises asked (run's rule)
+        self._pass: list[Scored] | None = None
         board = Board(
             self.units,
             closed=self._closed,
@@ -208,8 +211,29 @@ class _Replay:
         return self.spent / max(1, self.tokens)
 
     def promise(self, task_id: TaskId) -> float | None:
-        s = self.recording.promises.get(task_id)
+        s = self.recording.promises.get(task_id) if self.pass_asked else None
         return None if s is None or s.loglik is None else weight(s.loglik)
+
+    def _promised(self) -> list[Scored]:
+        """The recorded promises a gain replay may ask (none under uniform)."""
+        if self._pass is None:
+            tasks = {u[0] for u in self.units}
+            gain = self.cfg.schedule is ViewSchedule.GAIN
+            self._pass = [s for t, s in self.recording.promises.items() if gain and t in tasks]
+        return self._pass
+
+    def _ask_promises(self, deadline: float) -> bool:
+        """The gain run's rule (airv.run.promise.worth_scoring), once the seconds per token
+        are measured: the recorded pass, charged at once, or never. False: its seconds ran
+        past the deadline."""
+        promised = self._promised()
+        if self.pass_asked is not None or not promised:
+            return True
+        tokens = sum(s.tokens for s in promised)
+        self.pass_asked = worth_scoring(tokens, self._spt(), deadline - self.now)
+        if self.pass_asked:
+            self.now += math.fsum(s.seconds for s in promised)
+        return self.now <= deadline
 
     def _closed(self, task_id: TaskId) -> bool:
         return task_id in self.failed or self.ledger.capped(task_id, self._spt())
@@ -260,15 +284,14 @@ class _Replay:
 
     def run(self, deadline: float) -> Replayed:
         out = self.out
-        if self.cfg.schedule is ViewSchedule.GAIN:  # the promises first, as a gain run asks
-            tasks = {u[0] for u in self.units}
-            promised = self.recording.promises
-            self.now = math.fsum(s.seconds for t, s in promised.items() if t in tasks)
-            if self.now > deadline:
-                self.now, out.stopped_by = deadline, "deadline"
-                return out
         while True:
+            if not self._ask_promises(deadline):
+                out.stopped_by = "deadline"
+                return out
             room = self.cfg.inflight - len(self.queue)
+            if self.pass_asked is None and self._promised():  # the run's probe batch
+                probe = max(1, self.cfg.inflight // 8)
+                room = 0 if self.queue or self.engine else min(room, probe)
             if room > 0:
                 self.planner.refill(room, out.votes)
             self._feed()

@@ -255,6 +255,7 @@ class UnitSchedule:
     first_gain: float | None = None
     last_gain: float | None = None
     stop: str | None = None  # why it stopped; None: the run ended first
+    promise: float | None = None  # its task's promise at its picks (older journals: None)
 
 
 def read_journal(path: Path) -> dict[TaskId, dict[int, UnitSchedule]]:
@@ -276,4 +277,6 @@ def read_journal(path: Path) -> dict[TaskId, dict[int, UnitSchedule]]:
             g = float(line["gain"])
             u.first_gain = g if u.first_gain is None else u.first_gain
             u.last_gain = g
+            if isinstance(line.get("promise"), (int, float)):
+                u.promise = float(line["promise"])
     return out

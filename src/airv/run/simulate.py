@@ -49,6 +49,7 @@ from airv.core.types import TaskId, Unit
 from airv.run.config import RunConfig
 from airv.run.costs import Costs, UnitCost, mean_prompt_tokens
 from airv.run.ledger import Ledger
+from airv.run.promise import worth_scoring
 from airv.run.rates import Rates
 from airv.run.rounds import Rounds
 from airv.run.schedule import Evidence, Open, ViewSchedule, best
@@ -106,6 +107,10 @@ class _Simulator:
         self.adapted: set[TaskId] = set()  # tasks with an adapter (trained in full or part)
         self.promised: set[TaskId] = set()  # gain: tasks whose promise was scored
         self.promising = 0  # gain: promise requests queued or in flight
+        self.pass_asked: bool | None = None  # gain: the pass's verdict (worth_scoring)
+        self.views_running = 0  # generation requests popped and not yet ended or lost
+        self.now = 0.0  # the clock, for the pass's verdict
+        self.until = 0.0
         self.seq = itertools.count()
 
     # -- costs --------------------------------------------------------------------------
@@ -188,11 +193,12 @@ class _Simulator:
             self.ledger.owe(unit, job.key, tokens)
             self.generation_queued += 1
 
-    def _plan_gain(self, tasks: Sequence[TaskId]) -> int:
-        """Up to `inflight` x `workers` views (what the run keeps planned ahead), those short of
-        the first round first, then best gain per second (airv.run.schedule.best), queued in
-        pick order. Votes are unknown on paper: a test input's evidence is its views so far,
-        every answer distinct (none settles). Returns the views queued."""
+    def _plan_gain(self, tasks: Sequence[TaskId], room: int | None = None) -> int:
+        """Up to `room` views (default `inflight` x `workers`, what the run keeps planned
+        ahead), those short of the first round first, then best gain per second
+        (airv.run.schedule.best), queued in pick order. Votes are unknown on paper: a test
+        input's evidence is its views so far, every answer distinct (none settles). Returns
+        the views queued."""
         target = self.sim.target_views
         lora = self._lora(tasks)  # a view's price as it would run now (its job's: the base)
         candidates: dict[Unit, Open] = {}
@@ -206,7 +212,7 @@ class _Simulator:
                 floor = self.cfg.first_round - n - k
                 price = self._view_seconds(self.units[unit]) * lora
                 candidates[unit] = Open(ev, price, target - n - k, floor)
-        picks = best(candidates, self.cfg.inflight * self.cfg.workers)
+        picks = best(candidates, room or self.cfg.inflight * self.cfg.workers)
         for pick in picks:
             u = self.units[pick.unit]
             tokens = math.ceil(u.prompt_tokens + self.cfg.sampling.n * u.answer_tokens)
@@ -235,28 +241,47 @@ class _Simulator:
             heapq.heappush(self.queue, job)
 
     def _push_promises(self) -> None:
-        """Gain: every task's promise not yet scored, ahead of all else (airv.run.promise)."""
-        if self.cfg.schedule is not ViewSchedule.GAIN:
+        """Gain: every task's promise not yet scored, ahead of all else (airv.run.promise),
+        once the seconds per token are measured and if the pass is cheap beside the time
+        left (the run's rule, decided once)."""
+        if self.cfg.schedule is not ViewSchedule.GAIN or self.pass_asked is False:
             return
-        for task_id in self.task_ids:
-            if task_id not in self.promised:
-                unit = self.by_task[task_id][0]
-                seconds = self._promise_seconds(self.units[unit])
-                job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, 0,
-                           score=True, promise=True)  # fmt: skip
-                heapq.heappush(self.queue, job)
-                self.promising += 1
+        owed = [t for t in self.task_ids if t not in self.promised]
+        if self.pass_asked is None and not owed:
+            self.pass_asked = True
+        elif self.pass_asked is None:
+            units = [self.units[self.by_task[t][0]] for t in owed]
+            tokens = math.ceil(sum(u.prompt_tokens for u in units))
+            left = self.until - self.now
+            self.pass_asked = worth_scoring(tokens, self._seconds_per_token(), left)
+            if not self.pass_asked:
+                return
+        for task_id in owed:
+            unit = self.by_task[task_id][0]
+            seconds = self._promise_seconds(self.units[unit])
+            job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, 0,
+                       score=True, promise=True)  # fmt: skip
+            heapq.heappush(self.queue, job)
+            self.promising += 1
 
     def _next(self, tasks: Sequence[TaskId]) -> _Job | None:
         """The best job still wanted (a capped task's views are dropped, as the run's
         dispatch check drops them); the next round (gain: the next picks) is planned when
         generation runs dry. Gain plans nothing while promises are on their way."""
         while True:
-            if self.cfg.schedule is ViewSchedule.GAIN and self.promising:
-                return heapq.heappop(self.queue) if self.queue and self.queue[0].promise else None
             if self.cfg.schedule is ViewSchedule.GAIN:
-                if not self.generation_queued and not self.dry:
-                    self.dry = not self._plan_gain(tasks)
+                if not self.promising:
+                    self._push_promises()
+                # Before the pass's verdict, one small batch at a time (the run's probe).
+                probing = self.pass_asked is None
+                if (
+                    not self.generation_queued
+                    and not self.dry
+                    and not self.promising
+                    and not (probing and self.views_running)
+                ):
+                    room = max(1, self.cfg.inflight // 8) if probing else None
+                    self.dry = not self._plan_gain(tasks, room)
                     continue
             elif not self.generation_queued and self.rounds.planned < self.rounds.last:
                 self.rounds.planned += 1
@@ -272,6 +297,7 @@ class _Simulator:
             if task_id in self.ledger.cut or self.ledger.capped(task_id):
                 self.ledger.settle(job.unit, job.key)
                 continue
+            self.views_running += 1
             return job
 
     def _done(self, job: _Job) -> None:
@@ -286,6 +312,7 @@ class _Simulator:
             sim.scores += 1
             sim.rescore_seconds += job.seconds
             return
+        self.views_running -= 1
         self.ledger.settle(job.unit, job.key)
         self.ledger.charge(job.unit[0], job.seconds, job.tokens)
         sim.prompts += 1
@@ -315,8 +342,9 @@ class _Simulator:
         self.dry = False
         self.queue = []
         self.promising = 0
-        self._push_promises()
-        now = end = start + self.sim.engine_start_seconds
+        self.views_running = 0
+        self.now, self.until = start, until
+        now = end = self.now = start + self.sim.engine_start_seconds
         width = max(1, min(self.cfg.inflight, int(self.rates.batch_requests)))
         lanes = [_Lane() for _ in range(self.cfg.workers)]
         while True:
@@ -339,6 +367,7 @@ class _Simulator:
                 end = until
                 break
             now += dt
+            self.now = now
             for lane in busy:
                 step = dt / len(lane.running)
                 ended: list[_Job] = []
@@ -363,6 +392,7 @@ class _Simulator:
         if job.promise:
             self.promising -= 1  # asked again at the next wave's start
         elif not job.score:
+            self.views_running -= 1
             self.ledger.settle(job.unit, job.key)
             self.dry = False  # gain: its view may be planned again
 
