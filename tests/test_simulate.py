@@ -258,7 +258,7 @@ def test_deadline_too_short_cuts_tasks() -> None:
     # The gain schedule does the same work in another order: a view to each test input in
     # turn (at equal prices), so the deadline cuts every task, each by one or two views. Its
     # tasks' promises are not asked: 4,000 tokens at the first view's 2 s per 1,100 (7.3 s)
-    # are more than 15% of the 19 s left.
+    # are more than 30% of the 19 s left (5.7 s).
     gain = simulate(_cfg(time_budget=31.0, schedule=ViewSchedule.GAIN), _costs(), RATES)
     assert gain.promises == 0
     assert gain.prompts == 10 and gain.lost == 1
@@ -413,7 +413,7 @@ def test_gain_orders_the_first_round_as_the_rounds_do() -> None:
 def test_only_the_gain_schedule_prices_promises() -> None:
     """One scoring request a task (its view's prompt at the prefill rate, times the scoring
     cost), in plan.json's prediction and the timeline: asked after the first small batch
-    (64 views: here all of them), as 3,000 tokens at its 2 s per 1,100 are less than 15% of
+    (64 views: here all of them), as 3,000 tokens at its 2 s per 1,100 are less than 30% of
     the time left."""
     rates = dataclasses.replace(RATES, score_cost=1.5)
     gain = simulate(_cfg(schedule=ViewSchedule.GAIN), _costs(n=3, tests=2), rates)

@@ -13,9 +13,14 @@ whose scoring prompt does not fit the context, has no promise (the schedule coun
 
 The pass is paid up front, so it runs only where it is cheap beside the time left
 (`worth_scoring`): the first views go by price alone until the run has measured its seconds
-per token, and then the pass is asked if its tokens at that rate are at most PROMISE_SHARE of
-the time left, else never. Replayed on the schedule bench, the pass asked at a budget of 10% of
-the work (about a quarter of it) cost 51 test outputs over 10 seeds; at 20% it gained 4.
+per token (one small batch), and then the pass is asked if its tokens at that rate are at most
+PROMISE_SHARE of the time left, else never. That rate is the views' (prompts and answers
+together); the pass is prefill alone, which costs less a token: about half the estimate on the
+schedule bench (CPU), less still on a GPU, where decoding is the dear part. Replayed on that
+bench, the pass asked whatever it cost lost 51 test outputs over 10 seeds at a budget of 10%
+of the work (where it was about a quarter of the budget, by the estimate a half) and gained 4
+at 20% (an eighth; by the estimate a quarter); at 15% of the time left by the estimate it was
+asked at neither.
 
 The values are appended to promise.jsonl in the run folder ({"task_id", "loglik", "seconds",
 "tokens"}; loglik null: no promise), so a resumed run does not score a task twice and
@@ -51,8 +56,9 @@ def demonstration(task: Task, fit: FitPrompt, answer_ids: AnswerIds) -> ScoreReq
     return ScoreRequest(tuple(fitted.token_ids), tuple(answer_ids(last.output)))
 
 
-# The most of the time left that the pass may cost, at the run's measured seconds per token.
-PROMISE_SHARE = 0.15
+# The most of the time left that the pass may cost, at the run's measured seconds per token
+# (an estimate about twice its cost: see the module).
+PROMISE_SHARE = 0.3
 
 
 def worth_scoring(tokens: int, seconds_per_token: float, left: float) -> bool | None:
