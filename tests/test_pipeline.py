@@ -596,12 +596,11 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     assert set(promises) == {"task0001", "task0002", "task0003"}
     assert len((out / "promise.jsonl").read_bytes().splitlines()) == 3
     assert all(s.loglik is not None and s.loglik < 0 and s.seconds > 0 for s in promises.values())
-    # A probe first: one view (an eighth of the 4 in flight, at least one), the cheapest test
-    # input's; its answer measures the rate, the pass is asked (cheap beside an hour), and
-    # the rest of the first round goes by price over promise, a test input's whole: the 3x3
-    # task, dearer and less promising, last.
-    tokens = {p.task_id: p.prompt_tokens for p in records}
-    assert records[0].task_id == min(tokens, key=lambda t: (tokens[t], t))
+    assert next(iter(promises)) == "task0001"  # the sample: fewest tokens (a tie: by task id)
+    assert promises["task0001"].tokens < promises["task0003"].tokens
+    # A sample first (one promise: an eighth of the 4 in flight, at least one), then the rest
+    # (cheap beside an hour), then the first round by price over promise, a test input's
+    # whole: the 3x3 task, dearer and less promising, last.
     first_round = [p.task_id for p in records if p.round == 1]
     assert first_round[-4:] == ["task0003"] * 4 and first_round.count("task0003") == 4
     assert weight(promises["task0003"].loglik or 0.0) < weight(promises["task0002"].loglik or 0.0)

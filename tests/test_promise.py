@@ -11,13 +11,16 @@ from hypothesis import strategies as st
 from airv.core.prompts import FittedPrompt, PromptTooLong
 from airv.core.tasks import Pair, Task
 from airv.core.types import Grid
+from airv.engines.base import ScoreRequest
 from airv.run.promise import (
     PROMISE_SHARE,
+    Promise,
     Promises,
     Scored,
     append_promises,
     demonstration,
     read_promises,
+    sample,
     weight,
     worth_scoring,
 )
@@ -54,12 +57,22 @@ def test_one_pair_or_a_prompt_too_long_has_no_request() -> None:
     assert demonstration(too_long, _fit, _answer_ids) is None
 
 
-def test_the_pass_waits_for_a_rate_and_goes_only_where_it_is_cheap() -> None:
-    assert worth_scoring(1000, 0.0, 100.0) is None  # nothing measured yet
-    share = PROMISE_SHARE * 100.0
-    assert worth_scoring(1000, share / 1000, 100.0) is True  # exactly the share
-    assert worth_scoring(1001, share / 1000, 100.0) is False
-    assert worth_scoring(0, 1.0, 0.0) is True  # nothing to score costs nothing
+def test_the_pass_goes_on_only_where_its_samples_rate_says_it_is_cheap() -> None:
+    measured = [Scored(-1.0, 0.5, 1000), Scored(None, 0.0, 0), Scored(-2.0, 1.5, 1000)]
+    share = PROMISE_SHARE * 100.0  # seconds the rest may cost of 100 left
+    # 2 s for 2,000 tokens: 1 ms a token (the scored lines without tokens do not count).
+    assert worth_scoring(int(share * 1000), measured, 100.0) is True
+    assert worth_scoring(int(share * 1000) + 1, measured, 100.0) is False
+    assert worth_scoring(10, [Scored(None, 0.0, 0)], 100.0) is None  # nothing measured
+
+
+def test_the_sample_is_the_promises_with_the_fewest_tokens() -> None:
+    def p(t: str, n: int) -> Promise:
+        return Promise(t, ScoreRequest(tuple(range(n)), (1,)))
+
+    owed = [p("c", 30), p("a", 10), p("b", 10), p("d", 5)]
+    assert [x.task_id for x in sample(owed, 3)] == ["d", "a", "b"]
+    assert [x.task_id for x in sample(owed, 0)] == ["d"]  # at least one
 
 
 @given(st.floats(-1e6, 0.0), st.floats(-1e6, 0.0))

@@ -182,11 +182,13 @@ def test_the_gain_schedule_replays_its_journal(tmp_path: Path) -> None:
     assert stops == {"agree": "settled", "never": "views"}
 
 
-def test_a_gain_runs_promises_order_its_first_round_after_a_probe(tmp_path: Path) -> None:
-    """The run's rule: one small batch first ("agree"'s first round, 8 views at 0.1 s), then,
-    as its first answer measured the seconds per token, the recorded pass at once (1 s),
-    which puts "other" ahead of "never", the task the model cannot follow. At equal prices and
-    no promises, the first round goes by unit."""
+def test_a_gain_runs_promises_are_asked_by_its_rule_and_order_its_first_round(
+    tmp_path: Path,
+) -> None:
+    """The run's rule, charged at once: a sample (the promise with the fewest tokens, one at
+    8 in flight: "agree"'s), then the rest if the sample's rate says it is cheap; the pass puts
+    "other" ahead of "never", the task the model cannot follow. At equal prices and no
+    promises, the first round goes by unit."""
     run, _, preds = _recorded(tmp_path, {"agree": 32, "never": 32, "other": 32})
     challenges = load_challenges(tmp_path / "challenges.json", strict=True)
     cfg = RunConfig(
@@ -194,27 +196,25 @@ def test_a_gain_runs_promises_order_its_first_round_after_a_probe(tmp_path: Path
         schedule=ViewSchedule.GAIN, inflight=8,
     )  # fmt: skip
     plain = replay(cfg, challenges, Recording(preds), 100.0)
-    assert [p.task_id for _, p in plain.done[:16]] == ["agree"] * 8 + ["never"] * 8
+    order = ["agree"] * 8 + ["never"] * 8
+    assert [p.task_id for _, p in plain.done[:16]] == order
 
-    def promised(tokens: int) -> Recording:
+    def promised(seconds: float) -> Recording:
         (run / "promise.jsonl").unlink(missing_ok=True)
-        append_promises(
-            run / "promise.jsonl",
-            [(t, Scored(ll, 1 / 3, tokens)) for t, ll in (("agree", 0.0), ("never", -9.0),
-                                                          ("other", 0.0))],
-        )  # fmt: skip
+        rows = [("agree", 0.0, 90), ("never", -9.0, 100), ("other", 0.0, 100)]
+        append_promises(run / "promise.jsonl", [(t, Scored(ll, seconds, n)) for t, ll, n in rows])
         return Recording.read(run / "predictions.jsonl")
 
-    cheap = replay(cfg, challenges, promised(100), 100.0)
+    cheap = replay(cfg, challenges, promised(0.5), 100.0)
     assert [p.task_id for _, p in cheap.done[:16]] == ["agree"] * 8 + ["other"] * 8
-    assert cheap.done[0][0] == pytest.approx(SECONDS)  # the probe's first answer
-    assert cheap.done[1][0] == pytest.approx(2 * SECONDS + 1.0)  # then the pass
-    # A pass that would cost more than the share of the time left (30,000 tokens at the
-    # views' 0.1 s per 55 tokens: 55 s) is never asked: the order and clock are plain's.
-    dear = replay(cfg, challenges, promised(10_000), 100.0)
-    assert [(t, p.task_id) for t, p in dear.done] == [(t, p.task_id) for t, p in plain.done]
-    # A pass that runs past the deadline ends the replay there.
-    assert len(replay(cfg, challenges, promised(1), 0.5).done) == 1
+    assert cheap.done[0][0] == pytest.approx(1.5 + SECONDS)  # the whole pass first
+    # A sample whose rate (10 s for 90 tokens) puts the rest (200 tokens) past 15% of the
+    # time left is all that is asked: "agree"'s promise alone, which changes no order here.
+    dear = replay(cfg, challenges, promised(10.0), 100.0)
+    assert [p.task_id for _, p in dear.done[:16]] == order
+    assert dear.done[0][0] == pytest.approx(10.0 + SECONDS)
+    # A sample that runs past the deadline ends the replay there.
+    assert replay(cfg, challenges, promised(10.0), 5.0).done == []
 
 
 def test_a_task_cap_stops_each_task_where_it_is_reached(

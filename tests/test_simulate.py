@@ -255,15 +255,18 @@ def test_deadline_too_short_cuts_tasks() -> None:
     assert sim.prompts == 10 and sim.lost == 1
     assert sim.cut == ["t1", "t2", "t3"] and sim.slack_seconds == 0.0
     assert sim.views_stats() == (2.5, 2)
-    # The gain schedule does the same work in another order: a view to each test input in
-    # turn (at equal prices), so the deadline cuts every task, each by one or two views. Its
-    # tasks' promises are not asked: 4,000 tokens at the first view's 2 s per 1,100 (7.3 s)
-    # are more than 30% of the 19 s left (5.7 s).
+    # The gain schedule scores the tasks' promises first (1 s each: 1,000 prompt tokens at the
+    # prefill rate; the sample, an eighth of 512 in flight, is all four), then the first
+    # round: 8 views by 30 s; the next would end at 32 s, past the deadline: lost.
     gain = simulate(_cfg(time_budget=31.0, schedule=ViewSchedule.GAIN), _costs(), RATES)
-    assert gain.promises == 0
-    assert gain.prompts == 10 and gain.lost == 1
-    assert [gain.views[(f"t{i}", 0)] for i in range(4)] == [3, 3, 2, 2]
-    assert gain.cut == ["t0", "t1", "t2", "t3"] and gain.views_stats() == (2.5, 2)
+    assert (gain.promises, gain.promise_seconds) == (4, pytest.approx(4.0))
+    assert gain.prompts == 8 and gain.lost == 1
+    assert [gain.views[(f"t{i}", 0)] for i in range(4)] == [2, 2, 2, 2]
+    assert gain.cut == ["t0", "t1", "t2", "t3"] and gain.views_stats() == (2.0, 2)
+    # With 8 in flight the sample is one promise (1 s), and the other three (3 s) are more
+    # than 15% of the 14 s left at 25 s: not asked; the first round as the rounds have it.
+    gain = simulate(_cfg(time_budget=25.0, schedule=ViewSchedule.GAIN, inflight=8), _costs(), RATES)
+    assert (gain.promises, gain.prompts) == (1, 7)
 
 
 def test_the_schedule_is_reported() -> None:
@@ -404,17 +407,19 @@ def test_gain_orders_the_first_round_as_the_rounds_do() -> None:
     tasks get any: spread over every test input, a tight budget's first views were too few
     for any vote (the replayed schedule bench: 18 test outputs behind over 10 seeds at 20%
     of the work)."""
-    cfg = _cfg(time_budget=15.0)  # 10 s start-up, then 2 views of 2 s
+    cfg = _cfg(time_budget=15.0, inflight=8)  # 10 s start-up, then 2 views of 2 s
     uniform = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.UNIFORM), _costs(), RATES)
-    gain = simulate(dataclasses.replace(cfg, schedule=ViewSchedule.GAIN), _costs(), RATES)
+    # Gain samples one task's promise first (1 s more); the rest, 3 s, is not asked.
+    cfg = dataclasses.replace(cfg, time_budget=16.0, schedule=ViewSchedule.GAIN)
+    gain = simulate(cfg, _costs(), RATES)
+    assert gain.promises == 1
     assert list(uniform.views.values()) == list(gain.views.values()) == [2, 0, 0, 0]
 
 
 def test_only_the_gain_schedule_prices_promises() -> None:
     """One scoring request a task (its view's prompt at the prefill rate, times the scoring
-    cost), in plan.json's prediction and the timeline: asked after the first small batch
-    (64 views: here all of them), as 3,000 tokens at its 2 s per 1,100 are less than 30% of
-    the time left."""
+    cost), in plan.json's prediction and the timeline: a sample (1.5 s) and then the rest, as
+    2,000 tokens at its rate are less than 15% of the time left."""
     rates = dataclasses.replace(RATES, score_cost=1.5)
     gain = simulate(_cfg(schedule=ViewSchedule.GAIN), _costs(n=3, tests=2), rates)
     assert gain.to_json()["predicted_promises"] == 3

@@ -30,7 +30,7 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.engines import Engines
 from airv.run.ledger import Ledger
-from airv.run.promise import PROMISE_SHARE, Promise, Promises, worth_scoring
+from airv.run.promise import PROMISE_SHARE, Promise, Promises, sample, worth_scoring
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.rounds import Rounds, View
@@ -94,7 +94,7 @@ class Feed:
         self._evidence: dict[Unit, Evidence] = {}  # counted when its predictions last changed
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
         self._promising: set[TaskId] = set()  # promise requests queued or in flight
-        self._promised: bool | None = None  # whether the pass is asked (None: not decided)
+        self._promised: bool | None = None  # whether the whole pass is asked (None: undecided)
         self.rounds: Rounds
         self.engines: Engines[Payload]
         self.adapters: Adapters
@@ -191,12 +191,6 @@ class Feed:
         if self._promising:  # the first round's order waits for the promises
             return pushed
         room = pool.capacity - len(self.engines.queue)
-        if self._promised is None and self.cfg.schedule is ViewSchedule.GAIN:
-            # The pass waits for a measured rate: one small batch first, the least a gain
-            # refill plans, and nothing more until it is answered.
-            if self.engines.queued() or not all(p.idle() for p in self.engines.pools()):
-                return pushed
-            room = min(room, max(1, self.cfg.inflight // 8))
         if room > 0 or final:
             t0 = time.perf_counter()
             pushed = self.rounds.refill(max(room, 0), votes, final=final)
@@ -263,31 +257,37 @@ class Feed:
         return n
 
     def push_promises(self) -> int:
-        """Under --schedule gain: each planned task's promise (airv.run.promise) not yet
-        scored, first in the queue, on the base model; once the run's seconds per token are
-        measured (by a first small batch, `refill`), and only if the pass is cheap beside the
-        time left (decided once)."""
+        """Under --schedule gain: the tasks' promises (airv.run.promise), first in the queue,
+        on the base model: a sample first, the rest only if its measured rate says the pass is
+        cheap beside the time left (decided once)."""
         if self.cfg.schedule is not ViewSchedule.GAIN or self._promised is False:
             return 0
         todo = (t for t in self.task_ids if t not in self.failed)
         owed = self.promises.owed(todo, self._promising)
-        if self._promised is None and not owed:
-            self._promised = True  # nothing to ask: every promise is known (a resumed run)
-        elif self._promised is None:
-            tokens = sum(p.tokens for p in owed)
-            left = self.clock.left()
-            self._promised = worth_scoring(tokens, self.seconds_per_token(), left)
-            if self._promised is None:
-                return 0
-            if not self._promised:
+        if not owed:
+            if not self._promising:
+                self._promised = True  # every promise is known (a resumed run)
+            return 0
+        if self._promised is None:
+            if self._promising:
+                return 0  # the sample is on its way
+            verdict = worth_scoring(
+                sum(p.tokens for p in owed), self.promises.scored.values(), self.clock.left()
+            )
+            if verdict is None:  # nothing measured: the sample first
+                owed = sample(owed, self.cfg.inflight // 8)
+            elif not verdict:
+                self._promised = False
                 log.info(
-                    "the tasks' promises (%d tokens) would cost more than %.0f%% of the %s "
-                    "left: the first round goes by price alone",
-                    tokens,
+                    "the rest of the tasks' promises (%d tokens) would cost more than %.0f%% "
+                    "of the %s left: the first round goes by price alone",
+                    sum(p.tokens for p in owed),
                     100 * PROMISE_SHARE,
-                    format_duration(left),
+                    format_duration(self.clock.left()),
                 )
                 return 0
+            else:
+                self._promised = True
         for p in owed:
             self._promising.add(p.task_id)
             self.engines.queue.push(p.request, p, (0, -1, next(self._seq)))

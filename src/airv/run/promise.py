@@ -11,16 +11,12 @@ inputs some recorded view answers right from those none does with an AUC of 0.94
 pass cost about 0.55 of each test input's first view. A task with a single train pair, or
 whose scoring prompt does not fit the context, has no promise (the schedule counts it as 1).
 
-The pass is paid up front, so it runs only where it is cheap beside the time left
-(`worth_scoring`): the first views go by price alone until the run has measured its seconds
-per token (one small batch), and then the pass is asked if its tokens at that rate are at most
-PROMISE_SHARE of the time left, else never. That rate is the views' (prompts and answers
-together); the pass is prefill alone, which costs less a token: about half the estimate on the
-schedule bench (CPU), less still on a GPU, where decoding is the dear part. Replayed on that
-bench, the pass asked whatever it cost lost 51 test outputs over 10 seeds at a budget of 10%
-of the work (where it was about a quarter of the budget, by the estimate a half) and gained 4
-at 20% (an eighth; by the estimate a quarter); at 15% of the time left by the estimate it was
-asked at neither.
+The pass is paid up front, so it runs only where it is cheap beside the time left: a sample
+goes first (the promises of the `k` tasks with the fewest tokens, `sample`), which measures
+what scoring costs a token here, and the rest is asked if its tokens at that rate are at most
+PROMISE_SHARE of the time left, else never (`worth_scoring`). Replayed on the schedule bench,
+the pass asked whatever it cost lost 51 test outputs over 10 seeds at a budget of 10% of the
+work, where it was about a quarter of the budget, and gained 4 at 20%, where it was an eighth.
 
 The values are appended to promise.jsonl in the run folder ({"task_id", "loglik", "seconds",
 "tokens"}; loglik null: no promise), so a resumed run does not score a task twice and
@@ -29,7 +25,7 @@ The values are appended to promise.jsonl in the run folder ({"task_id", "loglik"
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,17 +52,24 @@ def demonstration(task: Task, fit: FitPrompt, answer_ids: AnswerIds) -> ScoreReq
     return ScoreRequest(tuple(fitted.token_ids), tuple(answer_ids(last.output)))
 
 
-# The most of the time left that the pass may cost, at the run's measured seconds per token
-# (an estimate about twice its cost: see the module).
-PROMISE_SHARE = 0.3
+# The most of the time left that the pass may cost, at the rate its sample measured.
+PROMISE_SHARE = 0.15
 
 
-def worth_scoring(tokens: int, seconds_per_token: float, left: float) -> bool | None:
-    """Whether a pass of `tokens` is cheap enough to ask (see the module); None until the
-    seconds per token are measured."""
-    if seconds_per_token <= 0:
+def sample(owed: Sequence[Promise], k: int) -> list[Promise]:
+    """The `k` promises with the fewest tokens: the pass's first, cheapest part, which
+    measures its rate."""
+    return sorted(owed, key=lambda p: (p.tokens, p.task_id))[: max(1, k)]
+
+
+def worth_scoring(tokens: int, measured: Iterable[Scored], left: float) -> bool | None:
+    """Whether scoring `tokens` more is cheap enough beside `left` seconds, at the rate of the
+    promises already `measured` (None: none measured yet)."""
+    scored = [s for s in measured if s.tokens > 0 and s.seconds > 0]
+    if not scored:
         return None
-    return tokens * seconds_per_token <= PROMISE_SHARE * left
+    rate = sum(s.seconds for s in scored) / sum(s.tokens for s in scored)
+    return tokens * rate <= PROMISE_SHARE * left
 
 
 def weight(loglik: float) -> float:

@@ -15,10 +15,10 @@ view (`substituted`), and a view past the test input's recorded ones has no answ
 search that finds nothing: `unanswered`). Record with `--settle-margin 0` and no deadline, at
 the most views you will replay, and every view is there.
 
-A gain run's promises (promise.jsonl beside its log, airv.run.promise) are asked by the run's
-rule, once the first answer has measured the seconds per token, charged at once at their
-recorded seconds, and order the rest of the first round as they did; a recording without them
-(a uniform run's) replays the gain schedule's first round by price alone.
+A gain run's promises (promise.jsonl beside its log, airv.run.promise) are asked first by the
+run's rule (a sample, then the rest if the sample's rate says it is cheap), charged at once at
+their recorded seconds, and order the first round as they did; a recording without them (a
+uniform run's) replays the gain schedule's first round by price alone.
 
 The engine is one lane that ends its views one after another in queue order, each after its
 recorded seconds: answers come back one at a time (a batch returns many together), and votes
@@ -173,7 +173,8 @@ class _Replay:
         self._seq = itertools.count()
         self._sizes: dict[Unit, FittedPrompt] = {}
         self.pass_asked: bool | None = None  # gain: the recorded promises asked (run's rule)
-        self._pass: list[Scored] | None = None
+        self._pass: list[tuple[TaskId, Scored]] | None = None
+        self._known: set[TaskId] = set()  # tasks whose recorded promise the replay asked
         board = Board(
             self.units,
             closed=self._closed,
@@ -211,28 +212,35 @@ class _Replay:
         return self.spent / max(1, self.tokens)
 
     def promise(self, task_id: TaskId) -> float | None:
-        s = self.recording.promises.get(task_id) if self.pass_asked else None
+        s = self.recording.promises.get(task_id) if task_id in self._known else None
         return None if s is None or s.loglik is None else weight(s.loglik)
 
-    def _promised(self) -> list[Scored]:
+    def _promised(self) -> list[tuple[TaskId, Scored]]:
         """The recorded promises a gain replay may ask (none under uniform)."""
         if self._pass is None:
             tasks = {u[0] for u in self.units}
             gain = self.cfg.schedule is ViewSchedule.GAIN
-            self._pass = [s for t, s in self.recording.promises.items() if gain and t in tasks]
+            self._pass = [(t, s) for t, s in self.recording.promises.items() if gain and t in tasks]
         return self._pass
 
     def _ask_promises(self, deadline: float) -> bool:
-        """The gain run's rule (airv.run.promise.worth_scoring), once the seconds per token
-        are measured: the recorded pass, charged at once, or never. False: its seconds ran
-        past the deadline."""
+        """The gain run's rule (airv.run.promise), charged at once at the recorded seconds:
+        a sample (the fewest tokens), then the rest if its rate says the pass is cheap
+        beside the time left, else nothing more. False: the pass ran past the deadline."""
         promised = self._promised()
         if self.pass_asked is not None or not promised:
             return True
-        tokens = sum(s.tokens for s in promised)
-        self.pass_asked = worth_scoring(tokens, self._spt(), deadline - self.now)
+        by_tokens = sorted(promised, key=lambda ts: (ts[1].tokens, ts[0]))
+        k = max(1, self.cfg.inflight // 8)
+        first, rest = by_tokens[:k], by_tokens[k:]
+        self.now += math.fsum(s.seconds for _, s in first)
+        self._known = {t for t, _ in first}
+        tokens = sum(s.tokens for _, s in rest)
+        verdict = worth_scoring(tokens, [s for _, s in first], deadline - self.now)
+        self.pass_asked = verdict is not False  # None: no tokens recorded, asked
         if self.pass_asked:
-            self.now += math.fsum(s.seconds for s in promised)
+            self.now += math.fsum(s.seconds for _, s in rest)
+            self._known |= {t for t, _ in rest}
         return self.now <= deadline
 
     def _closed(self, task_id: TaskId) -> bool:
@@ -289,9 +297,6 @@ class _Replay:
                 out.stopped_by = "deadline"
                 return out
             room = self.cfg.inflight - len(self.queue)
-            if self.pass_asked is None and self._promised():  # the run's probe batch
-                probe = max(1, self.cfg.inflight // 8)
-                room = 0 if self.queue or self.engine else min(room, probe)
             if room > 0:
                 self.planner.refill(room, out.votes)
             self._feed()

@@ -49,7 +49,7 @@ from airv.core.types import TaskId, Unit
 from airv.run.config import RunConfig
 from airv.run.costs import Costs, UnitCost, mean_prompt_tokens
 from airv.run.ledger import Ledger
-from airv.run.promise import worth_scoring
+from airv.run.promise import Scored, worth_scoring
 from airv.run.rates import Rates
 from airv.run.rounds import Rounds
 from airv.run.schedule import Evidence, Open, ViewSchedule, best
@@ -108,7 +108,7 @@ class _Simulator:
         self.promised: set[TaskId] = set()  # gain: tasks whose promise was scored
         self.promising = 0  # gain: promise requests queued or in flight
         self.pass_asked: bool | None = None  # gain: the pass's verdict (worth_scoring)
-        self.views_running = 0  # generation requests popped and not yet ended or lost
+        self.measured: list[Scored] = []  # gain: the promises scored, for the pass's rate
         self.now = 0.0  # the clock, for the pass's verdict
         self.until = 0.0
         self.seq = itertools.count()
@@ -193,10 +193,10 @@ class _Simulator:
             self.ledger.owe(unit, job.key, tokens)
             self.generation_queued += 1
 
-    def _plan_gain(self, tasks: Sequence[TaskId], room: int | None = None) -> int:
-        """Up to `room` views (default `inflight` x `workers`, what the run keeps planned
-        ahead), those short of the first round first, then best gain per second
-        (airv.run.schedule.best), queued in pick order. Votes are unknown on paper: a test
+    def _plan_gain(self, tasks: Sequence[TaskId]) -> int:
+        """Up to `inflight` x `workers` views (what the run keeps planned ahead), those short
+        of the first round first, then best gain per second (airv.run.schedule.best), queued
+        in pick order. Votes are unknown on paper: a test
         input's evidence is its views so far, every answer distinct (none settles). Returns
         the views queued."""
         target = self.sim.target_views
@@ -212,7 +212,7 @@ class _Simulator:
                 floor = self.cfg.first_round - n - k
                 price = self._view_seconds(self.units[unit]) * lora
                 candidates[unit] = Open(ev, price, target - n - k, floor)
-        picks = best(candidates, room or self.cfg.inflight * self.cfg.workers)
+        picks = best(candidates, self.cfg.inflight * self.cfg.workers)
         for pick in picks:
             u = self.units[pick.unit]
             tokens = math.ceil(u.prompt_tokens + self.cfg.sampling.n * u.answer_tokens)
@@ -241,25 +241,28 @@ class _Simulator:
             heapq.heappush(self.queue, job)
 
     def _push_promises(self) -> None:
-        """Gain: every task's promise not yet scored, ahead of all else (airv.run.promise),
-        once the seconds per token are measured and if the pass is cheap beside the time
-        left (the run's rule, decided once)."""
+        """Gain: the tasks' promises, ahead of all else, by the run's rule (airv.run.promise):
+        a sample first, the rest only if its rate says the pass is cheap beside the time
+        left."""
         if self.cfg.schedule is not ViewSchedule.GAIN or self.pass_asked is False:
             return
         owed = [t for t in self.task_ids if t not in self.promised]
-        if self.pass_asked is None and not owed:
+        if not owed:
             self.pass_asked = True
-        elif self.pass_asked is None:
-            units = [self.units[self.by_task[t][0]] for t in owed]
-            tokens = math.ceil(sum(u.prompt_tokens for u in units))
-            left = self.until - self.now
-            self.pass_asked = worth_scoring(tokens, self._seconds_per_token(), left)
-            if not self.pass_asked:
-                return
+            return
+        tokens = {t: math.ceil(self.units[self.by_task[t][0]].prompt_tokens) for t in owed}
+        if self.pass_asked is None:
+            verdict = worth_scoring(sum(tokens.values()), self.measured, self.until - self.now)
+            if verdict is None:  # the sample: the tasks with the fewest tokens
+                owed = sorted(owed, key=lambda t: (tokens[t], t))[: max(1, self.cfg.inflight // 8)]
+            else:
+                self.pass_asked = verdict
+                if not verdict:
+                    return
         for task_id in owed:
             unit = self.by_task[task_id][0]
             seconds = self._promise_seconds(self.units[unit])
-            job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, 0,
+            job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, tokens[task_id],
                        score=True, promise=True)  # fmt: skip
             heapq.heappush(self.queue, job)
             self.promising += 1
@@ -272,16 +275,8 @@ class _Simulator:
             if self.cfg.schedule is ViewSchedule.GAIN:
                 if not self.promising:
                     self._push_promises()
-                # Before the pass's verdict, one small batch at a time (the run's probe).
-                probing = self.pass_asked is None
-                if (
-                    not self.generation_queued
-                    and not self.dry
-                    and not self.promising
-                    and not (probing and self.views_running)
-                ):
-                    room = max(1, self.cfg.inflight // 8) if probing else None
-                    self.dry = not self._plan_gain(tasks, room)
+                if not self.generation_queued and not self.dry and not self.promising:
+                    self.dry = not self._plan_gain(tasks)
                     continue
             elif not self.generation_queued and self.rounds.planned < self.rounds.last:
                 self.rounds.planned += 1
@@ -297,7 +292,6 @@ class _Simulator:
             if task_id in self.ledger.cut or self.ledger.capped(task_id):
                 self.ledger.settle(job.unit, job.key)
                 continue
-            self.views_running += 1
             return job
 
     def _done(self, job: _Job) -> None:
@@ -305,6 +299,7 @@ class _Simulator:
         if job.promise:
             self.promising -= 1
             self.promised.add(job.unit[0])
+            self.measured.append(Scored(0.0, job.seconds, job.tokens))
             sim.promises += 1
             sim.promise_seconds += job.seconds
             return
@@ -312,7 +307,6 @@ class _Simulator:
             sim.scores += 1
             sim.rescore_seconds += job.seconds
             return
-        self.views_running -= 1
         self.ledger.settle(job.unit, job.key)
         self.ledger.charge(job.unit[0], job.seconds, job.tokens)
         sim.prompts += 1
@@ -342,7 +336,6 @@ class _Simulator:
         self.dry = False
         self.queue = []
         self.promising = 0
-        self.views_running = 0
         self.now, self.until = start, until
         now = end = self.now = start + self.sim.engine_start_seconds
         width = max(1, min(self.cfg.inflight, int(self.rates.batch_requests)))
@@ -392,7 +385,6 @@ class _Simulator:
         if job.promise:
             self.promising -= 1  # asked again at the next wave's start
         elif not job.score:
-            self.views_running -= 1
             self.ledger.settle(job.unit, job.key)
             self.dry = False  # gain: its view may be planned again
 
