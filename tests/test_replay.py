@@ -208,7 +208,7 @@ def test_a_gain_runs_promises_are_asked_by_its_rule_and_order_its_first_round(
     cheap = replay(cfg, challenges, promised(0.5), 100.0)
     assert [p.task_id for _, p in cheap.done[:16]] == ["agree"] * 8 + ["other"] * 8
     assert cheap.done[0][0] == pytest.approx(1.5 + SECONDS)  # the whole pass first
-    # A sample whose rate (10 s for 90 tokens) puts the rest (200 tokens) past 15% of the
+    # A sample whose rate (10 s for 90 tokens) puts the rest (200 tokens) past 10% of the
     # time left is all that is asked: "agree"'s promise alone, which changes no order here.
     dear = replay(cfg, challenges, promised(10.0), 100.0)
     assert [p.task_id for _, p in dear.done[:16]] == order

@@ -264,7 +264,7 @@ def test_deadline_too_short_cuts_tasks() -> None:
     assert [gain.views[(f"t{i}", 0)] for i in range(4)] == [2, 2, 2, 2]
     assert gain.cut == ["t0", "t1", "t2", "t3"] and gain.views_stats() == (2.0, 2)
     # With 8 in flight the sample is one promise (1 s), and the other three (3 s) are more
-    # than 15% of the 14 s left at 25 s: not asked; the first round as the rounds have it.
+    # than 10% of the 14 s left at 25 s: not asked; the first round as the rounds have it.
     gain = simulate(_cfg(time_budget=25.0, schedule=ViewSchedule.GAIN, inflight=8), _costs(), RATES)
     assert (gain.promises, gain.prompts) == (1, 7)
 
@@ -419,7 +419,7 @@ def test_gain_orders_the_first_round_as_the_rounds_do() -> None:
 def test_only_the_gain_schedule_prices_promises() -> None:
     """One scoring request a task (its view's prompt at the prefill rate, times the scoring
     cost), in plan.json's prediction and the timeline: a sample (1.5 s) and then the rest, as
-    2,000 tokens at its rate are less than 15% of the time left."""
+    2,000 tokens at its rate are less than 10% of the time left."""
     rates = dataclasses.replace(RATES, score_cost=1.5)
     gain = simulate(_cfg(schedule=ViewSchedule.GAIN), _costs(n=3, tests=2), rates)
     assert gain.to_json()["predicted_promises"] == 3

@@ -53,7 +53,7 @@ def demonstration(task: Task, fit: FitPrompt, answer_ids: AnswerIds) -> ScoreReq
 
 
 # The most of the time left that the pass may cost, at the rate its sample measured.
-PROMISE_SHARE = 0.15
+PROMISE_SHARE = 0.1
 
 
 def sample(owed: Sequence[Promise], k: int) -> list[Promise]:
