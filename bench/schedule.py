@@ -1,7 +1,7 @@
 """The gain schedule against uniform rounds at a tight, equal budget, with the demo model. Part
 of `make bench` (never a timed test).
 
-    python -m bench.schedule [--shares 0.3 0.5] [--seeds 0 1 2] [--out bench/schedule.md]
+    python -m bench.schedule [--shares 0.2 0.3 0.5] [--seeds 0 1 2] [--out bench/schedule.md]
 
 The set mixes the easy synthetic tasks the demo model solves (its easy corner, held out), the
 20 smallest ARC-AGI-1 evaluation tasks (it solves none) and the ARC-AGI-1 training tasks in its
@@ -168,7 +168,7 @@ def run_once(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--shares", type=float, nargs="+", default=[0.3, 0.5],
+        "--shares", type=float, nargs="+", default=[0.2, 0.3, 0.5],
         help="budgets, as shares of the whole work's seconds",
     )  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -2,7 +2,7 @@
 demo model gave: the same comparison as `bench.schedule` without the machine's timing noise,
 over more seeds. Part of `make bench` (never a timed test).
 
-    python -m bench.schedule_replay [--shares 0.2 0.3 0.5 0.7] [--seeds 0 ... 9]
+    python -m bench.schedule_replay [--shares 0.1 0.15 0.2 0.3 0.5 0.7] [--seeds 0 ... 9]
                                     [--recordings DIR] [--out bench/schedule-replay.md]
 
 On the schedule bench, the same seed and budget gave the uniform rounds 22 and then 25 test
@@ -181,7 +181,7 @@ def check_against_real_runs(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--shares", type=float, nargs="+", default=[0.2, 0.3, 0.5, 0.7],
+        "--shares", type=float, nargs="+", default=[0.1, 0.15, 0.2, 0.3, 0.5, 0.7],
         help="budgets, as shares of the whole work's replayed seconds",
     )  # fmt: skip
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))

@@ -187,8 +187,8 @@ def test_a_gain_runs_promises_are_asked_by_its_rule_and_order_its_first_round(
 ) -> None:
     """The run's rule, charged at once: a sample (the promise with the fewest tokens, one at
     8 in flight: "agree"'s), then the rest if the sample's rate says it is cheap; the pass puts
-    "other" ahead of "never", the task the model cannot follow. At equal prices and no
-    promises, the first round goes by unit."""
+    "other", the task the model follows, ahead of the two it cannot. At equal prices and no
+    promises, the first round goes by unit; so it does after a sample alone."""
     run, _, preds = _recorded(tmp_path, {"agree": 32, "never": 32, "other": 32})
     challenges = load_challenges(tmp_path / "challenges.json", strict=True)
     cfg = RunConfig(
@@ -201,15 +201,16 @@ def test_a_gain_runs_promises_are_asked_by_its_rule_and_order_its_first_round(
 
     def promised(seconds: float) -> Recording:
         (run / "promise.jsonl").unlink(missing_ok=True)
-        rows = [("agree", 0.0, 90), ("never", -9.0, 100), ("other", 0.0, 100)]
+        rows = [("agree", -9.0, 90), ("never", -9.0, 100), ("other", 0.0, 100)]
         append_promises(run / "promise.jsonl", [(t, Scored(ll, seconds, n)) for t, ll, n in rows])
         return Recording.read(run / "predictions.jsonl")
 
     cheap = replay(cfg, challenges, promised(0.5), 100.0)
-    assert [p.task_id for _, p in cheap.done[:16]] == ["agree"] * 8 + ["other"] * 8
+    assert [p.task_id for _, p in cheap.done[:16]] == ["other"] * 8 + ["agree"] * 8
     assert cheap.done[0][0] == pytest.approx(1.5 + SECONDS)  # the whole pass first
     # A sample whose rate (10 s for 90 tokens) puts the rest (200 tokens) past 10% of the
-    # time left is all that is asked: "agree"'s promise alone, which changes no order here.
+    # time left is all that is asked: "agree"'s promise alone, which orders nothing (known
+    # against the others' unknown, it would put "agree" last).
     dear = replay(cfg, challenges, promised(10.0), 100.0)
     assert [p.task_id for _, p in dear.done[:16]] == order
     assert dear.done[0][0] == pytest.approx(10.0 + SECONDS)

@@ -117,6 +117,12 @@ class Feed:
             or self.ledger.capped(task_id, self.seconds_per_token())
         )
 
+    def promise(self, task_id: TaskId) -> float | None:
+        """The task's promise once the whole pass was asked and it is in (a sample alone
+        orders nothing: its tasks' promises against the others' unknown would push them
+        back)."""
+        return self.promises.of(task_id) if self._promised else None
+
     def have(self, unit: Unit) -> set[str]:
         return self.recorder.asked(unit) | self.ledger.owed(unit)
 

@@ -149,7 +149,7 @@ class Run:
                 lambda t: task_stop(t, self.failed, self.ledger),
                 held=self.adapters.held,
                 elapsed=self.clock.elapsed,
-                promise=feed.promises.of,
+                promise=feed.promise,
             ),
             self.journal,
         )

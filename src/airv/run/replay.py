@@ -234,13 +234,12 @@ class _Replay:
         k = max(1, self.cfg.inflight // 8)
         first, rest = by_tokens[:k], by_tokens[k:]
         self.now += math.fsum(s.seconds for _, s in first)
-        self._known = {t for t, _ in first}
         tokens = sum(s.tokens for _, s in rest)
         verdict = worth_scoring(tokens, [s for _, s in first], deadline - self.now)
         self.pass_asked = verdict is not False  # None: no tokens recorded, asked
-        if self.pass_asked:
+        if self.pass_asked:  # a sample alone orders nothing (Feed.promise)
             self.now += math.fsum(s.seconds for _, s in rest)
-            self._known |= {t for t, _ in rest}
+            self._known = {t for t, _ in promised}
         return self.now <= deadline
 
     def _closed(self, task_id: TaskId) -> bool:
