@@ -85,10 +85,9 @@ class Run:
         ]
         self.task_cap_s = cfg.task_cap(len(self.task_ids))
         self.prompter = Prompter(cfg)
+        fit, answer_ids = self.prompter.fit, self.prompter.answer_ids
         self.ledger = Ledger(self.task_cap_s, cfg.task_cap_tokens)
-        self.rescorer = Rescorer(
-            cfg, self.challenges.tasks, self.prompter.fit, self.prompter.answer_ids
-        )
+        self.rescorer = Rescorer(cfg, self.challenges.tasks, fit, answer_ids)
         self.recorder = Recorder(
             cfg, self.challenges, self.summary, self.ledger, self.rescorer, self.clock
         )
@@ -100,9 +99,7 @@ class Run:
             self.ledger,
             self.recorder,
             self.rescorer,
-            Promises(
-                cfg.promise_path, self.challenges.tasks, self.prompter.fit, self.prompter.answer_ids
-            ),
+            Promises(cfg.promise_path, self.challenges.tasks, fit, answer_ids),
             self.summary,
             task_ids=self.task_ids,
             task_cap_s=self.task_cap_s,
@@ -141,7 +138,7 @@ class Run:
         self.rounds = planner(
             cfg,
             self.challenges.tasks,
-            self.prompter.fit,
+            fit,
             board,
             Ledgers(
                 feed.evidence,

@@ -41,14 +41,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from airv.adapt.config import SAVE_MARGIN, TTTMode
-from airv.adapt.waves import wave_size, waves
 from airv.core.prompts import FittedPrompt
 from airv.core.tasks import Task
 from airv.core.types import TaskId, Unit
 from airv.run.config import RunConfig
-from airv.run.costs import Costs, UnitCost, mean_prompt_tokens
+from airv.run.costs import Costs, UnitCost
 from airv.run.ledger import Ledger
+from airv.run.paper_waves import WavesOnPaper
 from airv.run.promise import Scored, worth_scoring
 from airv.run.rates import Rates
 from airv.run.rounds import Rounds
@@ -76,7 +75,7 @@ class _Lane:
     mark: float = 0.0
 
 
-class _Simulator:
+class _Simulator(WavesOnPaper):
     def __init__(self, cfg: RunConfig, costs: Costs, rates: Rates, adapter_bytes: int | None):
         self.cfg, self.rates = cfg, rates
         self.units = {(u.task_id, u.test_index): u for u in costs.units}
@@ -151,13 +150,6 @@ class _Simulator:
         )
         r = self.rates
         return r.lora_cost + (k - 1) * r.lora_cost_per_adapter if k else 1.0
-
-    def _ttt_seconds(self, tasks: Sequence[TaskId]) -> float:
-        """One adapter's training on `tasks`, at their prompts' mean length."""
-        tokens = mean_prompt_tokens(self.units[u] for t in tasks for u in self.by_task[t])
-        seconds = self.rates.ttt_seconds(self.cfg.ttt.steps, tokens)
-        assert seconds is not None
-        return seconds
 
     def _seconds_per_token(self) -> float:
         spent = [self.ledger.spent(t) for t in self.task_ids]
@@ -388,44 +380,6 @@ class _Simulator:
             self.ledger.settle(job.unit, job.key)
             self.dry = False  # gain: its view may be planned again
 
-    def train(
-        self, tasks: Sequence[TaskId], start: float, stage_end: float
-    ) -> tuple[float, int, int, int]:
-        """The wave's adapters, on one process per GPU pulling from one queue, each within the
-        TTT task cap (its fair share of the stage) and the stage's end. Returns the stage's end
-        on the clock and the adapters trained in full, in part, and not at all."""
-        ttt, workers = self.cfg.ttt, self.cfg.workers
-        joint = ttt.mode is TTTMode.JOINT
-        n = 1 if joint else len(tasks)
-        seconds_of = [self._ttt_seconds(tasks if joint else [t]) for t in tasks[:n]]
-        left = stage_end - start
-        if left <= 0:
-            return start, 0, 0, n
-        cap = ttt.adapter_cap(left, n, workers)
-        # Each adapter stops in time to be saved before the stage's end, as the stage stops
-        # it; the stage ends when its last adapter does (the engine starts then).
-        train_end = stage_end - SAVE_MARGIN
-        # Each process starts (its imports, the model) before its first adapter.
-        processes = 1 if joint else workers
-        begin = min(start + self.rates.ttt_stage_start_seconds, stage_end)
-        self.sim.ttt_seconds += (begin - start) * processes
-        lanes = [begin] * processes
-        full = partial = none = 0
-        for i in range(n):
-            k = lanes.index(min(lanes))
-            t = lanes[k]
-            if t >= train_end:
-                none += 1
-                continue
-            whole = seconds_of[i]
-            seconds = min(whole, cap, train_end - t)
-            full += seconds >= whole
-            partial += seconds < whole
-            self.adapted |= set(tasks) if joint else {tasks[i]}
-            self.sim.ttt_seconds += seconds
-            lanes[k] = t + seconds
-        return max(lanes), full, partial, none
-
     def run(self) -> Simulation:
         cfg, sim = self.cfg, self.sim
         if not self.task_ids:
@@ -437,39 +391,6 @@ class _Simulator:
             self._waves()
         self._close()
         return sim
-
-    def _waves(self) -> None:
-        """airv.run.adapting's split, on the virtual clock."""
-        cfg, sim, ttt = self.cfg, self.sim, self.cfg.ttt
-        size = wave_size(sim.adapter_bytes or 0, cfg.scratch_limit, ttt)
-        todo = list(self.task_ids)
-        n_tasks = len(todo)
-        stage_seconds = cfg.stage_seconds
-        now = start = 0.0
-        for wave in waves(todo, size):
-            if now >= sim.deadline:
-                break
-            todo = todo[len(wave) :]
-            stage_end = min(sim.deadline, start + stage_seconds * len(wave) / n_tasks)
-            trained, full, partial, none = self.train(wave, now, stage_end)
-            wave_start, now = now, trained
-            if now >= sim.deadline:
-                sim.waves.append(Wave(len(wave), wave_start, now - wave_start, now, 0.0, now,
-                                      full, partial, none))  # fmt: skip
-                break
-            until = sim.deadline
-            if todo:
-                owed = stage_seconds * len(todo) / n_tasks
-                share = len(wave) / (len(wave) + len(todo))
-                until = now + max(0.0, sim.deadline - now - owed) * share
-            engine_start = now
-            now = self.answer(wave, now, until)
-            sim.end = now
-            sim.waves.append(Wave(len(wave), wave_start, trained - wave_start, engine_start,
-                                  now - engine_start, now, full, partial, none))  # fmt: skip
-            if todo:
-                now += self.rates.engine_stop_seconds
-            start = now
 
     def _close(self) -> None:
         sim = self.sim
