@@ -10,9 +10,10 @@ schedule (`--schedule`): the round planner's targets (airv.run.rounds.Rounds), o
 planner's picks (airv.run.schedule.best, `inflight` x `workers` views planned ahead); the
 ledger's per-task caps (airv.run.ledger.Ledger); and `workers` lanes, one per GPU, pulling
 from one queue, best first: re-scoring ahead of generation, then by round, cheapest task
-first (gain: each task's promise first, as one scoring request of its view's prompt, and
-nothing planned until they are in; then in pick order, by price alone, as no promise is known
-on paper). A request's seconds are its prompt tokens at the prefill rate plus
+first (gain: the tasks' promises first by the run's rule, a sample and then the rest if cheap
+(airv.run.promise), each one scoring request of its view's prompt, and no view planned until
+those asked are in; then in pick order, by price alone, as no promise's value is known on
+paper). A request's seconds are its prompt tokens at the prefill rate plus
 its answer tokens at the decode rate (times the search's cost for DFS); a scoring request's,
 its tokens at the prefill rate times the scoring cost; with adapters in the batch, times
 LoRA's cost. Each engine runs up to its batch of requests together (the rates'
