@@ -11,10 +11,8 @@ from hypothesis import strategies as st
 from airv.core.prompts import FittedPrompt, PromptTooLong
 from airv.core.tasks import Pair, Task
 from airv.core.types import Grid
-from airv.engines.base import ScoreRequest
 from airv.run.promise import (
     PROMISE_SHARE,
-    Promise,
     Promises,
     Scored,
     append_promises,
@@ -66,13 +64,11 @@ def test_the_pass_goes_on_only_where_its_samples_rate_says_it_is_cheap() -> None
     assert worth_scoring(10, [Scored(None, 0.0, 0)], 100.0) is None  # nothing measured
 
 
-def test_the_sample_is_the_promises_with_the_fewest_tokens() -> None:
-    def p(t: str, n: int) -> Promise:
-        return Promise(t, ScoreRequest(tuple(range(n)), (1,)))
-
-    owed = [p("c", 30), p("a", 10), p("b", 10), p("d", 5)]
-    assert [x.task_id for x in sample(owed, 3)] == ["d", "a", "b"]
-    assert [x.task_id for x in sample(owed, 0)] == ["d"]  # at least one
+def test_the_sample_is_an_eighth_of_the_prompts_in_flight_with_the_fewest_tokens() -> None:
+    tokens = {"c": 30, "a": 10, "b": 10, "d": 5, "e": 40}
+    assert sample(tokens, 24) == ["d", "a", "b"]  # a tie by task id
+    assert sample(tokens, 4) == ["d"]  # at least one
+    assert sample(tokens, 512) == ["d", "a", "b", "c", "e"]
 
 
 @given(st.floats(-1e6, 0.0), st.floats(-1e6, 0.0))

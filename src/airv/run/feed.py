@@ -281,7 +281,8 @@ class Feed:
                 sum(p.tokens for p in owed), self.promises.scored.values(), self.clock.left()
             )
             if verdict is None:  # nothing measured: the sample first
-                owed = sample(owed, self.cfg.inflight // 8)
+                first = set(sample({p.task_id: p.tokens for p in owed}, self.cfg.inflight))
+                owed = [p for p in owed if p.task_id in first]
             elif not verdict:
                 self._promised = False
                 log.info(

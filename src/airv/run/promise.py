@@ -12,7 +12,7 @@ pass cost about 0.55 of each test input's first view. A task with a single train
 whose scoring prompt does not fit the context, has no promise (the schedule counts it as 1).
 
 The pass is paid up front, so it runs only where it is cheap beside the time left: a sample
-goes first (the promises of the `k` tasks with the fewest tokens, `sample`), which measures
+goes first (the promises of the tasks with the fewest tokens, `sample`), which measures
 what scoring costs a token here, and the rest is asked if its tokens at that rate are at most
 PROMISE_SHARE of the time left, else never (`worth_scoring`). Replayed on the schedule bench,
 the pass asked whatever it cost lost 51 test outputs over 10 seeds at a budget of 10% of the
@@ -25,7 +25,7 @@ The values are appended to promise.jsonl in the run folder ({"task_id", "loglik"
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,10 +56,10 @@ def demonstration(task: Task, fit: FitPrompt, answer_ids: AnswerIds) -> ScoreReq
 PROMISE_SHARE = 0.1
 
 
-def sample(owed: Sequence[Promise], k: int) -> list[Promise]:
-    """The `k` promises with the fewest tokens: the pass's first, cheapest part, which
-    measures its rate."""
-    return sorted(owed, key=lambda p: (p.tokens, p.task_id))[: max(1, k)]
+def sample(tokens: Mapping[TaskId, int], inflight: int) -> list[TaskId]:
+    """The tasks whose promises go first, to measure the pass's rate: an eighth of the prompts
+    in flight (at least one), those with the fewest tokens (ties: by task id)."""
+    return sorted(tokens, key=lambda t: (tokens[t], t))[: max(1, inflight // 8)]
 
 
 def worth_scoring(tokens: int, measured: Iterable[Scored], left: float) -> bool | None:

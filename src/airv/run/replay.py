@@ -48,7 +48,7 @@ from airv.run.config import PROMISE_FILE, RunConfig
 from airv.run.gain import Ledgers, planner, task_stop
 from airv.run.ledger import Ledger
 from airv.run.predictions import Prediction, group_candidates, read_predictions
-from airv.run.promise import Scored, read_promises, weight, worth_scoring
+from airv.run.promise import Scored, read_promises, sample, weight, worth_scoring
 from airv.run.rounds import Board, View
 from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
 
@@ -230,9 +230,9 @@ class _Replay:
         promised = self._promised()
         if self.pass_asked is not None or not promised:
             return True
-        by_tokens = sorted(promised, key=lambda ts: (ts[1].tokens, ts[0]))
-        k = max(1, self.cfg.inflight // 8)
-        first, rest = by_tokens[:k], by_tokens[k:]
+        ids = set(sample({t: s.tokens for t, s in promised}, self.cfg.inflight))
+        first = [ts for ts in promised if ts[0] in ids]
+        rest = [ts for ts in promised if ts[0] not in ids]
         self.now += math.fsum(s.seconds for _, s in first)
         tokens = sum(s.tokens for _, s in rest)
         verdict = worth_scoring(tokens, [s for _, s in first], deadline - self.now)

@@ -49,7 +49,7 @@ from airv.run.config import RunConfig
 from airv.run.costs import Costs, UnitCost
 from airv.run.ledger import Ledger
 from airv.run.paper_waves import WavesOnPaper
-from airv.run.promise import Scored, worth_scoring
+from airv.run.promise import Scored, sample, worth_scoring
 from airv.run.rates import Rates
 from airv.run.rounds import Rounds
 from airv.run.schedule import Evidence, Open, ViewSchedule, best
@@ -246,8 +246,8 @@ class _Simulator(WavesOnPaper):
         tokens = {t: math.ceil(self.units[self.by_task[t][0]].prompt_tokens) for t in owed}
         if self.pass_asked is None:
             verdict = worth_scoring(sum(tokens.values()), self.measured, self.until - self.now)
-            if verdict is None:  # the sample: the tasks with the fewest tokens
-                owed = sorted(owed, key=lambda t: (tokens[t], t))[: max(1, self.cfg.inflight // 8)]
+            if verdict is None:  # the sample first
+                owed = sample(tokens, self.cfg.inflight)
             else:
                 self.pass_asked = verdict
                 if not verdict:
