@@ -597,6 +597,10 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     assert len((out / "promise.jsonl").read_bytes().splitlines()) == 3
     assert all(s.loglik is not None and s.loglik < 0 and s.seconds > 0 for s in promises.values())
     assert next(iter(promises)) == "task0001"  # the sample: fewest tokens (a tie: by task id)
+    s = run.summary
+    assert (s.promises, s.promise_pass) == (3, True)
+    assert s.promise_seconds == pytest.approx(sum(p.seconds for p in promises.values()), abs=1e-5)
+    assert "promises: 3 scored in" in s.render()
     assert promises["task0001"].tokens < promises["task0003"].tokens
     # A sample first (one promise: an eighth of the 4 in flight, at least one), then the rest
     # (cheap beside an hour), then the first round by price over promise, a test input's

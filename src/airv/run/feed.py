@@ -284,7 +284,7 @@ class Feed:
                 first = set(sample({p.task_id: p.tokens for p in owed}, self.cfg.inflight))
                 owed = [p for p in owed if p.task_id in first]
             elif not verdict:
-                self._promised = False
+                self._promised = self.summary.promise_pass = False
                 log.info(
                     "the rest of the tasks' promises (%d tokens) would cost more than %.0f%% "
                     "of the %s left: the first round goes by price alone",
@@ -294,7 +294,7 @@ class Feed:
                 )
                 return 0
             else:
-                self._promised = True
+                self._promised = self.summary.promise_pass = True
         for p in owed:
             self._promising.add(p.task_id)
             self.engines.queue.push(p.request, p, (0, -1, next(self._seq)))
@@ -357,6 +357,8 @@ class Feed:
             elif isinstance(p, Promise):  # refused (too long a prompt): no promise, no fault
                 ok = d.result.error is None and d.result.score is not None
                 self.promises.record(p, d.result.score if ok else None, d.seconds)
+                self.summary.promises += 1
+                self.summary.promise_seconds += d.seconds
             elif d.result.error is not None:
                 self.fail(p.unit[0], f"the engine refused a request: {d.result.error}")
             elif isinstance(p, ScoreItem):

@@ -57,6 +57,11 @@ class RunSummary:
     scoring_requests: int = 0  # --vote rescore: candidate x augmentation likelihoods computed
     scoring_seconds: float = 0.0
     settled_skips: int = 0  # prompts not run because the vote was already settled
+    # --schedule gain: the tasks' promises scored (airv.run.promise) and their engine seconds;
+    # whether the whole pass was asked (False: its sample alone; None: not decided).
+    promises: int = 0
+    promise_seconds: float = 0.0
+    promise_pass: bool | None = None
     restarts: int = 0
     engine_failures: list[str] = field(default_factory=list)  # why each engine life ended early
     results_per_worker: list[int] = field(default_factory=list)  # pulled from the shared queue
@@ -198,6 +203,11 @@ class RunSummary:
         if self.scoring_requests:
             lines.append(
                 f"re-scoring: {self.scoring_requests} likelihoods in {self.scoring_seconds:.1f}s"
+            )
+        if self.promises:
+            lines.append(
+                f"promises: {self.promises} scored in {self.promise_seconds:.1f}s"
+                + ("" if self.promise_pass is not False else " (a sample: the rest too dear)")
             )
         if self.settled_skips:
             lines.append(f"prompts saved by settled votes: {self.settled_skips}")
