@@ -45,8 +45,8 @@ decides where everything after the first round goes.
 
 What orders the floor besides price is a signal that needs no view: each task's promise
 (airv.run.promise), how likely the model finds its own last demonstration given the others,
-scored before the first round. The floor goes by price over promise: a task the model cannot
-follow waits behind those it can.
+scored before the first round where that is cheap beside the time left. The floor goes by
+price over promise: a task the model cannot follow waits behind those it can.
 
 A test input stops when its vote is settled (`--settle-margin`, as the uniform rounds stop),
 at `--max-augmentations` views, or when its task reaches its cap; the deadline stops what is
