@@ -75,7 +75,7 @@ def measure(worker: EngineWorker, cfg: RunConfig, tasks: Sequence[Task]) -> Like
         statistics.median(score_times),
         statistics.median(view_times),
         len(views),
-        {t: len(r.prompt_ids) + len(r.continuation_ids) for t, r in scored},
+        {t: r.tokens for t, r in scored},
     )
 
 

@@ -122,5 +122,6 @@ def test_what_is_owed_skips_what_is_known_or_asked(tmp_path: Path) -> None:
     assert promises.owed(tasks, asked={"asked", "owed"}) == []
     promises.record(owed[0], -0.5, 0.25)
     assert promises.of("owed") == weight(-0.5)
-    assert promises.scored["owed"].tokens == owed[0].tokens == 2 + 2  # (13, 3) and A's cells
+    # (13, 3) and A's cells
+    assert promises.scored["owed"].tokens == owed[0].request.tokens == 2 + 2
     assert read_promises(path) == promises.scored  # a resumed run knows them all

@@ -46,6 +46,11 @@ class ScoreRequest:
     continuation_ids: tuple[int, ...]
     adapter: str | None = None  # as GenerateRequest.adapter
 
+    @property
+    def tokens(self) -> int:
+        """The tokens the engine reads for it: prompt and continuation."""
+        return len(self.prompt_ids) + len(self.continuation_ids)
+
 
 Request = GenerateRequest | ScoreRequest
 

@@ -261,7 +261,7 @@ def request_tokens(request: Request, result: Result) -> int:
     """Tokens one request cost its engine: prompt (+ continuation) + completions."""
     if isinstance(request, GenerateRequest):
         return len(request.prompt_ids) + sum(len(c.token_ids) for c in result.completions)
-    return len(request.prompt_ids) + len(request.continuation_ids)
+    return request.tokens
 
 
 @dataclass

@@ -277,18 +277,17 @@ class Feed:
         if self._promised is None:
             if self._promising:
                 return 0  # the sample is on its way
-            verdict = worth_scoring(
-                sum(p.tokens for p in owed), self.promises.scored.values(), self.clock.left()
-            )
+            tokens = sum(p.request.tokens for p in owed)
+            verdict = worth_scoring(tokens, self.promises.scored.values(), self.clock.left())
             if verdict is None:  # nothing measured: the sample first
-                first = set(sample({p.task_id: p.tokens for p in owed}, self.cfg.inflight))
+                first = set(sample({p.task_id: p.request.tokens for p in owed}, self.cfg.inflight))
                 owed = [p for p in owed if p.task_id in first]
             elif not verdict:
                 self._promised = self.summary.promise_pass = False
                 log.info(
                     "the rest of the tasks' promises (%d tokens) would cost more than %.0f%% "
                     "of the %s left: the first round goes by price alone",
-                    sum(p.tokens for p in owed),
+                    tokens,
                     100 * PROMISE_SHARE,
                     format_duration(self.clock.left()),
                 )

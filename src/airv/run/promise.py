@@ -84,10 +84,6 @@ class Promise:
     task_id: TaskId
     request: ScoreRequest
 
-    @property
-    def tokens(self) -> int:
-        return len(self.request.prompt_ids) + len(self.request.continuation_ids)
-
 
 @dataclass(frozen=True, slots=True)
 class Scored:
@@ -167,7 +163,7 @@ class Promises:
         return out
 
     def record(self, p: Promise, loglik: float | None, seconds: float) -> None:
-        self._keep([(p.task_id, Scored(loglik, seconds, p.tokens))])
+        self._keep([(p.task_id, Scored(loglik, seconds, p.request.tokens))])
 
     def _keep(self, scored: list[tuple[TaskId, Scored]]) -> None:
         if scored:

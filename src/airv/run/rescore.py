@@ -40,7 +40,7 @@ class ScoreItem:
 
     @property
     def cost(self) -> int:
-        return len(self.request.prompt_ids) + len(self.request.continuation_ids)
+        return self.request.tokens
 
 
 class Rescorer:

@@ -384,7 +384,7 @@ def measure(
         ]
         t0 = now()
         score(scored)
-        tokens = sum(len(r.prompt_ids) + len(r.continuation_ids) for r in scored)
+        tokens = sum(r.tokens for r in scored)
         score_cost = (now() - t0) * prefill_rate / tokens
     return Throughput(
         prefill_tokens_per_s=prefill_rate,
