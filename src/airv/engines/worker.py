@@ -406,19 +406,15 @@ def end_group(pgid: int, timeout: float = 5.0) -> None:
 
 def group_members(pgid: int) -> list[int]:
     """The running processes of group `pgid` (zombies are not; Linux /proc, [] elsewhere)."""
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-                out.append(int(name))
-    return out
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    return [
+        pid
+        for pid in pids
+        if (stat := _stat(pid)) is not None and stat[2] == str(pgid) and stat[0] not in _DEAD
+    ]
 
 
 def descendants(pid: int) -> list[int]:
@@ -444,9 +440,19 @@ def descendants(pid: int) -> list[int]:
 
 def process_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    stat = _stat(pid)
+    return stat is not None and stat[0] not in _DEAD
+
+
+_DEAD = ("Z", "X")  # /proc states of a process that has ended: zombie, dead
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...); None
+    when there is no such process (or no /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+            fields = f.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+        return None
+    return fields if len(fields) > 2 else None
