@@ -189,9 +189,8 @@ class _Simulator(WavesOnPaper):
     def _plan_gain(self, tasks: Sequence[TaskId]) -> int:
         """Up to `inflight` x `workers` views (what the run keeps planned ahead), those short
         of the first round first, then best gain per second (airv.run.schedule.best), queued
-        in pick order. Votes are unknown on paper: a test
-        input's evidence is its views so far, every answer distinct (none settles). Returns
-        the views queued."""
+        in pick order. Votes are unknown on paper: a test input's evidence is its views so
+        far, every answer distinct (none settles). Returns the views queued."""
         target = self.sim.target_views
         lora = self._lora(tasks)  # a view's price as it would run now (its job's: the base)
         candidates: dict[Unit, Open] = {}
@@ -329,7 +328,7 @@ class _Simulator(WavesOnPaper):
         self.dry = False
         self.queue = []
         self.promising = 0
-        self.now, self.until = start, until
+        self.until = until
         now = end = self.now = start + self.sim.engine_start_seconds
         width = max(1, min(self.cfg.inflight, int(self.rates.batch_requests)))
         lanes = [_Lane() for _ in range(self.cfg.workers)]
