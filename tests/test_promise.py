@@ -14,6 +14,7 @@ from airv.core.types import Grid
 from airv.run.promise import (
     PROMISE_SHARE,
     Promises,
+    PromisePass,
     Scored,
     append_promises,
     demonstration,
@@ -64,11 +65,43 @@ def test_the_pass_goes_on_only_where_its_samples_rate_says_it_is_cheap() -> None
     assert worth_scoring(10, [Scored(None, 0.0, 0)], 100.0) is None  # nothing measured
 
 
-def test_the_sample_is_an_eighth_of_the_prompts_in_flight_with_the_fewest_tokens() -> None:
-    tokens = {"c": 30, "a": 10, "b": 10, "d": 5, "e": 40}
-    assert sample(tokens, 24) == ["d", "a", "b"]  # a tie by task id
-    assert sample(tokens, 4) == ["d"]  # at least one
-    assert sample(tokens, 512) == ["d", "a", "b", "c", "e"]
+def test_the_sample_is_an_eighth_of_the_prompts_in_flight_spread_over_the_sizes() -> None:
+    tokens = {"c": 30, "a": 10, "b": 10, "d": 5, "e": 40, "f": 35}  # d a b c f e, a tie by id
+    assert sample(tokens, 16) == ["a", "f"]  # the middle of each half
+    assert sample(tokens, 24) == ["a", "c", "e"]
+    assert sample(tokens, 4) == ["c"]  # at least one
+    assert sample(tokens, 512) == ["d", "a", "b", "c", "f", "e"]  # never more than there are
+
+
+def test_the_pass_asks_a_sample_then_the_rest_or_none_once() -> None:
+    owed = {f"t{i}": 100 for i in range(16)}
+    rule = PromisePass(inflight=16)  # a sample of 2
+    first = rule.ask(owed, [], 100.0, waiting=False)
+    assert len(first) == 2 and not rule.known
+    assert rule.ask(owed, [], 100.0, waiting=True) == []  # the sample is on its way
+    measured = [Scored(-1.0, 0.002, 200)]  # 10 us a token: the rest, 1,400 tokens, is cheap
+    rest = {t: n for t, n in owed.items() if t not in first}
+    assert rule.ask(rest, measured, 100.0, waiting=False) == list(rest)
+    assert rule.known and rule.verdict is True
+
+    dear = PromisePass(inflight=16)
+    dear.ask(owed, [], 100.0, waiting=False)
+    slow = [Scored(-1.0, 2.0, 200)]  # 10 ms a token: 14 s of 100 left is more than the share
+    assert dear.ask(rest, slow, 100.0, waiting=False) == []
+    assert dear.verdict is False and not dear.known
+    assert dear.ask(rest, measured, 1e9, waiting=False) == []  # decided once
+
+    resumed = PromisePass(inflight=16)  # every promise read back from promise.jsonl
+    assert resumed.ask({}, [], 100.0, waiting=False) == [] and resumed.known
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=3), st.integers(0, 10_000), min_size=1),
+       st.integers(0, 4096))  # fmt: skip
+def test_a_sample_is_distinct_tasks_in_order_of_size(tokens: dict[str, int], inflight: int) -> None:
+    picked = sample(tokens, inflight)
+    assert len(picked) == len(set(picked)) == min(len(tokens), max(1, inflight // 8))
+    order = sorted(tokens, key=lambda t: (tokens[t], t))
+    assert [order.index(t) for t in picked] == sorted(order.index(t) for t in picked)
 
 
 @given(st.floats(-1e6, 0.0), st.floats(-1e6, 0.0))

@@ -30,7 +30,7 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.engines import Engines
 from airv.run.ledger import Ledger
-from airv.run.promise import PROMISE_SHARE, Promise, Promises, sample, worth_scoring
+from airv.run.promise import PROMISE_SHARE, Promise, Promises, PromisePass
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.rounds import Rounds, View
@@ -94,7 +94,7 @@ class Feed:
         self._evidence: dict[Unit, Evidence] = {}  # counted when its predictions last changed
         self._scoring: set[tuple[Unit, Grid, str]] = set()  # score requests queued or in flight
         self._promising: set[TaskId] = set()  # promise requests queued or in flight
-        self._promised: bool | None = None  # whether the whole pass is asked (None: undecided)
+        self._pass = PromisePass(cfg.inflight)
         self.rounds: Rounds
         self.engines: Engines[Payload]
         self.adapters: Adapters
@@ -118,10 +118,8 @@ class Feed:
         )
 
     def promise(self, task_id: TaskId) -> float | None:
-        """The task's promise once the whole pass was asked and it is in (a sample alone
-        orders nothing: its tasks' promises against the others' unknown would push them
-        back)."""
-        return self.promises.of(task_id) if self._promised else None
+        """The task's promise once the whole pass was asked and it is in (PromisePass.known)."""
+        return self.promises.of(task_id) if self._pass.known else None
 
     def have(self, unit: Unit) -> set[str]:
         return self.recorder.asked(unit) | self.ledger.owed(unit)
@@ -264,40 +262,33 @@ class Feed:
 
     def push_promises(self) -> int:
         """Under --schedule gain: the tasks' promises (airv.run.promise), first in the queue,
-        on the base model: a sample first, the rest only if its measured rate says the pass is
-        cheap beside the time left (decided once)."""
-        if self.cfg.schedule is not ViewSchedule.GAIN or self._promised is False:
+        on the base model, as the pass's rule (PromisePass) asks them."""
+        if self.cfg.schedule is not ViewSchedule.GAIN:
             return 0
         todo = (t for t in self.task_ids if t not in self.failed)
-        owed = self.promises.owed(todo, self._promising)
-        if not owed:
-            if not self._promising:
-                self._promised = True  # every promise is known (a resumed run)
-            return 0
-        if self._promised is None:
-            if self._promising:
-                return 0  # the sample is on its way
-            tokens = sum(p.request.tokens for p in owed)
-            verdict = worth_scoring(tokens, self.promises.scored.values(), self.clock.left())
-            if verdict is None:  # nothing measured: the sample first
-                first = set(sample({p.task_id: p.request.tokens for p in owed}, self.cfg.inflight))
-                owed = [p for p in owed if p.task_id in first]
-            elif not verdict:
-                self._promised = self.summary.promise_pass = False
+        owed = {p.task_id: p for p in self.promises.owed(todo, self._promising)}
+        undecided = self._pass.verdict is None
+        ask = self._pass.ask(
+            {t: p.request.tokens for t, p in owed.items()},
+            self.promises.scored.values(),
+            self.clock.left(),
+            waiting=bool(self._promising),
+        )
+        if undecided and self._pass.verdict is not None and owed:
+            self.summary.promise_pass = self._pass.verdict
+            if not self._pass.verdict:
                 log.info(
                     "the rest of the tasks' promises (%d tokens) would cost more than %.0f%% "
                     "of the %s left: the first round goes by price alone",
-                    tokens,
+                    sum(p.request.tokens for p in owed.values()),
                     100 * PROMISE_SHARE,
                     format_duration(self.clock.left()),
                 )
-                return 0
-            else:
-                self._promised = self.summary.promise_pass = True
-        for p in owed:
-            self._promising.add(p.task_id)
+        for task_id in ask:
+            p = owed[task_id]
+            self._promising.add(task_id)
             self.engines.queue.push(p.request, p, (0, -1, next(self._seq)))
-        return len(owed)
+        return len(ask)
 
     def push_check(
         self, trained: TrainResult, probe: ScoreRequest, vllm_failed: str | None

@@ -48,7 +48,7 @@ from airv.run.config import PROMISE_FILE, RunConfig
 from airv.run.gain import Ledgers, planner, task_stop
 from airv.run.ledger import Ledger
 from airv.run.predictions import Prediction, group_candidates, read_predictions
-from airv.run.promise import Scored, read_promises, sample, weight, worth_scoring
+from airv.run.promise import PromisePass, Scored, read_promises, weight
 from airv.run.rounds import Board, View
 from airv.run.schedule import Evidence, Journal, ViewSchedule, evidence_of, view_price
 
@@ -172,9 +172,12 @@ class _Replay:
         self.out = Replayed(mode)
         self._seq = itertools.count()
         self._sizes: dict[Unit, FittedPrompt] = {}
-        self.pass_asked: bool | None = None  # gain: the recorded promises asked (run's rule)
-        self._pass: list[tuple[TaskId, Scored]] | None = None
-        self._known: set[TaskId] = set()  # tasks whose recorded promise the replay asked
+        self.promise_pass = PromisePass(cfg.inflight)  # gain: the recorded promises, asked
+        # Recorded promises the replay asked, from those a run never asks (no request: a task
+        # with one train pair).
+        self._asked: dict[TaskId, Scored] = {
+            t: s for t, s in recording.promises.items() if s.loglik is None and not s.tokens
+        }
         board = Board(
             self.units,
             closed=self._closed,
@@ -212,34 +215,25 @@ class _Replay:
         return self.spent / max(1, self.tokens)
 
     def promise(self, task_id: TaskId) -> float | None:
-        s = self.recording.promises.get(task_id) if task_id in self._known else None
+        s = self._asked.get(task_id) if self.promise_pass.known else None
         return None if s is None or s.loglik is None else weight(s.loglik)
 
-    def _promised(self) -> list[tuple[TaskId, Scored]]:
-        """The recorded promises a gain replay may ask (none under uniform)."""
-        if self._pass is None:
-            tasks = {u[0] for u in self.units}
-            gain = self.cfg.schedule is ViewSchedule.GAIN
-            self._pass = [(t, s) for t, s in self.recording.promises.items() if gain and t in tasks]
-        return self._pass
-
     def _ask_promises(self, deadline: float) -> bool:
-        """The gain run's rule (airv.run.promise), charged at once at the recorded seconds:
-        a sample (the fewest tokens), then the rest if its rate says the pass is cheap
-        beside the time left, else nothing more. False: the pass ran past the deadline."""
-        promised = self._promised()
-        if self.pass_asked is not None or not promised:
+        """The gain run's rule (PromisePass) on the recorded promises, charged at once at
+        their recorded seconds: a sample, then the rest or none. False: the pass ran past the
+        deadline."""
+        if self.cfg.schedule is not ViewSchedule.GAIN:
             return True
-        ids = set(sample({t: s.tokens for t, s in promised}, self.cfg.inflight))
-        first = [ts for ts in promised if ts[0] in ids]
-        rest = [ts for ts in promised if ts[0] not in ids]
-        self.now += math.fsum(s.seconds for _, s in first)
-        tokens = sum(s.tokens for _, s in rest)
-        verdict = worth_scoring(tokens, [s for _, s in first], deadline - self.now)
-        self.pass_asked = verdict is not False  # None: no tokens recorded, asked
-        if self.pass_asked:  # a sample alone orders nothing (Feed.promise)
-            self.now += math.fsum(s.seconds for _, s in rest)
-            self._known = {t for t, _ in promised}
+        tasks = {u[0] for u in self.units}
+        recorded = {t: s for t, s in self.recording.promises.items() if t in tasks}
+        while ask := self.promise_pass.ask(
+            {t: s.tokens for t, s in recorded.items() if t not in self._asked},
+            self._asked.values(),
+            deadline - self.now,
+            waiting=False,
+        ):
+            self._asked.update((t, recorded[t]) for t in ask)
+            self.now += math.fsum(recorded[t].seconds for t in ask)
         return self.now <= deadline
 
     def _closed(self, task_id: TaskId) -> bool:

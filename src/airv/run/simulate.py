@@ -49,7 +49,7 @@ from airv.run.config import RunConfig
 from airv.run.costs import Costs, UnitCost
 from airv.run.ledger import Ledger
 from airv.run.paper_waves import WavesOnPaper
-from airv.run.promise import Scored, sample, worth_scoring
+from airv.run.promise import PromisePass, Scored
 from airv.run.rates import Rates
 from airv.run.rounds import Rounds
 from airv.run.schedule import Evidence, Open, ViewSchedule, best
@@ -107,7 +107,7 @@ class _Simulator(WavesOnPaper):
         self.adapted: set[TaskId] = set()  # tasks with an adapter (trained in full or part)
         self.promised: set[TaskId] = set()  # gain: tasks whose promise was scored
         self.promising = 0  # gain: promise requests queued or in flight
-        self.pass_asked: bool | None = None  # gain: the pass's verdict (worth_scoring)
+        self.promise_pass = PromisePass(cfg.inflight)  # gain: the pass's rule
         self.measured: list[Scored] = []  # gain: the promises scored, for the pass's rate
         self.now = 0.0  # the clock, for the pass's verdict
         self.until = 0.0
@@ -233,25 +233,17 @@ class _Simulator(WavesOnPaper):
             heapq.heappush(self.queue, job)
 
     def _push_promises(self) -> None:
-        """Gain: the tasks' promises, ahead of all else, by the run's rule (airv.run.promise):
-        a sample first, the rest only if its rate says the pass is cheap beside the time
-        left."""
-        if self.cfg.schedule is not ViewSchedule.GAIN or self.pass_asked is False:
+        """Gain: the tasks' promises, ahead of all else, as the run's rule (PromisePass) asks
+        them."""
+        if self.cfg.schedule is not ViewSchedule.GAIN:
             return
-        owed = [t for t in self.task_ids if t not in self.promised]
-        if not owed:
-            self.pass_asked = True
-            return
-        tokens = {t: math.ceil(self.units[self.by_task[t][0]].prompt_tokens) for t in owed}
-        if self.pass_asked is None:
-            verdict = worth_scoring(sum(tokens.values()), self.measured, self.until - self.now)
-            if verdict is None:  # the sample first
-                owed = sample(tokens, self.cfg.inflight)
-            else:
-                self.pass_asked = verdict
-                if not verdict:
-                    return
-        for task_id in owed:
+        tokens = {
+            t: math.ceil(self.units[self.by_task[t][0]].prompt_tokens)
+            for t in self.task_ids
+            if t not in self.promised
+        }
+        ask = self.promise_pass.ask(tokens, self.measured, self.until - self.now, waiting=False)
+        for task_id in ask:
             unit = self.by_task[task_id][0]
             seconds = self._promise_seconds(self.units[unit])
             job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, tokens[task_id],
