@@ -77,6 +77,9 @@ class Outcome:
     engine_seconds: float = 0.0  # the completed requests' shares of batch time
     # replays only: engine seconds on test inputs that no recorded view answers right
     dead_seconds: float = 0.0
+    # gain: the promises scored, their engine seconds, and whether the rest of the pass was
+    # asked (None: no verdict)
+    promises: tuple[int, float, bool | None] = (0, 0.0, None)
 
     def reached(self, score: float) -> float | None:
         """When the replayed score first reached `score` (seconds), None if never."""
@@ -161,6 +164,7 @@ def run_once(
         r.summary.stopped_by or "?",
         tuple(curve),
         r.summary.engine_seconds,
+        promises=(r.summary.promises, r.summary.promise_seconds, r.summary.promise_pass),
     )
     return outcome, r.kept
 
@@ -221,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def pass_cell(o: Outcome) -> str:
+    """A gain run's promise pass: how many were scored in how long, and whether the rest was
+    asked after the sample."""
+    n, seconds, asked = o.promises
+    verdict = {True: "all", False: "the sample only", None: "no verdict"}[asked]
+    return f"{n} in {seconds:.2f} s ({verdict})"
+
+
 def render(
     tasks: Sequence[Task], full: Outcome, whole: float, outcomes: Sequence[Outcome]
 ) -> list[str]:
@@ -248,6 +260,7 @@ def render(
                     u.prompts,
                     g.prompts,
                     "never" if reach is None else f"{reach:.0%}",
+                    pass_cell(g),
                 )
             )
         us = [by[(budget, "uniform", s)].score for s in seeds]
@@ -284,6 +297,7 @@ def render(
                 "uniform prompts",
                 "gain prompts",
                 "gain reaches uniform's score at",
+                "gain's promises",
             ],
             rows,
         ),
