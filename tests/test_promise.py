@@ -13,8 +13,8 @@ from airv.core.tasks import Pair, Task
 from airv.core.types import Grid
 from airv.run.promise import (
     PROMISE_SHARE,
-    Promises,
     PromisePass,
+    Promises,
     Scored,
     append_promises,
     demonstration,

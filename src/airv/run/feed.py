@@ -30,7 +30,7 @@ from airv.run.budget import Clock
 from airv.run.config import RunConfig
 from airv.run.engines import Engines
 from airv.run.ledger import Ledger
-from airv.run.promise import PROMISE_SHARE, Promise, Promises, PromisePass
+from airv.run.promise import PROMISE_SHARE, Promise, PromisePass, Promises
 from airv.run.recorder import Recorder
 from airv.run.rescore import Rescorer, ScoreItem
 from airv.run.rounds import Rounds, View

@@ -85,7 +85,8 @@ class PromisePass:
 
     def __init__(self, inflight: int):
         self.inflight = inflight
-        self.verdict: bool | None = None  # the rest asked (True) or refused (False); None: undecided
+        # The rest asked (True) or refused (False); None: not decided yet.
+        self.verdict: bool | None = None
 
     @property
     def known(self) -> bool:
