@@ -79,6 +79,7 @@ def test_the_pass_asks_a_sample_then_the_rest_or_none_once() -> None:
     first = rule.ask(owed, [], 100.0, waiting=False)
     assert len(first) == 2 and not rule.known
     assert rule.ask(owed, [], 100.0, waiting=True) == []  # the sample is on its way
+    assert not rule.wants(waiting=True) and rule.wants(waiting=False)
     measured = [Scored(-1.0, 0.002, 200)]  # 10 us a token: the rest, 1,400 tokens, is cheap
     rest = {t: n for t, n in owed.items() if t not in first}
     assert rule.ask(rest, measured, 100.0, waiting=False) == list(rest)
@@ -88,7 +89,7 @@ def test_the_pass_asks_a_sample_then_the_rest_or_none_once() -> None:
     dear.ask(owed, [], 100.0, waiting=False)
     slow = [Scored(-1.0, 2.0, 200)]  # 10 ms a token: 14 s of 100 left is more than the share
     assert dear.ask(rest, slow, 100.0, waiting=False) == []
-    assert dear.verdict is False and not dear.known
+    assert dear.verdict is False and not dear.known and not dear.wants(waiting=False)
     assert dear.ask(rest, measured, 1e9, waiting=False) == []  # decided once
 
     resumed = PromisePass(inflight=16)  # every promise read back from promise.jsonl

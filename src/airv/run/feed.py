@@ -263,8 +263,9 @@ class Feed:
     def push_promises(self) -> int:
         """Under --schedule gain: the tasks' promises (airv.run.promise), first in the queue,
         on the base model, as the pass's rule (PromisePass) asks them."""
-        if self.cfg.schedule is not ViewSchedule.GAIN:
-            return 0
+        waiting = bool(self._promising)
+        if self.cfg.schedule is not ViewSchedule.GAIN or not self._pass.wants(waiting):
+            return 0  # nothing is built for the requests (each is a prompt fitted) in vain
         todo = (t for t in self.task_ids if t not in self.failed)
         owed = {p.task_id: p for p in self.promises.owed(todo, self._promising)}
         undecided = self._pass.verdict is None
@@ -272,7 +273,7 @@ class Feed:
             {t: p.request.tokens for t, p in owed.items()},
             self.promises.scored.values(),
             self.clock.left(),
-            waiting=bool(self._promising),
+            waiting,
         )
         if undecided and self._pass.verdict is not None and owed:
             self.summary.promise_pass = self._pass.verdict

@@ -94,6 +94,11 @@ class PromisePass:
         sample's promises against the others' unknown would push the sampled tasks back)."""
         return self.verdict is True
 
+    def wants(self, waiting: bool) -> bool:
+        """Whether `ask` may ask anything: not once the rest was refused, nor while the sample
+        is `waiting` (asked, not in). A caller checks this before it builds what is owed."""
+        return not (self.verdict is False or (self.verdict is None and waiting))
+
     def ask(
         self, owed: Mapping[TaskId, int], measured: Iterable[Scored], left: float, waiting: bool
     ) -> list[TaskId]:
@@ -101,7 +106,7 @@ class PromisePass:
         now, given the promises `measured` so far, `left` seconds and whether promises are
         still `waiting` (asked, not in): the sample, then the rest or none. With none owed and
         none waiting every promise is known (a resumed run)."""
-        if self.verdict is False or (self.verdict is None and waiting):
+        if not self.wants(waiting):
             return []
         if not owed:
             if not waiting:

@@ -222,7 +222,7 @@ class _Replay:
         """The gain run's rule (PromisePass) on the recorded promises, charged at once at
         their recorded seconds: a sample, then the rest or none. False: the pass ran past the
         deadline."""
-        if self.cfg.schedule is not ViewSchedule.GAIN:
+        if self.cfg.schedule is not ViewSchedule.GAIN or not self.promise_pass.wants(False):
             return True
         tasks = {u[0] for u in self.units}
         recorded = {t: s for t, s in self.recording.promises.items() if t in tasks}

@@ -235,7 +235,7 @@ class _Simulator(WavesOnPaper):
     def _push_promises(self) -> None:
         """Gain: the tasks' promises, ahead of all else, as the run's rule (PromisePass) asks
         them."""
-        if self.cfg.schedule is not ViewSchedule.GAIN:
+        if self.cfg.schedule is not ViewSchedule.GAIN or not self.promise_pass.wants(False):
             return
         tokens = {
             t: math.ceil(self.units[self.by_task[t][0]].prompt_tokens)
