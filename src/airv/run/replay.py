@@ -173,6 +173,8 @@ class _Replay:
         self._seq = itertools.count()
         self._sizes: dict[Unit, FittedPrompt] = {}
         self.promise_pass = PromisePass(cfg.inflight)  # gain: the recorded promises, asked
+        planned = {u[0] for u in self.units}
+        self._recorded = {t: s for t, s in recording.promises.items() if t in planned}
         # Recorded promises the replay asked, from those a run never asks (no request: a task
         # with one train pair).
         self._asked: dict[TaskId, Scored] = {
@@ -224,8 +226,7 @@ class _Replay:
         deadline."""
         if self.cfg.schedule is not ViewSchedule.GAIN or not self.promise_pass.wants(False):
             return True
-        tasks = {u[0] for u in self.units}
-        recorded = {t: s for t, s in self.recording.promises.items() if t in tasks}
+        recorded = self._recorded
         while ask := self.promise_pass.ask(
             {t: s.tokens for t, s in recorded.items() if t not in self._asked},
             self._asked.values(),
