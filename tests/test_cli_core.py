@@ -252,3 +252,34 @@ def test_python_dash_m_airv_runs(files: dict[str, Path]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "OK, 2 tasks, 3 test outputs" in result.stdout
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_the_process_ends_when_the_command_returns(
+    files: dict[str, Path], tmp_path: Path, good: bool
+) -> None:
+    """`airv` and `python -m airv` end the process as the command returns: its output is all
+    there and its exit code kept, and Python's teardown (an atexit hook stands for it) never
+    runs: with torch loaded it took seconds of a run's budget after the run had written."""
+    sub = files["sub"] if good else tmp_path / "missing.json"
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = (
+        "import atexit, sys; atexit.register(print, 'teardown ran'); "
+        "from airv.cli import entry; "
+        f"sys.argv = ['airv', 'validate', {str(sub)!r}, '--challenges', "
+        f"{str(files['challenges'])!r}]; entry()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        check=False,
+    )
+    assert "teardown ran" not in result.stdout
+    if good:
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.rstrip().endswith("OK, 2 tasks, 3 test outputs"), result.stdout
+    else:
+        assert result.returncode != 0
+        assert "missing.json" in result.stderr

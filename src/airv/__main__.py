@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airv.cli import main
+from airv.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()
