@@ -273,6 +273,11 @@ def test_the_engine_log_level_is_its_own_switch(files: tuple[Path, Path]) -> Non
     assert _build(files).engine.log_level == EngineConfig().log_level == "WARNING"
     assert _build(files, "--engine-log-level", "INFO").engine.log_level == "INFO"
     assert _build(files, "--log-level", "DEBUG").engine.log_level == "WARNING"
+    # Either case, as logging itself and vLLM's VLLM_LOGGING_LEVEL take it.
+    assert _build(files, "--engine-log-level", "debug").engine.log_level == "DEBUG"
+    assert _parser().parse_args(["--log-level", "info"]).log_level == "INFO"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--log-level", "loud"])
 
 
 @pytest.mark.parametrize(

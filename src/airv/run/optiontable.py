@@ -250,7 +250,8 @@ OPTIONS: tuple[Option, ...] = (
            default="what the checkpoint's config.json declares",
            help="vLLM quantization method of a quantized checkpoint, e.g. awq, gptq, fp8; "
            "vllm backend only"),
-    Option("--engine-log-level", _G.ENGINE, "engine.log_level", choices=LOG_LEVELS,
+    Option("--engine-log-level", _G.ENGINE, "engine.log_level", type=str.upper,
+           choices=LOG_LEVELS,
            help="vLLM's own log level (VLLM_LOGGING_LEVEL, if set, wins); --log-level is "
            "airv's"),
     Option("--workers", _G.ENGINE, "workers", type=int, metavar="N", derived=True,
@@ -317,6 +318,6 @@ OPTIONS: tuple[Option, ...] = (
 
     Option("--no-progress", _G.OUTPUT, "progress", action="store_true",
            to_config=operator.not_, help="no progress bar"),
-    Option("--log-level", _G.OUTPUT, None, choices=LOG_LEVELS, default=DEFAULT_LOG_LEVEL,
-           help="airv's own log level; --engine-log-level is vLLM's"),
+    Option("--log-level", _G.OUTPUT, None, type=str.upper, choices=LOG_LEVELS,
+           default=DEFAULT_LOG_LEVEL, help="airv's own log level; --engine-log-level is vLLM's"),
 )  # fmt: skip
