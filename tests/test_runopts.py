@@ -275,9 +275,11 @@ def test_the_engine_log_level_is_its_own_switch(files: tuple[Path, Path]) -> Non
     assert _build(files, "--log-level", "DEBUG").engine.log_level == "WARNING"
     # Either case, as logging itself and vLLM's VLLM_LOGGING_LEVEL take it.
     assert _build(files, "--engine-log-level", "debug").engine.log_level == "DEBUG"
-    assert _parser().parse_args(["--log-level", "info"]).log_level == "INFO"
+    ch, model = files
+    required = ["--challenges", str(ch), "--model", str(model), "--out", str(ch.parent / "o")]
+    assert _parser().parse_args([*required, "--log-level", "info"]).log_level == "INFO"
     with pytest.raises(SystemExit):
-        _parser().parse_args(["--log-level", "loud"])
+        _parser().parse_args([*required, "--log-level", "loud"])
 
 
 @pytest.mark.parametrize(
