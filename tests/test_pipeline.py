@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -20,7 +21,7 @@ from airv.core.augment import D8
 from airv.core.submission import validate_submission
 from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.engines.config import Backend
-from airv.engines.pool import FaultyLanes, LaneStarter
+from airv.engines.pool import FaultyLanes, LaneStarter, Pool
 from airv.engines.worker import Faults, group_members
 from airv.run.budget import Clock
 from airv.run.config import RunConfig
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.engine
 ANSWER = ((1, 2),)  # what the bigram model writes, in the augmented frame
 # Every grid an answer `12` can become when reversed: D8 images, colours unmoved.
 D8_IMAGES = {d.apply(ANSWER) for d in D8}
+
+T = TypeVar("T")
 
 
 def _task(task_id: str, n_test: int = 1, side: int = 2) -> Task:
@@ -571,8 +574,18 @@ def test_the_gain_schedule_spends_on_the_open_test_input(
     assert journal["task0002"][0].first_gain > journal["task0002"][0].last_gain  # type: ignore[operator]
 
 
+def _noted(method: Callable[..., T], name: str, calls: list[str]) -> Callable[..., T]:
+    """`method`, noting its name in `calls` at each call."""
+
+    def noted(*args: object, **kwargs: object) -> T:
+        calls.append(name)
+        return method(*args, **kwargs)
+
+    return noted
+
+
 def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
-    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airv.run.promise import read_promises, weight
     from airv.run.schedule import ViewSchedule, read_journal
@@ -582,7 +595,19 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     out = tmp_path / "out"
     cfg = _config(ch, out, bigram_model, Backend.HF, inflight=4, schedule=ViewSchedule.GAIN)
     run = fresh_run(cfg, lanes=lent_lanes)
+    # Whenever the planner is asked for more, what it planned before has gone to the engines
+    # since their last answers came: a slow planner once left the engine's batch to drain.
+    calls: list[str] = []
+    for name in ("poll", "feed"):
+        monkeypatch.setattr(Pool, name, _noted(getattr(Pool, name), name, calls))
+    monkeypatch.setattr(run.feed, "refill", _noted(run.feed.refill, "refill", calls))
     assert run.execute() == 0
+    after_poll = [
+        next(c for c in reversed(calls[:i]) if c != "refill")
+        for i, c in enumerate(calls)
+        if c == "refill" and "poll" in calls[:i]
+    ]
+    assert after_poll and set(after_poll) == {"feed"}
     assert run.summary.stopped_by == "done"
     records, _ = read_predictions(out / "predictions.jsonl")
     per_unit = Counter((p.task_id, p.test_index) for p in records)
