@@ -303,6 +303,15 @@ class Feed:
         check = Check(trained, vllm_failed)
         self.engines.fallback_queue.push(probe, check, (0, -2, next(self._seq)))
 
+    def send(self) -> None:
+        """Top the engines up from the queue; what `wanted` refuses is dropped. The run sends
+        before it asks the planner for more: a planner that takes a while (the gain schedule's
+        weighs every test input) once left the engines' free slots empty meanwhile, so that
+        the batch drained and refilled in waves, 10-17% fewer prompts in the same seconds."""
+        for p in self.engines.pools():
+            for job in p.feed(self.wanted):
+                self.unowe(job)
+
     def unowe(self, job: Job[Payload]) -> None:
         p = job.payload
         if isinstance(p, Promise):

@@ -220,18 +220,14 @@ class Run:
                     self.feed.take(p.drain())
                 log.info("the wave's time is up: its work in flight is dropped")
                 break
-            # What is planned goes to the engines' free slots before more is planned: a
-            # planner that takes a while (the gain schedule's, weighing every test input) once
-            # left them empty meanwhile, so that the engine's batch drained and refilled in
-            # waves, and 10-17% fewer prompts were answered in the same seconds.
-            self._feed_engines()
+            self.feed.send()  # what is planned goes out before more is planned (Feed.send)
             self.feed.refill(votes)
             pools = self.engines.pools()
             if not self.engines.queued() and all(p.idle() for p in pools):
                 votes = self.votes()
                 if not self.feed.refill(votes, final=True):
                     break
-            self._feed_engines()
+            self.feed.send()
             for p in pools:
                 unwritten += self.feed.take(p.poll(min(self.clock.left(), 0.5) / len(pools)))
             now = time.monotonic()
@@ -246,12 +242,6 @@ class Run:
             pool.check()  # every restart spent and no engine left: EngineError
             self.feed.fallback_lost()
         return self.write()
-
-    def _feed_engines(self) -> None:
-        """Top the engines up from the queue (work the feed no longer wants is dropped)."""
-        for p in self.engines.pools():
-            for job in p.feed(self.feed.wanted):
-                self.feed.unowe(job)
 
     # -- the run -------------------------------------------------------------------------
 
