@@ -214,42 +214,33 @@ def test_every_command_is_a_module_of_one_shape(
     assert _unwrapped(command.DESCRIPTION) in _unwrapped(out)
 
 
-def test_the_command_line_starts_without_the_engines() -> None:
-    """`airv --help` builds every subcommand's parser; none may import torch, vLLM or
-    transformers to do it (the pipeline and the engines load when a command runs)."""
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """A new Python process, with this checkout's airv first on its path."""
     src = Path(__file__).resolve().parents[1] / "src"
-    code = (
-        "import sys; from airv.cli import build_parser; build_parser(); "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'vllm', 'transformers'}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
+    return subprocess.run(
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(src)},
         check=False,
     )
+
+
+def test_the_command_line_starts_without_the_engines() -> None:
+    """`airv --help` builds every subcommand's parser; none may import torch, vLLM or
+    transformers to do it (the pipeline and the engines load when a command runs)."""
+    code = (
+        "import sys; from airv.cli import build_parser; build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'vllm', 'transformers'}))"
+    )
+    result = _python("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
 def test_python_dash_m_airv_runs(files: dict[str, Path]) -> None:
-    src = Path(__file__).resolve().parents[1] / "src"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "airv",
-            "validate",
-            str(files["sub"]),
-            "--challenges",
-            str(files["challenges"]),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(src)},
-        check=False,
-    )
+    result = _python("-m", "airv", "validate", str(files["sub"]), "--challenges",
+                     str(files["challenges"]))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "OK, 2 tasks, 3 test outputs" in result.stdout
 
@@ -262,20 +253,13 @@ def test_the_process_ends_when_the_command_returns(
     there and its exit code kept, and Python's teardown (an atexit hook stands for it) never
     runs: with torch loaded it took seconds of a run's budget after the run had written."""
     sub = files["sub"] if good else tmp_path / "missing.json"
-    src = Path(__file__).resolve().parents[1] / "src"
     code = (
         "import atexit, sys; atexit.register(print, 'teardown ran'); "
         "from airv.cli import entry; "
         f"sys.argv = ['airv', 'validate', {str(sub)!r}, '--challenges', "
         f"{str(files['challenges'])!r}]; entry()"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(src)},
-        check=False,
-    )
+    result = _python("-c", code)
     assert "teardown ran" not in result.stdout
     if good:
         assert result.returncode == 0, result.stderr
