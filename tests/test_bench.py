@@ -306,8 +306,12 @@ def test_the_demonstrations_likelihood_request_and_its_auc(tiny_model: Path) -> 
     assert auc({"a": -5.0, "b": -1.0}, recordings, solutions) == pytest.approx(0.5 / 3)
     assert auc({"a": -1.0, "b": -1.0}, recordings, solutions) == 0.5
     # In a recording's seconds: the pass at its measured share of the first views (0.1 s
-    # each), split by each task's first view.
-    lk = Likelihood({"a": -1.0, "b": -5.0}, score_seconds=1.0, view_seconds=2.0, views=2)
+    # each, 0.2 s in all: 0.1 s), split by each task's request's tokens (3 to 1).
+    lk = Likelihood(
+        {"a": -1.0, "b": -5.0}, score_seconds=1.0, view_seconds=2.0, views=2,
+        tokens={"a": 30, "b": 10},
+    )  # fmt: skip
     promised = promises(lk, recordings[0])
     assert {t: s.loglik for t, s in promised.items()} == lk.loglik
-    assert [s.seconds for s in promised.values()] == [pytest.approx(0.05)] * 2
+    assert {t: s.tokens for t, s in promised.items()} == lk.tokens
+    assert [s.seconds for s in promised.values()] == [pytest.approx(0.075), pytest.approx(0.025)]
