@@ -638,3 +638,20 @@ def test_a_gain_run_answers_every_test_input_and_journals_its_stops(
     assert {p["task"]: p["promise"] for p in picks if "gain" in p} == {
         t: pytest.approx(weight(s.loglik or 0.0), abs=1e-6) for t, s in promises.items()
     }
+
+
+def test_a_sample_of_every_task_is_the_whole_pass(
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
+) -> None:
+    """With an eighth of the prompts in flight at least the tasks, the sample is every
+    promise: the whole pass was asked, and the summary says so once it is in."""
+    from airv.run.schedule import ViewSchedule
+
+    ch = _challenges(tmp_path, [_task("task0001"), _task("task0002")], broken=False)
+    cfg = _config(
+        ch, tmp_path / "out", bigram_model, Backend.HF, inflight=16,
+        schedule=ViewSchedule.GAIN, max_augmentations=1, first_round=1,
+    )  # fmt: skip
+    run = fresh_run(cfg, lanes=lent_lanes)
+    assert run.execute() == 0
+    assert (run.summary.promises, run.summary.promise_pass) == (2, True)

@@ -275,16 +275,15 @@ class Feed:
             self.clock.left(),
             waiting,
         )
-        if undecided and self._pass.verdict is not None and owed:
-            self.summary.promise_pass = self._pass.verdict
-            if not self._pass.verdict:
-                log.info(
-                    "the rest of the tasks' promises (%d tokens) would cost more than %.0f%% "
-                    "of the %s left: the first round goes by price alone",
-                    sum(p.request.tokens for p in owed.values()),
-                    100 * PROMISE_SHARE,
-                    format_duration(self.clock.left()),
-                )
+        self.summary.promise_pass = self._pass.verdict
+        if undecided and self._pass.verdict is False:
+            log.info(
+                "the rest of the tasks' promises (%d tokens) would cost more than %.0f%% "
+                "of the %s left: the first round goes by price alone",
+                sum(p.request.tokens for p in owed.values()),
+                100 * PROMISE_SHARE,
+                format_duration(self.clock.left()),
+            )
         for task_id in ask:
             p = owed[task_id]
             self._promising.add(task_id)
