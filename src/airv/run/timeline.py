@@ -78,6 +78,13 @@ class Simulation:
             return 0
         return self.adapter_bytes * max(w.tasks for w in self.waves)
 
+    @property
+    def views_share(self) -> float:
+        """The mean views per test input over the target: the share of the most work the
+        budget reaches (README, *Where the seconds go*: which schedule to choose by it)."""
+        mean, _ = self.views_stats()
+        return mean / self.target_views if self.target_views else 0.0
+
     def views_stats(self) -> tuple[float, int]:
         counts = list(self.views.values())
         return (sum(counts) / len(counts), min(counts)) if counts else (0.0, 0)
@@ -89,7 +96,12 @@ class Simulation:
             "predicted_prompts": self.prompts,
             "predicted_scores": self.scores,
             "predicted_engine_seconds": self.engine_seconds,
-            "views_per_test_input": {"mean": mean, "min": low, "target": self.target_views},
+            "views_per_test_input": {
+                "mean": mean,
+                "min": low,
+                "target": self.target_views,
+                "share": self.views_share,
+            },
             "schedule": self.schedule.value,
             "test_inputs": self.test_inputs,
             "waves": [
@@ -167,7 +179,8 @@ class Simulation:
             + f"engine start-ups {share(start_gpu)}",
             f"requests: {self.prompts:,} prompts, {self.scores:,} scoring requests"
             + (f", {self.lost} lost in flight" if self.lost else ""),
-            f"views per test input: mean {mean:.1f}, min {low} (target {self.target_views})",
+            f"views per test input: mean {mean:.1f}, min {low} (target {self.target_views}: "
+            f"{self.views_share:.0%} of it)",
             "schedule: "
             + (
                 "gain (each view to the test input with the best gain per second)"
