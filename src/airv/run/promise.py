@@ -8,15 +8,16 @@ price.
 
 On the replayed schedule bench (bench/schedule-replay.md) this log-likelihood told the test
 inputs some recorded view answers right from those none does with an AUC of 0.94, and the
-pass cost about 0.55 of each test input's first view. A task with a single train pair, or
+pass cost 0.43 to 0.61 of each test input's first view. A task with a single train pair, or
 whose scoring prompt does not fit the context, has no promise (the schedule counts it as 1).
 
 The pass is paid up front, so it runs only where it is cheap beside the time left: a sample
 goes first (the promises of tasks spread over the sizes, `sample`), which measures what
 scoring costs a token here, and the rest is asked if its tokens at that rate are at most
-PROMISE_SHARE of the time left, else never (`worth_scoring`). Replayed on the schedule bench,
-the pass asked whatever it cost lost 51 test outputs over 10 seeds at a budget of 10% of the
-work, where it was about a quarter of the budget, and gained 4 at 20%, where it was an eighth.
+PROMISE_SHARE of the time left, else never (`worth_scoring`). Replayed on the schedule bench
+(bench/schedule-notes.md), the pass asked whatever it cost lost 51 and 55 test outputs over 10
+seeds (two sets of recordings) at a budget of 10% of the work, where it was about a quarter of
+the budget, and gained 4 at 20%.
 
 The values are appended to promise.jsonl in the run folder ({"task_id", "loglik", "seconds",
 "tokens"}; loglik null: no promise), so a resumed run does not score a task twice and

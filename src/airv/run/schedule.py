@@ -28,7 +28,7 @@ The first round's views (`--first-round`, the eight rotations and flips by defau
 floor: a test input below it goes before every test input at or above it, cheapest view first
 and its first round whole (as the rounds order a round), and a vote that settles within it
 still gets the rest of it. A gain read from one or two answers is noise, and so is a vote of
-four or five: on the replayed schedule bench (bench/schedule-replay.md, 10 seeds), picking the
+four or five: on the replayed schedule bench (bench/schedule-notes.md, 10 seeds), picking the
 first round by gain per second spread it thin over every test input (3 to 5 views each where
 the rounds gave 8) and stopping a vote settled within it lost its second attempt: 18 test
 outputs behind the rounds at 20% of the work, 6 at 30%; with the floor whole and cheapest
@@ -75,7 +75,8 @@ class ViewSchedule(enum.StrEnum):
     UNIFORM = "uniform"  # rounds: the same number of new views per unsettled test input
 
 
-# Uniform: the gain schedule has not beaten it on its bench (bench/schedule.md, README).
+# Uniform: the gain schedule is level with it at tight budgets, not ahead (README, *Where the
+# seconds go*: which to choose).
 DEFAULT_SCHEDULE = ViewSchedule.UNIFORM
 
 
