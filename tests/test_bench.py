@@ -305,8 +305,8 @@ def test_the_demonstrations_likelihood_request_and_its_auc(tiny_model: Path) -> 
     assert auc({"a": -1.0, "b": -5.0}, recordings, solutions) == pytest.approx(2.5 / 3)
     assert auc({"a": -5.0, "b": -1.0}, recordings, solutions) == pytest.approx(0.5 / 3)
     assert auc({"a": -1.0, "b": -1.0}, recordings, solutions) == 0.5
-    # In a recording's seconds: the pass at its measured share of the first views (0.1 s
-    # each, 0.2 s in all: 0.1 s), split by each task's request's tokens (3 to 1).
+    # In a recording's seconds: the first views took 0.2 s (0.1 s each), and the pass costs
+    # half of them (1 s against 2 s measured): 0.1 s, split by the requests' tokens (3 to 1).
     lk = Likelihood(
         {"a": -1.0, "b": -5.0}, score_seconds=1.0, view_seconds=2.0, views=2,
         tokens={"a": 30, "b": 10},
