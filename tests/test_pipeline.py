@@ -535,6 +535,9 @@ def test_task_cap_in_tokens_stops_a_task_after_its_round(
     assert per_task == {"small001": 8, "bigger01": 4}
     spent = sum(p.prompt_tokens + p.tokens for p in records if p.task_id == "bigger01")
     assert spent >= 400
+    # The uniform rounds score no promises and decide no pass.
+    assert (run.summary.promises, run.summary.promise_pass) == (0, None)
+    assert not (out / "promise.jsonl").exists()
 
 
 def test_the_gain_schedule_spends_on_the_open_test_input(

@@ -255,10 +255,9 @@ def test_deadline_too_short_cuts_tasks() -> None:
     assert sim.prompts == 10 and sim.lost == 1
     assert sim.cut == ["t1", "t2", "t3"] and sim.slack_seconds == 0.0
     assert sim.views_stats() == (2.5, 2)
-    target = sim.target_views
-    assert sim.views_share == pytest.approx(2.5 / target)
-    assert sim.to_json()["views_per_test_input"]["share"] == pytest.approx(2.5 / target)
-    assert f"(target {target}: {2.5 / target:.0%} of it)" in sim.render()
+    assert sim.target_views == 4 and sim.views_share == pytest.approx(0.625)
+    assert sim.to_json()["views_per_test_input"]["share"] == pytest.approx(0.625)
+    assert "views per test input: mean 2.5, min 2 (target 4: 62% of it)" in sim.render()
     # The gain schedule scores the tasks' promises first (1 s each: 1,000 prompt tokens at the
     # prefill rate; the sample, an eighth of 512 in flight, is all four), then the first
     # round: 8 views by 30 s; the next would end at 32 s, past the deadline: lost.

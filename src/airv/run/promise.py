@@ -15,9 +15,9 @@ The pass is paid up front, so it runs only where it is cheap beside the time lef
 goes first (the promises of tasks spread over the sizes, `sample`), which measures what
 scoring costs a token here, and the rest is asked if its tokens at that rate are at most
 PROMISE_SHARE of the time left, else never (`worth_scoring`). Replayed on the schedule bench
-(bench/schedule-notes.md), the pass asked whatever it cost lost 51 and 55 test outputs over 10
-seeds (two sets of recordings) at a budget of 10% of the work, where it was about a quarter of
-the budget, and gained 4 at 20%.
+(bench/schedule-notes.md and the README's *Measured*), the pass asked whatever it cost lost 51
+and 55 test outputs over 10 seeds (two sets of recordings) at a budget of 10% of the work,
+where it was about a quarter of the budget, and gained 4 at 20%.
 
 The values are appended to promise.jsonl in the run folder ({"task_id", "loglik", "seconds",
 "tokens"}; loglik null: no promise), so a resumed run does not score a task twice and

@@ -58,8 +58,8 @@ class RunSummary:
     scoring_seconds: float = 0.0
     settled_skips: int = 0  # prompts not run because the vote was already settled
     # --schedule gain: the tasks' promises scored (airv.run.promise) and their engine seconds;
-    # whether the whole pass was asked (True also when the sample was every task; False: its
-    # sample alone; None: not decided).
+    # whether the whole pass was asked (True also when the sample was every task, or no task
+    # had a promise to score; False: its sample alone; None: not decided, or not a gain run).
     promises: int = 0
     promise_seconds: float = 0.0
     promise_pass: bool | None = None
