@@ -109,3 +109,12 @@ def test_a_lanes_failure_message_hides_credentials() -> None:
         assert "pw" not in str(info.value)
     finally:
         lane.close()
+
+
+def test_a_lane_ended_while_it_starts_leaves_nothing_running() -> None:
+    """A lane closed during its start's back-off (a restarted lane's wait): its start is
+    cancelled, its thread ends and its event loop is closed, nothing left pending."""
+    lane = OpenAILane("http://127.0.0.1:9/v1", Decoding(), name="endpoint-0", life=3)  # 7 s
+    lane.close()
+    assert lane.finished
+    assert not lane.ready and lane.receive() == []

@@ -189,14 +189,21 @@ class OpenAILane:
             return
         self._stopped = True
         if self._loop.is_running():
-            if self._client is not None:  # its connections, closed in the loop they live in
-                closing = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
-                with contextlib.suppress(Exception):
-                    closing.result(timeout=5)
+            closing = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            with contextlib.suppress(Exception):
+                closing.result(timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+        if not self._loop.is_running():
+            self._loop.close()
 
     def close(self) -> None:
         self.kill()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the lane's thread has ended and its event loop is closed (once killed)."""
+        return not self._thread.is_alive() and self._loop.is_closed()
 
     # -- in the lane's thread --------------------------------------------------------------
 
@@ -211,6 +218,17 @@ class OpenAILane:
             if self._failure is None:
                 self._failure = why
         self._wake()
+
+    async def _shutdown(self) -> None:
+        """Whatever still runs in the lane's loop (its start, a request, an adapter's load) is
+        cancelled and waited for, then the client's connections are closed in the loop they
+        live in: a lane ended while it starts once left its start pending in a stopped loop."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
 
     async def _start(self, backoff: float) -> None:
         """Wait out the back-off, then ask the server which model it serves."""
