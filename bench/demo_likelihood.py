@@ -1,5 +1,5 @@
 """The likelihood of a task's demonstrations as a sign that some view will answer it: each
-task's last train output scored given its other pairs (one prefill-only request a task),
+task's last train output scored given the pair before it (one prefill-only request a task),
 against whether any recorded view answers its test inputs right; and what that scoring costs
 beside generating each test input's first view on the same warm engine. Part of
 bench.schedule_replay: a first-round signal for the gain schedule that needs no view (README,
@@ -34,7 +34,7 @@ REPEATS = 3  # the scoring pass and the first views, timed in turn this many tim
 
 @dataclass(frozen=True)
 class Likelihood:
-    loglik: dict[TaskId, float]  # the last train output's log-likelihood given the others
+    loglik: dict[TaskId, float]  # the last train output's log-likelihood given the pair before
     score_seconds: float  # the whole pass (median of REPEATS)
     view_seconds: float  # each test input's first view, generated (median of REPEATS)
     views: int
@@ -105,7 +105,7 @@ def render(lk: Likelihood, area: float, seeds: int) -> list[str]:
         "",
         "## A first-round signal that needs no view",
         "",
-        f"Each task's last train output scored given its other pairs (one prefill-only request "
+        f"Each task's last train output scored given the pair before it (one prefill-only request "
         f"a task, {len(lk.loglik)} in all): its log-likelihood tells the test inputs some "
         f"recorded view answers right from those none does with an AUC of {area:.2f} over the "
         f"{seeds} recordings. On one warm engine the pass took {lk.score_seconds:.2f} s against "

@@ -263,7 +263,7 @@ def test_what_a_view_is_worth_is_read_off_a_recording() -> None:
 
 def test_the_demonstrations_likelihood_request_and_its_auc(tiny_model: Path) -> None:
     """bench.demo_likelihood: the request scores a task's last train output under the prompt
-    of its other pairs (a task of one pair has none); the AUC counts, over every recording's
+    of the pair before it (a task of one pair has none); the AUC counts, over every recording's
     test inputs, how often one that some view answers right has the higher likelihood."""
     from airv.core.tasks import Pair
     from airv.engines.config import EngineConfig

@@ -9,9 +9,21 @@ import orjson
 import pytest
 
 from airv.cli import main
-from airv.core.tasks import Pair, Task, dump_challenges
+from airv.core.tasks import Pair, Task, dump_challenges, load_challenges
 from airv.core.types import Grid
-from airv.tools.plan import Costs, Plan, Throughput, TooLong, UnitCost, calibration_units
+from airv.engines.config import EngineConfig
+from airv.run.config import RunConfig
+from airv.run.promise import demonstration
+from airv.run.prompting import Prompter
+from airv.tools.plan import (
+    Costs,
+    Plan,
+    Throughput,
+    TooLong,
+    UnitCost,
+    calibration_units,
+    estimate_costs,
+)
 
 
 def _throughput(start: float = 10.0) -> Throughput:
@@ -225,3 +237,20 @@ def test_each_task_is_served_its_own_adapter_path(tmp_path: Path) -> None:
     assert len(set(two)) == 2 and two[3] == two[0]
     joint = adapter_per_task(str(adapter), tasks, TTTMode.JOINT, tmp_path, max_loras=8)
     assert joint == [str(adapter)] * 5
+
+
+def test_a_plan_prices_each_promise_as_the_run_asks_it(tmp_path: Path, tiny_model: Path) -> None:
+    """estimate_costs gives each test input its task's promise request's tokens, the request
+    the run's own prompter builds (airv.run.promise), and 0 to a task of one train pair."""
+    two = Task("two", (Pair(((1, 2),), ((2, 1),)), Pair(((3, 4), (5, 6)), ((6, 5), (4, 3)))),
+               (((7,),), ((8, 9),)))  # fmt: skip
+    one = Task("one", (Pair(((1,),), ((2,),)),), (((3,),),))
+    path = tmp_path / "challenges.json"
+    dump_challenges([two, one], path)
+    cfg = RunConfig(challenges=path, out_dir=tmp_path, engine=EngineConfig(model=tiny_model))
+    prompter = Prompter(cfg)
+    costs = estimate_costs(cfg, load_challenges(path, strict=True), prompter.tokenizer)
+    request = demonstration(two, prompter.fit, prompter.answer_ids)
+    assert request is not None
+    promise = {(u.task_id, u.test_index): u.promise_tokens for u in costs.units}
+    assert promise == {("two", 0): request.tokens, ("two", 1): request.tokens, ("one", 0): 0.0}

@@ -42,11 +42,11 @@ def _answer_ids(grid: Grid) -> list[int]:
     return [c for row in grid for c in row]
 
 
-def test_the_last_train_output_is_scored_given_the_other_pairs() -> None:
+def test_the_last_train_output_is_scored_given_the_pair_before_it() -> None:
     task = Task("t", (Pair(A, B), Pair(B, A), Pair(A, C)), (B,))
     request = demonstration(task, _fit, _answer_ids)
     assert request is not None
-    assert request.prompt_ids == (13, 31, 1)  # pairs 1 and 2, then pair 3's input
+    assert request.prompt_ids == (31, 1)  # pair 2 alone, then pair 3's input
     assert request.continuation_ids == (4, 4, 5, 5)  # pair 3's output
 
 

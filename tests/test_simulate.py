@@ -298,6 +298,10 @@ def test_price_by_cells() -> None:
     assert costs.units[0].prompt_tokens == (2 * pairs + 1) * grid + 3
     assert costs.units[0].answer_tokens == side * side + side
     assert pairs >= 2
+    # Its promise: the pair before the last, the last's input and 3, then its output scored.
+    assert costs.units[0].promise_tokens == 3 * grid + 3 + side * side + side
+    one = price_by_cells([dataclasses.replace(task, train=task.train[:1])], r, 100_000)
+    assert {u.promise_tokens for u in one.units} == {0.0}  # one train pair: no promise
     short = price_by_cells([task], r, max_model_len=3 * grid + 3 + side * side + side)
     assert short.units[0].prompt_tokens == 3 * grid + 3  # all but one pair dropped
     assert price_by_cells([task], r, max_model_len=64).too_long
@@ -417,6 +421,15 @@ def test_gain_orders_the_first_round_as_the_rounds_do() -> None:
     gain = simulate(cfg, _costs(), RATES)
     assert gain.promises == 1
     assert list(uniform.views.values()) == list(gain.views.values()) == [2, 0, 0, 0]
+
+
+def test_a_promise_is_priced_by_its_own_request() -> None:
+    """A promise costs its demonstration's tokens (UnitCost.promise_tokens: 500 here, 0.5 s),
+    not a view's prompt; a task with no promise (one train pair: 0 tokens) asks nothing."""
+    units = (UnitCost("a", 0, 1000.0, 100.0, 500.0), UnitCost("b", 0, 1000.0, 100.0, 0.0))
+    gain = simulate(_cfg(schedule=ViewSchedule.GAIN), Costs(units, (), ()), RATES)
+    assert (gain.promises, gain.promise_seconds) == (1, pytest.approx(0.5))
+    assert gain.views == {("a", 0): 4, ("b", 0): 4}
 
 
 def test_only_the_gain_schedule_prices_promises() -> None:

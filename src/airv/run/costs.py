@@ -28,6 +28,10 @@ class UnitCost:
     test_index: int
     prompt_tokens: float
     answer_tokens: float
+    # Its task's promise request (airv.run.promise: the last train pair given the one before
+    # it, prompt and scored output); 0: the task has none (one train pair); None: not priced,
+    # taken as a view's prompt.
+    promise_tokens: float | None = None
 
 
 def mean_prompt_tokens(units: Iterable[UnitCost]) -> float:
@@ -97,6 +101,11 @@ def price_by_cells(tasks: Sequence[Task], rates: Rates, max_model_len: int) -> C
 
     for task in tasks:
         pairs = [in_prompt(p.input) + in_prompt(p.output) for p in task.train]
+        promise = 0.0
+        if len(pairs) > 1:  # the pair before the last, the last's input, its output scored
+            out = task.train[-1].output
+            promise = pairs[-2] + in_prompt(task.train[-1].input) + rates.tokens_per_prompt
+            promise += _grid_tokens(rates, len(out), len(out[0]))
         order = drop_order(task)
         for i, test in enumerate(task.test):
             answer = _grid_tokens(rates, *answer_shape(task, i))
@@ -110,7 +119,7 @@ def price_by_cells(tasks: Sequence[Task], rates: Rates, max_model_len: int) -> C
             if prompt + answer > max_model_len:
                 too_long.append(TooLong(task.id, i, math.ceil(prompt + answer), max_model_len))
             else:
-                units.append(UnitCost(task.id, i, prompt, answer))
+                units.append(UnitCost(task.id, i, prompt, answer, promise))
     return Costs(tuple(units), tuple(too_long), ())
 
 

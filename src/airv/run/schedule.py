@@ -44,7 +44,7 @@ one seed; ordering the floor by price over the probe's promise instead, 6 behind
 decides where everything after the first round goes.
 
 What orders the floor besides price is a signal that needs no view: each task's promise
-(airv.run.promise), how likely the model finds its own last demonstration given the others,
+(airv.run.promise), how likely the model finds its own last demonstration given the one before,
 scored before the first round where that is cheap beside the time left. The floor goes by
 price over promise: a task the model cannot follow waits behind those it can.
 

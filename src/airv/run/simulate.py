@@ -11,7 +11,8 @@ planner's picks (airv.run.schedule.best, `inflight` x `workers` views planned ah
 ledger's per-task caps (airv.run.ledger.Ledger); and `workers` lanes, one per GPU, pulling
 from one queue, best first: re-scoring ahead of generation, then by round, cheapest task
 first (gain: the tasks' promises first by the run's rule, a sample and then the rest if cheap
-(airv.run.promise), each one scoring request of its view's prompt, and no view planned until
+(airv.run.promise), each one scoring request of its demonstration (UnitCost.promise_tokens;
+unpriced, a view's prompt), and no view planned until
 those asked are in; then in pick order, by price alone, as no promise's value is known on
 paper). A request's seconds are its prompt tokens at the prefill rate plus
 its answer tokens at the decode rate (times the search's cost for DFS); a scoring request's,
@@ -129,10 +130,10 @@ class _Simulator(WavesOnPaper):
         tokens = u.prompt_tokens + u.answer_tokens * r.answer_fill
         return tokens * r.score_cost / r.prefill_tokens_per_second
 
-    def _promise_seconds(self, u: UnitCost) -> float:
-        """A task's promise: its demonstration scored, a prompt about its view's size."""
+    def _promise_seconds(self, tokens: float) -> float:
+        """A task's promise: its demonstration request's tokens, scored."""
         r = self.rates
-        return u.prompt_tokens * r.score_cost / r.prefill_tokens_per_second
+        return tokens * r.score_cost / r.prefill_tokens_per_second
 
     def _lora(self, tasks: Sequence[TaskId]) -> float:
         """What serving adapters costs a request now, over the base model (1: no adapter in
@@ -237,15 +238,20 @@ class _Simulator(WavesOnPaper):
         them."""
         if self.cfg.schedule is not ViewSchedule.GAIN or not self.promise_pass.wants(False):
             return
-        tokens = {
-            t: math.ceil(self.units[self.by_task[t][0]].prompt_tokens)
-            for t in self.task_ids
-            if t not in self.promised
-        }
+        tokens: dict[TaskId, int] = {}
+        for t in self.task_ids:
+            if t in self.promised:
+                continue
+            u = self.units[self.by_task[t][0]]
+            n = math.ceil(u.prompt_tokens if u.promise_tokens is None else u.promise_tokens)
+            if n:
+                tokens[t] = n
+            else:  # one train pair: no promise, no request (airv.run.promise)
+                self.promised.add(t)
         ask = self.promise_pass.ask(tokens, self.measured, self.until - self.now, waiting=False)
         for task_id in ask:
             unit = self.by_task[task_id][0]
-            seconds = self._promise_seconds(self.units[unit])
+            seconds = self._promise_seconds(tokens[task_id])
             job = _Job((0, -2.0, next(self.seq)), unit, "promise", seconds, tokens[task_id],
                        score=True, promise=True)  # fmt: skip
             heapq.heappush(self.queue, job)

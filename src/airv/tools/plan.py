@@ -39,7 +39,14 @@ from airv.adapt.stage import StageJob, run_stage
 from airv.adapt.waves import adapter_bytes
 from airv.core.augment import plan_views
 from airv.core.errors import ConfigError, InputError
-from airv.core.prompts import FittedPrompt, Tokenizer, fit_prompt, for_tokenizer
+from airv.core.prompts import (
+    FittedPrompt,
+    PromptTooLong,
+    Tokenizer,
+    answer_token_ids,
+    fit_prompt,
+    for_tokenizer,
+)
 from airv.core.tasks import Challenges, Task, load_challenges
 from airv.core.types import TaskId
 from airv.core.units import format_duration
@@ -61,6 +68,7 @@ from airv.run.costs import (
     synthetic_tasks,
 )
 from airv.run.engines import serving
+from airv.run.promise import demonstration
 from airv.run.rates import Rates, load_rates, rates_names
 from airv.run.simulate import simulate
 from airv.run.timeline import Simulation
@@ -263,14 +271,19 @@ def estimate_costs(cfg: RunConfig, challenges: Challenges, tokenizer: Tokenizer)
     units: list[UnitCost] = []
     too_long: list[TooLong] = []
     fmt = for_tokenizer(cfg.prompt, tokenizer)
+
+    def fit(view: Task, test_index: int) -> FittedPrompt | PromptTooLong:
+        return fit_prompt(view, test_index, fmt, tokenizer, cfg.engine.max_model_len)
+
     for task_id in challenges.task_ids:
         task = challenges.tasks.get(task_id)
         if task is None:
             continue
+        demo = demonstration(task, fit, lambda g: answer_token_ids(g, fmt, tokenizer))
         for i in range(len(task.test)):
             fitted = []
             for view in _views(task, i, PRICED_VIEWS, cfg):
-                f = fit_prompt(view, i, fmt, tokenizer, cfg.engine.max_model_len)
+                f = fit(view, i)
                 if not isinstance(f, FittedPrompt):
                     too_long.append(TooLong(task_id, i, f.needed, f.max_model_len))
                     break
@@ -282,6 +295,7 @@ def estimate_costs(cfg: RunConfig, challenges: Challenges, tokenizer: Tokenizer)
                         i,
                         prompt_tokens=sum(len(f.token_ids) for f in fitted) / len(fitted),
                         answer_tokens=sum(f.max_answer_tokens for f in fitted) / len(fitted),
+                        promise_tokens=0.0 if demo is None else demo.tokens,
                     )
                 )
     return Costs(tuple(units), tuple(too_long), tuple(sorted(challenges.rejected)))
