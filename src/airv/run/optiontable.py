@@ -117,8 +117,8 @@ OPTIONS: tuple[Option, ...] = (
            "top 2 most per second (its parse rate, how close its second and third answers "
            "are, how much its answers agree, the task's measured seconds per view), the "
            "first round by price over the task's promise (how likely the model finds its "
-           "last demonstration, scored first where that is cheap); uniform: rounds of the "
-           "same number of new views per unsettled test input"),
+           "last demonstration given the one before it, scored first where that is cheap); "
+           "uniform: rounds of the same number of new views per unsettled test input"),
     Option("--permute-background", _G.AUGMENTATION, "views.keep_background",
            action="store_true", to_config=operator.not_, default="0 stays",
            help="let colour permutations move colour 0 too"),

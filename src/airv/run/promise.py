@@ -7,13 +7,13 @@ promise (airv.run.schedule.best): a task the model cannot follow goes after thos
 equal price.
 
 One demonstration, not all the others: on the replayed schedule bench (bench/schedule-replay.md
-and its 15-seed set, 25 recordings) the log-likelihood told the test inputs some recorded view
-answers right from those none does with an AUC of 0.98, against 0.94 given every other pair,
-and the pass cost 0.35 to 0.39 of each test input's first view, against 0.53 to 0.63. Cheaper,
-it is asked at tighter budgets: gain - uniform over the 25 seeds went from -3 to +12 test
-outputs at 15% of the work and from 0 to +7 at 20%, no seed behind at 20% (the README's
-*Measured*). A task with a single train pair, or whose scoring prompt does not fit the context,
-has no promise (the schedule counts it as 1).
+and bench/schedule-replay-15-seeds.md, 25 recordings) the log-likelihood told the test inputs
+some recorded view answers right from those none does with an AUC of 0.98, against 0.94 given
+every other pair, and the pass cost 0.29 to 0.37 of each test input's first view, against 0.53
+to 0.63. Cheaper, it is asked at tighter budgets: gain - uniform over the 25 seeds went from -3
+to +15 test outputs at 15% of the work and from 0 to +7 at 20%, no seed behind at 20% (the
+README's *Measured*). A task with a single train pair, or whose scoring prompt does not fit the
+context, has no promise (the schedule counts it as 1).
 
 The pass is paid up front, so it runs only where it is cheap beside the time left: a sample
 goes first (the promises of tasks spread over the sizes, `sample`), which measures what
