@@ -48,7 +48,6 @@ def _cfg(**kw: object) -> RunConfig:
         "per_round": 2,
         "max_augmentations": 4,
         "settle_margin": 0,
-        "schedule": ViewSchedule.UNIFORM,  # the gain schedule's tests ask for it
     }
     return RunConfig(**{**base, **kw})  # type: ignore[arg-type]
 
@@ -278,9 +277,7 @@ def test_the_schedule_is_reported() -> None:
         sim = simulate(_cfg(schedule=schedule), _costs(), RATES)
         assert sim.to_json()["schedule"] == schedule.value
         assert f"schedule: {schedule.value} (" in sim.render()
-    default = RunConfig(challenges=Path("-"), out_dir=Path("."), engine=EngineConfig())
-    assert default.schedule is DEFAULT_SCHEDULE is ViewSchedule.GAIN
-    assert simulate(default, _costs(), RATES).to_json()["schedule"] == "gain"
+    assert simulate(_cfg(), _costs(), RATES).to_json()["schedule"] == DEFAULT_SCHEDULE.value
 
 
 @pytest.mark.parametrize("schedule", list(ViewSchedule))
