@@ -225,7 +225,7 @@ def test_the_reserve_scales_with_a_short_budget() -> None:
     assert short.reserve_seconds == 30  # 5% of 10 minutes
     assert long.reserve_seconds == 120  # capped at 2 minutes
     minute = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=60)
-    assert minute.reserve_seconds == 5  # at least the time to stop the engines and write
+    assert minute.reserve_seconds == 8  # at least the time to stop the engines and write
     tiny = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=8)
     assert tiny.reserve_seconds == 2  # the floor is at most a quarter of the budget
     given = RunConfig(challenges=Path("c"), out_dir=Path("o"), time_budget=600, reserve=5)
