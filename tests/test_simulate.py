@@ -48,6 +48,7 @@ def _cfg(**kw: object) -> RunConfig:
         "per_round": 2,
         "max_augmentations": 4,
         "settle_margin": 0,
+        "schedule": ViewSchedule.UNIFORM,  # the gain schedule's tests ask for it
     }
     return RunConfig(**{**base, **kw})  # type: ignore[arg-type]
 
@@ -277,7 +278,9 @@ def test_the_schedule_is_reported() -> None:
         sim = simulate(_cfg(schedule=schedule), _costs(), RATES)
         assert sim.to_json()["schedule"] == schedule.value
         assert f"schedule: {schedule.value} (" in sim.render()
-    assert simulate(_cfg(), _costs(), RATES).to_json()["schedule"] == DEFAULT_SCHEDULE.value
+    default = RunConfig(challenges=Path("-"), out_dir=Path("."), engine=EngineConfig())
+    assert default.schedule is DEFAULT_SCHEDULE is ViewSchedule.GAIN
+    assert simulate(default, _costs(), RATES).to_json()["schedule"] == "gain"
 
 
 @pytest.mark.parametrize("schedule", list(ViewSchedule))
